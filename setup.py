@@ -1,0 +1,74 @@
+"""Builds vtreid and its C++/CUDA extension vtreid._C.
+
+    pip install --no-build-isolation -e .
+
+CPU sources (csrc/ops.cpp, csrc/cpu/*.cpp) are always compiled. CUDA sources (csrc/cuda/*.cu,
+csrc/cuda_ops.cpp) are added when the installed torch was built with CUDA and nvcc is found.
+
+Environment:
+    VTREID_SKIP_NATIVE=1    build no extension (the `native` backend then falls back to `reference`)
+    VTREID_CUDA_ARCHS       e.g. "8.0;9.0" (default: torch's TORCH_CUDA_ARCH_LIST, else "8.0;9.0")
+    VTREID_FORCE_CUDA=1     compile the CUDA sources even when torch reports no CUDA device
+    MAX_JOBS                parallel compile jobs (read by torch's ninja build)
+"""
+import glob
+import os
+
+from setuptools import setup
+
+PACKAGES = ["vtreid", "vtreid.ops", "vtreid.kernels"]
+# kernels/ sits at the top of the tree (one of the three layers) but is imported as vtreid.kernels.
+PACKAGE_DIR = {"vtreid": "vtreid", "vtreid.kernels": "kernels"}
+
+
+def _native_extensions():
+    if os.environ.get("VTREID_SKIP_NATIVE", "0") == "1":
+        print("vtreid: VTREID_SKIP_NATIVE=1, not building vtreid._C")
+        return [], {}
+    import torch
+    from torch.utils import cpp_extension
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    cpu_sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    define_macros = []
+    with_cuda = (
+        torch.version.cuda is not None
+        and cpp_extension.CUDA_HOME is not None
+        and (torch.cuda.is_available() or os.environ.get("VTREID_FORCE_CUDA", "0") == "1")
+    )
+    if with_cuda:
+        archs = os.environ.get("VTREID_CUDA_ARCHS") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "8.0;9.0"
+        os.environ["TORCH_CUDA_ARCH_LIST"] = archs
+        sources = cpu_sources + ["csrc/cuda_ops.cpp"] + sorted(glob.glob("csrc/cuda/*.cu"))
+        define_macros.append(("VTREID_WITH_CUDA", None))
+        ext = cpp_extension.CUDAExtension(
+            "vtreid._C",
+            sources,
+            include_dirs=[os.path.join(here, "csrc")],
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+            extra_link_args=["-fopenmp"],
+        )
+        print(f"vtreid: building vtreid._C with CUDA (archs {archs})")
+    else:
+        ext = cpp_extension.CppExtension(
+            "vtreid._C",
+            cpu_sources,
+            include_dirs=[os.path.join(here, "csrc")],
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=["-fopenmp"],
+        )
+        print("vtreid: building vtreid._C for CPU only (no CUDA torch or no nvcc)")
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _native_extensions()
+
+setup(
+    packages=PACKAGES,
+    package_dir=PACKAGE_DIR,
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

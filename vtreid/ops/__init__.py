@@ -1,0 +1,13 @@
+"""The public functional API of vtreid: fused loss-side ops with interchangeable backends.
+
+    pairwise_distance(x, y=None, *, metric="euclidean", backend=None)
+
+``backend`` is "reference" (eager PyTorch), "triton" (kernels/) or "native" (the C++/CUDA extension);
+None picks the fastest available for the input's device. ``use_backend(name)`` and the
+``VTREID_BACKEND`` environment variable override the automatic choice. See DESIGN.md for the contract.
+"""
+from . import reference
+from ._backend import BACKENDS, availability, use_backend
+from .pairwise_distance import pairwise_distance
+
+__all__ = ["BACKENDS", "availability", "pairwise_distance", "reference", "use_backend"]

@@ -1,0 +1,128 @@
+"""Backend selection for every op family.
+
+Order of precedence: the op's ``backend=`` argument, then the innermost ``use_backend(...)`` context,
+then the ``VTREID_BACKEND`` environment variable, then the automatic choice for the input's device
+(CUDA: ``triton``, else ``native``, else ``reference``; CPU: ``native``, else ``reference``).
+
+A backend that cannot run here (extension not built, Triton not installed, Triton asked to run on CPU
+tensors without ``TRITON_INTERPRET=1``, a dtype it does not take) falls back to ``reference`` with one
+warning per (backend, reason) that says why. It never raises an import error.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib
+import os
+import warnings
+
+import torch
+
+BACKENDS = ("reference", "triton", "native")
+
+_context_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("vtreid_backend", default=None)
+_warned: set[tuple[str, str]] = set()
+
+
+def _check_name(name: str, argument: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"{argument} must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run the ops inside the ``with`` block on backend ``name`` unless an op names its own."""
+    token = _context_backend.set(_check_name(name, "use_backend(name)"))
+    try:
+        yield
+    finally:
+        _context_backend.reset(token)
+
+
+@functools.lru_cache(maxsize=None)
+def native_status() -> tuple[bool, str, bool]:
+    """(importable, reason if not, built with CUDA)."""
+    try:
+        module = importlib.import_module("vtreid._C")
+    except ImportError as exc:  # not built (VTREID_SKIP_NATIVE=1, or a source checkout)
+        return False, f"the extension vtreid._C is not built ({exc})", False
+    return True, "", bool(module.with_cuda())
+
+
+@functools.lru_cache(maxsize=None)
+def triton_status() -> tuple[bool, str]:
+    try:
+        importlib.import_module("triton")
+    except ImportError as exc:
+        return False, f"triton is not installed ({exc})"
+    return True, ""
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def availability(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> tuple[bool, str]:
+    """Whether ``backend`` can run on tensors of ``device`` (and ``dtype``); if not, why."""
+    _check_name(backend, "backend")
+    if backend == "reference":
+        return True, ""
+    if backend == "native":
+        ok, why, with_cuda = native_status()
+        if not ok:
+            return False, why
+        if device.type == "cuda" and not with_cuda:
+            return False, "vtreid._C was built without CUDA sources (CPU-only torch or no nvcc at build time)"
+        if device.type not in ("cpu", "cuda"):
+            return False, f"the native backend has no kernels for device type {device.type!r}"
+        return True, ""
+    ok, why = triton_status()
+    if not ok:
+        return False, why
+    if device.type == "cpu" and not triton_interpreted():
+        return False, "Triton runs on CUDA tensors; on CPU tensors it needs TRITON_INTERPRET=1"
+    if device.type not in ("cpu", "cuda"):
+        return False, f"the triton backend has no kernels for device type {device.type!r}"
+    if dtype == torch.float64:
+        return False, "the Triton kernels take float32, float16 and bfloat16, not float64"
+    if dtype == torch.bfloat16 and triton_interpreted():
+        return False, "the Triton interpreter cannot run bfloat16"
+    return True, ""
+
+
+def requested_backend(backend: str | None) -> str | None:
+    if backend is not None:
+        return _check_name(backend, "backend")
+    ctx = _context_backend.get()
+    if ctx is not None:
+        return ctx
+    env = os.environ.get("VTREID_BACKEND")
+    if env:
+        return _check_name(env, "VTREID_BACKEND")
+    return None
+
+
+def auto_backend(device: torch.device, dtype: torch.dtype | None = None) -> str:
+    order = ("triton", "native") if device.type == "cuda" else ("native",)
+    for name in order:
+        if availability(name, device, dtype)[0]:
+            return name
+    return "reference"
+
+
+def resolve(backend: str | None, device: torch.device, dtype: torch.dtype | None, op: str) -> str:
+    """The backend ``op`` runs on for inputs on ``device`` of ``dtype``."""
+    name = requested_backend(backend)
+    if name is None:
+        return auto_backend(device, dtype)
+    ok, why = availability(name, device, dtype)
+    if ok:
+        return name
+    key = (name, why)
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"vtreid.ops.{op}: backend {name!r} is unavailable ({why}); using 'reference'",
+                      RuntimeWarning, stacklevel=3)
+    return "reference"

@@ -1,0 +1,56 @@
+"""Input validation shared by every op. Errors name the argument that is wrong.
+
+Checks look only at metadata (shape, dtype, device), never at values, so they cost no host sync.
+"""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_tensor(t, name: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    return t
+
+
+def check_features(t, name: str, ndim: int = 2) -> torch.Tensor:
+    """A float feature matrix of rank ``ndim`` (rows = samples, last dim = features)."""
+    check_tensor(t, name)
+    if t.dim() != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D tensor, got shape {tuple(t.shape)}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
+    if t.shape[-1] == 0:
+        raise ValueError(f"{name} has a feature dimension of size 0")
+    return t
+
+
+def check_same_device(tensors: dict[str, torch.Tensor]) -> torch.device:
+    items = [(k, v) for k, v in tensors.items() if v is not None]
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.device != first.device:
+            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}")
+    return first.device
+
+
+def check_same_dtype(tensors: dict[str, torch.Tensor]) -> torch.dtype:
+    items = [(k, v) for k, v in tensors.items() if v is not None]
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.dtype != first.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has dtype {first.dtype}")
+    return first.dtype
+
+
+def check_feature_dims(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str) -> None:
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"{a_name} has feature dimension {a.shape[-1]} but {b_name} has {b.shape[-1]}")
+
+
+def check_choice(value, name: str, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value

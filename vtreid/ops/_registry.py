@@ -1,0 +1,43 @@
+"""Registration of a fused op family's forward/backward pair with torch.library.
+
+Every op family has the same shape: ``<name>_fwd`` returns the outputs plus whatever the backward
+needs, ``<name>_bwd`` returns the input gradients. The native pair is defined in C++
+(torch.ops.vtreid.<name>_fwd/_bwd, csrc/ops.cpp); the Triton pair is defined in Python with
+``torch.library.custom_op``. Both get the same fake kernels and the same autograd formula, so
+``torch.compile`` and ``torch.library.opcheck`` treat them alike.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+
+from . import _backend
+
+
+class FusedOp(NamedTuple):
+    forward: Callable
+    backward: Callable
+
+
+def _native_ops(name: str):
+    ok, _, _ = _backend.native_status()
+    if not ok:
+        return None
+    return getattr(torch.ops.vtreid, f"{name}_fwd").default, getattr(torch.ops.vtreid, f"{name}_bwd").default
+
+
+def register_fused_op(name: str, *, triton, fake_forward, fake_backward, setup_context, make_backward,
+                      ) -> dict[str, FusedOp]:
+    """Give both fused backends of ``name`` their fake kernels and autograd; returns {backend: FusedOp}."""
+    fused = {}
+    pairs = {"triton": triton, "native": _native_ops(name)}
+    for backend, pair in pairs.items():
+        if pair is None:
+            continue
+        forward, backward = pair
+        torch.library.register_fake(forward)(fake_forward)
+        torch.library.register_fake(backward)(fake_backward)
+        torch.library.register_autograd(forward, make_backward(backward), setup_context=setup_context)
+        fused[backend] = FusedOp(forward, backward)
+    return fused
