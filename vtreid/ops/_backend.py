@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import functools
 import importlib
+import importlib.util
 import os
 import warnings
 
@@ -53,10 +54,11 @@ def native_status() -> tuple[bool, str, bool]:
 
 @functools.lru_cache(maxsize=None)
 def triton_status() -> tuple[bool, str]:
-    try:
-        importlib.import_module("triton")
-    except ImportError as exc:
-        return False, f"triton is not installed ({exc})"
+    # Look for the package without importing it: triton decides at import time whether its own
+    # @jit library functions are interpreted, so importing it here (possibly before the caller has
+    # set TRITON_INTERPRET) would fix that choice too early.
+    if importlib.util.find_spec("triton") is None:
+        return False, "triton is not installed"
     return True, ""
 
 
@@ -112,8 +114,12 @@ def auto_backend(device: torch.device, dtype: torch.dtype | None = None) -> str:
     return "reference"
 
 
+@torch.compiler.assume_constant_result
 def resolve(backend: str | None, device: torch.device, dtype: torch.dtype | None, op: str) -> str:
-    """The backend ``op`` runs on for inputs on ``device`` of ``dtype``."""
+    """The backend ``op`` runs on for inputs on ``device`` of ``dtype``.
+
+    Under ``torch.compile`` the choice is made once, while tracing, and baked into the graph.
+    """
     name = requested_backend(backend)
     if name is None:
         return auto_backend(device, dtype)

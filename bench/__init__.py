@@ -1,0 +1,1 @@
+"""Microbenchmarks, one module per op family: python -m bench.<family> --help."""

@@ -1,0 +1,29 @@
+"""The benchmark harness runs end to end on CPU, writes well-formed JSON lines, and plots them."""
+import json
+
+import pytest
+
+from bench import pairwise_distance, plot
+
+
+def test_pairwise_benchmark_records_and_plot(tmp_path):
+    out = tmp_path / "cpu.jsonl"
+    pairwise_distance.main(["--device", "cpu", "--quick", "--providers", "reference,native,matmul",
+                            "--min-run-time", "0.01", "--out", str(out)])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    providers = {r["provider"] for r in records}
+    assert {"reference", "matmul"} <= providers
+    assert {r["mode"] for r in records} == {"forward", "backward", "full"}
+    for r in records:
+        assert r["device"].startswith("CPU") and r["commit"] and r["torch"]
+        assert r["p20_ms"] <= r["median_ms"] <= r["p80_ms"]
+        assert r["case"] == {"N": 256, "M": 256, "D": 2048}
+    pngs = list(tmp_path.glob("*.png"))
+    assert not pngs
+    plot.main([str(out), "--out-dir", str(tmp_path)])
+    assert len(list(tmp_path.glob("*.png"))) == 3
+
+
+def test_unknown_provider_is_rejected():
+    with pytest.raises(SystemExit, match="unknown providers"):
+        pairwise_distance.main(["--device", "cpu", "--quick", "--providers", "nope"])
