@@ -11,11 +11,24 @@ TORCH_LIBRARY(vtreid, m) {
   m.def(
       "pairwise_distance_bwd(Tensor grad, Tensor dist, Tensor x, Tensor y, Tensor xsq, Tensor ysq, "
       "str metric) -> (Tensor grad_x, Tensor grad_y)");
+  // Distances in the accumulation dtype, indices int64 (-1 where invalid), valid bool, and the squared
+  // row norms of anchors and candidates, saved for the backward.
+  m.def(
+      "hard_mining_fwd(Tensor anchors, Tensor anchor_labels, Tensor candidates, Tensor candidate_labels, "
+      "Tensor? anchor_modality, Tensor? candidate_modality, str metric, str positive, str negative, "
+      "bool self_mining) -> (Tensor pos_dist, Tensor pos_index, Tensor neg_dist, Tensor neg_index, Tensor valid, "
+      "Tensor asq, Tensor csq)");
+  m.def(
+      "hard_mining_bwd(Tensor grad_pos, Tensor grad_neg, Tensor anchors, Tensor candidates, Tensor pos_index, "
+      "Tensor neg_index, Tensor pos_dist, Tensor neg_dist, Tensor asq, Tensor csq, str metric) "
+      "-> (Tensor grad_anchors, Tensor grad_candidates)");
 }
 
 TORCH_LIBRARY_IMPL(vtreid, CPU, m) {
   m.impl("pairwise_distance_fwd", &vtreid::cpu::pairwise_distance_fwd);
   m.impl("pairwise_distance_bwd", &vtreid::cpu::pairwise_distance_bwd);
+  m.impl("hard_mining_fwd", &vtreid::cpu::hard_mining_fwd);
+  m.impl("hard_mining_bwd", &vtreid::cpu::hard_mining_bwd);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

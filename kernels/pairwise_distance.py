@@ -68,6 +68,43 @@ def _dot_f32(a, b, IEEE: tl.constexpr):
         return tl.dot(a, b)
 
 
+@triton.jit
+def distance_epilogue(dot, xsq, ysq, tau, METRIC: tl.constexpr):
+    """[BN, BM] distances from x.y^T and the squared row norms (float32), as reference.distance_matrix."""
+    if METRIC == 2:
+        inv_x = 1.0 / tl.maximum(tl.sqrt(xsq), 1e-12)
+        inv_y = 1.0 / tl.maximum(tl.sqrt(ysq), 1e-12)
+        return 1.0 - dot * inv_x[:, None] * inv_y[None, :]
+    norms = xsq[:, None] + ysq[None, :]
+    d2 = norms - 2.0 * dot
+    d2 = tl.where(d2 > tau * norms, d2, 0.0)
+    if METRIC == 0:
+        return tl.sqrt(d2)
+    return d2
+
+
+@triton.jit
+def dot_and_norms(X, Y, rn, rm, mask_n, mask_m, D, stride_xn, stride_xd, stride_yn, stride_yd,
+                  IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """x[rn].y[rm]^T [BN, BM] and the squared norms of both row sets, streaming D in BLOCK_D slices."""
+    x_rows = X + rn.to(tl.int64)[:, None] * stride_xn
+    y_rows = Y + rm.to(tl.int64)[:, None] * stride_yn
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    xsq = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    ysq = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        rd = d0 + tl.arange(0, BLOCK_D)
+        mask_d = rd < D
+        xt = tl.load(x_rows + rd[None, :] * stride_xd, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        yt = tl.load(y_rows + rd[None, :] * stride_yd, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        acc = acc + _dot_f32(xt, tl.trans(yt), IEEE)
+        xf = xt.to(tl.float32)
+        yf = yt.to(tl.float32)
+        xsq += tl.sum(xf * xf, axis=1)
+        ysq += tl.sum(yf * yf, axis=1)
+    return acc, xsq, ysq
+
+
 @triton.autotune(configs=_FWD_CONFIGS, key=["N", "M", "D", "METRIC"])
 @triton.jit
 def _pairwise_fwd_kernel(
@@ -92,36 +129,10 @@ def _pairwise_fwd_kernel(
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_n = rn < N
     mask_m = rm < M
-    x_rows = X + rn.to(tl.int64)[:, None] * stride_xn
-    y_rows = Y + rm.to(tl.int64)[:, None] * stride_yn
+    acc, xsq, ysq = dot_and_norms(X, Y, rn, rm, mask_n, mask_m, D, stride_xn, stride_xd, stride_yn, stride_yd,
+                                  IEEE, BLOCK_N, BLOCK_M, BLOCK_D)
 
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    xsq = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    ysq = tl.zeros((BLOCK_M,), dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        rd = d0 + tl.arange(0, BLOCK_D)
-        mask_d = rd < D
-        xt = tl.load(x_rows + rd[None, :] * stride_xd, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        yt = tl.load(y_rows + rd[None, :] * stride_yd, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
-        acc = acc + _dot_f32(xt, tl.trans(yt), IEEE)
-        xf = xt.to(tl.float32)
-        yf = yt.to(tl.float32)
-        xsq += tl.sum(xf * xf, axis=1)
-        ysq += tl.sum(yf * yf, axis=1)
-
-    if METRIC == 2:
-        inv_x = 1.0 / tl.maximum(tl.sqrt(xsq), 1e-12)
-        inv_y = 1.0 / tl.maximum(tl.sqrt(ysq), 1e-12)
-        dist = 1.0 - acc * inv_x[:, None] * inv_y[None, :]
-    else:
-        norms = xsq[:, None] + ysq[None, :]
-        d2 = norms - 2.0 * acc
-        d2 = tl.where(d2 > tau * norms, d2, 0.0)
-        if METRIC == 0:
-            dist = tl.sqrt(d2)
-        else:
-            dist = d2
-
+    dist = distance_epilogue(acc, xsq, ysq, tau, METRIC)
     out = OUT + rn.to(tl.int64)[:, None] * stride_on + rm[None, :] * stride_om
     tl.store(out, dist.to(OUT.dtype.element_ty), mask=mask_n[:, None] & mask_m[None, :])
     if pid_m == 0:

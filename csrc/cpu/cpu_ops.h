@@ -2,6 +2,7 @@
 #pragma once
 #include <torch/types.h>
 
+#include <optional>
 #include <string_view>
 #include <tuple>
 
@@ -13,5 +14,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_distance_fwd(
 std::tuple<at::Tensor, at::Tensor> pairwise_distance_bwd(
     const at::Tensor& grad, const at::Tensor& dist, const at::Tensor& x, const at::Tensor& y,
     const at::Tensor& xsq, const at::Tensor& ysq, std::string_view metric);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hard_mining_fwd(
+    const at::Tensor& anchors, const at::Tensor& anchor_labels, const at::Tensor& candidates,
+    const at::Tensor& candidate_labels, const std::optional<at::Tensor>& anchor_modality,
+    const std::optional<at::Tensor>& candidate_modality, std::string_view metric, std::string_view positive,
+    std::string_view negative, bool self_mining);
+
+std::tuple<at::Tensor, at::Tensor> hard_mining_bwd(
+    const at::Tensor& grad_pos, const at::Tensor& grad_neg, const at::Tensor& anchors, const at::Tensor& candidates,
+    const at::Tensor& pos_index, const at::Tensor& neg_index, const at::Tensor& pos_dist, const at::Tensor& neg_dist,
+    const at::Tensor& asq, const at::Tensor& csq, std::string_view metric);
 
 }  // namespace vtreid::cpu

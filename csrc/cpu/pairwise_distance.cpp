@@ -13,6 +13,7 @@
 
 #include "../op_checks.h"
 #include "cpu_ops.h"
+#include "distance.h"
 
 namespace vtreid::cpu {
 namespace {
@@ -20,50 +21,13 @@ namespace {
 constexpr int64_t kRowGrain = 16;
 constexpr int64_t kColBlock = 256;
 
-// Sum of squares with kLanes independent partial sums: one running sum is a serial chain of
-// dependent adds that the compiler may not reassociate (and so cannot vectorise).
-template <typename acc_t>
-acc_t sum_of_squares(const acc_t* row, int64_t dim) {
-  constexpr int kLanes = 16;
-  acc_t part[kLanes] = {};
-  int64_t k = 0;
-  for (; k + kLanes <= dim; k += kLanes) {
-#pragma omp simd
-    for (int l = 0; l < kLanes; ++l) part[l] += row[k + l] * row[k + l];
-  }
-  acc_t s = 0;
-  for (; k < dim; ++k) s += row[k] * row[k];
-  for (int l = 0; l < kLanes; ++l) s += part[l];
-  return s;
-}
-
-template <typename acc_t>
-void row_sq_norms(const acc_t* data, int64_t rows, int64_t dim, acc_t* out) {
-  at::parallel_for(0, rows, kRowGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) out[i] = sum_of_squares(data + i * dim, dim);
-  });
-}
-
 template <typename acc_t>
 void distance_epilogue(acc_t* prod, const acc_t* xsq, const acc_t* ysq, int64_t n, int64_t m,
                        Metric metric, acc_t tau) {
   at::parallel_for(0, n, kRowGrain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       acc_t* row = prod + i * m;
-      if (metric == kCosine) {
-        const acc_t inv_x = acc_t(1) / std::max(std::sqrt(xsq[i]), acc_t(kCosineEps));
-        for (int64_t j = 0; j < m; ++j) {
-          const acc_t inv_y = acc_t(1) / std::max(std::sqrt(ysq[j]), acc_t(kCosineEps));
-          row[j] = acc_t(1) - row[j] * inv_x * inv_y;
-        }
-        continue;
-      }
-      for (int64_t j = 0; j < m; ++j) {
-        const acc_t norms = xsq[i] + ysq[j];
-        acc_t d2 = norms - acc_t(2) * row[j];
-        d2 = d2 > tau * norms ? d2 : acc_t(0);
-        row[j] = metric == kEuclidean ? std::sqrt(d2) : d2;
-      }
+      for (int64_t j = 0; j < m; ++j) row[j] = distance_from_dot(row[j], xsq[i], ysq[j], metric, tau);
     }
   });
 }

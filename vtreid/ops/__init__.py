@@ -1,6 +1,8 @@
 """The public functional API of vtreid: fused loss-side ops with interchangeable backends.
 
     pairwise_distance(x, y=None, *, metric="euclidean", backend=None)
+    hard_mining(anchors, anchor_labels, candidates=None, candidate_labels=None, *, metric="euclidean",
+                anchor_modality=None, candidate_modality=None, positive="any", negative="any", backend=None)
 
 ``backend`` is "reference" (eager PyTorch), "triton" (kernels/) or "native" (the C++/CUDA extension);
 None picks the fastest available for the input's device. ``use_backend(name)`` and the
@@ -8,6 +10,7 @@ None picks the fastest available for the input's device. ``use_backend(name)`` a
 """
 from . import reference
 from ._backend import BACKENDS, availability, use_backend
+from .hard_mining import Mined, hard_mining
 from .pairwise_distance import pairwise_distance
 
-__all__ = ["BACKENDS", "availability", "pairwise_distance", "reference", "use_backend"]
+__all__ = ["BACKENDS", "Mined", "availability", "hard_mining", "pairwise_distance", "reference", "use_backend"]

@@ -24,7 +24,11 @@ def _native_ops(name: str):
     ok, _, _ = _backend.native_status()
     if not ok:
         return None
-    return getattr(torch.ops.vtreid, f"{name}_fwd").default, getattr(torch.ops.vtreid, f"{name}_bwd").default
+    try:
+        return getattr(torch.ops.vtreid, f"{name}_fwd").default, getattr(torch.ops.vtreid, f"{name}_bwd").default
+    except AttributeError as exc:
+        raise ImportError(f"vtreid._C has no op {name}_fwd/_bwd: the built extension is older than the Python "
+                          f"sources; rebuild it with `pip install --no-build-isolation -e .`") from exc
 
 
 def register_fused_op(name: str, *, triton, fake_forward, fake_backward, setup_context, make_backward,

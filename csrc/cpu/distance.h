@@ -1,0 +1,49 @@
+// Distance arithmetic shared by the CPU kernels (the same formulas as vtreid/ops/reference.py).
+#pragma once
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "../metric.h"
+
+namespace vtreid::cpu {
+
+// Sum of squares with kLanes independent partial sums: one running sum is a serial chain of
+// dependent adds that the compiler may not reassociate (and so cannot vectorise).
+template <typename acc_t>
+acc_t sum_of_squares(const acc_t* row, int64_t dim) {
+  constexpr int kLanes = 16;
+  acc_t part[kLanes] = {};
+  int64_t k = 0;
+  for (; k + kLanes <= dim; k += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) part[l] += row[k + l] * row[k + l];
+  }
+  acc_t s = 0;
+  for (; k < dim; ++k) s += row[k] * row[k];
+  for (int l = 0; l < kLanes; ++l) s += part[l];
+  return s;
+}
+
+template <typename acc_t>
+void row_sq_norms(const acc_t* data, int64_t rows, int64_t dim, acc_t* out) {
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) out[i] = sum_of_squares(data + i * dim, dim);
+  });
+}
+
+// The distance of one pair from its dot product and squared norms.
+template <typename acc_t>
+inline acc_t distance_from_dot(acc_t dot, acc_t xsq, acc_t ysq, Metric metric, acc_t tau) {
+  if (metric == kCosine) {
+    return acc_t(1) - dot / (std::max(std::sqrt(xsq), acc_t(kCosineEps)) * std::max(std::sqrt(ysq), acc_t(kCosineEps)));
+  }
+  const acc_t norms = xsq + ysq;
+  acc_t d2 = norms - acc_t(2) * dot;
+  d2 = d2 > tau * norms ? d2 : acc_t(0);
+  return metric == kEuclidean ? std::sqrt(d2) : d2;
+}
+
+}  // namespace vtreid::cpu

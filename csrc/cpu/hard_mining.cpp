@@ -1,0 +1,215 @@
+// CPU native backend of vtreid.ops.hard_mining.
+//
+// Forward streams anchor x candidate blocks: each block's dot products come from at::mm into a small
+// reused buffer (never N x M), then a parallel pass over the block's anchors applies the metric, the
+// label / modality / self masks, and folds the block into running max/argmax and min/argmin. Blocks
+// and columns are visited in increasing candidate order and only a strictly better value replaces the
+// running best, so ties keep the lowest index.
+// Backward: per-anchor coefficients of the two chosen pairs (formulas in kernels/hard_mining.py), the
+// anchor gradient and the 2N candidate contributions in one parallel pass; the candidate gradient sums
+// each candidate's contributions in a stable sorted order (deterministic, parallel over candidates).
+#include <ATen/Parallel.h>
+#include <torch/types.h>
+
+#include <limits>
+#include <optional>
+
+#include "../op_checks.h"
+#include "cpu_ops.h"
+#include "distance.h"
+
+namespace vtreid::cpu {
+namespace {
+
+constexpr int64_t kAnchorBlock = 512;
+constexpr int64_t kCandidateBlock = 1024;
+
+enum Rule : int { kAny = 0, kCross = 1, kSame = 2 };
+
+Rule parse_rule(std::string_view rule, const char* name) {
+  if (rule == "any") return kAny;
+  if (rule == "cross") return kCross;
+  if (rule == "same") return kSame;
+  TORCH_CHECK_VALUE(false, name, " must be 'any', 'cross' or 'same', got '", rule, "'");
+}
+
+inline bool rule_allows(Rule rule, int32_t a, int32_t c) {
+  return rule == kAny || (rule == kCross ? a != c : a == c);
+}
+
+template <typename acc_t>
+struct PairCoefficients {
+  acc_t alpha, beta, gamma;
+};
+
+template <typename acc_t>
+PairCoefficients<acc_t> pair_coefficients(acc_t g, acc_t d, int64_t idx, acc_t asq, acc_t csq, Metric metric) {
+  if (idx < 0) return {0, 0, 0};
+  if (metric == kCosine) {
+    const acc_t na = std::sqrt(asq), nc = std::sqrt(csq);
+    const acc_t inv_a = acc_t(1) / std::max(na, acc_t(kCosineEps));
+    const acc_t inv_c = acc_t(1) / std::max(nc, acc_t(kCosineEps));
+    const acc_t cos = acc_t(1) - d;
+    return {na > acc_t(kCosineEps) ? g * cos * inv_a * inv_a : acc_t(0), -g * inv_a * inv_c,
+            nc > acc_t(kCosineEps) ? g * cos * inv_c * inv_c : acc_t(0)};
+  }
+  if (!(d > acc_t(0))) return {0, 0, 0};
+  const acc_t k = metric == kEuclidean ? g / d : acc_t(2) * g;
+  return {k, -k, k};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hard_mining_fwd(
+    const at::Tensor& anchors, const at::Tensor& anchor_labels, const at::Tensor& candidates,
+    const at::Tensor& candidate_labels, const std::optional<at::Tensor>& anchor_modality,
+    const std::optional<at::Tensor>& candidate_modality, std::string_view metric_name, std::string_view positive,
+    std::string_view negative, bool self_mining) {
+  const Metric metric = parse_metric(metric_name);
+  const Rule pos_rule = parse_rule(positive, "positive"), neg_rule = parse_rule(negative, "negative");
+  check_features(anchors, "anchors");
+  check_features(candidates, "candidates");
+  const bool use_modality = pos_rule != kAny || neg_rule != kAny;
+  TORCH_CHECK_VALUE(!use_modality || (anchor_modality.has_value() && candidate_modality.has_value()),
+                    "anchor_modality and candidate_modality are required when a rule is not 'any'");
+  const auto acc = accumulation_type(anchors.scalar_type());
+  const at::Tensor a = anchors.to(acc).contiguous(), c = candidates.to(acc).contiguous();
+  const at::Tensor la = anchor_labels.to(at::kLong).contiguous(), lc = candidate_labels.to(at::kLong).contiguous();
+  at::Tensor ma, mc;
+  if (use_modality) {
+    ma = anchor_modality->to(at::kInt).contiguous();
+    mc = candidate_modality->to(at::kInt).contiguous();
+  }
+  const int64_t n = a.size(0), m = c.size(0), dim = a.size(1);
+  TORCH_CHECK_VALUE(la.numel() == n && lc.numel() == m, "labels must have one entry per row");
+  at::Tensor asq = at::empty({n}, a.options()), csq = at::empty({m}, a.options());
+  at::Tensor pos_d = at::empty({n}, a.options()), neg_d = at::empty({n}, a.options());
+  at::Tensor pos_i = at::full({n}, -1, la.options()), neg_i = at::full({n}, -1, la.options());
+  at::Tensor valid = at::empty({n}, la.options().dtype(at::kBool));
+
+  AT_DISPATCH_FLOATING_TYPES(acc, "hard_mining_fwd_cpu", [&] {
+    using acc_t = scalar_t;
+    const acc_t tau = static_cast<acc_t>(zero_tolerance(dim));
+    row_sq_norms(a.const_data_ptr<acc_t>(), n, dim, asq.mutable_data_ptr<acc_t>());
+    row_sq_norms(c.const_data_ptr<acc_t>(), m, dim, csq.mutable_data_ptr<acc_t>());
+    acc_t* best_pos = pos_d.mutable_data_ptr<acc_t>();
+    acc_t* best_neg = neg_d.mutable_data_ptr<acc_t>();
+    std::fill(best_pos, best_pos + n, -std::numeric_limits<acc_t>::infinity());
+    std::fill(best_neg, best_neg + n, std::numeric_limits<acc_t>::infinity());
+    int64_t* pi = pos_i.mutable_data_ptr<int64_t>();
+    int64_t* ni = neg_i.mutable_data_ptr<int64_t>();
+    const acc_t* as = asq.const_data_ptr<acc_t>();
+    const acc_t* cs = csq.const_data_ptr<acc_t>();
+    const int64_t* la_p = la.const_data_ptr<int64_t>();
+    const int64_t* lc_p = lc.const_data_ptr<int64_t>();
+    const int32_t* ma_p = use_modality ? ma.const_data_ptr<int32_t>() : nullptr;
+    const int32_t* mc_p = use_modality ? mc.const_data_ptr<int32_t>() : nullptr;
+
+    for (int64_t n0 = 0; n0 < n; n0 += kAnchorBlock) {
+      const int64_t nb = std::min(kAnchorBlock, n - n0);
+      for (int64_t m0 = 0; m0 < m; m0 += kCandidateBlock) {
+        const int64_t mb = std::min(kCandidateBlock, m - m0);
+        const at::Tensor dots = at::mm(a.narrow(0, n0, nb), c.narrow(0, m0, mb).t()).contiguous();
+        const acc_t* dp = dots.const_data_ptr<acc_t>();
+        at::parallel_for(0, nb, 8, [&](int64_t begin, int64_t end) {
+          for (int64_t r = begin; r < end; ++r) {
+            const int64_t i = n0 + r;
+            acc_t bp = best_pos[i], bn = best_neg[i];
+            int64_t bpi = pi[i], bni = ni[i];
+            for (int64_t col = 0; col < mb; ++col) {
+              const int64_t j = m0 + col;
+              const bool same_id = la_p[i] == lc_p[j];
+              bool pos_ok = same_id && !(self_mining && i == j);
+              bool neg_ok = !same_id;
+              if (use_modality) {
+                pos_ok = pos_ok && rule_allows(pos_rule, ma_p[i], mc_p[j]);
+                neg_ok = neg_ok && rule_allows(neg_rule, ma_p[i], mc_p[j]);
+              }
+              if (!pos_ok && !neg_ok) continue;
+              const acc_t d = distance_from_dot(dp[r * mb + col], as[i], cs[j], metric, tau);
+              if (pos_ok && d > bp) { bp = d; bpi = j; }
+              if (neg_ok && d < bn) { bn = d; bni = j; }
+            }
+            best_pos[i] = bp; best_neg[i] = bn; pi[i] = bpi; ni[i] = bni;
+          }
+        });
+      }
+    }
+    bool* v = valid.mutable_data_ptr<bool>();
+    for (int64_t i = 0; i < n; ++i) {
+      v[i] = pi[i] >= 0 && ni[i] >= 0;
+      if (!v[i]) { best_pos[i] = 0; best_neg[i] = 0; pi[i] = -1; ni[i] = -1; }
+    }
+  });
+  return {pos_d, pos_i, neg_d, neg_i, valid, asq, csq};
+}
+
+std::tuple<at::Tensor, at::Tensor> hard_mining_bwd(
+    const at::Tensor& grad_pos, const at::Tensor& grad_neg, const at::Tensor& anchors, const at::Tensor& candidates,
+    const at::Tensor& pos_index, const at::Tensor& neg_index, const at::Tensor& pos_dist, const at::Tensor& neg_dist,
+    const at::Tensor& asq, const at::Tensor& csq, std::string_view metric_name) {
+  const Metric metric = parse_metric(metric_name);
+  const auto acc = accumulation_type(anchors.scalar_type());
+  const at::Tensor a = anchors.to(acc).contiguous(), c = candidates.to(acc).contiguous();
+  const at::Tensor gp = grad_pos.to(acc).contiguous(), gn = grad_neg.to(acc).contiguous();
+  const at::Tensor dp = pos_dist.to(acc).contiguous(), dn = neg_dist.to(acc).contiguous();
+  const at::Tensor as = asq.to(acc).contiguous(), cs = csq.to(acc).contiguous();
+  const at::Tensor pi = pos_index.to(at::kLong).contiguous(), ni = neg_index.to(at::kLong).contiguous();
+  const int64_t n = a.size(0), m = c.size(0), dim = a.size(1);
+  at::Tensor grad_a = at::empty({n, dim}, a.options());
+  at::Tensor contrib = at::empty({2 * n, dim}, a.options());
+  at::Tensor grad_c = at::zeros({m, dim}, a.options());
+
+  // Contributions in candidate order: a stable sort keeps each candidate's anchors in anchor order.
+  at::Tensor idx = at::cat({pi, ni});
+  idx = at::where(idx < 0, at::full_like(idx, m), idx);
+  auto [sorted_idx, order] = at::sort(idx, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const at::Tensor seg = at::searchsorted(sorted_idx, at::arange(m + 1, idx.options()));
+
+  AT_DISPATCH_FLOATING_TYPES(acc, "hard_mining_bwd_cpu", [&] {
+    using acc_t = scalar_t;
+    const acc_t* ap = a.const_data_ptr<acc_t>();
+    const acc_t* cp = c.const_data_ptr<acc_t>();
+    const int64_t* pip = pi.const_data_ptr<int64_t>();
+    const int64_t* nip = ni.const_data_ptr<int64_t>();
+    acc_t* ga = grad_a.mutable_data_ptr<acc_t>();
+    acc_t* ct = contrib.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, n, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t p = pip[i], q = nip[i];
+        const auto P = pair_coefficients<acc_t>(gp.const_data_ptr<acc_t>()[i], dp.const_data_ptr<acc_t>()[i], p,
+                                                as.const_data_ptr<acc_t>()[i], p >= 0 ? cs.const_data_ptr<acc_t>()[p] : 0,
+                                                metric);
+        const auto Q = pair_coefficients<acc_t>(gn.const_data_ptr<acc_t>()[i], dn.const_data_ptr<acc_t>()[i], q,
+                                                as.const_data_ptr<acc_t>()[i], q >= 0 ? cs.const_data_ptr<acc_t>()[q] : 0,
+                                                metric);
+        const acc_t* ai = ap + i * dim;
+        const acc_t* cpi = cp + std::max<int64_t>(p, 0) * dim;
+        const acc_t* cqi = cp + std::max<int64_t>(q, 0) * dim;
+        acc_t* g = ga + i * dim;
+        acc_t* tp = ct + i * dim;
+        acc_t* tq = ct + (n + i) * dim;
+        for (int64_t k = 0; k < dim; ++k) {
+          g[k] = (P.alpha + Q.alpha) * ai[k] + P.beta * cpi[k] + Q.beta * cqi[k];
+          tp[k] = P.gamma * cpi[k] + P.beta * ai[k];
+          tq[k] = Q.gamma * cqi[k] + Q.beta * ai[k];
+        }
+      }
+    });
+    const int64_t* op = order.const_data_ptr<int64_t>();
+    const int64_t* sp = seg.const_data_ptr<int64_t>();
+    acc_t* gc = grad_c.mutable_data_ptr<acc_t>();
+    at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) {
+        acc_t* out = gc + j * dim;
+        for (int64_t s = sp[j]; s < sp[j + 1]; ++s) {
+          const acc_t* row = ct + op[s] * dim;
+          for (int64_t k = 0; k < dim; ++k) out[k] += row[k];
+        }
+      }
+    });
+  });
+  return {grad_a.to(anchors.scalar_type()), grad_c.to(candidates.scalar_type())};
+}
+
+}  // namespace vtreid::cpu
