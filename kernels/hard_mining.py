@@ -163,13 +163,16 @@ def _mining_pair_grad_kernel(
     ni_safe = tl.where(ni >= 0, ni, 0)
     asq = tl.load(ASQ + rn, mask=mask_n, other=0.0)
     ap, bp, gp_ = _pair_coefficients(tl.load(GP + rn, mask=mask_n, other=0.0), tl.load(PD + rn, mask=mask_n, other=0.0),
-                                     pi, asq, tl.load(CSQ + pi_safe, mask=mask_n, other=0.0), METRIC)
+                                     pi, asq, tl.load(CSQ + pi_safe, mask=mask_n & (pi >= 0), other=0.0), METRIC)
     an, bn, gn_ = _pair_coefficients(tl.load(GN + rn, mask=mask_n, other=0.0), tl.load(ND + rn, mask=mask_n, other=0.0),
-                                     ni, asq, tl.load(CSQ + ni_safe, mask=mask_n, other=0.0), METRIC)
+                                     ni, asq, tl.load(CSQ + ni_safe, mask=mask_n & (ni >= 0), other=0.0), METRIC)
 
     a = tl.load(A + rn.to(tl.int64)[:, None] * stride_an + rd[None, :] * stride_ad, mask=mask, other=0.0).to(tl.float32)
-    cp = tl.load(C + pi_safe[:, None] * stride_cn + rd[None, :] * stride_cd, mask=mask, other=0.0).to(tl.float32)
-    cn = tl.load(C + ni_safe[:, None] * stride_cn + rd[None, :] * stride_cd, mask=mask, other=0.0).to(tl.float32)
+    # Invalid anchors (index -1) read no candidate row, so a non-finite row cannot leak into them.
+    cp = tl.load(C + pi_safe[:, None] * stride_cn + rd[None, :] * stride_cd, mask=mask & (pi >= 0)[:, None],
+                 other=0.0).to(tl.float32)
+    cn = tl.load(C + ni_safe[:, None] * stride_cn + rd[None, :] * stride_cd, mask=mask & (ni >= 0)[:, None],
+                 other=0.0).to(tl.float32)
     grad_a = (ap + an)[:, None] * a + bp[:, None] * cp + bn[:, None] * cn
     tl.store(GRAD_A + rn.to(tl.int64)[:, None] * D + rd[None, :], grad_a.to(GRAD_A.dtype.element_ty), mask=mask)
     contrib_p = gp_[:, None] * cp + bp[:, None] * a

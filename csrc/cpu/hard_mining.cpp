@@ -12,6 +12,7 @@
 #include <torch/types.h>
 
 #include <limits>
+#include <tuple>
 #include <optional>
 
 #include "../op_checks.h"
@@ -184,15 +185,21 @@ std::tuple<at::Tensor, at::Tensor> hard_mining_bwd(
                                                 as.const_data_ptr<acc_t>()[i], q >= 0 ? cs.const_data_ptr<acc_t>()[q] : 0,
                                                 metric);
         const acc_t* ai = ap + i * dim;
-        const acc_t* cpi = cp + std::max<int64_t>(p, 0) * dim;
-        const acc_t* cqi = cp + std::max<int64_t>(q, 0) * dim;
         acc_t* g = ga + i * dim;
         acc_t* tp = ct + i * dim;
         acc_t* tq = ct + (n + i) * dim;
-        for (int64_t k = 0; k < dim; ++k) {
-          g[k] = (P.alpha + Q.alpha) * ai[k] + P.beta * cpi[k] + Q.beta * cqi[k];
-          tp[k] = P.gamma * cpi[k] + P.beta * ai[k];
-          tq[k] = Q.gamma * cqi[k] + Q.beta * ai[k];
+        for (int64_t k = 0; k < dim; ++k) g[k] = (P.alpha + Q.alpha) * ai[k];
+        // Invalid anchors (index -1) read no candidate row: their contributions are exactly 0.
+        for (auto [idx, C, out] : {std::tuple{p, &P, tp}, std::tuple{q, &Q, tq}}) {
+          if (idx < 0) {
+            std::fill(out, out + dim, acc_t(0));
+            continue;
+          }
+          const acc_t* row = cp + idx * dim;
+          for (int64_t k = 0; k < dim; ++k) {
+            g[k] += C->beta * row[k];
+            out[k] = C->gamma * row[k] + C->beta * ai[k];
+          }
         }
       }
     });

@@ -87,6 +87,11 @@ def hard_mining(anchors, anchor_labels, candidates=None, candidate_labels=None, 
     if self_mining:
         candidates, candidate_labels, candidate_modality = anchors, anchor_labels, anchor_modality
     dist = distance_matrix(anchors, candidates, metric)
+    if dist.shape[1] == 0:  # no candidates: every anchor is invalid (zeros kept on the autograd graph)
+        zero = dist.sum(1)
+        none = torch.full((len(anchors),), -1, dtype=torch.int64, device=anchors.device)
+        return (zero.to(anchors.dtype), none, zero.to(anchors.dtype), none.clone(),
+                torch.zeros(len(anchors), dtype=torch.bool, device=anchors.device))
     same_id = anchor_labels[:, None] == candidate_labels[None, :]
     pos_mask = same_id & modality_mask(positive, anchor_modality, candidate_modality)
     neg_mask = ~same_id & modality_mask(negative, anchor_modality, candidate_modality)
