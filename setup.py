@@ -30,7 +30,8 @@ def _native_extensions():
 
     here = os.path.dirname(os.path.abspath(__file__))
     cpu_sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    # No -std here: torch.utils.cpp_extension adds the standard its headers need (C++17 or C++20).
+    cxx_flags = ["-O3", "-fopenmp"]
     define_macros = []
     with_cuda = (
         torch.version.cuda is not None
@@ -47,7 +48,7 @@ def _native_extensions():
             sources,
             include_dirs=[os.path.join(here, "csrc")],
             define_macros=define_macros,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
             extra_link_args=["-fopenmp"],
         )
         print(f"vtreid: building vtreid._C with CUDA (archs {archs})")

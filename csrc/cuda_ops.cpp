@@ -1,10 +1,13 @@
 // CUDA registrations of the vtreid ops: argument checks, device guard, current stream, launcher calls.
 // The kernels themselves are in csrc/cuda/ and see only raw pointers.
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/types.h>
 
+#include <optional>
+
 #include "cuda/launch.h"
+#include "mining_common.h"
 #include "op_checks.h"
 
 namespace vtreid::cuda {
@@ -24,7 +27,7 @@ void check_launch(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, "vtreid::", op, " CUDA launch failed: ", cudaGetErrorString(err));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_distance_fwd(const at::Tensor& x, const at::Tensor& y,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_distance_fwd_cuda(const at::Tensor& x, const at::Tensor& y,
                                                                      std::string_view metric_name) {
   const Metric metric = parse_metric(metric_name);
   check_features(x, "x");
@@ -41,12 +44,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_distance_fwd(const at::T
   check_launch(vtreid::cuda::pairwise_distance_fwd(dtype_of(xc), xc.const_data_ptr(), yc.const_data_ptr(),
                                                    dist.mutable_data_ptr(), xsq.mutable_data_ptr(),
                                                    ysq.mutable_data_ptr(), n, m, d, metric,
-                                                   at::cuda::getCurrentCUDAStream()),
+                                                   c10::cuda::getCurrentCUDAStream()),
                "pairwise_distance_fwd");
   return {dist, xsq, ysq};
 }
 
-std::tuple<at::Tensor, at::Tensor> pairwise_distance_bwd(const at::Tensor& grad, const at::Tensor& dist,
+std::tuple<at::Tensor, at::Tensor> pairwise_distance_bwd_cuda(const at::Tensor& grad, const at::Tensor& dist,
                                                          const at::Tensor& x, const at::Tensor& y,
                                                          const at::Tensor& xsq, const at::Tensor& ysq,
                                                          std::string_view metric_name) {
@@ -60,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_bwd(const at::Tensor& grad,
   const int64_t n = xc.size(0), m = yc.size(0), d = xc.size(1);
   TORCH_CHECK_VALUE(g.size(0) == n && g.size(1) == m, "grad must have shape [", n, ", ", m, "]");
   at::Tensor grad_x = at::empty_like(xc), grad_y = at::empty_like(yc);
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = c10::cuda::getCurrentCUDAStream();
   check_launch(pairwise_distance_bwd_side(dtype_of(xc), g.const_data_ptr(), dc.const_data_ptr(), xc.const_data_ptr(),
                                           yc.const_data_ptr(), xs.const_data_ptr(), ys.const_data_ptr(),
                                           grad_x.mutable_data_ptr(), n, m, d, g.stride(0), g.stride(1),
@@ -74,10 +77,78 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_bwd(const at::Tensor& grad,
   return {grad_x, grad_y};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hard_mining_fwd_cuda(
+    const at::Tensor& anchors, const at::Tensor& anchor_labels, const at::Tensor& candidates,
+    const at::Tensor& candidate_labels, const std::optional<at::Tensor>& anchor_modality,
+    const std::optional<at::Tensor>& candidate_modality, std::string_view metric_name, std::string_view positive,
+    std::string_view negative, bool self_mining) {
+  const Metric metric = parse_metric(metric_name);
+  const Rule pos_rule = parse_rule(positive, "positive"), neg_rule = parse_rule(negative, "negative");
+  check_features(anchors, "anchors");
+  check_features(candidates, "candidates");
+  TORCH_CHECK_TYPE(anchors.scalar_type() == candidates.scalar_type(), "anchors and candidates must share a dtype");
+  const bool use_modality = pos_rule != kAny || neg_rule != kAny;
+  TORCH_CHECK_VALUE(!use_modality || (anchor_modality.has_value() && candidate_modality.has_value()),
+                    "anchor_modality and candidate_modality are required when a rule is not 'any'");
+  const c10::cuda::CUDAGuard guard(anchors.device());
+  const at::Tensor a = anchors.contiguous(), c = candidates.contiguous();
+  const at::Tensor la = anchor_labels.to(at::kLong).contiguous(), lc = candidate_labels.to(at::kLong).contiguous();
+  at::Tensor ma, mc;
+  if (use_modality) {
+    ma = anchor_modality->to(at::kInt).contiguous();
+    mc = candidate_modality->to(at::kInt).contiguous();
+  }
+  const int64_t n = a.size(0), m = c.size(0), dim = a.size(1);
+  const auto acc_options = a.options().dtype(accumulation_type(a.scalar_type()));
+  at::Tensor pos_d = at::zeros({n}, acc_options), neg_d = at::zeros({n}, acc_options);
+  at::Tensor pos_i = at::full({n}, -1, la.options()), neg_i = at::full({n}, -1, la.options());
+  at::Tensor valid = at::zeros({n}, la.options().dtype(at::kBool));
+  at::Tensor asq = at::zeros({n}, acc_options), csq = at::zeros({m}, acc_options);
+  if (m > 0) {
+    check_launch(vtreid::cuda::hard_mining_fwd(
+                     dtype_of(a), a.const_data_ptr(), c.const_data_ptr(), la.const_data_ptr<int64_t>(),
+                     lc.const_data_ptr<int64_t>(), use_modality ? ma.const_data_ptr<int32_t>() : nullptr,
+                     use_modality ? mc.const_data_ptr<int32_t>() : nullptr, pos_d.mutable_data_ptr(),
+                     pos_i.mutable_data_ptr<int64_t>(), neg_d.mutable_data_ptr(), neg_i.mutable_data_ptr<int64_t>(),
+                     valid.mutable_data_ptr<bool>(), asq.mutable_data_ptr(), csq.mutable_data_ptr(), n, m, dim, metric,
+                     pos_rule, neg_rule, self_mining, c10::cuda::getCurrentCUDAStream()),
+                 "hard_mining_fwd");
+  }
+  return {pos_d, pos_i, neg_d, neg_i, valid, asq, csq};
+}
+
+std::tuple<at::Tensor, at::Tensor> hard_mining_bwd_cuda(
+    const at::Tensor& grad_pos, const at::Tensor& grad_neg, const at::Tensor& anchors, const at::Tensor& candidates,
+    const at::Tensor& pos_index, const at::Tensor& neg_index, const at::Tensor& pos_dist, const at::Tensor& neg_dist,
+    const at::Tensor& asq, const at::Tensor& csq, std::string_view metric_name) {
+  const Metric metric = parse_metric(metric_name);
+  const c10::cuda::CUDAGuard guard(anchors.device());
+  const auto acc = accumulation_type(anchors.scalar_type());
+  const at::Tensor a = anchors.contiguous(), c = candidates.contiguous();
+  const at::Tensor gp = grad_pos.to(acc).contiguous(), gn = grad_neg.to(acc).contiguous();
+  const at::Tensor pd = pos_dist.to(acc).contiguous(), nd = neg_dist.to(acc).contiguous();
+  const at::Tensor as = asq.to(acc).contiguous(), cs = csq.to(acc).contiguous();
+  const at::Tensor pi = pos_index.to(at::kLong).contiguous(), ni = neg_index.to(at::kLong).contiguous();
+  const int64_t n = a.size(0), m = c.size(0), dim = a.size(1);
+  at::Tensor grad_a = at::empty_like(a), grad_c = at::empty_like(c);
+  at::Tensor contrib = at::empty({2 * n, dim}, a.options().dtype(acc));
+  const auto [order, seg] = segment_layout(pi, ni, m);
+  check_launch(vtreid::cuda::hard_mining_bwd(
+                   dtype_of(a), gp.const_data_ptr(), gn.const_data_ptr(), a.const_data_ptr(), c.const_data_ptr(),
+                   pi.const_data_ptr<int64_t>(), ni.const_data_ptr<int64_t>(), pd.const_data_ptr(), nd.const_data_ptr(),
+                   as.const_data_ptr(), cs.const_data_ptr(), order.const_data_ptr<int64_t>(),
+                   seg.const_data_ptr<int64_t>(), contrib.mutable_data_ptr(), grad_a.mutable_data_ptr(),
+                   grad_c.mutable_data_ptr(), n, m, dim, metric, c10::cuda::getCurrentCUDAStream()),
+               "hard_mining_bwd");
+  return {grad_a, grad_c};
+}
+
 }  // namespace
 }  // namespace vtreid::cuda
 
 TORCH_LIBRARY_IMPL(vtreid, CUDA, m) {
-  m.impl("pairwise_distance_fwd", &vtreid::cuda::pairwise_distance_fwd);
-  m.impl("pairwise_distance_bwd", &vtreid::cuda::pairwise_distance_bwd);
+  m.impl("pairwise_distance_fwd", &vtreid::cuda::pairwise_distance_fwd_cuda);
+  m.impl("pairwise_distance_bwd", &vtreid::cuda::pairwise_distance_bwd_cuda);
+  m.impl("hard_mining_fwd", &vtreid::cuda::hard_mining_fwd_cuda);
+  m.impl("hard_mining_bwd", &vtreid::cuda::hard_mining_bwd_cuda);
 }

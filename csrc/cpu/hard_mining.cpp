@@ -15,6 +15,7 @@
 #include <tuple>
 #include <optional>
 
+#include "../mining_common.h"
 #include "../op_checks.h"
 #include "cpu_ops.h"
 #include "distance.h"
@@ -24,15 +25,6 @@ namespace {
 
 constexpr int64_t kAnchorBlock = 512;
 constexpr int64_t kCandidateBlock = 1024;
-
-enum Rule : int { kAny = 0, kCross = 1, kSame = 2 };
-
-Rule parse_rule(std::string_view rule, const char* name) {
-  if (rule == "any") return kAny;
-  if (rule == "cross") return kCross;
-  if (rule == "same") return kSame;
-  TORCH_CHECK_VALUE(false, name, " must be 'any', 'cross' or 'same', got '", rule, "'");
-}
 
 inline bool rule_allows(Rule rule, int32_t a, int32_t c) {
   return rule == kAny || (rule == kCross ? a != c : a == c);
@@ -161,11 +153,7 @@ std::tuple<at::Tensor, at::Tensor> hard_mining_bwd(
   at::Tensor contrib = at::empty({2 * n, dim}, a.options());
   at::Tensor grad_c = at::zeros({m, dim}, a.options());
 
-  // Contributions in candidate order: a stable sort keeps each candidate's anchors in anchor order.
-  at::Tensor idx = at::cat({pi, ni});
-  idx = at::where(idx < 0, at::full_like(idx, m), idx);
-  auto [sorted_idx, order] = at::sort(idx, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-  const at::Tensor seg = at::searchsorted(sorted_idx, at::arange(m + 1, idx.options()));
+  const auto [order, seg] = segment_layout(pi, ni, m);
 
   AT_DISPATCH_FLOATING_TYPES(acc, "hard_mining_bwd_cpu", [&] {
     using acc_t = scalar_t;

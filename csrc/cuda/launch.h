@@ -21,4 +21,22 @@ cudaError_t pairwise_distance_bwd_side(DType dtype, const void* grad, const void
                                 int64_t dist_stride_n, int64_t dist_stride_k, int metric,
                                 cudaStream_t stream);
 
+// Hardest positive / negative per anchor (rules: 0 any, 1 cross, 2 same). Features row-major
+// contiguous; labels int64; modality int32 (may be null when both rules are 0); distances and norms in
+// the accumulation type. asq / csq must be zero-initialised (they stay 0 when m == 0).
+cudaError_t hard_mining_fwd(DType dtype, const void* anchors, const void* candidates, const int64_t* anchor_labels,
+                            const int64_t* candidate_labels, const int32_t* anchor_modality,
+                            const int32_t* candidate_modality, void* pos_dist, int64_t* pos_index, void* neg_dist,
+                            int64_t* neg_index, bool* valid, void* asq, void* csq, int64_t n, int64_t m, int64_t dim,
+                            int metric, int pos_rule, int neg_rule, bool self_mining, cudaStream_t stream);
+
+// grad_anchors [n, dim] and grad_candidates [m, dim]. grad_pos / grad_neg / distances / norms are in the
+// accumulation type; contrib is scratch of [2n, dim] accumulation type; order / seg give each
+// candidate's contributions (rows of contrib) in a fixed order: order[seg[j] .. seg[j + 1]).
+cudaError_t hard_mining_bwd(DType dtype, const void* grad_pos, const void* grad_neg, const void* anchors,
+                            const void* candidates, const int64_t* pos_index, const int64_t* neg_index,
+                            const void* pos_dist, const void* neg_dist, const void* asq, const void* csq,
+                            const int64_t* order, const int64_t* seg, void* contrib, void* grad_anchors,
+                            void* grad_candidates, int64_t n, int64_t m, int64_t dim, int metric, cudaStream_t stream);
+
 }  // namespace vtreid::cuda

@@ -3,10 +3,7 @@
 // kernels/pairwise_distance.py. Each 256-thread block owns a 64 x 64 output tile, each thread a 4 x 4
 // sub-tile at stride 16 so that shared-memory reads are conflict-free and global stores coalesce.
 // Half and bfloat16 inputs accumulate in float32; float64 in float64.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
-#include "../metric.h"
+#include "common.cuh"
 #include "launch.h"
 
 namespace vtreid::cuda {
@@ -16,20 +13,6 @@ constexpr int kTile = 64;   // rows of each operand per block (forward), rows x 
 constexpr int kStep = 16;   // reduction slice held in shared memory
 constexpr int kThreads = 256;
 constexpr int kSub = 4;     // per-thread sub-tile side
-
-template <typename T> __device__ __forceinline__ float to_acc(T v) { return static_cast<float>(v); }
-template <> __device__ __forceinline__ float to_acc<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-
-template <typename T, typename A> __device__ __forceinline__ T from_acc(A v) { return static_cast<T>(v); }
-template <> __device__ __forceinline__ __half from_acc<__half, float>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
-  return __float2bfloat16_rn(v);
-}
-
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
@@ -100,17 +83,7 @@ pairwise_fwd_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__
       const int64_t c = col0 + tx + 16 * j;
       if (c >= m) continue;
       const acc_t yq = ysq_s[tx + 16 * j];
-      acc_t d;
-      if (metric == kCosine) {
-        const acc_t nx = max(sqrt(xq), acc_t(kCosineEps)), ny = max(sqrt(yq), acc_t(kCosineEps));
-        d = acc_t(1) - acc[i][j] / (nx * ny);
-      } else {
-        const acc_t norms = xq + yq;
-        acc_t d2 = norms - acc_t(2) * acc[i][j];
-        d2 = d2 > tau * norms ? d2 : acc_t(0);
-        d = metric == kEuclidean ? sqrt(d2) : d2;
-      }
-      out[r * m + c] = from_acc<scalar_t, acc_t>(d);
+      out[r * m + c] = from_acc<scalar_t, acc_t>(distance_from_dot(acc[i][j], xq, yq, metric, tau));
     }
   }
 }
@@ -206,9 +179,7 @@ pairwise_bwd_side_kernel(const scalar_t* __restrict__ grad, const scalar_t* __re
   }
 }
 
-dim3 tiles(int64_t cols, int64_t rows) {
-  return dim3(static_cast<unsigned>((cols + kTile - 1) / kTile), static_cast<unsigned>((rows + kTile - 1) / kTile));
-}
+dim3 tiles(int64_t cols, int64_t rows) { return dim3(blocks_for(cols, kTile), blocks_for(rows, kTile)); }
 
 template <typename scalar_t>
 cudaError_t fwd_typed(const void* x, const void* y, void* dist, void* xsq, void* ysq, int64_t n, int64_t m, int64_t dim,
