@@ -27,9 +27,12 @@ for tool in memcheck racecheck; do
 done
 
 step "benchmarks"
-for bench in ${VTREID_BENCHES:-pairwise_distance}; do
+for bench in ${VTREID_BENCHES:-pairwise_distance hard_mining}; do
   python -m bench."$bench" --out "$OUT/results.jsonl" > "$OUT/bench-$bench.log" 2>&1 || status=1
   tail -60 "$OUT/bench-$bench.log"
 done
+step "hard_mining memory case (N = M = 65536, D = 2048, fp16)"
+python -m bench.hard_mining --large --out "$OUT/results.jsonl" > "$OUT/bench-hard_mining-large.log" 2>&1 || status=1
+tail -8 "$OUT/bench-hard_mining-large.log"
 echo "== exit $status"
 exit $status

@@ -5,6 +5,34 @@ import torch
 import vtreid.ops as ops
 
 SHAPES = [(1, 1, 1), (3, 47, 7), (65, 130, 129), (130, 65, 2048)]
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+METRICS = ("euclidean", "sqeuclidean", "cosine")
+
+
+def close(a, b):
+    return torch.allclose(a.float(), b.float(), atol=5e-2, rtol=5e-2)
+
+
+def pairwise(backend, n, m, d, dtype, metric):
+    x = torch.randn(n, d, device="cuda", dtype=dtype, requires_grad=True)
+    y = torch.randn(m, d, device="cuda", dtype=dtype, requires_grad=True)
+    out = ops.pairwise_distance(x, y, metric=metric, backend=backend)
+    out.backward(torch.ones_like(out))
+    return close(out, ops.pairwise_distance(x.detach(), y.detach(), metric=metric, backend="reference"))
+
+
+def mining(backend, n, m, d, dtype, metric):
+    a = torch.randn(n, d, device="cuda", dtype=dtype, requires_grad=True)
+    c = torch.randn(m, d, device="cuda", dtype=dtype, requires_grad=True)
+    la = torch.randint(0, 5, (n,), device="cuda")
+    lc = torch.randint(0, 5, (m,), device="cuda")
+    ma = torch.randint(0, 2, (n,), device="cuda")
+    mc = torch.randint(0, 2, (m,), device="cuda")
+    kw = dict(metric=metric, anchor_modality=ma, candidate_modality=mc, positive="cross", negative="any")
+    out = ops.hard_mining(a, la, c, lc, backend=backend, **kw)
+    (out.pos_dist.sum() - out.neg_dist.sum()).backward()
+    ref = ops.hard_mining(a.detach(), la, c.detach(), lc, backend="reference", **kw)
+    return close(out.pos_dist, ref.pos_dist) and close(out.neg_dist, ref.neg_dist) and torch.equal(out.valid, ref.valid)
 
 
 def main():
@@ -16,19 +44,15 @@ def main():
             print(f"{backend}: unavailable ({why})")
             bad += 1
             continue
-        for n, m, d in SHAPES:
-            for dtype in (torch.float32, torch.float16, torch.bfloat16):
-                for metric in ("euclidean", "sqeuclidean", "cosine"):
-                    x = torch.randn(n, d, device="cuda", dtype=dtype, requires_grad=True)
-                    y = torch.randn(m, d, device="cuda", dtype=dtype, requires_grad=True)
-                    out = ops.pairwise_distance(x, y, metric=metric, backend=backend)
-                    out.backward(torch.ones_like(out))
-                    ref = ops.pairwise_distance(x.detach(), y.detach(), metric=metric, backend="reference")
-                    if not torch.allclose(out.float(), ref.float(), atol=5e-2, rtol=5e-2):
-                        print(f"MISMATCH {backend} {metric} {dtype} {(n, m, d)}")
-                        bad += 1
+        for op in (pairwise, mining):
+            for n, m, d in SHAPES:
+                for dtype in DTYPES:
+                    for metric in METRICS:
+                        if not op(backend, n, m, d, dtype, metric):
+                            print(f"MISMATCH {op.__name__} {backend} {metric} {dtype} {(n, m, d)}")
+                            bad += 1
     torch.cuda.synchronize()
-    print("sanitize_kernels: done," , "mismatches:", bad)
+    print("sanitize_kernels: done, mismatches:", bad)
     raise SystemExit(1 if bad else 0)
 
 

@@ -27,3 +27,13 @@ def test_pairwise_benchmark_records_and_plot(tmp_path):
 def test_unknown_provider_is_rejected():
     with pytest.raises(SystemExit, match="unknown providers"):
         pairwise_distance.main(["--device", "cpu", "--quick", "--providers", "nope"])
+
+
+def test_hard_mining_benchmark_runs(tmp_path):
+    from bench import hard_mining
+    out = tmp_path / "cpu.jsonl"
+    hard_mining.main(["--device", "cpu", "--quick", "--providers", "reference,native,pml", "--modes", "full",
+                      "--min-run-time", "0.01", "--out", str(out)])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["provider"] for r in records} >= {"reference", "native"}
+    assert all(r["op"] == "hard_mining" and r["mode"] == "full" for r in records)
