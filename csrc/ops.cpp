@@ -22,6 +22,16 @@ TORCH_LIBRARY(vtreid, m) {
       "hard_mining_bwd(Tensor grad_pos, Tensor grad_neg, Tensor anchors, Tensor candidates, Tensor pos_index, "
       "Tensor neg_index, Tensor pos_dist, Tensor neg_dist, Tensor asq, Tensor csq, str metric) "
       "-> (Tensor grad_anchors, Tensor grad_candidates)");
+  // x [S, N, D]; samples of class slot k are order[seg[k]:seg[k+1]]. Outputs per (set, slot): the hinge
+  // [D + V - margin]_+ (0 unless both modalities are present), centres and variances [S, N, 2, D],
+  // counts [N, 2] int64 and stats [S, N, 5] (||c0 - c1||^2, c0.c1, |c0|^2, |c1|^2, ||v0 - v1||^2),
+  // all in the accumulation dtype except counts.
+  m.def(
+      "hetero_center_fwd(Tensor x, Tensor order, Tensor seg, Tensor slot, Tensor modality, str metric, "
+      "bool strong, float margin) -> (Tensor hinge, Tensor centers, Tensor variances, Tensor counts, Tensor stats)");
+  m.def(
+      "hetero_center_bwd(Tensor x, Tensor slot, Tensor modality, Tensor hinge, Tensor centers, Tensor variances, "
+      "Tensor counts, Tensor stats, Tensor grad_hinge, Tensor? grad_centers, str metric, bool strong) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(vtreid, CPU, m) {
@@ -29,6 +39,8 @@ TORCH_LIBRARY_IMPL(vtreid, CPU, m) {
   m.impl("pairwise_distance_bwd", &vtreid::cpu::pairwise_distance_bwd);
   m.impl("hard_mining_fwd", &vtreid::cpu::hard_mining_fwd);
   m.impl("hard_mining_bwd", &vtreid::cpu::hard_mining_bwd);
+  m.impl("hetero_center_fwd", &vtreid::cpu::hetero_center_fwd);
+  m.impl("hetero_center_bwd", &vtreid::cpu::hetero_center_bwd);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

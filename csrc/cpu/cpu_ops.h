@@ -26,4 +26,13 @@ std::tuple<at::Tensor, at::Tensor> hard_mining_bwd(
     const at::Tensor& pos_index, const at::Tensor& neg_index, const at::Tensor& pos_dist, const at::Tensor& neg_dist,
     const at::Tensor& asq, const at::Tensor& csq, std::string_view metric);
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hetero_center_fwd(
+    const at::Tensor& x, const at::Tensor& order, const at::Tensor& seg, const at::Tensor& slot,
+    const at::Tensor& modality, std::string_view metric, bool strong, double margin);
+
+at::Tensor hetero_center_bwd(const at::Tensor& x, const at::Tensor& slot, const at::Tensor& modality,
+                             const at::Tensor& hinge, const at::Tensor& centers, const at::Tensor& variances,
+                             const at::Tensor& counts, const at::Tensor& stats, const at::Tensor& grad_hinge,
+                             const std::optional<at::Tensor>& grad_centers, std::string_view metric, bool strong);
+
 }  // namespace vtreid::cpu

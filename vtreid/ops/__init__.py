@@ -3,6 +3,9 @@
     pairwise_distance(x, y=None, *, metric="euclidean", backend=None)
     hard_mining(anchors, anchor_labels, candidates=None, candidate_labels=None, *, metric="euclidean",
                 anchor_modality=None, candidate_modality=None, positive="any", negative="any", backend=None)
+    modality_centers(x, labels, modality, *, backend=None)
+    hetero_center_loss(x, labels, modality, *, margin=0.0, metric="sqeuclidean", strong=False,
+                       reduction="sum", backend=None)
 
 ``backend`` is "reference" (eager PyTorch), "triton" (kernels/) or "native" (the C++/CUDA extension);
 None picks the fastest available for the input's device. ``use_backend(name)`` and the
@@ -11,6 +14,7 @@ None picks the fastest available for the input's device. ``use_backend(name)`` a
 from . import reference
 from ._backend import BACKENDS, availability, use_backend
 from .hard_mining import Mined, hard_mining
+from .hetero_center import Centers, hetero_center_loss, modality_centers
 from .pairwise_distance import pairwise_distance
 
-__all__ = ["BACKENDS", "Mined", "availability", "hard_mining", "pairwise_distance", "reference", "use_backend"]
+__all__ = ["BACKENDS", "Centers", "Mined", "hetero_center_loss", "modality_centers", "availability", "hard_mining", "pairwise_distance", "reference", "use_backend"]

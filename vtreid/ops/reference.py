@@ -108,3 +108,69 @@ def hard_mining(anchors, anchor_labels, candidates=None, candidate_labels=None, 
     none = torch.full_like(pos_index, -1)
     return (pos_dist.to(anchors.dtype), torch.where(valid, pos_index, none), neg_dist.to(anchors.dtype),
             torch.where(valid, neg_index, none), valid)
+
+
+CENTER_METRICS = ("sqeuclidean", "cosine")
+REDUCTIONS = ("sum", "mean")
+
+
+def modality_centers(x: torch.Tensor, labels: torch.Tensor, modality: torch.Tensor):
+    """Per class present, the mean feature of each modality (0 visible, 1 infrared), for any batch order.
+
+    x is [N, D] or [S, N, D] (S feature sets sharing labels and modality). Returns
+    (classes [K] sorted, centers [K, 2, D] or [S, K, 2, D] in x's dtype, counts [K, 2] int64).
+    A modality a class lacks has a zero centre and count 0. (torch.unique: synchronises.)
+    """
+    centers, _, counts, classes = _centers_and_variances(x, labels, modality)
+    return classes, centers.to(x.dtype), counts
+
+
+def _centers_and_variances(x, labels, modality):
+    squeeze = x.dim() == 2
+    xs = (x[None] if squeeze else x).to(_accumulation_dtype(x.dtype))
+    classes, inverse = torch.unique(labels, sorted=True, return_inverse=True)
+    k = len(classes)
+    slot = inverse * 2 + modality.long()  # (class, modality) cell of every sample
+    counts = torch.zeros(k * 2, dtype=torch.int64, device=x.device).index_add_(0, slot, torch.ones_like(slot))
+    denom = counts.clamp_min(1).to(xs.dtype)[:, None]
+    sums = torch.zeros(xs.shape[0], k * 2, xs.shape[2], dtype=xs.dtype, device=x.device).index_add(1, slot, xs)
+    centers = sums / denom
+    dev = xs - centers[:, slot]
+    variances = torch.zeros_like(sums).index_add(1, slot, dev * dev) / denom  # population variance (divide by n)
+    shape = (xs.shape[0], k, 2, xs.shape[2])
+    centers, variances = centers.reshape(shape), variances.reshape(shape)
+    if squeeze:
+        centers, variances = centers[0], variances[0]
+    return centers, variances, counts.reshape(k, 2), classes
+
+
+def hetero_center_loss(x: torch.Tensor, labels: torch.Tensor, modality: torch.Tensor, *, margin: float = 0.0,
+                       metric: str = "sqeuclidean", strong: bool = False, reduction: str = "sum") -> torch.Tensor:
+    """Hetero-Center loss (Zhu et al., eq. 2, 5, 7, 8) over the classes present in both modalities:
+
+        L = sum_k [ D(c_k,vis, c_k,ir) (+ ||v_k,vis - v_k,ir||^2 if strong) - margin ]_+
+        D = ||c_vis - c_ir||^2 (eq. 2/5)  or  1 - cos(c_vis, c_ir) (eq. 7, norms clamped at 1e-12)
+        v = per-dimension population variance of the class's features of that modality (eq. 8)
+
+    (Eq. 6 writes the same sum with a factor 1/2; eq. 2, 5 and 8 and METHODS.md have none, nor does
+    this.) Classes seen in one modality only are left out; "mean" divides by the number of classes
+    kept (at least 1). A batch with no class in both modalities gives 0 with zero gradient.
+    x [N, D] gives a scalar, x [S, N, D] gives [S] (one loss per feature set).
+    """
+    centers, variances, counts, _ = _centers_and_variances(x, labels, modality)
+    if x.dim() == 2:
+        centers, variances = centers[None], variances[None]
+    c_vis, c_ir = centers[:, :, 0], centers[:, :, 1]
+    if metric == "cosine":
+        dist = 1.0 - (F.normalize(c_vis, dim=-1, eps=COSINE_EPS) * F.normalize(c_ir, dim=-1, eps=COSINE_EPS)).sum(-1)
+    else:
+        dist = ((c_vis - c_ir) ** 2).sum(-1)
+    if strong:
+        dist = dist + ((variances[:, :, 0] - variances[:, :, 1]) ** 2).sum(-1)
+    both = (counts > 0).all(-1)
+    per_class = torch.relu(dist - margin) * both
+    loss = per_class.sum(-1)
+    if reduction == "mean":
+        loss = loss / both.sum().clamp_min(1)
+    loss = loss.to(x.dtype)
+    return loss[0] if x.dim() == 2 else loss

@@ -1,0 +1,190 @@
+"""Triton kernels for vtreid.ops.modality_centers and vtreid.ops.hetero_center_loss.
+
+The ops layer gives every sample a class slot (samples stably sorted by label; ``order[seg[k]:seg[k+1]]``
+are the samples of slot k in batch order), so centres come out right for any batch order and every
+sum runs in a fixed order: results are bitwise reproducible, with no atomics.
+
+Forward: one program per (feature set s, slot k) walks its samples once per BLOCK_D slice of the
+features, accumulating the visible and infrared sums (and, for the strong constraint, a second walk
+for the squared deviations: the two-pass variance), and folds the slice into the per-class scalars:
+||c_vis - c_ir||^2, c_vis.c_ir, |c_vis|^2, |c_ir|^2, ||v_vis - v_ir||^2. It writes the centres,
+variances, the counts and the class's hinge value [D + V - margin]_+ (0 unless both modalities
+are present).
+
+Backward: one program per (set, sample, feature slice); with g the class's upstream gradient
+(0 when its hinge is inactive) and m the sample's modality, o the other:
+    grad_x = g * (dD/dc_m + strong * 2 (v_m - v_o) * 2 (x - c_m)) / n_m + grad_centres[m] / n_m
+    sqeuclidean dD/dc_m = 2 (c_m - c_o)
+    cosine      dD/dc_m = -(c_o / (|c_m| |c_o|) - [|c_m| > eps] cos c_m / |c_m|^2)
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+METRIC_CODES = {"sqeuclidean": 1, "cosine": 2}
+
+
+@triton.jit
+def _centers_fwd_kernel(
+    X, ORDER, SEG, MOD, HINGE, CENTERS, VARS, COUNTS, STATS,
+    N, D, stride_xs, stride_xn, stride_xd, margin,
+    METRIC: tl.constexpr, STRONG: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    s = tl.program_id(0)
+    k = tl.program_id(1)
+    start = tl.load(SEG + k)
+    end = tl.load(SEG + k + 1)
+    n_vis = 0.0
+    n_ir = 0.0
+    for p in range(start, end):
+        m = tl.load(MOD + tl.load(ORDER + p)).to(tl.float32)
+        n_ir += m
+        n_vis += 1.0 - m
+    inv_vis = 1.0 / tl.maximum(n_vis, 1.0)
+    inv_ir = 1.0 / tl.maximum(n_ir, 1.0)
+
+    x_set = X + s.to(tl.int64) * stride_xs
+    out_base = (s.to(tl.int64) * N + k) * 2 * D
+    diff_sq = 0.0
+    dot = 0.0
+    vis_sq = 0.0
+    ir_sq = 0.0
+    var_diff_sq = 0.0
+    for d0 in range(0, D, BLOCK_D):
+        rd = d0 + tl.arange(0, BLOCK_D)
+        mask_d = rd < D
+        sum_vis = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        sum_ir = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for p in range(start, end):
+            j = tl.load(ORDER + p)
+            w_ir = tl.load(MOD + j).to(tl.float32)
+            row = tl.load(x_set + j * stride_xn + rd * stride_xd, mask=mask_d, other=0.0).to(tl.float32)
+            sum_ir += row * w_ir
+            sum_vis += row * (1.0 - w_ir)
+        c_vis = sum_vis * inv_vis
+        c_ir = sum_ir * inv_ir
+        tl.store(CENTERS + out_base + rd, c_vis, mask=mask_d)
+        tl.store(CENTERS + out_base + D + rd, c_ir, mask=mask_d)
+        diff = c_vis - c_ir
+        diff_sq += tl.sum(diff * diff, axis=0)
+        dot += tl.sum(c_vis * c_ir, axis=0)
+        vis_sq += tl.sum(c_vis * c_vis, axis=0)
+        ir_sq += tl.sum(c_ir * c_ir, axis=0)
+        if STRONG:
+            dev_vis = tl.zeros((BLOCK_D,), dtype=tl.float32)
+            dev_ir = tl.zeros((BLOCK_D,), dtype=tl.float32)
+            for p in range(start, end):
+                j = tl.load(ORDER + p)
+                w_ir = tl.load(MOD + j).to(tl.float32)
+                row = tl.load(x_set + j * stride_xn + rd * stride_xd, mask=mask_d, other=0.0).to(tl.float32)
+                dv = row - c_vis
+                di = row - c_ir
+                dev_ir += di * di * w_ir
+                dev_vis += dv * dv * (1.0 - w_ir)
+            v_vis = dev_vis * inv_vis
+            v_ir = dev_ir * inv_ir
+            tl.store(VARS + out_base + rd, v_vis, mask=mask_d)
+            tl.store(VARS + out_base + D + rd, v_ir, mask=mask_d)
+            vd = v_vis - v_ir
+            var_diff_sq += tl.sum(vd * vd, axis=0)
+    if s == 0:
+        tl.store(COUNTS + 2 * k, n_vis.to(tl.int64))
+        tl.store(COUNTS + 2 * k + 1, n_ir.to(tl.int64))
+    if METRIC == 2:
+        inv = 1.0 / (tl.maximum(tl.sqrt(vis_sq), 1e-12) * tl.maximum(tl.sqrt(ir_sq), 1e-12))
+        dist = 1.0 - dot * inv
+    else:
+        dist = diff_sq
+    both = (n_vis > 0.0) & (n_ir > 0.0)
+    tl.store(HINGE + s.to(tl.int64) * N + k, tl.where(both, tl.maximum(dist + var_diff_sq - margin, 0.0), 0.0))
+    stats = STATS + (s.to(tl.int64) * N + k) * 5
+    tl.store(stats, diff_sq)
+    tl.store(stats + 1, dot)
+    tl.store(stats + 2, vis_sq)
+    tl.store(stats + 3, ir_sq)
+    tl.store(stats + 4, var_diff_sq)
+
+
+@triton.jit
+def _centers_bwd_kernel(
+    X, SLOT, MOD, HINGE, CENTERS, VARS, COUNTS, STATS, G_HINGE, G_CENTERS, GRAD_X,
+    N, D, stride_xs, stride_xn, stride_xd, stride_gs, stride_gk, stride_gm,
+    METRIC: tl.constexpr, STRONG: tl.constexpr, HAS_G_CENTERS: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    s = tl.program_id(0)
+    j = tl.program_id(1)
+    rd = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = rd < D
+    k = tl.load(SLOT + j)
+    m = tl.load(MOD + j).to(tl.int32)
+    n_m = tl.load(COUNTS + 2 * k + m).to(tl.float32)
+    inv_n = 1.0 / tl.maximum(n_m, 1.0)
+    # The hinge passes gradient only where it is active (h > 0 also means both modalities are present).
+    h = tl.load(HINGE + s.to(tl.int64) * N + k)
+    g = tl.where(h > 0.0, tl.load(G_HINGE + s.to(tl.int64) * N + k), 0.0)
+    base = (s.to(tl.int64) * N + k) * 2 * D
+    c_m = tl.load(CENTERS + base + m * D + rd, mask=mask_d, other=0.0)
+    c_o = tl.load(CENTERS + base + (1 - m) * D + rd, mask=mask_d, other=0.0)
+    if METRIC == 2:
+        stats = STATS + (s.to(tl.int64) * N + k) * 5
+        dot = tl.load(stats + 1)
+        sq_m = tl.load(stats + 2 + m)
+        sq_o = tl.load(stats + 3 - m)
+        norm_m = tl.sqrt(sq_m)
+        inv_m = 1.0 / tl.maximum(norm_m, 1e-12)
+        inv_o = 1.0 / tl.maximum(tl.sqrt(sq_o), 1e-12)
+        cos = dot * inv_m * inv_o
+        own = tl.where(norm_m > 1e-12, cos * inv_m * inv_m, 0.0)
+        d_center = own * c_m - c_o * inv_m * inv_o
+    else:
+        d_center = 2.0 * (c_m - c_o)
+    grad = g * d_center
+    if STRONG:
+        v_m = tl.load(VARS + base + m * D + rd, mask=mask_d, other=0.0)
+        v_o = tl.load(VARS + base + (1 - m) * D + rd, mask=mask_d, other=0.0)
+        x = tl.load(X + s.to(tl.int64) * stride_xs + j.to(tl.int64) * stride_xn + rd * stride_xd, mask=mask_d,
+                    other=0.0).to(tl.float32)
+        grad += g * 4.0 * (v_m - v_o) * (x - c_m)
+    if HAS_G_CENTERS:
+        grad += tl.load(G_CENTERS + s.to(tl.int64) * stride_gs + k * stride_gk + m * stride_gm + rd, mask=mask_d,
+                        other=0.0).to(tl.float32)
+    out = GRAD_X + (s.to(tl.int64) * N + j) * D + rd
+    tl.store(out, (grad * inv_n).to(GRAD_X.dtype.element_ty), mask=mask_d)
+
+
+def _block_d(d: int) -> int:
+    return min(256, triton.next_power_of_2(d))
+
+
+def forward(x, order, seg, modality, metric: str, strong: bool, margin: float):
+    """x [S, N, D] -> (hinge [S, N], centers [S, N, 2, D], variances (zeros unless strong), counts [N, 2] int64,
+    stats [S, N, 5]); float32 except counts. Slot k's hinge is [D + V - margin]_+ when both modalities are
+    present, else 0; stats: ||c_vis - c_ir||^2, c_vis.c_ir, |c_vis|^2, |c_ir|^2, ||v_vis - v_ir||^2."""
+    s, n, d = x.shape
+    hinge = torch.zeros((s, n), device=x.device, dtype=torch.float32)
+    centers = torch.zeros((s, n, 2, d), device=x.device, dtype=torch.float32)
+    variances = torch.zeros_like(centers)
+    counts = torch.zeros((n, 2), device=x.device, dtype=torch.int64)
+    stats = torch.zeros((s, n, 5), device=x.device, dtype=torch.float32)
+    if s and n:
+        _centers_fwd_kernel[(s, n)](x, order, seg, modality, hinge, centers, variances, counts, stats, n, d,
+                                    x.stride(0), x.stride(1), x.stride(2), float(margin),
+                                    METRIC=METRIC_CODES[metric], STRONG=strong, BLOCK_D=_block_d(d))
+    return hinge, centers, variances, counts, stats
+
+
+def backward(x, slot, modality, hinge, centers, variances, counts, stats, grad_hinge, grad_centers, metric: str,
+             strong: bool):
+    """grad_x [S, N, D] from the upstream gradients of the hinge values [S, N] and of the centres."""
+    s, n, d = x.shape
+    grad_x = torch.empty((s, n, d), device=x.device, dtype=x.dtype)
+    if s and n:
+        gc = grad_centers.contiguous() if grad_centers is not None else centers
+        block_d = _block_d(d)
+        _centers_bwd_kernel[(s, n, triton.cdiv(d, block_d))](
+            x, slot, modality, hinge, centers, variances, counts, stats, grad_hinge.float().contiguous(), gc, grad_x,
+            n, d, x.stride(0), x.stride(1), x.stride(2), gc.stride(0), gc.stride(1), gc.stride(2),
+            METRIC=METRIC_CODES[metric], STRONG=strong, HAS_G_CENTERS=grad_centers is not None, BLOCK_D=block_d)
+    return grad_x

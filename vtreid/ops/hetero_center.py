@@ -1,0 +1,197 @@
+"""vtreid.ops.modality_centers and vtreid.ops.hetero_center_loss: per-class modality centres, fused.
+
+The authors' code forms centres with ``chunk()``, right only for a batch sorted by identity (and wrong
+under data parallelism). Here every sample gets a class slot from a stable sort of the labels (device
+ops, no host sync), so any batch order gives the same centres, and each slot's samples are summed in
+batch order: bitwise reproducible, no float atomics.
+
+Fused backends (a forward/backward pair each, with fake kernels and autograd):
+
+    native: torch.ops.vtreid.hetero_center_fwd / _bwd          (csrc/, CPU and CUDA)
+    triton: torch.ops.vtreid.hetero_center_triton_fwd / _bwd   (kernels/hetero_center.py)
+
+The forward returns per slot k of feature set s: hinge[s, k] = [D + V - margin]_+ (0 unless both
+modalities are present), the centres and variances [S, N, 2, D], counts [N, 2] and the per-class
+scalars the backward needs. Slots past the number of classes are empty (count 0).
+"""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+
+from . import _backend, reference
+from ._checks import check_choice, check_features, check_tensor
+from ._registry import register_fused_op
+
+
+class Centers(NamedTuple):
+    """classes [K] sorted labels present; centers [K, 2, D] (or [S, K, 2, D]), 0 = visible, 1 = infrared,
+    zero where a class lacks that modality; counts [K, 2] int64."""
+    classes: torch.Tensor
+    centers: torch.Tensor
+    counts: torch.Tensor
+
+
+class ClassSlots(NamedTuple):
+    order: torch.Tensor        # [N] samples stably sorted by label
+    seg: torch.Tensor          # [N + 1] slot k's samples are order[seg[k]:seg[k + 1]]
+    slot: torch.Tensor         # [N] each sample's slot
+    slot_labels: torch.Tensor  # [N] label of each slot, -1 past the last class
+    num_classes: torch.Tensor  # [] on the device
+
+
+def class_slots(labels: torch.Tensor) -> ClassSlots:
+    """Slot layout of a batch's labels with device ops only (no host synchronisation)."""
+    n = labels.shape[0]
+    sorted_labels, order = torch.sort(labels.to(torch.int64), stable=True)
+    new = torch.ones(n, dtype=torch.bool, device=labels.device)
+    new[1:] = sorted_labels[1:] != sorted_labels[:-1]
+    slot_sorted = torch.cumsum(new, 0) - 1
+    slot = torch.empty_like(slot_sorted).scatter_(0, order, slot_sorted)
+    seg = torch.searchsorted(slot_sorted, torch.arange(n + 1, device=labels.device))
+    # Duplicate slots write the same label, so the scatter is deterministic.
+    slot_labels = torch.full((n,), -1, dtype=torch.int64, device=labels.device).scatter_(0, slot_sorted, sorted_labels)
+    return ClassSlots(order, seg, slot, slot_labels, new.sum())
+
+
+def _check_inputs(x, labels, modality):
+    check_tensor(x, "x")
+    if x.dim() not in (2, 3):
+        raise ValueError(f"x must be [N, D] or [S, N, D], got shape {tuple(x.shape)}")
+    check_features(x, "x", ndim=x.dim())
+    n = x.shape[-2]
+    for t, name, allowed in ((labels, "labels", (torch.int32, torch.int64)),
+                             (modality, "modality", (torch.int32, torch.int64, torch.int8, torch.uint8, torch.bool))):
+        check_tensor(t, name)
+        if t.dim() != 1 or t.shape[0] != n:
+            raise ValueError(f"{name} must be a 1-D tensor of length {n} (x's sample axis), got shape {tuple(t.shape)}")
+        if t.dtype not in allowed:
+            raise TypeError(f"{name} must have dtype {' or '.join(map(str, allowed))}, got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+    # A value check of a CUDA tensor would synchronise with the host; do it only when asked.
+    if modality.dtype != torch.bool and (x.device.type == "cpu" or os.environ.get("VTREID_CHECK_VALUES") == "1"):
+        if modality.numel() and ((modality < 0) | (modality > 1)).any():
+            raise ValueError("modality must hold 0 (visible) or 1 (infrared) only")
+
+
+def _fused(name, x, labels, modality, metric, strong, margin):
+    xs = x if x.dim() == 3 else x[None]
+    slots = class_slots(labels)
+    mod = modality.to(torch.int32).contiguous()
+    out = FUSED[name].forward(xs, slots.order, slots.seg, slots.slot, mod, metric, strong, margin)
+    return slots, out
+
+
+def modality_centers(x: torch.Tensor, labels: torch.Tensor, modality: torch.Tensor, *,
+                     backend: str | None = None) -> Centers:
+    """Mean feature of each (class, modality) for any batch order; differentiable w.r.t. x.
+
+    x [N, D] or [S, N, D]; labels int32/int64 [N]; modality [N] with 0 = visible, 1 = infrared.
+    The number of classes K sizes the output, so this reads it on the host once (one synchronisation);
+    hetero_center_loss never does.
+    """
+    _check_inputs(x, labels, modality)
+    name = _backend.resolve(backend, x.device, x.dtype, "modality_centers")
+    if name == "reference":
+        return Centers(*reference.modality_centers(x, labels, modality))
+    slots, (_, centers, _, counts, _) = _fused(name, x, labels, modality, "sqeuclidean", False, 0.0)
+    k = int(slots.num_classes)
+    centers = centers[:, :k].to(x.dtype)
+    return Centers(slots.slot_labels[:k], centers if x.dim() == 3 else centers[0], counts[:k])
+
+
+def hetero_center_loss(x: torch.Tensor, labels: torch.Tensor, modality: torch.Tensor, *, margin: float = 0.0,
+                       metric: str = "sqeuclidean", strong: bool = False, reduction: str = "sum",
+                       backend: str | None = None) -> torch.Tensor:
+    """Hetero-Center loss (Zhu et al., eq. 2, 5, 7, 8); see vtreid.ops.reference.hetero_center_loss.
+
+        sum (or mean) over classes present in both modalities of
+        [D(c_vis, c_ir) (+ ||v_vis - v_ir||^2 if strong) - margin]_+,
+        D = ||c_vis - c_ir||^2 ("sqeuclidean") or 1 - cos(c_vis, c_ir) ("cosine").
+
+    x [N, D] gives a scalar; x [S, N, D] (S feature sets, e.g. TSLFN's 6 stripes, sharing labels and
+    modality) gives [S] in one launch. Classes seen in one modality only are left out; a batch with no
+    class in both gives 0 with zero gradient. Any batch order; bitwise reproducible; no host sync.
+    """
+    _check_inputs(x, labels, modality)
+    check_choice(metric, "metric", reference.CENTER_METRICS)
+    check_choice(reduction, "reduction", reference.REDUCTIONS)
+    if not isinstance(margin, (int, float)):
+        raise TypeError(f"margin must be a float, got {type(margin).__name__}")
+    name = _backend.resolve(backend, x.device, x.dtype, "hetero_center_loss")
+    if name == "reference":
+        return reference.hetero_center_loss(x, labels, modality, margin=margin, metric=metric, strong=bool(strong),
+                                            reduction=reduction)
+    _, (hinge, _, _, counts, _) = _fused(name, x, labels, modality, metric, bool(strong), float(margin))
+    loss = hinge.sum(-1)
+    if reduction == "mean":
+        loss = loss / (counts > 0).all(-1).sum().clamp_min(1)
+    loss = loss.to(x.dtype)
+    return loss if x.dim() == 3 else loss[0]
+
+
+# --- fake kernels and autograd, shared by both fused backends ---------------------------------------
+
+def _fake_forward(x, order, seg, slot, modality, metric, strong, margin):
+    s, n, d = x.shape
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return (x.new_empty((s, n), dtype=acc), x.new_empty((s, n, 2, d), dtype=acc), x.new_empty((s, n, 2, d), dtype=acc),
+            x.new_empty((n, 2), dtype=torch.int64), x.new_empty((s, n, 5), dtype=acc))
+
+
+def _fake_backward(x, slot, modality, hinge, centers, variances, counts, stats, grad_hinge, grad_centers, metric,
+                   strong):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    x, _, _, slot, modality, metric, strong, _ = inputs
+    hinge, centers, variances, counts, stats = output
+    ctx.save_for_backward(x, slot, modality, hinge, centers, variances, counts, stats)
+    ctx.metric, ctx.strong = metric, strong
+    ctx.mark_non_differentiable(variances, counts, stats)
+    ctx.set_materialize_grads(False)
+
+
+def _make_backward(backward_op):
+    def backward(ctx, grad_hinge, grad_centers, _gv, _gc, _gs):
+        x, slot, modality, hinge, centers, variances, counts, stats = ctx.saved_tensors
+        if grad_hinge is None:
+            grad_hinge = torch.zeros_like(hinge)
+        grad_x = backward_op(x, slot, modality, hinge, centers, variances, counts, stats, grad_hinge, grad_centers,
+                             ctx.metric, ctx.strong)
+        return grad_x, None, None, None, None, None, None, None
+    return backward
+
+
+# --- triton -----------------------------------------------------------------------------------------
+
+@torch.library.custom_op("vtreid::hetero_center_triton_fwd", mutates_args=())
+def _triton_forward(x: torch.Tensor, order: torch.Tensor, seg: torch.Tensor, slot: torch.Tensor,
+                    modality: torch.Tensor, metric: str, strong: bool, margin: float
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from vtreid.kernels import hetero_center as kernel
+    return kernel.forward(x, order, seg, modality, metric, strong, margin)
+
+
+@torch.library.custom_op("vtreid::hetero_center_triton_bwd", mutates_args=())
+def _triton_backward(x: torch.Tensor, slot: torch.Tensor, modality: torch.Tensor, hinge: torch.Tensor,
+                     centers: torch.Tensor, variances: torch.Tensor, counts: torch.Tensor, stats: torch.Tensor,
+                     grad_hinge: torch.Tensor, grad_centers: torch.Tensor | None, metric: str,
+                     strong: bool) -> torch.Tensor:
+    from vtreid.kernels import hetero_center as kernel
+    return kernel.backward(x, slot, modality, hinge, centers, variances, counts, stats, grad_hinge, grad_centers,
+                           metric, strong)
+
+
+FUSED = register_fused_op(
+    "hetero_center",
+    triton=(_triton_forward, _triton_backward),
+    fake_forward=_fake_forward,
+    fake_backward=_fake_backward,
+    setup_context=_setup_context,
+    make_backward=_make_backward,
+)
