@@ -143,6 +143,58 @@ std::tuple<at::Tensor, at::Tensor> hard_mining_bwd_cuda(
   return {grad_a, grad_c};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hetero_center_fwd_cuda(
+    const at::Tensor& x, const at::Tensor& order, const at::Tensor& seg, const at::Tensor& slot,
+    const at::Tensor& modality, std::string_view metric_name, bool strong, double margin) {
+  const Metric metric = parse_metric(metric_name);
+  TORCH_CHECK_VALUE(metric != kEuclidean, "hetero_center metric must be 'sqeuclidean' or 'cosine'");
+  TORCH_CHECK_VALUE(x.dim() == 3, "x must be [S, N, D]");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor ord = order.to(at::kLong).contiguous(), sg = seg.to(at::kLong).contiguous();
+  const at::Tensor mod = modality.to(at::kInt).contiguous();
+  const int64_t sets = xc.size(0), n = xc.size(1), dim = xc.size(2);
+  TORCH_CHECK_VALUE(sg.numel() == n + 1 && ord.numel() == n && mod.numel() == n, "layout tensors must match x");
+  const auto acc = xc.options().dtype(accumulation_type(xc.scalar_type()));
+  at::Tensor hinge = at::zeros({sets, n}, acc), centers = at::zeros({sets, n, 2, dim}, acc);
+  at::Tensor variances = at::zeros_like(centers), stats = at::zeros({sets, n, 5}, acc);
+  at::Tensor counts = at::zeros({n, 2}, ord.options());
+  check_launch(vtreid::cuda::hetero_center_fwd(dtype_of(xc), xc.const_data_ptr(), ord.const_data_ptr<int64_t>(),
+                                               sg.const_data_ptr<int64_t>(), mod.const_data_ptr<int32_t>(),
+                                               hinge.mutable_data_ptr(), centers.mutable_data_ptr(),
+                                               variances.mutable_data_ptr(), counts.mutable_data_ptr<int64_t>(),
+                                               stats.mutable_data_ptr(), sets, n, dim, metric, strong, margin,
+                                               c10::cuda::getCurrentCUDAStream()),
+               "hetero_center_fwd");
+  return {hinge, centers, variances, counts, stats};
+}
+
+at::Tensor hetero_center_bwd_cuda(const at::Tensor& x, const at::Tensor& slot, const at::Tensor& modality,
+                                  const at::Tensor& hinge, const at::Tensor& centers, const at::Tensor& variances,
+                                  const at::Tensor& counts, const at::Tensor& stats, const at::Tensor& grad_hinge,
+                                  const std::optional<at::Tensor>& grad_centers, std::string_view metric_name,
+                                  bool strong) {
+  const Metric metric = parse_metric(metric_name);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto acc = accumulation_type(x.scalar_type());
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor sl = slot.to(at::kLong).contiguous(), cnt = counts.to(at::kLong).contiguous();
+  const at::Tensor mod = modality.to(at::kInt).contiguous();
+  const at::Tensor h = hinge.to(acc).contiguous(), gh = grad_hinge.to(acc).contiguous();
+  const at::Tensor c = centers.to(acc).contiguous(), v = variances.to(acc).contiguous(), st = stats.to(acc).contiguous();
+  const bool has_gc = grad_centers.has_value() && grad_centers->defined();
+  const at::Tensor gc = has_gc ? grad_centers->to(acc).contiguous() : at::Tensor();
+  at::Tensor grad_x = at::empty_like(xc);
+  check_launch(vtreid::cuda::hetero_center_bwd(dtype_of(xc), xc.const_data_ptr(), sl.const_data_ptr<int64_t>(),
+                                               mod.const_data_ptr<int32_t>(), h.const_data_ptr(), c.const_data_ptr(),
+                                               v.const_data_ptr(), cnt.const_data_ptr<int64_t>(), st.const_data_ptr(),
+                                               gh.const_data_ptr(), has_gc ? gc.const_data_ptr() : nullptr,
+                                               grad_x.mutable_data_ptr(), xc.size(0), xc.size(1), xc.size(2), metric,
+                                               strong, c10::cuda::getCurrentCUDAStream()),
+               "hetero_center_bwd");
+  return grad_x;
+}
+
 }  // namespace
 }  // namespace vtreid::cuda
 
@@ -151,4 +203,6 @@ TORCH_LIBRARY_IMPL(vtreid, CUDA, m) {
   m.impl("pairwise_distance_bwd", &vtreid::cuda::pairwise_distance_bwd_cuda);
   m.impl("hard_mining_fwd", &vtreid::cuda::hard_mining_fwd_cuda);
   m.impl("hard_mining_bwd", &vtreid::cuda::hard_mining_bwd_cuda);
+  m.impl("hetero_center_fwd", &vtreid::cuda::hetero_center_fwd_cuda);
+  m.impl("hetero_center_bwd", &vtreid::cuda::hetero_center_bwd_cuda);
 }

@@ -39,4 +39,19 @@ cudaError_t hard_mining_bwd(DType dtype, const void* grad_pos, const void* grad_
                             const int64_t* order, const int64_t* seg, void* contrib, void* grad_anchors,
                             void* grad_candidates, int64_t n, int64_t m, int64_t dim, int metric, cudaStream_t stream);
 
+// Per-class modality centres and the Hetero-Center hinge. x is contiguous [sets, n, dim]; the samples
+// of class slot k are order[seg[k] .. seg[k + 1]); modality int32; every float output and stats
+// [sets, n, 5] in the accumulation type; counts [n, 2]. Outputs must be zero-initialised.
+cudaError_t hetero_center_fwd(DType dtype, const void* x, const int64_t* order, const int64_t* seg,
+                              const int32_t* modality, void* hinge, void* centers, void* variances, int64_t* counts,
+                              void* stats, int64_t sets, int64_t n, int64_t dim, int metric, bool strong,
+                              double margin, cudaStream_t stream);
+
+// grad_x [sets, n, dim] (x's type) from grad_hinge [sets, n] and grad_centers [sets, n, 2, dim] (may be
+// null), both in the accumulation type.
+cudaError_t hetero_center_bwd(DType dtype, const void* x, const int64_t* slot, const int32_t* modality,
+                              const void* hinge, const void* centers, const void* variances, const int64_t* counts,
+                              const void* stats, const void* grad_hinge, const void* grad_centers, void* grad_x,
+                              int64_t sets, int64_t n, int64_t dim, int metric, bool strong, cudaStream_t stream);
+
 }  // namespace vtreid::cuda

@@ -1,0 +1,204 @@
+"""vtreid.ops.modality_centers / hetero_center_loss: every backend against vtreid.ops.reference."""
+import itertools
+
+import pytest
+import torch
+
+import vtreid.ops as ops
+from vtreid.ops.hetero_center import FUSED, class_slots
+
+from support import DEVICES, FUSED_BACKENDS, assert_matches, dtypes_for, require_backend
+
+OPTIONS = [dict(metric=m, strong=s, reduction=r, margin=a)
+           for m, s, r, a in itertools.product(("sqeuclidean", "cosine"), (False, True), ("sum", "mean"), (0.0, 0.7))]
+
+
+def batch(sets, ids, per_cell, d, device, dtype=torch.float32, seed=0, shuffle=True):
+    """ids identities x 2 modalities x per_cell samples, shuffled; x is [N, D] when sets is None."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(ids).repeat_interleave(2 * per_cell)
+    modality = torch.tensor([0] * per_cell + [1] * per_cell).repeat(ids)
+    shape = (len(labels), d) if sets is None else (sets, len(labels), d)
+    x = torch.randn(shape, generator=g)
+    if shuffle:
+        perm = torch.randperm(len(labels), generator=g)
+        labels, modality, x = labels[perm], modality[perm], x[..., perm, :]
+    return x.to(device, dtype), (labels * 7 + 3).to(device), modality.to(device)
+
+
+def loss_and_grad(backend, x, labels, modality, upstream=None, **options):
+    xl = x.detach().clone().requires_grad_(True)
+    loss = ops.hetero_center_loss(xl, labels, modality, backend=backend, **options)
+    if upstream is None:
+        upstream = torch.rand_like(loss) + 0.5
+    (grad,) = torch.autograd.grad((loss * upstream).sum(), xl)
+    return loss.detach(), grad, upstream
+
+
+def check(backend, device, dtype, x, labels, modality, **options):
+    require_backend(backend, device, dtype)
+    ref_loss, ref_grad, upstream = loss_and_grad("reference", x, labels, modality, **options)
+    loss, grad, _ = loss_and_grad(backend, x, labels, modality, upstream, **options)
+    assert_matches(loss, ref_loss, dtype, f"{backend} loss {options}")
+    assert_matches(grad, ref_grad, dtype, f"{backend} grad {options}")
+    assert loss.isfinite().all() and grad.isfinite().all()
+    return loss, grad
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_matches_reference_single_and_six_sets(device, backend, options):
+    x, labels, modality = batch(None, 4, 8, 65, device, seed=1)          # the paper's 4 x (8 + 8)
+    check(backend, device, torch.float32, x, labels, modality, **options)
+    x6, labels, modality = batch(6, 3, 3, 33, device, seed=2)            # TSLFN: 6 stripes at once
+    check(backend, device, torch.float32, x6, labels, modality, **options)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", ("reference",) + FUSED_BACKENDS)
+def test_batch_order_does_not_matter(device, backend):
+    require_backend(backend, device)
+    x, labels, modality = batch(2, 5, 4, 20, device, seed=3, shuffle=False)
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(9)).to(device)
+    for options in OPTIONS[::3]:
+        loss, grad, up = loss_and_grad(backend, x, labels, modality, **options)
+        loss_p, grad_p, _ = loss_and_grad(backend, x[:, perm], labels[perm], modality[perm], up, **options)
+        torch.testing.assert_close(loss_p, loss, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grad_p, grad[:, perm], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_every_dtype(device, backend):
+    for dtype in dtypes_for(device, backend):
+        x, labels, modality = batch(6, 4, 4, 48, device, dtype, seed=4)
+        for options in (OPTIONS[0], OPTIONS[-1]):
+            check(backend, device, dtype, x, labels, modality, **options)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", ("reference",) + FUSED_BACKENDS)
+def test_awkward_batches(device, backend):
+    require_backend(backend, device)
+    x = torch.randn(3, 8, 5, device=device)
+    one_modality = torch.zeros(8, dtype=torch.long, device=device)
+    for labels, modality in (
+        (torch.zeros(8, dtype=torch.long, device=device), one_modality),           # one identity, one modality
+        (torch.arange(8, device=device), torch.arange(8, device=device) % 2),      # singletons: never both
+        (torch.tensor([4, 4, 2, 2, 9, 9, 9, 9], device=device), one_modality),     # nobody has infrared
+    ):
+        for options in OPTIONS[::3]:
+            xl = x.clone().requires_grad_()
+            loss = ops.hetero_center_loss(xl, labels, modality, backend=backend, **options)
+            assert (loss == 0).all()
+            loss.sum().backward()
+            assert (xl.grad == 0).all()
+    # a class lacking infrared is left out: the loss equals that of the batch without it
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 2, 5], device=device)
+    modality = torch.tensor([0, 1, 1, 0, 0, 0, 1, 0], device=device)
+    keep = labels != 5
+    for options in OPTIONS:
+        if options["reduction"] == "mean" or backend == "reference":
+            full = ops.hetero_center_loss(x, labels, modality, backend=backend, **options)
+            torch.testing.assert_close(full, ops.hetero_center_loss(x[:, keep], labels[keep], modality[keep],
+                                                                    backend=backend, **options))
+    if backend != "reference":
+        for options in OPTIONS[::2]:
+            check(backend, device, torch.float32, x, labels, modality, **options)
+        check(backend, device, torch.float32, x[0], labels, modality, **OPTIONS[-1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_deterministic(device, backend):
+    require_backend(backend, device)
+    x, labels, modality = batch(3, 4, 5, 40, device, seed=5)
+    first = loss_and_grad(backend, x, labels, modality, torch.ones(3, device=device), metric="cosine", strong=True)
+    second = loss_and_grad(backend, x, labels, modality, torch.ones(3, device=device), metric="cosine", strong=True)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_modality_centers(device, backend):
+    require_backend(backend, device)
+    x, labels, modality = batch(None, 4, 3, 17, device, seed=6)
+    labels[0] = 1000  # a class with one visible sample only
+    modality[0] = 0
+    for xs in (x, torch.stack([x, 2 * x, -x])):
+        ref = ops.modality_centers(xs.detach().requires_grad_(), labels, modality, backend="reference")
+        xl = xs.detach().clone().requires_grad_()
+        got = ops.modality_centers(xl, labels, modality, backend=backend)
+        assert torch.equal(got.classes, ref.classes) and torch.equal(got.counts, ref.counts)
+        assert_matches(got.centers, ref.centers, torch.float32, "centers")
+        upstream = torch.randn_like(got.centers)
+        (grad,) = torch.autograd.grad((got.centers * upstream).sum(), xl)
+        xr = xs.detach().clone().requires_grad_()
+        (ref_grad,) = torch.autograd.grad((ops.modality_centers(xr, labels, modality, backend="reference").centers
+                                           * upstream).sum(), xr)
+        assert_matches(grad, ref_grad, torch.float32, "grad through centers")
+        assert got.counts[-1].tolist() == [1, 0] and (got.centers[..., -1, 1, :] == 0).all()
+
+
+def test_class_slots_layout():
+    labels = torch.tensor([7, 3, 7, 9, 3, 3])
+    slots = class_slots(labels)
+    assert slots.slot.tolist() == [1, 0, 1, 2, 0, 0]
+    assert slots.order.tolist() == [1, 4, 5, 0, 2, 3]
+    assert slots.seg.tolist() == [0, 3, 5, 6, 6, 6, 6]
+    assert slots.slot_labels.tolist() == [3, 7, 9, -1, -1, -1] and int(slots.num_classes) == 3
+
+
+@pytest.mark.parametrize("backend", ("reference", "native"))
+@pytest.mark.parametrize("options", OPTIONS[::2], ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_gradcheck_float64(backend, options):
+    require_backend(backend, "cpu", torch.float64)
+    x, labels, modality = batch(2, 3, 2, 4, "cpu", torch.float64, seed=7)
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda t: ops.hetero_center_loss(t, labels, modality, backend=backend, **options), (x,))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_opcheck(device, backend):
+    require_backend(backend, device)
+    op = FUSED[backend]
+    x, labels, modality = batch(3, 3, 2, 9, device, seed=8)
+    slots = class_slots(labels)
+    mod = modality.int()
+    for metric, strong in itertools.product(("sqeuclidean", "cosine"), (False, True)):
+        args = (x.requires_grad_(), slots.order, slots.seg, slots.slot, mod, metric, strong, 0.1)
+        torch.library.opcheck(op.forward, args)
+        with torch.no_grad():
+            hinge, centers, variances, counts, stats = op.forward(*args)
+        for grad_centers in (None, torch.randn_like(centers)):
+            torch.library.opcheck(op.backward, (x.detach(), slots.slot, mod, hinge, centers, variances, counts, stats,
+                                                torch.randn_like(hinge), grad_centers, metric, strong))
+
+
+def test_bad_inputs_name_the_argument():
+    x = torch.randn(6, 4)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    modality = torch.tensor([0, 1, 0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"x must be \[N, D\] or \[S, N, D\]"):
+        ops.hetero_center_loss(x[0], labels, modality)
+    with pytest.raises(TypeError, match="x must be float"):
+        ops.hetero_center_loss(x.long(), labels, modality)
+    with pytest.raises(ValueError, match="labels must be a 1-D tensor of length 6"):
+        ops.hetero_center_loss(x, labels[:4], modality)
+    with pytest.raises(TypeError, match="labels must have dtype"):
+        ops.hetero_center_loss(x, labels.float(), modality)
+    with pytest.raises(ValueError, match="modality must hold 0"):
+        ops.hetero_center_loss(x, labels, modality + 1)
+    with pytest.raises(ValueError, match="modality is on meta"):
+        ops.hetero_center_loss(x, labels, modality.to("meta"))
+    with pytest.raises(ValueError, match="metric"):
+        ops.hetero_center_loss(x, labels, modality, metric="euclidean")
+    with pytest.raises(ValueError, match="reduction"):
+        ops.hetero_center_loss(x, labels, modality, reduction="none")
+    with pytest.raises(TypeError, match="margin"):
+        ops.hetero_center_loss(x, labels, modality, margin="0.1")
+    with pytest.raises(ValueError, match="labels must be a 1-D"):
+        ops.modality_centers(torch.randn(2, 6, 4), labels[:, None], modality)
