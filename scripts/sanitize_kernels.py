@@ -35,6 +35,18 @@ def mining(backend, n, m, d, dtype, metric):
     return close(out.pos_dist, ref.pos_dist) and close(out.neg_dist, ref.neg_dist) and torch.equal(out.valid, ref.valid)
 
 
+def hetero_center(backend, n, m, d, dtype, metric):
+    if metric == "euclidean":
+        return True
+    x = torch.randn(3, n + m, d, device="cuda", dtype=dtype, requires_grad=True)
+    labels = torch.randint(0, 6, (n + m,), device="cuda")
+    modality = torch.randint(0, 2, (n + m,), device="cuda")
+    kw = dict(metric=metric, strong=True, margin=0.1)
+    loss = ops.hetero_center_loss(x, labels, modality, backend=backend, **kw)
+    loss.sum().backward()
+    return close(loss, ops.hetero_center_loss(x.detach(), labels, modality, backend="reference", **kw))
+
+
 def main():
     assert torch.cuda.is_available(), "needs a GPU"
     bad = 0
@@ -44,7 +56,7 @@ def main():
             print(f"{backend}: unavailable ({why})")
             bad += 1
             continue
-        for op in (pairwise, mining):
+        for op in (pairwise, mining, hetero_center):
             for n, m, d in SHAPES:
                 for dtype in DTYPES:
                     for metric in METRICS:

@@ -37,3 +37,13 @@ def test_hard_mining_benchmark_runs(tmp_path):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["provider"] for r in records} >= {"reference", "native"}
     assert all(r["op"] == "hard_mining" and r["mode"] == "full" for r in records)
+
+
+def test_hetero_center_benchmark_runs(tmp_path):
+    from bench import hetero_center
+    out = tmp_path / "cpu.jsonl"
+    hetero_center.main(["--device", "cpu", "--quick", "--providers", "reference,native", "--modes", "full",
+                        "--min-run-time", "0.01", "--out", str(out)])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["provider"] for r in records} == {"reference", "native"}
+    assert records[0]["case"] == {"N": 64, "D": 512, "S": 6}

@@ -1,0 +1,72 @@
+"""Benchmark of vtreid.ops.hetero_center_loss: python -m bench.hetero_center [--quick] [--device cpu|cuda]
+
+Providers: reference (eager, vtreid.ops.reference), compiled (torch.compile of it), triton, native.
+Batches follow the paper's sampler (L identities x T visible + T infrared, shuffled) with S = 1 or 6
+feature sets (TSLFN's stripes), L2-normalised as the paper feeds the loss.
+
+Targets (issue 4), forward + backward: on a GPU at batch 64, D = 512, S = 6 at least 3x faster than
+eager and 1.5x faster than compiled; on CPU native not slower than eager.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from bench import harness
+
+
+def make_inputs(case, dtype, device, requires_grad):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    n, per_cell = case["N"], 8
+    ids = n // (2 * per_cell)
+    labels = torch.arange(ids).repeat_interleave(2 * per_cell)
+    modality = torch.tensor([0] * per_cell + [1] * per_cell).repeat(ids)
+    perm = torch.randperm(n, generator=g)
+    x = F.normalize(torch.randn(case["S"], n, case["D"], generator=g), dim=-1)
+    x = x.to(device, dtype).requires_grad_(requires_grad)
+    return {"x": x, "labels": labels[perm].to(device), "modality": modality[perm].to(device)}
+
+
+def reference(inputs):
+    from vtreid.ops import reference as ref
+    return ref.hetero_center_loss(inputs["x"], inputs["labels"], inputs["modality"]).sum()
+
+
+def vtreid_op(inputs, backend):
+    from vtreid.ops import hetero_center_loss
+    return hetero_center_loss(inputs["x"], inputs["labels"], inputs["modality"], backend=backend).sum()
+
+
+def providers() -> list[harness.Provider]:
+    return [
+        harness.Provider("reference", lambda inputs: (lambda: reference(inputs))),
+        harness.compiled_provider(reference),
+        harness.backend_provider("triton", vtreid_op),
+        harness.backend_provider("native", vtreid_op),
+    ]
+
+
+def cases(device: torch.device, quick: bool) -> list[dict]:
+    if quick:
+        return [{"N": 64, "D": 512, "S": 6}]
+    if device.type == "cpu":
+        return [{"N": 64, "D": 512, "S": 6}, {"N": 64, "D": 2048, "S": 1}, {"N": 256, "D": 3072, "S": 1}]
+    return [{"N": n, "D": d, "S": s} for n in (64, 128, 256, 512) for d in (512, 2048, 3072) for s in (1, 6)]
+
+
+def main(argv=None):
+    args = harness.common_args(__doc__.splitlines()[0]).parse_args(argv)
+    device = torch.device(args.device)
+    default_dtypes = (torch.float32, torch.bfloat16) if device.type == "cuda" else (torch.float32,)
+    chosen = harness.select(providers(), args.providers)
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        chosen = [p for p in chosen if p.name != "triton"]
+    harness.run("hetero_center_loss", chosen, make_inputs, cases(device, args.quick),
+                harness.parse_dtypes(args.dtypes, default_dtypes), args.modes.split(","), device, args.out,
+                args.min_run_time)
+
+
+if __name__ == "__main__":
+    main()
