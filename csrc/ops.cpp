@@ -32,6 +32,13 @@ TORCH_LIBRARY(vtreid, m) {
   m.def(
       "hetero_center_bwd(Tensor x, Tensor slot, Tensor modality, Tensor hinge, Tensor centers, Tensor variances, "
       "Tensor counts, Tensor stats, Tensor grad_hinge, Tensor? grad_centers, str metric, bool strong) -> Tensor");
+  // Per row: loss, log-sum-exp, E_p[z], target term, |x|^2; per class |w|^2 (accumulation dtype).
+  m.def(
+      "normalized_ce_fwd(Tensor x, Tensor weight, Tensor target, float scale, float label_smoothing) "
+      "-> (Tensor loss, Tensor lse, Tensor ez, Tensor tz, Tensor xsq, Tensor wsq)");
+  m.def(
+      "normalized_ce_bwd(Tensor grad, Tensor x, Tensor weight, Tensor target, Tensor lse, Tensor ez, Tensor tz, "
+      "Tensor xsq, Tensor wsq, float scale, float label_smoothing) -> (Tensor grad_x, Tensor grad_weight)");
 }
 
 TORCH_LIBRARY_IMPL(vtreid, CPU, m) {
@@ -41,6 +48,8 @@ TORCH_LIBRARY_IMPL(vtreid, CPU, m) {
   m.impl("hard_mining_bwd", &vtreid::cpu::hard_mining_bwd);
   m.impl("hetero_center_fwd", &vtreid::cpu::hetero_center_fwd);
   m.impl("hetero_center_bwd", &vtreid::cpu::hetero_center_bwd);
+  m.impl("normalized_ce_fwd", &vtreid::cpu::normalized_ce_fwd);
+  m.impl("normalized_ce_bwd", &vtreid::cpu::normalized_ce_bwd);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

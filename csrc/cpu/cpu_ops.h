@@ -35,4 +35,13 @@ at::Tensor hetero_center_bwd(const at::Tensor& x, const at::Tensor& slot, const 
                              const at::Tensor& counts, const at::Tensor& stats, const at::Tensor& grad_hinge,
                              const std::optional<at::Tensor>& grad_centers, std::string_view metric, bool strong);
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> normalized_ce_fwd(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& target, double scale, double label_smoothing);
+
+std::tuple<at::Tensor, at::Tensor> normalized_ce_bwd(const at::Tensor& grad, const at::Tensor& x,
+                                                     const at::Tensor& weight, const at::Tensor& target,
+                                                     const at::Tensor& lse, const at::Tensor& ez, const at::Tensor& tz,
+                                                     const at::Tensor& xsq, const at::Tensor& wsq, double scale,
+                                                     double label_smoothing);
+
 }  // namespace vtreid::cpu

@@ -6,6 +6,8 @@
     modality_centers(x, labels, modality, *, backend=None)
     hetero_center_loss(x, labels, modality, *, margin=0.0, metric="sqeuclidean", strong=False,
                        reduction="sum", backend=None)
+    normalized_logits(x, weight, *, scale=1.0, backend=None)
+    normalized_cross_entropy(x, weight, target, *, scale, label_smoothing=0.0, reduction="mean", backend=None)
 
 ``backend`` is "reference" (eager PyTorch), "triton" (kernels/) or "native" (the C++/CUDA extension);
 None picks the fastest available for the input's device. ``use_backend(name)`` and the
@@ -15,6 +17,7 @@ from . import reference
 from ._backend import BACKENDS, availability, use_backend
 from .hard_mining import Mined, hard_mining
 from .hetero_center import Centers, hetero_center_loss, modality_centers
+from .normalized_softmax import normalized_cross_entropy, normalized_logits
 from .pairwise_distance import pairwise_distance
 
-__all__ = ["BACKENDS", "Centers", "Mined", "hetero_center_loss", "modality_centers", "availability", "hard_mining", "pairwise_distance", "reference", "use_backend"]
+__all__ = ["BACKENDS", "Centers", "Mined", "hetero_center_loss", "modality_centers", "normalized_cross_entropy", "normalized_logits", "availability", "hard_mining", "pairwise_distance", "reference", "use_backend"]

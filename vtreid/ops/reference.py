@@ -174,3 +174,26 @@ def hetero_center_loss(x: torch.Tensor, labels: torch.Tensor, modality: torch.Te
         loss = loss / both.sum().clamp_min(1)
     loss = loss.to(x.dtype)
     return loss[0] if x.dim() == 2 else loss
+
+
+CE_REDUCTIONS = ("mean", "sum", "none")
+
+
+def normalized_logits(x: torch.Tensor, weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """scale * <x_i / |x_i|, w_c / |w_c|>, [N, C] (norms clamped at 1e-12 as F.normalize)."""
+    acc = _accumulation_dtype(x.dtype)
+    logits = scale * (F.normalize(x.to(acc), dim=1, eps=COSINE_EPS) @ F.normalize(weight.to(acc), dim=1, eps=COSINE_EPS).T)
+    return logits.to(x.dtype)
+
+
+def normalized_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, *, scale: float,
+                             label_smoothing: float = 0.0, reduction: str = "mean") -> torch.Tensor:
+    """Cross entropy of normalized_logits: the Sphere loss (SphereReID eq. 6, s = 14; HSME's s = 5).
+
+    loss_i = lse_i(z) - (1 - eps) z_{i, y_i} - eps / C * sum_c z_ic  (as F.cross_entropy's label_smoothing)
+    Computed in float32 (float64 for float64 inputs); the result has x's dtype.
+    """
+    acc = _accumulation_dtype(x.dtype)
+    logits = scale * (F.normalize(x.to(acc), dim=1, eps=COSINE_EPS) @ F.normalize(weight.to(acc), dim=1, eps=COSINE_EPS).T)
+    loss = F.cross_entropy(logits, target.long(), label_smoothing=label_smoothing, reduction=reduction)
+    return loss.to(x.dtype)

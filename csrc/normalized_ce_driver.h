@@ -1,0 +1,101 @@
+// The native normalized cross-entropy (formulas in kernels/normalized_softmax.py), shared by the CPU
+// and CUDA registrations. Classes are streamed in chunks of kClassChunk: each chunk's x.W^T comes
+// from one GEMM (BLAS / cuBLAS) into a reused [N, chunk] buffer, and the device's epilogue folds it
+// into per-row online log-sum-exp state (forward) or turns it into G q and its column sums (backward).
+// No normalised copy of W and never the N x C logits when C exceeds a chunk.
+//
+// Epilogue must provide, for acc_t in {float, double} (raw contiguous pointers on the tensors' device):
+//   merge(dots, n, cc, c0, classes, inv_x, inv_w, target, scale, smoothing,
+//         run_max, run_sum, run_ez, z_target, z_total)
+//   grad(dots, n, cc, c0, classes, inv_x, inv_w, target, lse, grad_row, scale, smoothing, gq, col_gz)
+#pragma once
+#include <torch/types.h>
+
+#include <limits>
+#include <tuple>
+
+#include "op_checks.h"
+
+namespace vtreid {
+
+constexpr int64_t kClassChunk = 8192;
+
+inline at::Tensor inverse_norms(const at::Tensor& sq) { return sq.sqrt().clamp_min(kCosineEps).reciprocal(); }
+
+template <class Epilogue>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> normalized_ce_forward(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& target, double scale, double smoothing) {
+  check_features(x, "x");
+  check_features(weight, "weight");
+  TORCH_CHECK_VALUE(x.size(1) == weight.size(1), "x and weight must have the same feature dimension");
+  const auto acc = accumulation_type(x.scalar_type());
+  const at::Tensor xa = x.to(acc).contiguous();
+  const at::Tensor tg = target.to(at::kLong).contiguous();
+  const int64_t n = xa.size(0), classes = weight.size(0);
+  const at::Tensor xsq = (xa * xa).sum(1);
+  const at::Tensor wsq = weight.to(acc).pow(2).sum(1);
+  const at::Tensor inv_x = inverse_norms(xsq), inv_w = inverse_norms(wsq);
+  at::Tensor run_max = at::full({n}, -std::numeric_limits<double>::infinity(), xa.options());
+  at::Tensor run_sum = at::zeros({n}, xa.options()), run_ez = at::zeros({n}, xa.options());
+  at::Tensor z_target = at::zeros({n}, xa.options()), z_total = at::zeros({n}, xa.options());
+  for (int64_t c0 = 0; c0 < classes && n > 0; c0 += kClassChunk) {
+    const int64_t cc = std::min(kClassChunk, classes - c0);
+    const at::Tensor dots = at::mm(xa, weight.narrow(0, c0, cc).to(acc).t()).contiguous();
+    AT_DISPATCH_FLOATING_TYPES(acc, "normalized_ce_merge", [&] {
+      Epilogue::template merge<scalar_t>(
+          dots.const_data_ptr<scalar_t>(), n, cc, c0, classes, inv_x.const_data_ptr<scalar_t>(),
+          inv_w.const_data_ptr<scalar_t>() + c0, tg.const_data_ptr<int64_t>(), static_cast<scalar_t>(scale),
+          static_cast<scalar_t>(smoothing), run_max.mutable_data_ptr<scalar_t>(), run_sum.mutable_data_ptr<scalar_t>(),
+          run_ez.mutable_data_ptr<scalar_t>(), z_target.mutable_data_ptr<scalar_t>(),
+          z_total.mutable_data_ptr<scalar_t>());
+    });
+  }
+  const at::Tensor lse = run_max + run_sum.log();
+  const at::Tensor tz = z_target * (1.0 - smoothing) + z_total * (smoothing / static_cast<double>(classes));
+  return {lse - tz, lse, run_ez / run_sum, tz, xsq, wsq};
+}
+
+template <class Epilogue>
+std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& target,
+    const at::Tensor& lse, const at::Tensor& ez, const at::Tensor& tz, const at::Tensor& xsq, const at::Tensor& wsq,
+    double scale, double smoothing) {
+  const auto acc = accumulation_type(x.scalar_type());
+  const at::Tensor xa = x.to(acc).contiguous();
+  const at::Tensor tg = target.to(at::kLong).contiguous();
+  const at::Tensor g = grad.to(acc).contiguous(), ls = lse.to(acc).contiguous();
+  const at::Tensor xs = xsq.to(acc), ws = wsq.to(acc).contiguous();
+  const int64_t n = xa.size(0), classes = weight.size(0), dim = xa.size(1);
+  const at::Tensor inv_x = inverse_norms(xs).contiguous(), inv_w = inverse_norms(ws).contiguous();
+  const at::Tensor x_unit = xa * inv_x.unsqueeze(1);
+  at::Tensor grad_x = at::zeros({n, dim}, xa.options());
+  at::Tensor grad_w = at::empty({classes, dim}, xa.options());
+  at::Tensor col_gz = at::zeros({classes}, xa.options());
+  for (int64_t c0 = 0; c0 < classes; c0 += kClassChunk) {
+    const int64_t cc = std::min(kClassChunk, classes - c0);
+    const at::Tensor wc = weight.narrow(0, c0, cc).to(acc).contiguous();
+    const at::Tensor dots = at::mm(xa, wc.t()).contiguous();
+    at::Tensor gq = at::empty({n, cc}, xa.options());
+    if (n > 0) {
+      AT_DISPATCH_FLOATING_TYPES(acc, "normalized_ce_grad", [&] {
+        Epilogue::template grad<scalar_t>(
+            dots.const_data_ptr<scalar_t>(), n, cc, c0, classes, inv_x.const_data_ptr<scalar_t>(),
+            inv_w.const_data_ptr<scalar_t>() + c0, tg.const_data_ptr<int64_t>(), ls.const_data_ptr<scalar_t>(),
+            g.const_data_ptr<scalar_t>(), static_cast<scalar_t>(scale), static_cast<scalar_t>(smoothing),
+            gq.mutable_data_ptr<scalar_t>(), col_gz.mutable_data_ptr<scalar_t>() + c0);
+      });
+    }
+    grad_x.addmm_(gq, wc);
+    // grad_w_c = s sum_i Gq_ic x_unit_i - [|w_c| > eps] q_c^2 (sum_i G_ic z_ic) w_c
+    const at::Tensor iw = inv_w.narrow(0, c0, cc);
+    const at::Tensor coef = (ws.narrow(0, c0, cc).sqrt() > kCosineEps).to(acc) * iw * iw * col_gz.narrow(0, c0, cc);
+    grad_w.narrow(0, c0, cc).copy_(at::addmm(wc * coef.unsqueeze(1), gq.t(), x_unit, -1.0, scale));
+  }
+  // grad_x_i = s r_i sum_c Gq_ic w_c - [|x_i| > eps] r_i^2 g_i (E_p[z]_i - T_i) x_i
+  const at::Tensor row_gz = g * (ez.to(acc) - tz.to(acc));
+  const at::Tensor row_coef = (xs.sqrt() > kCosineEps).to(acc) * inv_x * inv_x * row_gz;
+  grad_x = grad_x * (inv_x * scale).unsqueeze(1) - xa * row_coef.unsqueeze(1);
+  return {grad_x.to(x.scalar_type()), grad_w.to(weight.scalar_type())};
+}
+
+}  // namespace vtreid

@@ -1,0 +1,152 @@
+"""vtreid.ops.normalized_logits and vtreid.ops.normalized_cross_entropy (Sphere softmax).
+
+Fused cross-entropy backends (a forward/backward pair each, with fake kernels and autograd):
+
+    native: torch.ops.vtreid.normalized_ce_fwd / _bwd         (csrc/, CPU and CUDA)
+    triton: torch.ops.vtreid.normalized_ce_triton_fwd / _bwd  (kernels/normalized_softmax.py)
+
+The forward returns per row the loss, the log-sum-exp, E_p[z], the target term and |x|^2, and |w|^2 per
+class (all float32; float64 for float64 inputs): what the backward needs to rebuild p = exp(z - lse)
+tile by tile without the N x C logits. normalized_logits is the fused cosine kernel of
+pairwise_distance scaled: scale * (1 - (1 - cos)).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from . import _backend, reference
+from ._checks import check_choice, check_feature_dims, check_features, check_same_device, check_same_dtype, check_tensor
+from ._registry import register_fused_op
+from .pairwise_distance import pairwise_distance
+
+
+def _check_scale(scale) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float, got {type(scale).__name__}")
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    return float(scale)
+
+
+def _check_pair(x, weight):
+    check_features(x, "x")
+    check_features(weight, "weight")
+    check_feature_dims(x, "x", weight, "weight")
+    check_same_dtype({"x": x, "weight": weight})
+    return check_same_device({"x": x, "weight": weight})
+
+
+def normalized_logits(x: torch.Tensor, weight: torch.Tensor, *, scale: float = 1.0,
+                      backend: str | None = None) -> torch.Tensor:
+    """scale * <x_i / |x_i|, w_c / |w_c|>: [N, C] logits of a cosine classifier (norms clamped at 1e-12)."""
+    device = _check_pair(x, weight)
+    scale = _check_scale(scale)
+    name = _backend.resolve(backend, device, x.dtype, "normalized_logits")
+    if name == "reference":
+        return reference.normalized_logits(x, weight, scale)
+    return (1.0 - pairwise_distance(x, weight, metric="cosine", backend=name)) * scale
+
+
+def normalized_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, *, scale: float,
+                             label_smoothing: float = 0.0, reduction: str = "mean",
+                             backend: str | None = None) -> torch.Tensor:
+    """Cross entropy of normalized_logits(x, weight, scale): the Sphere loss.
+
+    loss_i = logsumexp_c(z_ic) - (1 - eps) z_{i, y_i} - eps / C sum_c z_ic, z = s cos(x_i, w_c),
+    eps = label_smoothing (F.cross_entropy's convention); reduction "mean", "sum" or "none" ([N]).
+    SphereReID uses s = 14, HSME s = 5. Gradients for x and weight. The fused backends never hold the
+    N x C logits in the forward, and in the backward at most 2^25 elements of an N x C buffer.
+    target: int32/int64 class indices in [0, C) (checked on CPU tensors, and on CUDA tensors when
+    VTREID_CHECK_VALUES=1, since the check needs a host sync).
+    """
+    device = _check_pair(x, weight)
+    scale = _check_scale(scale)
+    check_tensor(target, "target")
+    if target.dim() != 1 or target.shape[0] != x.shape[0]:
+        raise ValueError(f"target must be a 1-D tensor of length {x.shape[0]}, got shape {tuple(target.shape)}")
+    if target.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"target must be int32 or int64 class indices, got {target.dtype}")
+    if target.device != device:
+        raise ValueError(f"target is on {target.device} but x is on {device}")
+    if (device.type == "cpu" or os.environ.get("VTREID_CHECK_VALUES") == "1") and target.numel():
+        if ((target < 0) | (target >= weight.shape[0])).any():
+            raise ValueError(f"target must hold class indices in [0, {weight.shape[0]}) (weight has "
+                             f"{weight.shape[0]} classes)")
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+            or not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
+    check_choice(reduction, "reduction", reference.CE_REDUCTIONS)
+    if weight.shape[0] == 0:
+        raise ValueError("weight must have at least one class row")
+
+    name = _backend.resolve(backend, device, x.dtype, "normalized_cross_entropy")
+    if name == "reference":
+        return reference.normalized_cross_entropy(x, weight, target, scale=scale, label_smoothing=label_smoothing,
+                                                  reduction=reduction)
+    loss = FUSED[name].forward(x, weight, target.to(torch.int64).contiguous(), scale, float(label_smoothing))[0]
+    if reduction == "mean":
+        loss = loss.mean()
+    elif reduction == "sum":
+        loss = loss.sum()
+    return loss.to(x.dtype)
+
+
+# --- fake kernels and autograd, shared by both fused backends ---------------------------------------
+
+def _fake_forward(x, weight, target, scale, label_smoothing):
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    n, c = x.shape[0], weight.shape[0]
+    return (*(x.new_empty(n, dtype=acc) for _ in range(5)), x.new_empty(c, dtype=acc))
+
+
+def _fake_backward(grad, x, weight, target, lse, ez, tz, xsq, wsq, scale, label_smoothing):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), \
+        torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, target, scale, smoothing = inputs
+    _, lse, ez, tz, xsq, wsq = output
+    ctx.save_for_backward(x, weight, target, lse, ez, tz, xsq, wsq)
+    ctx.scale, ctx.smoothing = scale, smoothing
+    ctx.mark_non_differentiable(lse, ez, tz, xsq, wsq)
+
+
+def _make_backward(backward_op):
+    def backward(ctx, grad_loss, *_):
+        x, weight, target, lse, ez, tz, xsq, wsq = ctx.saved_tensors
+        grad_x, grad_w = backward_op(grad_loss.contiguous(), x, weight, target, lse, ez, tz, xsq, wsq, ctx.scale,
+                                     ctx.smoothing)
+        return grad_x, grad_w, None, None, None
+    return backward
+
+
+# --- triton -----------------------------------------------------------------------------------------
+
+@torch.library.custom_op("vtreid::normalized_ce_triton_fwd", mutates_args=())
+def _triton_forward(x: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, scale: float,
+                    label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                     torch.Tensor, torch.Tensor]:
+    from vtreid.kernels import normalized_softmax as kernel
+    return kernel.cross_entropy_forward(x, weight, target, scale, label_smoothing)
+
+
+@torch.library.custom_op("vtreid::normalized_ce_triton_bwd", mutates_args=())
+def _triton_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                     lse: torch.Tensor, ez: torch.Tensor, tz: torch.Tensor, xsq: torch.Tensor, wsq: torch.Tensor,
+                     scale: float, label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    from vtreid.kernels import normalized_softmax as kernel
+    return kernel.cross_entropy_backward(grad.float(), x, weight, target, lse, ez, tz, xsq, wsq, scale,
+                                         label_smoothing)
+
+
+FUSED = register_fused_op(
+    "normalized_ce",
+    triton=(_triton_forward, _triton_backward),
+    fake_forward=_fake_forward,
+    fake_backward=_fake_backward,
+    setup_context=_setup_context,
+    make_backward=_make_backward,
+)
