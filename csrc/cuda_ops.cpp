@@ -8,6 +8,7 @@
 
 #include "cuda/launch.h"
 #include "mining_common.h"
+#include "normalized_ce_driver.h"
 #include "op_checks.h"
 
 namespace vtreid::cuda {
@@ -195,6 +196,40 @@ at::Tensor hetero_center_bwd_cuda(const at::Tensor& x, const at::Tensor& slot, c
   return grad_x;
 }
 
+struct CudaEpilogue {
+  template <typename acc_t>
+  static void merge(const acc_t* dots, int64_t n, int64_t cc, int64_t c0, int64_t /*classes*/, const acc_t* inv_x,
+                    const acc_t* inv_w, const int64_t* target, acc_t scale, acc_t /*smoothing*/, acc_t* run_max,
+                    acc_t* run_sum, acc_t* run_ez, acc_t* z_target, acc_t* z_total) {
+    check_launch(normalized_ce_merge<acc_t>(dots, n, cc, c0, inv_x, inv_w, target, scale, run_max, run_sum, run_ez,
+                                            z_target, z_total, c10::cuda::getCurrentCUDAStream()),
+                 "normalized_ce_fwd");
+  }
+  template <typename acc_t>
+  static void grad(const acc_t* dots, int64_t n, int64_t cc, int64_t c0, int64_t classes, const acc_t* inv_x,
+                   const acc_t* inv_w, const int64_t* target, const acc_t* lse, const acc_t* grad_row, acc_t scale,
+                   acc_t smoothing, acc_t* gq, acc_t* col_gz) {
+    check_launch(normalized_ce_grad<acc_t>(dots, n, cc, c0, classes, inv_x, inv_w, target, lse, grad_row, scale,
+                                           smoothing, gq, col_gz, c10::cuda::getCurrentCUDAStream()),
+                 "normalized_ce_bwd");
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> normalized_ce_fwd_cuda(
+    const at::Tensor& x, const at::Tensor& weight, const at::Tensor& target, double scale, double label_smoothing) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  return normalized_ce_forward<CudaEpilogue>(x, weight, target, scale, label_smoothing);
+}
+
+std::tuple<at::Tensor, at::Tensor> normalized_ce_bwd_cuda(const at::Tensor& grad, const at::Tensor& x,
+                                                          const at::Tensor& weight, const at::Tensor& target,
+                                                          const at::Tensor& lse, const at::Tensor& ez,
+                                                          const at::Tensor& tz, const at::Tensor& xsq,
+                                                          const at::Tensor& wsq, double scale, double label_smoothing) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  return normalized_ce_backward<CudaEpilogue>(grad, x, weight, target, lse, ez, tz, xsq, wsq, scale, label_smoothing);
+}
+
 }  // namespace
 }  // namespace vtreid::cuda
 
@@ -205,4 +240,6 @@ TORCH_LIBRARY_IMPL(vtreid, CUDA, m) {
   m.impl("hard_mining_bwd", &vtreid::cuda::hard_mining_bwd_cuda);
   m.impl("hetero_center_fwd", &vtreid::cuda::hetero_center_fwd_cuda);
   m.impl("hetero_center_bwd", &vtreid::cuda::hetero_center_bwd_cuda);
+  m.impl("normalized_ce_fwd", &vtreid::cuda::normalized_ce_fwd_cuda);
+  m.impl("normalized_ce_bwd", &vtreid::cuda::normalized_ce_bwd_cuda);
 }

@@ -29,7 +29,7 @@ _FWD_CONFIGS = _configs(
         triton.Config({"BLOCK_N": 16, "BLOCK_C": 128, "BLOCK_D": 128}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_N": 64, "BLOCK_C": 64, "BLOCK_D": 64}, num_warps=4, num_stages=3),
     ],
-    {"BLOCK_N": 16, "BLOCK_C": 32, "BLOCK_D": 32},
+    {"BLOCK_N": 16, "BLOCK_C": 256, "BLOCK_D": 32},  # the interpreter pays per tile, not per element
 )
 _GRAD_CONFIGS = _configs(
     [
@@ -37,7 +37,7 @@ _GRAD_CONFIGS = _configs(
         triton.Config({"BLOCK_N": 32, "BLOCK_C": 64, "BLOCK_D": 64}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_N": 64, "BLOCK_C": 32, "BLOCK_D": 128}, num_warps=4, num_stages=3),
     ],
-    {"BLOCK_N": 16, "BLOCK_C": 32, "BLOCK_D": 32},
+    {"BLOCK_N": 16, "BLOCK_C": 256, "BLOCK_D": 32},
 )
 
 #: Largest number of N x C elements the backward holds at once (rows are processed in chunks).

@@ -27,7 +27,7 @@ for tool in memcheck racecheck; do
 done
 
 step "benchmarks"
-for bench in ${VTREID_BENCHES:-pairwise_distance hard_mining hetero_center}; do
+for bench in ${VTREID_BENCHES:-pairwise_distance hard_mining hetero_center normalized_softmax}; do
   python -m bench."$bench" --out "$OUT/results.jsonl" > "$OUT/bench-$bench.log" 2>&1 || status=1
   tail -60 "$OUT/bench-$bench.log"
 done

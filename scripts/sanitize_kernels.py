@@ -47,6 +47,19 @@ def hetero_center(backend, n, m, d, dtype, metric):
     return close(loss, ops.hetero_center_loss(x.detach(), labels, modality, backend="reference", **kw))
 
 
+def normalized_ce(backend, n, m, d, dtype, metric):
+    if metric != "cosine":
+        return True
+    x = torch.randn(n, d, device="cuda", dtype=dtype, requires_grad=True)
+    w = torch.randn(m + 9000, d, device="cuda", dtype=dtype, requires_grad=True)  # > one native class chunk
+    target = torch.randint(0, m + 9000, (n,), device="cuda")
+    loss = ops.normalized_cross_entropy(x, w, target, scale=14.0, label_smoothing=0.1, backend=backend)
+    loss.backward()
+    ref = ops.normalized_cross_entropy(x.detach(), w.detach(), target, scale=14.0, label_smoothing=0.1,
+                                       backend="reference")
+    return close(loss, ref)
+
+
 def main():
     assert torch.cuda.is_available(), "needs a GPU"
     bad = 0
@@ -56,7 +69,7 @@ def main():
             print(f"{backend}: unavailable ({why})")
             bad += 1
             continue
-        for op in (pairwise, mining, hetero_center):
+        for op in (pairwise, mining, hetero_center, normalized_ce):
             for n, m, d in SHAPES:
                 for dtype in DTYPES:
                     for metric in METRICS:

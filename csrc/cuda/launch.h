@@ -54,4 +54,18 @@ cudaError_t hetero_center_bwd(DType dtype, const void* x, const int64_t* slot, c
                               const void* stats, const void* grad_hinge, const void* grad_centers, void* grad_x,
                               int64_t sets, int64_t n, int64_t dim, int metric, bool strong, cudaStream_t stream);
 
+// Epilogues of the normalized cross-entropy driver (csrc/normalized_ce_driver.h), for acc_t float or
+// double: fold a class chunk's dot products [n, cc] into the per-row online log-sum-exp state, and
+// build G q [n, cc] and add its column sums of G z into col_gz [cc].
+template <typename acc_t>
+cudaError_t normalized_ce_merge(const acc_t* dots, int64_t n, int64_t cc, int64_t c0, const acc_t* inv_x,
+                                const acc_t* inv_w, const int64_t* target, acc_t scale, acc_t* run_max,
+                                acc_t* run_sum, acc_t* run_ez, acc_t* z_target, acc_t* z_total, cudaStream_t stream);
+
+template <typename acc_t>
+cudaError_t normalized_ce_grad(const acc_t* dots, int64_t n, int64_t cc, int64_t c0, int64_t classes,
+                               const acc_t* inv_x, const acc_t* inv_w, const int64_t* target, const acc_t* lse,
+                               const acc_t* grad_row, acc_t scale, acc_t smoothing, acc_t* gq, acc_t* col_gz,
+                               cudaStream_t stream);
+
 }  // namespace vtreid::cuda

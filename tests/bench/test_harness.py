@@ -47,3 +47,12 @@ def test_hetero_center_benchmark_runs(tmp_path):
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["provider"] for r in records} == {"reference", "native"}
     assert records[0]["case"] == {"N": 64, "D": 512, "S": 6}
+
+
+def test_normalized_softmax_benchmark_runs(tmp_path):
+    from bench import normalized_softmax
+    out = tmp_path / "cpu.jsonl"
+    normalized_softmax.main(["--device", "cpu", "--quick", "--providers", "reference,native,liger", "--modes",
+                             "full", "--min-run-time", "0.01", "--out", str(out)])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["provider"] for r in records} == {"reference", "native"}  # liger: CUDA only, reported as skipped

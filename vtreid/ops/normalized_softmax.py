@@ -70,6 +70,8 @@ def normalized_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: torc
         raise TypeError(f"target must be int32 or int64 class indices, got {target.dtype}")
     if target.device != device:
         raise ValueError(f"target is on {target.device} but x is on {device}")
+    if weight.shape[0] == 0:
+        raise ValueError("weight must have at least one class row")
     if (device.type == "cpu" or os.environ.get("VTREID_CHECK_VALUES") == "1") and target.numel():
         if ((target < 0) | (target >= weight.shape[0])).any():
             raise ValueError(f"target must hold class indices in [0, {weight.shape[0]}) (weight has "
@@ -78,8 +80,6 @@ def normalized_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: torc
             or not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
     check_choice(reduction, "reduction", reference.CE_REDUCTIONS)
-    if weight.shape[0] == 0:
-        raise ValueError("weight must have at least one class row")
 
     name = _backend.resolve(backend, device, x.dtype, "normalized_cross_entropy")
     if name == "reference":
