@@ -14,7 +14,6 @@ N = 256, D = 2048, fp32.
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import torch
 
@@ -69,13 +68,7 @@ def pml_provider() -> harness.Provider:
 
 
 def providers() -> list[harness.Provider]:
-    return [
-        harness.Provider("reference", lambda inputs: (lambda: reference(inputs))),
-        harness.compiled_provider(reference),
-        harness.backend_provider("triton", vtreid_op),
-        harness.backend_provider("native", vtreid_op),
-        pml_provider(),
-    ]
+    return harness.op_providers(reference, vtreid_op, pml_provider())
 
 
 def cases(device: torch.device, quick: bool, large: bool) -> list[dict]:
@@ -92,21 +85,14 @@ def cases(device: torch.device, quick: bool, large: bool) -> list[dict]:
 
 
 def main(argv=None):
-    parser = harness.common_args(__doc__.splitlines()[0])
-    parser.add_argument("--large", action="store_true", help="N = M = 65536, D = 2048, fp16, forward: memory case")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    default_dtypes = (torch.float32, torch.bfloat16) if device.type == "cuda" else (torch.float32,)
-    chosen = harness.select(providers(), args.providers)
-    modes = args.modes.split(",")
-    if args.large:
-        default_dtypes, modes = (torch.float16,), ["forward"]
-        chosen = [p for p in chosen if p.name != "pml"]
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
-        chosen = [p for p in chosen if p.name != "triton"]
-    harness.run("hard_mining", chosen, make_inputs, cases(device, args.quick, args.large),
-                harness.parse_dtypes(args.dtypes, default_dtypes), modes, device, args.out, args.min_run_time)
+    def chosen_cases(device, args):
+        if args.large:  # the memory case: forward only, fp16, no peer
+            return cases(device, False, True), [torch.float16], ["forward"], {"pml"}
+        return cases(device, args.quick, False), None, None, set()
 
+    harness.main("hard_mining", __doc__.splitlines()[0], providers, make_inputs, chosen_cases, argv,
+                 extra_args=lambda p: p.add_argument("--large", action="store_true",
+                                                     help="N = M = 65536, D = 2048, fp16, forward: memory case"))
 
 if __name__ == "__main__":
     main()

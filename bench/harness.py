@@ -230,3 +230,33 @@ def compiled_provider(reference: Callable) -> Provider:
     compiled = torch.compile(reference, dynamic=False)
     return Provider("compiled", lambda inputs: (lambda: compiled(inputs)),
                     lambda device, dtype: (True, ""))
+
+
+def op_providers(reference: Callable, vtreid_op: Callable, *peers: Provider) -> list[Provider]:
+    """The standard provider list: reference, compiled, triton, native, then the op's peers."""
+    return [
+        Provider("reference", lambda inputs: (lambda: reference(inputs))),
+        compiled_provider(reference),
+        backend_provider("triton", vtreid_op),
+        backend_provider("native", vtreid_op),
+        *peers,
+    ]
+
+
+def main(op: str, description: str, providers: Callable[[], list[Provider]], make_inputs: Callable,
+         cases: Callable, argv=None, gpu_dtypes=(torch.float32, torch.bfloat16), extra_args: Callable | None = None):
+    """Command line shared by the benchmarks. ``cases(device, args)`` returns (cases, dtypes or None, modes
+    or None, providers to drop); ``extra_args(parser)`` adds benchmark-specific options."""
+    parser = common_args(description)
+    if extra_args is not None:
+        extra_args(parser)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    chosen = select(providers(), args.providers)
+    case_list, dtypes, modes, drop = cases(device, args)
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
+        drop = {*drop, "triton"}  # interpreted Triton times Python, not a kernel
+    chosen = [p for p in chosen if p.name not in drop]
+    default_dtypes = gpu_dtypes if device.type == "cuda" else (torch.float32,)
+    run(op, chosen, make_inputs, case_list, dtypes or parse_dtypes(args.dtypes, default_dtypes),
+        modes or args.modes.split(","), device, args.out, args.min_run_time)

@@ -9,8 +9,6 @@ eager and 1.5x faster than compiled; on CPU native not slower than eager.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
@@ -40,12 +38,7 @@ def vtreid_op(inputs, backend):
 
 
 def providers() -> list[harness.Provider]:
-    return [
-        harness.Provider("reference", lambda inputs: (lambda: reference(inputs))),
-        harness.compiled_provider(reference),
-        harness.backend_provider("triton", vtreid_op),
-        harness.backend_provider("native", vtreid_op),
-    ]
+    return harness.op_providers(reference, vtreid_op)
 
 
 def cases(device: torch.device, quick: bool) -> list[dict]:
@@ -57,16 +50,8 @@ def cases(device: torch.device, quick: bool) -> list[dict]:
 
 
 def main(argv=None):
-    args = harness.common_args(__doc__.splitlines()[0]).parse_args(argv)
-    device = torch.device(args.device)
-    default_dtypes = (torch.float32, torch.bfloat16) if device.type == "cuda" else (torch.float32,)
-    chosen = harness.select(providers(), args.providers)
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
-        chosen = [p for p in chosen if p.name != "triton"]
-    harness.run("hetero_center_loss", chosen, make_inputs, cases(device, args.quick),
-                harness.parse_dtypes(args.dtypes, default_dtypes), args.modes.split(","), device, args.out,
-                args.min_run_time)
-
+    harness.main("hetero_center_loss", __doc__.splitlines()[0], providers, make_inputs,
+                 lambda device, args: (cases(device, args.quick), None, None, set()), argv)
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,6 @@ slower than Liger-Kernel; on CPU native not slower than eager.
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import torch
 import torch.nn.functional as F
@@ -60,13 +59,7 @@ def liger_provider() -> harness.Provider:
 
 
 def providers() -> list[harness.Provider]:
-    return [
-        harness.Provider("reference", lambda inputs: (lambda: reference(inputs))),
-        harness.compiled_provider(reference),
-        harness.backend_provider("triton", vtreid_op),
-        harness.backend_provider("native", vtreid_op),
-        liger_provider(),
-    ]
+    return harness.op_providers(reference, vtreid_op, liger_provider())
 
 
 def cases(device: torch.device, quick: bool) -> list[dict]:
@@ -78,16 +71,8 @@ def cases(device: torch.device, quick: bool) -> list[dict]:
 
 
 def main(argv=None):
-    args = harness.common_args(__doc__.splitlines()[0]).parse_args(argv)
-    device = torch.device(args.device)
-    default_dtypes = (torch.float32, torch.bfloat16) if device.type == "cuda" else (torch.float32,)
-    chosen = harness.select(providers(), args.providers)
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
-        chosen = [p for p in chosen if p.name != "triton"]
-    harness.run("normalized_cross_entropy", chosen, make_inputs, cases(device, args.quick),
-                harness.parse_dtypes(args.dtypes, default_dtypes), args.modes.split(","), device, args.out,
-                args.min_run_time)
-
+    harness.main("normalized_cross_entropy", __doc__.splitlines()[0], providers, make_inputs,
+                 lambda device, args: (cases(device, args.quick), None, None, set()), argv)
 
 if __name__ == "__main__":
     main()

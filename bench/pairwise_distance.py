@@ -10,8 +10,6 @@ native not slower than reference at N = 256, D = 2048.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
 from bench import harness
@@ -38,15 +36,12 @@ def providers() -> list[harness.Provider]:
     def cdist_available(device, dtype):
         return (True, "") if dtype != torch.float16 or device.type == "cuda" else (False, "cdist has no CPU fp16")
 
-    return [
-        harness.Provider("reference", lambda inputs: (lambda: reference(inputs))),
-        harness.compiled_provider(reference),
-        harness.backend_provider("triton", vtreid_op),
-        harness.backend_provider("native", vtreid_op),
+    return harness.op_providers(
+        reference, vtreid_op,
         harness.Provider("torch.cdist", lambda inputs: (lambda: torch.cdist(inputs["x"], inputs["y"])),
                          cdist_available),
         harness.Provider("matmul", lambda inputs: (lambda: inputs["x"] @ inputs["y"].T)),
-    ]
+    )
 
 
 def cases(device: torch.device, quick: bool) -> list[dict]:
@@ -59,17 +54,9 @@ def cases(device: torch.device, quick: bool) -> list[dict]:
 
 
 def main(argv=None):
-    args = harness.common_args(__doc__.splitlines()[0]).parse_args(argv)
-    device = torch.device(args.device)
-    default_dtypes = (torch.float32, torch.bfloat16, torch.float16) if device.type == "cuda" else (torch.float32,)
-    chosen = harness.select(providers(), args.providers)
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
-        # Interpreted Triton times Python, not a kernel.
-        chosen = [p for p in chosen if p.name != "triton"]
-    harness.run("pairwise_distance", chosen, make_inputs, cases(device, args.quick),
-                harness.parse_dtypes(args.dtypes, default_dtypes), args.modes.split(","), device, args.out,
-                args.min_run_time)
-
+    harness.main("pairwise_distance", __doc__.splitlines()[0], providers, make_inputs,
+                 lambda device, args: (cases(device, args.quick), None, None, set()), argv,
+                 gpu_dtypes=(torch.float32, torch.bfloat16, torch.float16))
 
 if __name__ == "__main__":
     main()

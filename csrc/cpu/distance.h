@@ -1,4 +1,4 @@
-// Distance arithmetic shared by the CPU kernels (the same formulas as vtreid/ops/reference.py).
+// Row-norm helpers of the CPU kernels; the per-pair formulas are in ../pair_math.h.
 #pragma once
 #include <ATen/Parallel.h>
 
@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "../metric.h"
+#include "../pair_math.h"
 
 namespace vtreid::cpu {
 
@@ -32,18 +33,6 @@ void row_sq_norms(const acc_t* data, int64_t rows, int64_t dim, acc_t* out) {
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) out[i] = sum_of_squares(data + i * dim, dim);
   });
-}
-
-// The distance of one pair from its dot product and squared norms.
-template <typename acc_t>
-inline acc_t distance_from_dot(acc_t dot, acc_t xsq, acc_t ysq, Metric metric, acc_t tau) {
-  if (metric == kCosine) {
-    return acc_t(1) - dot / (std::max(std::sqrt(xsq), acc_t(kCosineEps)) * std::max(std::sqrt(ysq), acc_t(kCosineEps)));
-  }
-  const acc_t norms = xsq + ysq;
-  acc_t d2 = norms - acc_t(2) * dot;
-  d2 = d2 > tau * norms ? d2 : acc_t(0);
-  return metric == kEuclidean ? std::sqrt(d2) : d2;
 }
 
 }  // namespace vtreid::cpu

@@ -30,27 +30,6 @@ inline bool rule_allows(Rule rule, int32_t a, int32_t c) {
   return rule == kAny || (rule == kCross ? a != c : a == c);
 }
 
-template <typename acc_t>
-struct PairCoefficients {
-  acc_t alpha, beta, gamma;
-};
-
-template <typename acc_t>
-PairCoefficients<acc_t> pair_coefficients(acc_t g, acc_t d, int64_t idx, acc_t asq, acc_t csq, Metric metric) {
-  if (idx < 0) return {0, 0, 0};
-  if (metric == kCosine) {
-    const acc_t na = std::sqrt(asq), nc = std::sqrt(csq);
-    const acc_t inv_a = acc_t(1) / std::max(na, acc_t(kCosineEps));
-    const acc_t inv_c = acc_t(1) / std::max(nc, acc_t(kCosineEps));
-    const acc_t cos = acc_t(1) - d;
-    return {na > acc_t(kCosineEps) ? g * cos * inv_a * inv_a : acc_t(0), -g * inv_a * inv_c,
-            nc > acc_t(kCosineEps) ? g * cos * inv_c * inv_c : acc_t(0)};
-  }
-  if (!(d > acc_t(0))) return {0, 0, 0};
-  const acc_t k = metric == kEuclidean ? g / d : acc_t(2) * g;
-  return {k, -k, k};
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hard_mining_fwd(

@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 
 #include "../metric.h"
+#include "../pair_math.h"
 
 namespace vtreid::cuda {
 
@@ -19,19 +20,6 @@ template <typename T, typename A> __device__ __forceinline__ T from_acc(A v) { r
 template <> __device__ __forceinline__ __half from_acc<__half, float>(float v) { return __float2half_rn(v); }
 template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v) {
   return __float2bfloat16_rn(v);
-}
-
-// One pair's distance from its dot product and squared norms (vtreid/ops/reference.py).
-template <typename acc_t>
-__device__ __forceinline__ acc_t distance_from_dot(acc_t dot, acc_t xq, acc_t yq, int metric, acc_t tau) {
-  if (metric == kCosine) {
-    const acc_t nx = max(sqrt(xq), acc_t(kCosineEps)), ny = max(sqrt(yq), acc_t(kCosineEps));
-    return acc_t(1) - dot / (nx * ny);
-  }
-  const acc_t norms = xq + yq;
-  acc_t d2 = norms - acc_t(2) * dot;
-  d2 = d2 > tau * norms ? d2 : acc_t(0);
-  return metric == kEuclidean ? sqrt(d2) : d2;
 }
 
 inline unsigned blocks_for(int64_t items, int64_t per_block) {

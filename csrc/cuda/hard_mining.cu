@@ -153,27 +153,6 @@ mining_fwd_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ c
   }
 }
 
-template <typename acc_t>
-struct PairCoefficients {
-  acc_t alpha, beta, gamma;
-};
-
-template <typename acc_t>
-__device__ __forceinline__ PairCoefficients<acc_t> pair_coefficients(acc_t g, acc_t d, int64_t idx, acc_t asq,
-                                                                     acc_t csq, int metric) {
-  if (idx < 0) return {0, 0, 0};
-  if (metric == kCosine) {
-    const acc_t na = sqrt(asq), nc = sqrt(csq);
-    const acc_t inv_a = acc_t(1) / max(na, acc_t(kCosineEps)), inv_c = acc_t(1) / max(nc, acc_t(kCosineEps));
-    const acc_t cos = acc_t(1) - d;
-    return {na > acc_t(kCosineEps) ? g * cos * inv_a * inv_a : acc_t(0), -g * inv_a * inv_c,
-            nc > acc_t(kCosineEps) ? g * cos * inv_c * inv_c : acc_t(0)};
-  }
-  if (!(d > acc_t(0))) return {0, 0, 0};
-  const acc_t k = metric == kEuclidean ? g / d : acc_t(2) * g;
-  return {k, -k, k};
-}
-
 template <typename scalar_t>
 __global__ void __launch_bounds__(kRowThreads)
 mining_pair_grad_kernel(const typename Acc<scalar_t>::type* __restrict__ gp,

@@ -1,0 +1,63 @@
+// Per-pair arithmetic shared by the CPU (g++) and CUDA (nvcc) kernels, written once: the distance of a
+// pair from its dot product (vtreid/ops/reference.py) and the gradient coefficients of a mined pair
+// (kernels/hard_mining.py).
+#pragma once
+#include <cmath>
+
+#include "metric.h"
+
+#ifdef __CUDACC__
+#define VTREID_HD __host__ __device__ __forceinline__
+#else
+#define VTREID_HD inline
+#endif
+
+namespace vtreid {
+
+template <typename T>
+VTREID_HD T hd_max(T a, T b) { return a > b ? a : b; }
+
+template <typename T>
+VTREID_HD T hd_sqrt(T v) {
+#ifdef __CUDA_ARCH__
+  return ::sqrt(v);
+#else
+  return std::sqrt(v);
+#endif
+}
+
+template <typename acc_t>
+VTREID_HD acc_t distance_from_dot(acc_t dot, acc_t xsq, acc_t ysq, int metric, acc_t tau) {
+  if (metric == kCosine) {
+    return acc_t(1) - dot / (hd_max(hd_sqrt(xsq), acc_t(kCosineEps)) * hd_max(hd_sqrt(ysq), acc_t(kCosineEps)));
+  }
+  const acc_t norms = xsq + ysq;
+  acc_t d2 = norms - acc_t(2) * dot;
+  d2 = d2 > tau * norms ? d2 : acc_t(0);
+  return metric == kEuclidean ? hd_sqrt(d2) : d2;
+}
+
+// grad_a = alpha a + beta c, contribution to grad_c = gamma c + beta a, for upstream g on d(a, c).
+template <typename acc_t>
+struct PairCoefficients {
+  acc_t alpha, beta, gamma;
+};
+
+template <typename acc_t>
+VTREID_HD PairCoefficients<acc_t> pair_coefficients(acc_t g, acc_t d, int64_t idx, acc_t asq, acc_t csq,
+                                                    int metric) {
+  if (idx < 0) return {0, 0, 0};
+  if (metric == kCosine) {
+    const acc_t na = hd_sqrt(asq), nc = hd_sqrt(csq);
+    const acc_t inv_a = acc_t(1) / hd_max(na, acc_t(kCosineEps));
+    const acc_t inv_c = acc_t(1) / hd_max(nc, acc_t(kCosineEps));
+    const acc_t cos = acc_t(1) - d;
+    return {na > acc_t(kCosineEps) ? g * cos * inv_a * inv_a : acc_t(0), -g * inv_a * inv_c,
+            nc > acc_t(kCosineEps) ? g * cos * inv_c * inv_c : acc_t(0)};
+  }
+  if (!(d > acc_t(0))) return {0, 0, 0};
+  const acc_t k = metric == kEuclidean ? g / d : acc_t(2) * g;
+  return {k, -k, k};
+}
+
+}  // namespace vtreid
