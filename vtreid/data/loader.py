@@ -1,0 +1,56 @@
+"""Dataset and loader used by training and evaluation.
+
+A batch is a dict with the visible and infrared parts split apart in batch order: ``visible``
+[Bv, 3, H, W], ``infrared`` [Bi, 3, H, W], and per part ``*_labels``, ``*_cams``, ``*_index`` (record
+indices). Augmentation for record i in epoch e draws from a generator seeded with (seed, e, i), so a
+run is reproducible whatever the number of workers.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .records import INFRARED, Record, load_image
+from .transforms import Transform
+
+
+class ReIDDataset(Dataset):
+    def __init__(self, records: list[Record], transform: Transform, seed: int = 0):
+        self.records, self.transform, self.seed, self.epoch = records, transform, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        r = self.records[index]
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch * 10_007 + index) % 2**63)
+        image = self.transform(load_image(r.path, r.modality), generator)
+        return {"image": image, "label": r.label, "cam": r.cam, "modality": r.modality, "index": index}
+
+
+def collate(items: list[dict]) -> dict:
+    out = {}
+    for name, modality in (("visible", 0), ("infrared", INFRARED)):
+        part = [it for it in items if it["modality"] == modality]
+        shape = items[0]["image"].shape if items else (3, 0, 0)
+        out[name] = torch.stack([it["image"] for it in part]) if part else torch.zeros((0, *shape))
+        for key in ("label", "cam", "index"):
+            out[f"{name}_{key}s" if key != "index" else f"{name}_index"] = torch.tensor([it[key] for it in part],
+                                                                                        dtype=torch.long)
+    return out
+
+
+def build_loader(records: list[Record], transform: Transform, *, batch_sampler=None, batch_size: int = 64,
+                 workers: int = 0, pin_memory: bool = False, persistent_workers: bool = False,
+                 seed: int = 0) -> DataLoader:
+    """A DataLoader over ``records``: batches from ``batch_sampler`` (training) or consecutive
+    ``batch_size`` chunks in record order (evaluation)."""
+    dataset = ReIDDataset(records, transform, seed)
+    common = dict(num_workers=workers, pin_memory=pin_memory, collate_fn=collate,
+                  persistent_workers=persistent_workers and workers > 0)
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, **common)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **common)
