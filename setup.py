@@ -16,7 +16,7 @@ import os
 
 from setuptools import setup
 
-PACKAGES = ["vtreid", "vtreid.ops", "vtreid.models", "vtreid.data", "vtreid.kernels"]
+PACKAGES = ["vtreid", "vtreid.ops", "vtreid.models", "vtreid.data", "vtreid.eval", "vtreid.kernels"]
 # kernels/ sits at the top of the tree (one of the three layers) but is imported as vtreid.kernels.
 PACKAGE_DIR = {"vtreid": "vtreid", "vtreid.kernels": "kernels"}
 

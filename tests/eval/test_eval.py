@@ -1,0 +1,217 @@
+"""vtreid.eval: metrics against hand-computed rankings and the numpy loop, protocols, top-k, CLI."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vtreid.eval import evaluate_regdb, evaluate_sysu, load_rand_perm, rank_metrics, sysu_gallery, topk
+from vtreid.eval import numpy_protocol
+from vtreid.evaluate import main as evaluate_cli
+
+from support import DEVICES
+
+
+def line_up(distances, gallery_ids, gallery_cams=None, query_id=1, query_cam=6, **kw):
+    """One query whose distances to the gallery are given directly (1-D features on a line)."""
+    g = torch.tensor(distances, dtype=torch.float32)[:, None]
+    q = torch.zeros(1, 1)
+    cams = None if gallery_cams is None else torch.tensor(gallery_cams)
+    return rank_metrics(q, g, torch.tensor([query_id]), torch.tensor(gallery_ids),
+                        None if cams is None else torch.tensor([query_cam]), cams, **kw)
+
+
+def test_hand_computed_ranking():
+    # ranked: id2, id1, id3, id1  -> matches at ranks 2 and 4
+    r = line_up([1.0, 2.0, 3.0, 4.0], [2, 1, 3, 1], ranks=(1, 2, 3))
+    assert r["cmc"].tolist() == [0.0, 1.0, 1.0]
+    assert float(r["mAP"]) == pytest.approx((1 / 2 + 2 / 4) / 2)
+    assert float(r["mINP"]) == pytest.approx(2 / 4)
+    assert r["first_match"].tolist() == [2]
+
+
+def test_sysu_deduplication_and_camera_rule():
+    # ranked: id2 (cam1), id2 (cam4), id1 (cam2), id1 (cam5)
+    ids, cams = [2, 2, 1, 1], [1, 4, 2, 5]
+    plain = line_up([1.0, 2.0, 3.0, 4.0], ids, cams, query_cam=6, ranks=(1, 2, 3), sysu_rules=False)
+    assert plain["first_match"].tolist() == [3]
+    sysu6 = line_up([1.0, 2.0, 3.0, 4.0], ids, cams, query_cam=6, ranks=(1, 2, 3), sysu_rules=True)
+    assert sysu6["first_match"].tolist() == [2]                # id2 counted once
+    assert float(sysu6["mAP"]) == pytest.approx((1 / 3 + 2 / 4) / 2)   # AP reads the full list
+    sysu3 = line_up([1.0, 2.0, 3.0, 4.0], ids, cams, query_cam=3, ranks=(1, 2, 3), sysu_rules=True)
+    # a cam-3 query ignores the cam-2 image: list id2, id2, id1(cam5) -> dedup rank 2, AP 1/3
+    assert sysu3["first_match"].tolist() == [2] and float(sysu3["mAP"]) == pytest.approx(1 / 3)
+    assert float(sysu3["mINP"]) == pytest.approx(1 / 3)
+
+
+def test_ties_keep_gallery_order():
+    r = line_up([1.0, 1.0, 1.0], [5, 1, 1], ranks=(1, 2))
+    assert r["first_match"].tolist() == [2]
+    r = line_up([1.0, 1.0, 1.0], [1, 5, 1], ranks=(1, 2))
+    assert r["first_match"].tolist() == [1]
+
+
+def test_queries_without_match_are_left_out():
+    g = torch.tensor([[0.0], [1.0]])
+    r = rank_metrics(torch.zeros(2, 1), g, torch.tensor([1, 9]), torch.tensor([1, 2]), ranks=(1,))
+    assert r["valid"].tolist() == [True, False] and float(r["rank1"]) == 1.0 and float(r["mAP"]) == 1.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("sysu_rules", [False, True])
+def test_matches_numpy_loop_with_ties_and_chunks(device, sysu_rules):
+    g = torch.Generator().manual_seed(3)
+    q = torch.randint(0, 3, (61, 4), generator=g).float()        # small integers: many exact ties
+    gal = torch.randint(0, 3, (150, 4), generator=g).float()
+    qid, gid = torch.randint(0, 12, (61,), generator=g), torch.randint(0, 12, (150,), generator=g)
+    qc = torch.tensor([3, 6])[torch.randint(0, 2, (61,), generator=g)]
+    gc = torch.tensor([1, 2, 4, 5])[torch.randint(0, 4, (150,), generator=g)]
+    dist = torch.cdist(q.double(), gal.double()).numpy()
+    cmc, m_ap, m_inp = numpy_protocol.evaluate(dist, qid.numpy(), gid.numpy(), qc.numpy(), gc.numpy(),
+                                               sysu_rules=sysu_rules)
+    full = None
+    for chunk in (None, 1, 7, 61):
+        r = rank_metrics(q.to(device), gal.to(device), qid, gid, qc, gc, sysu_rules=sysu_rules, chunk_size=chunk)
+        np.testing.assert_allclose(r["cmc"].cpu().numpy(), cmc, atol=1e-6)
+        assert float(r["mAP"]) == pytest.approx(m_ap, abs=1e-6) and float(r["mINP"]) == pytest.approx(m_inp, abs=1e-6)
+        if full is None:
+            full = r
+        assert torch.equal(r["first_match"], full["first_match"]) and torch.allclose(r["ap"], full["ap"])
+
+
+def coverage(seed=0, ids=96):
+    """A SYSU-like test set: some (identity, visible camera) pairs absent, 1..12 images per present pair."""
+    rng = np.random.default_rng(seed)
+    gid, gcam, paths = [], [], []
+    present = {}
+    for pid in range(1, ids + 1):
+        for cam in (1, 2, 4, 5):
+            if rng.random() < 0.2:
+                continue
+            n = int(rng.integers(1, 13))
+            present[(pid, cam)] = n
+            for k in range(n):
+                gid.append(pid)
+                gcam.append(cam)
+                paths.append(f"cam{cam}/{pid:04d}/{k:04d}.jpg")
+    return np.array(gid), np.array(gcam), paths, present
+
+
+def test_sysu_gallery_sizes_per_mode():
+    gid, gcam, paths, present = coverage()
+    for mode, cams in (("all", (1, 2, 4, 5)), ("indoor", (1, 2))):
+        for shots in (1, 10):
+            expected = sum(min(shots, n) for (pid, cam), n in present.items() if cam in cams)
+            for trial in (1, 2):
+                chosen = sysu_gallery(gid, gcam, paths, mode=mode, shots=shots, trial=trial)
+                assert len(chosen) == expected and len(set(chosen.tolist())) == expected
+                assert set(gcam[chosen]) <= set(cams)
+    one = sysu_gallery(gid, gcam, paths, trial=1)
+    assert not np.array_equal(one, sysu_gallery(gid, gcam, paths, trial=2))
+    assert np.array_equal(one, sysu_gallery(gid, gcam, paths, trial=1))
+    with pytest.raises(ValueError, match="shots"):
+        sysu_gallery(gid, gcam, paths, shots=5)
+
+
+def test_sysu_all_search_single_shot_gallery_is_301_on_the_release_coverage():
+    """The release's 96 test identities appear in 301 (identity, visible camera) pairs; a coverage with
+    that count gives the 301-image single-shot gallery, and at most 10 per pair multi-shot."""
+    rng = np.random.default_rng(0)
+    pairs = [(pid, cam) for pid in range(1, 97) for cam in (1, 2, 4, 5)]
+    kept = [pairs[i] for i in sorted(rng.choice(len(pairs), 301, replace=False))]
+    gid = np.array([p for p, c in kept for _ in range(12)])
+    gcam = np.array([c for p, c in kept for _ in range(12)])
+    paths = [f"{p}/{c}/{k}" for p, c in kept for k in range(12)]
+    assert len(sysu_gallery(gid, gcam, paths, mode="all", shots=1)) == 301
+    assert len(sysu_gallery(gid, gcam, paths, mode="all", shots=10)) == 3010
+
+
+def test_rand_perm_mat_drives_the_gallery(tmp_path):
+    scipy_io = pytest.importorskip("scipy.io")
+    gid, gcam, paths, present = coverage(1, ids=4)
+    cells = np.empty((6, 1), dtype=object)
+    for cam in range(1, 7):
+        per_id = np.empty((1, 4), dtype=object)
+        for pid in range(1, 5):
+            n = present.get((pid, cam), 0)
+            per_id[0, pid - 1] = np.stack([np.arange(n, 0, -1)] * 10) if n else np.zeros((10, 0))
+        cells[cam - 1, 0] = per_id
+    scipy_io.savemat(tmp_path / "rand_perm_cam.mat", {"rand_perm_cam": cells})
+    perm = load_rand_perm(tmp_path / "rand_perm_cam.mat")
+    chosen = sysu_gallery(gid, gcam, paths, shots=1, trial=3, rand_perm=perm)
+    # the permutation's first entry is each (identity, camera)'s last image in path order
+    for i in chosen:
+        same = [j for j in range(len(gid)) if gid[j] == gid[i] and gcam[j] == gcam[i]]
+        assert paths[i] == max(paths[j] for j in same)
+    (tmp_path / "other.mat").write_bytes(b"")
+    scipy_io.savemat(tmp_path / "other.mat", {"something": np.zeros(3)})
+    with pytest.raises(ValueError, match="other.mat: no variable 'rand_perm_cam'"):
+        load_rand_perm(tmp_path / "other.mat")
+
+
+def test_regdb_directions():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.arange(10).repeat_interleave(2)
+    vis = torch.nn.functional.one_hot(ids, 10).float() + 0.3 * torch.randn(20, 10, generator=g)
+    th = torch.nn.functional.one_hot(ids, 10).float() + 0.3 * torch.randn(20, 10, generator=g)
+    a = evaluate_regdb({"features": vis, "ids": ids}, {"features": th, "ids": ids})
+    b = evaluate_regdb({"features": th, "ids": ids}, {"features": vis, "ids": ids})
+    for result, (query, gallery) in ((a, (vis, th)), (b, (th, vis))):
+        cmc, m_ap, _ = numpy_protocol.evaluate(torch.cdist(query, gallery).numpy(), ids.numpy(), ids.numpy())
+        assert result["rank1"]["mean"] == pytest.approx(cmc[0]) and result["mAP"]["mean"] == pytest.approx(m_ap)
+    assert a["mAP"]["mean"] != b["mAP"]["mean"]
+
+
+def test_topk_matches_a_full_sort():
+    g = torch.Generator().manual_seed(1)
+    q, gal = torch.randint(0, 4, (37, 3), generator=g).float(), torch.randint(0, 4, (501, 3), generator=g).float()
+    d, i = topk(q, gal, 20, query_chunk=8, gallery_chunk=64)
+    ref = torch.sort(torch.cdist(q, gal), dim=1, stable=True)
+    assert torch.equal(i, ref.indices[:, :20])
+    torch.testing.assert_close(d, ref.values[:, :20])
+
+
+def features_file(tmp_path, suffix):
+    g = torch.Generator().manual_seed(2)
+    ids = torch.arange(6).repeat_interleave(8)
+    modalities = torch.arange(8).repeat(6) % 2
+    cams = torch.where(modalities == 1, torch.tensor(3), torch.tensor([1, 2, 4, 5]).repeat(12))
+    feats = torch.nn.functional.one_hot(ids, 6).float() + 0.2 * torch.randn(48, 6, generator=g)
+    data = {"features": feats, "ids": ids, "cams": cams, "modalities": modalities}
+    path = tmp_path / f"features{suffix}"
+    if suffix == ".npz":
+        np.savez(path, **{k: v.numpy() for k, v in data.items()})
+    else:
+        torch.save(data, path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".npz"])
+def test_evaluate_cli(tmp_path, suffix, capsys):
+    path = features_file(tmp_path, suffix)
+    out = tmp_path / "result.json"
+    assert evaluate_cli(["--features", str(path), "--protocol", "sysu", "--trials", "3", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["trials"]) == 3 and 0 <= result["mAP"]["mean"] <= 1
+    assert "rank1" in capsys.readouterr().out
+    assert evaluate_cli(["--features", str(path), "--protocol", "regdb", "--direction", "thermal_to_visible"]) == 0
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        evaluate_cli(["--features", str(tmp_path / "nope.pt"), "--protocol", "sysu"])
+
+
+def test_sysu_protocol_end_to_end_perfect_features():
+    gid, gcam, paths, _ = coverage(2, ids=10)
+    q_ids = np.repeat(np.arange(1, 11), 3)
+    one_hot = lambda ids: torch.nn.functional.one_hot(torch.as_tensor(ids) - 1, 10).float()  # noqa: E731
+    summary = evaluate_sysu({"features": one_hot(q_ids), "ids": q_ids, "cams": np.full(30, 6)},
+                            {"features": one_hot(gid), "ids": gid, "cams": gcam, "paths": paths}, trials=2)
+    assert summary["rank1"]["mean"] == 1.0 and summary["mAP"]["mean"] == 1.0 and summary["mINP"]["std"] == 0.0
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="gallery_features has"):
+        rank_metrics(torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(2), torch.zeros(2))
+    with pytest.raises(ValueError, match="query_cams is required"):
+        rank_metrics(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2), torch.zeros(2), sysu_rules=True)
+    with pytest.raises(ValueError, match="gallery_ids must be a 1-D tensor of length 2"):
+        rank_metrics(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2), torch.zeros(3))

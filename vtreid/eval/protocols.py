@@ -1,0 +1,103 @@
+"""SYSU-MM01 and RegDB evaluation protocols (PROTOCOLS.md) over extracted features.
+
+SYSU-MM01: queries are all infrared images of the test identities; each of 10 trials draws a gallery
+of ``shots`` (1 or 10) images per test identity and visible camera (all-search: cameras 1, 2, 4, 5;
+indoor-search: 1, 2), from exp/rand_perm_cam.mat when given (official), else from a seeded draw
+(numpy default_rng([trial, pid, cam]) permutation of that identity's images in that camera, in path
+order). Metrics use sysu_rules (cam-3 queries ignore cam-2 images; CMC counts identities once).
+RegDB: one trial's test lists, query and gallery in either direction, plain ranking.
+Results: per trial, and mean and standard deviation over trials.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .metrics import rank_metrics
+
+MODES = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
+REPORTED = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
+
+
+def load_rand_perm(path: str | Path):
+    """exp/rand_perm_cam.mat: per camera, per identity, a [trials, images] array of 1-based image
+    permutations (the layout this reader assumes; a file of another layout is rejected by name)."""
+    try:
+        from scipy.io import loadmat
+    except ImportError as exc:
+        raise RuntimeError(f"reading {path} needs scipy (pip install scipy); without the file, the documented "
+                           f"seeded gallery draw is used") from exc
+    mat = loadmat(str(path))
+    if "rand_perm_cam" not in mat:
+        raise ValueError(f"{path}: no variable 'rand_perm_cam'")
+    cams = mat["rand_perm_cam"]
+    try:
+        return {cam: [np.atleast_2d(np.asarray(p)) for p in np.ravel(cams[cam - 1][0])] for cam in range(1, 7)}
+    except (IndexError, TypeError) as exc:
+        raise ValueError(f"{path}: unexpected rand_perm_cam layout ({exc})") from exc
+
+
+def sysu_gallery(gallery_ids, gallery_cams, gallery_paths, *, mode: str = "all", shots: int = 1, trial: int = 1,
+                 rand_perm=None) -> np.ndarray:
+    """Indices into the gallery candidates of one trial's gallery."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
+    if shots not in (1, 10):
+        raise ValueError(f"shots must be 1 (single-shot) or 10 (multi-shot), got {shots}")
+    ids, cams = np.asarray(gallery_ids), np.asarray(gallery_cams)
+    paths = np.asarray([str(p) for p in gallery_paths])
+    chosen = []
+    for pid in np.unique(ids):
+        for cam in MODES[mode]:
+            candidates = np.where((ids == pid) & (cams == cam))[0]
+            if not len(candidates):
+                continue
+            candidates = candidates[np.argsort(paths[candidates], kind="stable")]
+            if rand_perm is not None:
+                perm = rand_perm[cam][int(pid) - 1][trial - 1] - 1
+            else:
+                perm = np.random.default_rng([trial, int(pid), cam]).permutation(len(candidates))
+            chosen.extend(candidates[perm[:shots]])
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def _summary(per_trial: list[dict]) -> dict:
+    out = {"trials": per_trial}
+    for key in REPORTED:
+        values = np.array([t[key] for t in per_trial])
+        out[key] = {"mean": float(values.mean()), "std": float(values.std())}
+    return out
+
+
+def _scalars(result: dict) -> dict:
+    return {k: float(result[k]) for k in REPORTED}
+
+
+def evaluate_sysu(query: dict, gallery: dict, *, mode: str = "all", shots: int = 1, trials: int = 10,
+                  rand_perm=None, metric: str = "euclidean") -> dict:
+    """query / gallery: dicts of features [N, D], ids [N], cams [N] (and gallery paths [N]); the gallery
+    holds every visible image of the test identities, from which each trial draws its gallery."""
+    per_trial = []
+    for trial in range(1, trials + 1):
+        idx = torch.as_tensor(sysu_gallery(gallery["ids"], gallery["cams"], gallery["paths"], mode=mode, shots=shots,
+                                           trial=trial, rand_perm=rand_perm))
+        result = rank_metrics(query["features"], gallery["features"][idx], torch.as_tensor(query["ids"]),
+                              torch.as_tensor(gallery["ids"])[idx], torch.as_tensor(query["cams"]),
+                              torch.as_tensor(gallery["cams"])[idx], metric=metric, sysu_rules=True)
+        per_trial.append({**_scalars(result), "gallery_size": len(idx)})
+    return _summary(per_trial)
+
+
+def evaluate_regdb(query: dict, gallery: dict, *, metric: str = "euclidean") -> dict:
+    result = rank_metrics(query["features"], gallery["features"], torch.as_tensor(query["ids"]),
+                          torch.as_tensor(gallery["ids"]), metric=metric)
+    return _summary([{**_scalars(result), "gallery_size": len(gallery["ids"])}])
+
+
+def format_table(name: str, summary: dict) -> str:
+    head = f"{name:<28}" + "".join(f"{k:>16}" for k in REPORTED)
+    row = f"{'mean +- std (%)':<28}" + "".join(
+        f"{100 * summary[k]['mean']:>9.2f} +-{100 * summary[k]['std']:>5.2f}" for k in REPORTED)
+    return head + "\n" + row
