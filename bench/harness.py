@@ -141,15 +141,17 @@ def peak_memory(fn: Callable, device: torch.device) -> int | None:
 
 
 def run(op: str, providers: list[Provider], make_inputs: Callable, cases: list[dict], dtypes, modes,
-        device: torch.device, out: Path | None = None, min_run_time: float = 0.5) -> list[dict]:
-    """Time every (case, dtype, mode, provider); append JSON lines to ``out``; return the records."""
+        device: torch.device, out: Path | None = None, min_run_time: float = 0.5,
+        baseline: str = "reference") -> list[dict]:
+    """Time every (case, dtype, mode, provider); append JSON lines to ``out``; return the records.
+    The "x ref" column is the ``baseline`` provider's time over each provider's."""
     out = out or RESULTS_DIR / f"{device_slug(device)}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     env = environment(device)
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     records = []
     print(f"# {op} on {env['device']} (torch {env['torch']}, triton {env['triton']}, commit {env['commit']})")
-    print(f"{'shape':<28}{'dtype':<10}{'mode':<10}{'provider':<14}{'median ms':>12}{'p20':>10}{'p80':>10}"
+    print(f"{'shape':<36}{'dtype':<10}{'mode':<10}{'provider':<14}{'median ms':>12}{'p20':>10}{'p80':>10}"
           f"{'x ref':>8}{'peak MiB':>10}")
     for case in cases:
         for dtype in dtypes:
@@ -159,7 +161,7 @@ def run(op: str, providers: list[Provider], make_inputs: Callable, cases: list[d
                     ok, why = provider.available(device, dtype)
                     shape = ",".join(f"{k}={v}" for k, v in case.items())
                     if not ok:
-                        print(f"{shape:<28}{str(dtype)[6:]:<10}{mode:<10}{provider.name:<14}  skipped: {why}")
+                        print(f"{shape:<36}{str(dtype)[6:]:<10}{mode:<10}{provider.name:<14}  skipped: {why}")
                         continue
                     inputs = make_inputs(case, dtype, device, requires_grad=mode != "forward")
                     try:
@@ -167,10 +169,10 @@ def run(op: str, providers: list[Provider], make_inputs: Callable, cases: list[d
                         timing = time_callable(fn, device, min_run_time)
                         memory = peak_memory(fn, device)
                     except torch.OutOfMemoryError:
-                        print(f"{shape:<28}{str(dtype)[6:]:<10}{mode:<10}{provider.name:<14}  out of memory")
+                        print(f"{shape:<36}{str(dtype)[6:]:<10}{mode:<10}{provider.name:<14}  out of memory")
                         torch.cuda.empty_cache()
                         continue
-                    if provider.name == "reference":
+                    if provider.name == baseline:
                         ref_ms = timing["median_ms"]
                     ratio = ref_ms / timing["median_ms"] if ref_ms else float("nan")
                     record = {"op": op, "case": case, "dtype": str(dtype).replace("torch.", ""), "mode": mode,
@@ -179,7 +181,7 @@ def run(op: str, providers: list[Provider], make_inputs: Callable, cases: list[d
                     with out.open("a") as f:
                         f.write(json.dumps(record) + "\n")
                     mem = f"{memory / 2**20:10.1f}" if memory is not None else f"{'-':>10}"
-                    print(f"{shape:<28}{record['dtype']:<10}{mode:<10}{provider.name:<14}"
+                    print(f"{shape:<36}{record['dtype']:<10}{mode:<10}{provider.name:<14}"
                           f"{timing['median_ms']:12.4f}{timing['p20_ms']:10.4f}{timing['p80_ms']:10.4f}"
                           f"{ratio:8.2f}{mem}", flush=True)
                     del inputs, fn
@@ -244,7 +246,8 @@ def op_providers(reference: Callable, vtreid_op: Callable, *peers: Provider) -> 
 
 
 def main(op: str, description: str, providers: Callable[[], list[Provider]], make_inputs: Callable,
-         cases: Callable, argv=None, gpu_dtypes=(torch.float32, torch.bfloat16), extra_args: Callable | None = None):
+         cases: Callable, argv=None, gpu_dtypes=(torch.float32, torch.bfloat16), extra_args: Callable | None = None,
+         baseline: str = "reference"):
     """Command line shared by the benchmarks. ``cases(device, args)`` returns (cases, dtypes or None, modes
     or None, providers to drop); ``extra_args(parser)`` adds benchmark-specific options."""
     parser = common_args(description)
@@ -259,4 +262,4 @@ def main(op: str, description: str, providers: Callable[[], list[Provider]], mak
     chosen = [p for p in chosen if p.name not in drop]
     default_dtypes = gpu_dtypes if device.type == "cuda" else (torch.float32,)
     run(op, chosen, make_inputs, case_list, dtypes or parse_dtypes(args.dtypes, default_dtypes),
-        modes or args.modes.split(","), device, args.out, args.min_run_time)
+        modes or args.modes.split(","), device, args.out, args.min_run_time, baseline)

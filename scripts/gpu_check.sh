@@ -27,12 +27,15 @@ for tool in memcheck racecheck; do
 done
 
 step "benchmarks"
-for bench in ${VTREID_BENCHES:-pairwise_distance hard_mining hetero_center normalized_softmax}; do
+for bench in ${VTREID_BENCHES:-pairwise_distance hard_mining hetero_center normalized_softmax evaluation}; do
   python -m bench."$bench" --out "$OUT/results.jsonl" > "$OUT/bench-$bench.log" 2>&1 || status=1
   tail -60 "$OUT/bench-$bench.log"
 done
 step "hard_mining memory case (N = M = 65536, D = 2048, fp16)"
 python -m bench.hard_mining --large --out "$OUT/results.jsonl" > "$OUT/bench-hard_mining-large.log" 2>&1 || status=1
 tail -8 "$OUT/bench-hard_mining-large.log"
+step "evaluation memory case (top-100 of 10000 queries in a 1,000,000-image gallery)"
+python -m bench.evaluation --large --out "$OUT/results.jsonl" > "$OUT/bench-evaluation-large.log" 2>&1 || status=1
+tail -5 "$OUT/bench-evaluation-large.log"
 echo "== exit $status"
 exit $status

@@ -56,3 +56,12 @@ def test_normalized_softmax_benchmark_runs(tmp_path):
                              "full", "--min-run-time", "0.01", "--out", str(out)])
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["provider"] for r in records} == {"reference", "native"}  # liger: CUDA only, reported as skipped
+
+
+def test_evaluation_benchmark_runs(tmp_path):
+    from bench import evaluation
+    out = tmp_path / "cpu.jsonl"
+    evaluation.main(["--device", "cpu", "--quick", "--min-run-time", "0.01", "--out", str(out)])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["provider"] for r in records} == {"numpy", "vtreid"}
+    assert records[0]["case"] == {"Q": 3803, "G": 301, "D": 2048, "trials": 2}
