@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "cuda/launch.h"
+#include "center_common.h"
 #include "mining_common.h"
 #include "normalized_ce_driver.h"
 #include "op_checks.h"
@@ -84,21 +85,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& candidate_modality, std::string_view metric_name, std::string_view positive,
     std::string_view negative, bool self_mining) {
   const Metric metric = parse_metric(metric_name);
-  const Rule pos_rule = parse_rule(positive, "positive"), neg_rule = parse_rule(negative, "negative");
-  check_features(anchors, "anchors");
-  check_features(candidates, "candidates");
+  const MiningIds ids = prepare_mining_ids(anchors, candidates, anchor_labels, candidate_labels, anchor_modality,
+                                           candidate_modality, positive, negative);
   TORCH_CHECK_TYPE(anchors.scalar_type() == candidates.scalar_type(), "anchors and candidates must share a dtype");
-  const bool use_modality = pos_rule != kAny || neg_rule != kAny;
-  TORCH_CHECK_VALUE(!use_modality || (anchor_modality.has_value() && candidate_modality.has_value()),
-                    "anchor_modality and candidate_modality are required when a rule is not 'any'");
+  const bool use_modality = ids.use_modality;
   const c10::cuda::CUDAGuard guard(anchors.device());
   const at::Tensor a = anchors.contiguous(), c = candidates.contiguous();
-  const at::Tensor la = anchor_labels.to(at::kLong).contiguous(), lc = candidate_labels.to(at::kLong).contiguous();
-  at::Tensor ma, mc;
-  if (use_modality) {
-    ma = anchor_modality->to(at::kInt).contiguous();
-    mc = candidate_modality->to(at::kInt).contiguous();
-  }
+  const at::Tensor &la = ids.anchor_labels, &lc = ids.candidate_labels;
+  const at::Tensor &ma = ids.anchor_modality, &mc = ids.candidate_modality;
   const int64_t n = a.size(0), m = c.size(0), dim = a.size(1);
   const auto acc_options = a.options().dtype(accumulation_type(a.scalar_type()));
   at::Tensor pos_d = at::zeros({n}, acc_options), neg_d = at::zeros({n}, acc_options);
@@ -112,7 +106,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                      use_modality ? mc.const_data_ptr<int32_t>() : nullptr, pos_d.mutable_data_ptr(),
                      pos_i.mutable_data_ptr<int64_t>(), neg_d.mutable_data_ptr(), neg_i.mutable_data_ptr<int64_t>(),
                      valid.mutable_data_ptr<bool>(), asq.mutable_data_ptr(), csq.mutable_data_ptr(), n, m, dim, metric,
-                     pos_rule, neg_rule, self_mining, c10::cuda::getCurrentCUDAStream()),
+                     ids.pos_rule, ids.neg_rule, self_mining, c10::cuda::getCurrentCUDAStream()),
                  "hard_mining_fwd");
   }
   return {pos_d, pos_i, neg_d, neg_i, valid, asq, csq};
@@ -147,15 +141,12 @@ std::tuple<at::Tensor, at::Tensor> hard_mining_bwd_cuda(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hetero_center_fwd_cuda(
     const at::Tensor& x, const at::Tensor& order, const at::Tensor& seg, const at::Tensor& slot,
     const at::Tensor& modality, std::string_view metric_name, bool strong, double margin) {
-  const Metric metric = parse_metric(metric_name);
-  TORCH_CHECK_VALUE(metric != kEuclidean, "hetero_center metric must be 'sqeuclidean' or 'cosine'");
-  TORCH_CHECK_VALUE(x.dim() == 3, "x must be [S, N, D]");
+  const CenterLayout layout = prepare_center_layout(x, order, seg, modality, metric_name);
+  const Metric metric = layout.metric;
+  const at::Tensor &ord = layout.order, &sg = layout.seg, &mod = layout.modality;
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous();
-  const at::Tensor ord = order.to(at::kLong).contiguous(), sg = seg.to(at::kLong).contiguous();
-  const at::Tensor mod = modality.to(at::kInt).contiguous();
   const int64_t sets = xc.size(0), n = xc.size(1), dim = xc.size(2);
-  TORCH_CHECK_VALUE(sg.numel() == n + 1 && ord.numel() == n && mod.numel() == n, "layout tensors must match x");
   const auto acc = xc.options().dtype(accumulation_type(xc.scalar_type()));
   at::Tensor hinge = at::zeros({sets, n}, acc), centers = at::zeros({sets, n, 2, dim}, acc);
   at::Tensor variances = at::zeros_like(centers), stats = at::zeros({sets, n, 5}, acc);

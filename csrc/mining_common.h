@@ -2,8 +2,11 @@
 #pragma once
 #include <torch/types.h>
 
+#include <optional>
 #include <string_view>
 #include <utility>
+
+#include "op_checks.h"
 
 namespace vtreid {
 
@@ -14,6 +17,36 @@ inline Rule parse_rule(std::string_view rule, const char* name) {
   if (rule == "cross") return kCross;
   if (rule == "same") return kSame;
   TORCH_CHECK_VALUE(false, name, " must be 'any', 'cross' or 'same', got '", rule, "'");
+}
+
+// The id vectors of a hard_mining call, checked and in the kernels' layout (labels int64, modality int32,
+// contiguous; modality undefined when both rules are 'any'). Shared by the CPU and CUDA registrations.
+struct MiningIds {
+  Rule pos_rule, neg_rule;
+  bool use_modality;
+  at::Tensor anchor_labels, candidate_labels, anchor_modality, candidate_modality;
+};
+
+inline MiningIds prepare_mining_ids(const at::Tensor& anchors, const at::Tensor& candidates,
+                                    const at::Tensor& anchor_labels, const at::Tensor& candidate_labels,
+                                    const std::optional<at::Tensor>& anchor_modality,
+                                    const std::optional<at::Tensor>& candidate_modality, std::string_view positive,
+                                    std::string_view negative) {
+  MiningIds ids{parse_rule(positive, "positive"), parse_rule(negative, "negative"), false, {}, {}, {}, {}};
+  check_features(anchors, "anchors");
+  check_features(candidates, "candidates");
+  ids.use_modality = ids.pos_rule != kAny || ids.neg_rule != kAny;
+  TORCH_CHECK_VALUE(!ids.use_modality || (anchor_modality.has_value() && candidate_modality.has_value()),
+                    "anchor_modality and candidate_modality are required when a rule is not 'any'");
+  ids.anchor_labels = anchor_labels.to(at::kLong).contiguous();
+  ids.candidate_labels = candidate_labels.to(at::kLong).contiguous();
+  TORCH_CHECK_VALUE(ids.anchor_labels.numel() == anchors.size(0) && ids.candidate_labels.numel() == candidates.size(0),
+                    "labels must have one entry per row");
+  if (ids.use_modality) {
+    ids.anchor_modality = anchor_modality->to(at::kInt).contiguous();
+    ids.candidate_modality = candidate_modality->to(at::kInt).contiguous();
+  }
+  return ids;
 }
 
 // (order, seg): the 2n pair rows (positives 0..n-1, negatives n..2n-1) stably sorted by the candidate

@@ -38,22 +38,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& candidate_modality, std::string_view metric_name, std::string_view positive,
     std::string_view negative, bool self_mining) {
   const Metric metric = parse_metric(metric_name);
-  const Rule pos_rule = parse_rule(positive, "positive"), neg_rule = parse_rule(negative, "negative");
-  check_features(anchors, "anchors");
-  check_features(candidates, "candidates");
-  const bool use_modality = pos_rule != kAny || neg_rule != kAny;
-  TORCH_CHECK_VALUE(!use_modality || (anchor_modality.has_value() && candidate_modality.has_value()),
-                    "anchor_modality and candidate_modality are required when a rule is not 'any'");
+  const MiningIds ids = prepare_mining_ids(anchors, candidates, anchor_labels, candidate_labels, anchor_modality,
+                                           candidate_modality, positive, negative);
+  const Rule pos_rule = ids.pos_rule, neg_rule = ids.neg_rule;
+  const bool use_modality = ids.use_modality;
   const auto acc = accumulation_type(anchors.scalar_type());
   const at::Tensor a = anchors.to(acc).contiguous(), c = candidates.to(acc).contiguous();
-  const at::Tensor la = anchor_labels.to(at::kLong).contiguous(), lc = candidate_labels.to(at::kLong).contiguous();
-  at::Tensor ma, mc;
-  if (use_modality) {
-    ma = anchor_modality->to(at::kInt).contiguous();
-    mc = candidate_modality->to(at::kInt).contiguous();
-  }
+  const at::Tensor &la = ids.anchor_labels, &lc = ids.candidate_labels;
+  const at::Tensor &ma = ids.anchor_modality, &mc = ids.candidate_modality;
   const int64_t n = a.size(0), m = c.size(0), dim = a.size(1);
-  TORCH_CHECK_VALUE(la.numel() == n && lc.numel() == m, "labels must have one entry per row");
   at::Tensor asq = at::empty({n}, a.options()), csq = at::empty({m}, a.options());
   at::Tensor pos_d = at::empty({n}, a.options()), neg_d = at::empty({n}, a.options());
   at::Tensor pos_i = at::full({n}, -1, la.options()), neg_i = at::full({n}, -1, la.options());

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <optional>
 
+#include "../center_common.h"
 #include "../op_checks.h"
 #include "cpu_ops.h"
 
@@ -18,15 +19,12 @@ namespace vtreid::cpu {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hetero_center_fwd(
     const at::Tensor& x, const at::Tensor& order, const at::Tensor& seg, const at::Tensor& slot,
     const at::Tensor& modality, std::string_view metric_name, bool strong, double margin) {
-  const Metric metric = parse_metric(metric_name);
-  TORCH_CHECK_VALUE(metric != kEuclidean, "hetero_center metric must be 'sqeuclidean' or 'cosine'");
-  TORCH_CHECK_VALUE(x.dim() == 3, "x must be [S, N, D]");
+  const CenterLayout layout = prepare_center_layout(x, order, seg, modality, metric_name);
+  const Metric metric = layout.metric;
+  const at::Tensor &ord = layout.order, &sg = layout.seg, &mod = layout.modality;
   const auto acc = accumulation_type(x.scalar_type());
   const at::Tensor xa = x.to(acc).contiguous();
-  const at::Tensor ord = order.to(at::kLong).contiguous(), sg = seg.to(at::kLong).contiguous();
-  const at::Tensor mod = modality.to(at::kInt).contiguous();
   const int64_t s_count = xa.size(0), n = xa.size(1), dim = xa.size(2);
-  TORCH_CHECK_VALUE(sg.numel() == n + 1 && ord.numel() == n && mod.numel() == n, "layout tensors must match x");
   at::Tensor hinge = at::zeros({s_count, n}, xa.options());
   at::Tensor centers = at::zeros({s_count, n, 2, dim}, xa.options());
   at::Tensor variances = at::zeros_like(centers);
