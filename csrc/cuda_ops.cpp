@@ -206,19 +206,19 @@ struct CudaEpilogue {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> normalized_ce_fwd_cuda(
+NormalizedCeForward normalized_ce_fwd_cuda(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& target, double scale, double label_smoothing) {
   const c10::cuda::CUDAGuard guard(x.device());
   return normalized_ce_forward<CudaEpilogue>(x, weight, target, scale, label_smoothing);
 }
 
-std::tuple<at::Tensor, at::Tensor> normalized_ce_bwd_cuda(const at::Tensor& grad, const at::Tensor& x,
-                                                          const at::Tensor& weight, const at::Tensor& target,
-                                                          const at::Tensor& lse, const at::Tensor& ez,
-                                                          const at::Tensor& tz, const at::Tensor& xsq,
-                                                          const at::Tensor& wsq, double scale, double label_smoothing) {
+std::tuple<at::Tensor, at::Tensor> normalized_ce_bwd_cuda(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& target,
+    const at::Tensor& lse, const at::Tensor& ez, const at::Tensor& tz, const at::Tensor& xsq, const at::Tensor& wsq,
+    const at::Tensor& dots, double scale, double label_smoothing) {
   const c10::cuda::CUDAGuard guard(x.device());
-  return normalized_ce_backward<CudaEpilogue>(grad, x, weight, target, lse, ez, tz, xsq, wsq, scale, label_smoothing);
+  return normalized_ce_backward<CudaEpilogue>(grad, x, weight, target, lse, ez, tz, xsq, wsq, dots, scale,
+                                              label_smoothing);
 }
 
 }  // namespace

@@ -2,7 +2,10 @@
 // and CUDA registrations. Classes are streamed in chunks of kClassChunk: each chunk's x.W^T comes
 // from one GEMM (BLAS / cuBLAS) into a reused [N, chunk] buffer, and the device's epilogue folds it
 // into per-row online log-sum-exp state (forward) or turns it into G q and its column sums (backward).
-// No normalised copy of W and never the N x C logits when C exceeds a chunk.
+// No normalised copy of W and never the N x C logits when C exceeds a chunk. When the classes fit in
+// one chunk (C <= kClassChunk, every re-ID training set), the forward hands its x.W^T buffer to the
+// backward as `dots` instead of freeing it, so the backward skips that GEMM; eager autograd keeps its
+// N x C logits too, so this costs no memory over eager. Otherwise `dots` is empty ([0]).
 //
 // Epilogue must provide, for acc_t in {float, double} (raw contiguous pointers on the tensors' device):
 //   merge(dots, n, cc, c0, classes, inv_x, inv_w, target, scale, smoothing,
@@ -20,10 +23,14 @@ namespace vtreid {
 
 constexpr int64_t kClassChunk = 8192;
 
+// loss, lse, E_p[z], target term, |x|^2, |w|^2, dots (x.W^T in the accumulation dtype, or empty)
+using NormalizedCeForward =
+    std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
 inline at::Tensor inverse_norms(const at::Tensor& sq) { return sq.sqrt().clamp_min(kCosineEps).reciprocal(); }
 
 template <class Epilogue>
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> normalized_ce_forward(
+NormalizedCeForward normalized_ce_forward(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& target, double scale, double smoothing) {
   check_features(x, "x");
   check_features(weight, "weight");
@@ -38,9 +45,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor run_max = at::full({n}, -std::numeric_limits<double>::infinity(), xa.options());
   at::Tensor run_sum = at::zeros({n}, xa.options()), run_ez = at::zeros({n}, xa.options());
   at::Tensor z_target = at::zeros({n}, xa.options()), z_total = at::zeros({n}, xa.options());
+  at::Tensor saved = classes <= kClassChunk ? at::empty({n, classes}, xa.options()) : at::empty({0}, xa.options());
   for (int64_t c0 = 0; c0 < classes && n > 0; c0 += kClassChunk) {
     const int64_t cc = std::min(kClassChunk, classes - c0);
-    const at::Tensor dots = at::mm(xa, weight.narrow(0, c0, cc).to(acc).t()).contiguous();
+    at::Tensor dots = at::mm(xa, weight.narrow(0, c0, cc).to(acc).t()).contiguous();
+    if (saved.dim() == 2) saved = dots;
     AT_DISPATCH_FLOATING_TYPES(acc, "normalized_ce_merge", [&] {
       Epilogue::template merge<scalar_t>(
           dots.const_data_ptr<scalar_t>(), n, cc, c0, classes, inv_x.const_data_ptr<scalar_t>(),
@@ -52,20 +61,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
   const at::Tensor lse = run_max + run_sum.log();
   const at::Tensor tz = z_target * (1.0 - smoothing) + z_total * (smoothing / static_cast<double>(classes));
-  return {lse - tz, lse, run_ez / run_sum, tz, xsq, wsq};
+  return {lse - tz, lse, run_ez / run_sum, tz, xsq, wsq, saved};
 }
 
 template <class Epilogue>
 std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& target,
     const at::Tensor& lse, const at::Tensor& ez, const at::Tensor& tz, const at::Tensor& xsq, const at::Tensor& wsq,
-    double scale, double smoothing) {
+    const at::Tensor& saved_dots, double scale, double smoothing) {
   const auto acc = accumulation_type(x.scalar_type());
   const at::Tensor xa = x.to(acc).contiguous();
   const at::Tensor tg = target.to(at::kLong).contiguous();
   const at::Tensor g = grad.to(acc).contiguous(), ls = lse.to(acc).contiguous();
   const at::Tensor xs = xsq.to(acc), ws = wsq.to(acc).contiguous();
   const int64_t n = xa.size(0), classes = weight.size(0), dim = xa.size(1);
+  const bool have_dots = saved_dots.dim() == 2;
+  TORCH_CHECK_VALUE(!have_dots || (saved_dots.size(0) == n && saved_dots.size(1) == classes && classes <= kClassChunk),
+                    "normalized_ce_bwd: dots must be [N, C] with C <= ", kClassChunk, " or empty");
   const at::Tensor inv_x = inverse_norms(xs).contiguous(), inv_w = inverse_norms(ws).contiguous();
   const at::Tensor x_unit = xa * inv_x.unsqueeze(1);
   at::Tensor grad_x = at::zeros({n, dim}, xa.options());
@@ -74,7 +86,7 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
   for (int64_t c0 = 0; c0 < classes; c0 += kClassChunk) {
     const int64_t cc = std::min(kClassChunk, classes - c0);
     const at::Tensor wc = weight.narrow(0, c0, cc).to(acc).contiguous();
-    const at::Tensor dots = at::mm(xa, wc.t()).contiguous();
+    const at::Tensor dots = have_dots ? saved_dots.to(acc).contiguous() : at::mm(xa, wc.t()).contiguous();
     at::Tensor gq = at::empty({n, cc}, xa.options());
     if (n > 0) {
       AT_DISPATCH_FLOATING_TYPES(acc, "normalized_ce_grad", [&] {

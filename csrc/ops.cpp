@@ -32,13 +32,15 @@ TORCH_LIBRARY(vtreid, m) {
   m.def(
       "hetero_center_bwd(Tensor x, Tensor slot, Tensor modality, Tensor hinge, Tensor centers, Tensor variances, "
       "Tensor counts, Tensor stats, Tensor grad_hinge, Tensor? grad_centers, str metric, bool strong) -> Tensor");
-  // Per row: loss, log-sum-exp, E_p[z], target term, |x|^2; per class |w|^2 (accumulation dtype).
+  // Per row: loss, log-sum-exp, E_p[z], target term, |x|^2; per class |w|^2 (accumulation dtype);
+  // dots = x.W^T [N, C] when C <= 8192 (the backward reuses it), else empty [0].
   m.def(
       "normalized_ce_fwd(Tensor x, Tensor weight, Tensor target, float scale, float label_smoothing) "
-      "-> (Tensor loss, Tensor lse, Tensor ez, Tensor tz, Tensor xsq, Tensor wsq)");
+      "-> (Tensor loss, Tensor lse, Tensor ez, Tensor tz, Tensor xsq, Tensor wsq, Tensor dots)");
   m.def(
       "normalized_ce_bwd(Tensor grad, Tensor x, Tensor weight, Tensor target, Tensor lse, Tensor ez, Tensor tz, "
-      "Tensor xsq, Tensor wsq, float scale, float label_smoothing) -> (Tensor grad_x, Tensor grad_weight)");
+      "Tensor xsq, Tensor wsq, Tensor dots, float scale, float label_smoothing) "
+      "-> (Tensor grad_x, Tensor grad_weight)");
 }
 
 TORCH_LIBRARY_IMPL(vtreid, CPU, m) {

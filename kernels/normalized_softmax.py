@@ -13,6 +13,9 @@ Backward, with G_ic = g_i (p_ic - t_ic) (t the smoothed one-hot target):
 One program per class tile recomputes its logits for a chunk of rows and writes Gq = G q (the only
 N x C-shaped buffer, capped in size by the caller) and the column sums sum_i G_ic z_ic; the two
 products are GEMMs on Gq.
+
+With SAVE_DOTS (the caller asks for it when C is small, see vtreid.ops.normalized_softmax) the forward
+also writes the raw x.W^T tiles to DOTS [N, C] and the backward reads them instead of recomputing.
 """
 from __future__ import annotations
 
@@ -52,10 +55,10 @@ def _inv_norm(sq):
 @triton.autotune(configs=_FWD_CONFIGS, key=["N", "C", "D"])
 @triton.jit
 def _nce_fwd_kernel(
-    X, W, TARGET, LOSS, LSE, EZ, TZ, XSQ, WSQ,
+    X, W, TARGET, LOSS, LSE, EZ, TZ, XSQ, WSQ, DOTS,
     N, C, D, stride_xn, stride_xd, stride_wc, stride_wd,
     scale, smoothing,
-    IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    SAVE_DOTS: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -74,6 +77,8 @@ def _nce_fwd_kernel(
                                       IEEE, BLOCK_N, BLOCK_C, BLOCK_D)
         if pid == 0:
             tl.store(WSQ + rc, wsq, mask=mask_c)
+        if SAVE_DOTS:
+            tl.store(DOTS + rn.to(tl.int64)[:, None] * C + rc[None, :], dot, mask=mask_n[:, None] & mask_c[None, :])
         z = scale * dot * _inv_norm(xsq)[:, None] * _inv_norm(wsq)[None, :]
         z_live = tl.where(mask_c[None, :], z, 0.0)
         z = tl.where(mask_c[None, :], z, float("-inf"))
@@ -97,10 +102,10 @@ def _nce_fwd_kernel(
 @triton.autotune(configs=_GRAD_CONFIGS, key=["N", "C", "D"])
 @triton.jit
 def _nce_grad_kernel(
-    X, W, TARGET, LSE, G_ROW, WSQ, GQ, COL_GZ,
+    X, W, TARGET, LSE, G_ROW, XSQ, WSQ, DOTS, GQ, COL_GZ,
     N, C, D, stride_xn, stride_xd, stride_wc, stride_wd, stride_gn,
     scale, smoothing,
-    IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+    SAVE_DOTS: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Gq[i, c] = g_i (p_ic - t_ic) q_c for the rows of this chunk; COL_GZ[c] += sum_i G_ic z_ic."""
     pid = tl.program_id(0)
@@ -111,8 +116,13 @@ def _nce_grad_kernel(
     for n0 in range(0, N, BLOCK_N):
         rn = n0 + tl.arange(0, BLOCK_N)
         mask_n = rn < N
-        dot, xsq, _ = dot_and_norms(X, W, rn, rc, mask_n, mask_c, D, stride_xn, stride_xd, stride_wc, stride_wd,
-                                    IEEE, BLOCK_N, BLOCK_C, BLOCK_D)
+        if SAVE_DOTS:
+            dot = tl.load(DOTS + rn.to(tl.int64)[:, None] * C + rc[None, :], mask=mask_n[:, None] & mask_c[None, :],
+                          other=0.0)
+            xsq = tl.load(XSQ + rn, mask=mask_n, other=1.0)
+        else:
+            dot, xsq, _ = dot_and_norms(X, W, rn, rc, mask_n, mask_c, D, stride_xn, stride_xd, stride_wc,
+                                        stride_wd, IEEE, BLOCK_N, BLOCK_C, BLOCK_D)
         z = scale * dot * _inv_norm(xsq)[:, None] * inv_w[None, :]
         lse = tl.load(LSE + rn, mask=mask_n, other=0.0)
         g = tl.load(G_ROW + rn, mask=mask_n, other=0.0)
@@ -127,22 +137,25 @@ def _nce_grad_kernel(
     tl.store(COL_GZ + rc, prev + col_gz, mask=mask_c)
 
 
-def cross_entropy_forward(x, weight, target, scale: float, smoothing: float):
-    """(loss [N], lse [N], ez [N], tz [N], xsq [N], wsq [C]), all float32."""
+def cross_entropy_forward(x, weight, target, scale: float, smoothing: float, save_dots: bool):
+    """(loss [N], lse [N], ez [N], tz [N], xsq [N], wsq [C], dots), all float32; dots is x.W^T [N, C]
+    when save_dots, else empty [0]."""
     n, d = x.shape
     c = weight.shape[0]
     out = [torch.empty(n, device=x.device, dtype=torch.float32) for _ in range(5)]
     wsq = torch.empty(c, device=x.device, dtype=torch.float32)
+    dots = torch.empty((n, c) if save_dots else (0,), device=x.device, dtype=torch.float32)
     if n == 0:
         wsq.copy_((weight.float() ** 2).sum(1))
-        return (*out, wsq)
+        return (*out, wsq, dots)
 
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]),)
 
-    _nce_fwd_kernel[grid](x, weight, target, *out, wsq, n, c, d, x.stride(0), x.stride(1), weight.stride(0),
-                          weight.stride(1), float(scale), float(smoothing), IEEE=x.dtype == torch.float32)
-    return (*out, wsq)
+    _nce_fwd_kernel[grid](x, weight, target, *out, wsq, dots, n, c, d, x.stride(0), x.stride(1), weight.stride(0),
+                          weight.stride(1), float(scale), float(smoothing), SAVE_DOTS=save_dots,
+                          IEEE=x.dtype == torch.float32)
+    return (*out, wsq, dots)
 
 
 def gradient_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -151,8 +164,10 @@ def gradient_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
 
 
-def cross_entropy_backward(grad_row, x, weight, target, lse, ez, tz, xsq, wsq, scale: float, smoothing: float):
-    """(grad_x, grad_weight) for per-row upstream gradients grad_row [N] (float32)."""
+def cross_entropy_backward(grad_row, x, weight, target, lse, ez, tz, xsq, wsq, dots, scale: float,
+                           smoothing: float):
+    """(grad_x, grad_weight) for per-row upstream gradients grad_row [N] (float32); dots as the forward
+    returned it (reused when [N, C], recomputed when empty)."""
     n, d = x.shape
     c = weight.shape[0]
     gdt = gradient_dtype(x.dtype)
@@ -162,6 +177,7 @@ def cross_entropy_backward(grad_row, x, weight, target, lse, ez, tz, xsq, wsq, s
     w_mm = weight if weight.dtype == gdt else weight.float()
     grad_x = torch.empty((n, d), device=x.device, dtype=torch.float32)
     col_gz = torch.zeros(c, device=x.device, dtype=torch.float32)
+    save_dots = dots.dim() == 2
     rows = max(1, MAX_CHUNK_ELEMENTS // max(c, 1))
     grad_w = None
     for r0 in range(0, n, rows):
@@ -172,9 +188,11 @@ def cross_entropy_backward(grad_row, x, weight, target, lse, ez, tz, xsq, wsq, s
             return (triton.cdiv(c, meta["BLOCK_C"]),)
 
         xs = x[r0:r1]
-        _nce_grad_kernel[grid](xs, weight, target[r0:r1], lse[r0:r1], grad_row[r0:r1], wsq, gq, col_gz,
+        _nce_grad_kernel[grid](xs, weight, target[r0:r1], lse[r0:r1], grad_row[r0:r1], xsq[r0:r1], wsq,
+                               dots[r0:r1] if save_dots else dots, gq, col_gz,
                                r1 - r0, c, d, xs.stride(0), xs.stride(1), weight.stride(0), weight.stride(1),
-                               gq.stride(0), float(scale), float(smoothing), IEEE=x.dtype == torch.float32)
+                               gq.stride(0), float(scale), float(smoothing), SAVE_DOTS=save_dots,
+                               IEEE=x.dtype == torch.float32)
         grad_x[r0:r1] = torch.mm(gq, w_mm).float() * (scale * inv_x[r0:r1, None])
         chunk_w = torch.mm(gq.T, x_unit[r0:r1])
         if grad_w is None:

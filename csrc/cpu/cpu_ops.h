@@ -6,6 +6,8 @@
 #include <string_view>
 #include <tuple>
 
+#include "../normalized_ce_driver.h"
+
 namespace vtreid::cpu {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_distance_fwd(
@@ -35,13 +37,12 @@ at::Tensor hetero_center_bwd(const at::Tensor& x, const at::Tensor& slot, const 
                              const at::Tensor& counts, const at::Tensor& stats, const at::Tensor& grad_hinge,
                              const std::optional<at::Tensor>& grad_centers, std::string_view metric, bool strong);
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> normalized_ce_fwd(
+NormalizedCeForward normalized_ce_fwd(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& target, double scale, double label_smoothing);
 
-std::tuple<at::Tensor, at::Tensor> normalized_ce_bwd(const at::Tensor& grad, const at::Tensor& x,
-                                                     const at::Tensor& weight, const at::Tensor& target,
-                                                     const at::Tensor& lse, const at::Tensor& ez, const at::Tensor& tz,
-                                                     const at::Tensor& xsq, const at::Tensor& wsq, double scale,
-                                                     double label_smoothing);
+std::tuple<at::Tensor, at::Tensor> normalized_ce_bwd(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& target,
+    const at::Tensor& lse, const at::Tensor& ez, const at::Tensor& tz, const at::Tensor& xsq, const at::Tensor& wsq,
+    const at::Tensor& dots, double scale, double label_smoothing);
 
 }  // namespace vtreid::cpu

@@ -75,17 +75,17 @@ struct CpuEpilogue {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> normalized_ce_fwd(
+NormalizedCeForward normalized_ce_fwd(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& target, double scale, double label_smoothing) {
   return normalized_ce_forward<CpuEpilogue>(x, weight, target, scale, label_smoothing);
 }
 
-std::tuple<at::Tensor, at::Tensor> normalized_ce_bwd(const at::Tensor& grad, const at::Tensor& x,
-                                                     const at::Tensor& weight, const at::Tensor& target,
-                                                     const at::Tensor& lse, const at::Tensor& ez, const at::Tensor& tz,
-                                                     const at::Tensor& xsq, const at::Tensor& wsq, double scale,
-                                                     double label_smoothing) {
-  return normalized_ce_backward<CpuEpilogue>(grad, x, weight, target, lse, ez, tz, xsq, wsq, scale, label_smoothing);
+std::tuple<at::Tensor, at::Tensor> normalized_ce_bwd(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& target,
+    const at::Tensor& lse, const at::Tensor& ez, const at::Tensor& tz, const at::Tensor& xsq, const at::Tensor& wsq,
+    const at::Tensor& dots, double scale, double label_smoothing) {
+  return normalized_ce_backward<CpuEpilogue>(grad, x, weight, target, lse, ez, tz, xsq, wsq, dots, scale,
+                                             label_smoothing);
 }
 
 }  // namespace vtreid::cpu

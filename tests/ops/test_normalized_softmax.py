@@ -150,6 +150,36 @@ def test_opcheck(device, backend):
                                             smoothing))
 
 
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_saved_dots_backward_equals_recomputed(device, backend):
+    """At C <= SAVED_DOTS_MAX_CLASSES the forward keeps x.W^T and the backward reuses it; feeding the
+    backward an empty dots makes it recompute. Both must give the same gradients."""
+    require_backend(backend, device)
+    op = FUSED[backend]
+    x, w, target = problem(11, 23, 40, device, seed=9)
+    with torch.no_grad():
+        out = op.forward(x, w, target, 14.0, 0.1)
+    dots = out[6]
+    assert dots.shape == (11, 23)
+    torch.testing.assert_close(dots, (x @ w.T).to(dots.dtype), rtol=1e-5, atol=1e-4)
+    grad = torch.rand_like(out[0])
+    saved = op.backward(grad, x, w, target, *out[1:], 14.0, 0.1)
+    recomputed = op.backward(grad, x, w, target, *out[1:6], dots.new_empty(0), 14.0, 0.1)
+    for a, b in zip(saved, recomputed):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_dots_are_not_kept_above_the_class_limit(backend):
+    from vtreid.ops.normalized_softmax import SAVED_DOTS_MAX_CLASSES
+    require_backend(backend, "cpu")
+    x, w, target = problem(3, SAVED_DOTS_MAX_CLASSES + 1, 8, "cpu", seed=10)
+    with torch.no_grad():
+        out = FUSED[backend].forward(x, w, target, 14.0, 0.0)
+    assert out[6].shape == (0,)
+
 def test_bad_inputs_name_the_argument():
     x, w, target = problem(6, 4, 5, "cpu")
     with pytest.raises(ValueError, match=r"target must hold class indices in \[0, 4\)"):

@@ -7,7 +7,11 @@ Fused cross-entropy backends (a forward/backward pair each, with fake kernels an
 
 The forward returns per row the loss, the log-sum-exp, E_p[z], the target term and |x|^2, and |w|^2 per
 class (all float32; float64 for float64 inputs): what the backward needs to rebuild p = exp(z - lse)
-tile by tile without the N x C logits. normalized_logits is the fused cosine kernel of
+tile by tile without the N x C logits. When C <= SAVED_DOTS_MAX_CLASSES it also returns x.W^T [N, C]
+(else an empty [0]) and the backward reuses it instead of recomputing the GEMM: at such C eager keeps
+its N x C logits as well, so this trades no memory over eager for one GEMM less (the native CPU
+backend was otherwise slower than eager at C = 206..395). The C++ driver's kClassChunk is the same
+number. normalized_logits is the fused cosine kernel of
 pairwise_distance scaled: scale * (1 - (1 - cos)).
 """
 from __future__ import annotations
@@ -20,6 +24,9 @@ from . import _backend, reference
 from ._checks import check_choice, check_feature_dims, check_features, check_same_device, check_same_dtype, check_tensor
 from ._registry import register_fused_op
 from .pairwise_distance import pairwise_distance
+
+#: Largest class count for which the forward keeps x.W^T for the backward (= kClassChunk in csrc/).
+SAVED_DOTS_MAX_CLASSES = 8192
 
 
 def _check_scale(scale) -> float:
@@ -98,27 +105,26 @@ def normalized_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: torc
 def _fake_forward(x, weight, target, scale, label_smoothing):
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     n, c = x.shape[0], weight.shape[0]
-    return (*(x.new_empty(n, dtype=acc) for _ in range(5)), x.new_empty(c, dtype=acc))
+    dots = x.new_empty((n, c) if c <= SAVED_DOTS_MAX_CLASSES else (0,), dtype=acc)
+    return (*(x.new_empty(n, dtype=acc) for _ in range(5)), x.new_empty(c, dtype=acc), dots)
 
 
-def _fake_backward(grad, x, weight, target, lse, ez, tz, xsq, wsq, scale, label_smoothing):
+def _fake_backward(grad, x, weight, target, lse, ez, tz, xsq, wsq, dots, scale, label_smoothing):
     return torch.empty_like(x, memory_format=torch.contiguous_format), \
         torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
 def _setup_context(ctx, inputs, output):
     x, weight, target, scale, smoothing = inputs
-    _, lse, ez, tz, xsq, wsq = output
-    ctx.save_for_backward(x, weight, target, lse, ez, tz, xsq, wsq)
+    _, lse, ez, tz, xsq, wsq, dots = output
+    ctx.save_for_backward(x, weight, target, lse, ez, tz, xsq, wsq, dots)
     ctx.scale, ctx.smoothing = scale, smoothing
-    ctx.mark_non_differentiable(lse, ez, tz, xsq, wsq)
+    ctx.mark_non_differentiable(lse, ez, tz, xsq, wsq, dots)
 
 
 def _make_backward(backward_op):
     def backward(ctx, grad_loss, *_):
-        x, weight, target, lse, ez, tz, xsq, wsq = ctx.saved_tensors
-        grad_x, grad_w = backward_op(grad_loss.contiguous(), x, weight, target, lse, ez, tz, xsq, wsq, ctx.scale,
-                                     ctx.smoothing)
+        grad_x, grad_w = backward_op(grad_loss.contiguous(), *ctx.saved_tensors, ctx.scale, ctx.smoothing)
         return grad_x, grad_w, None, None, None
     return backward
 
@@ -128,17 +134,18 @@ def _make_backward(backward_op):
 @torch.library.custom_op("vtreid::normalized_ce_triton_fwd", mutates_args=())
 def _triton_forward(x: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, scale: float,
                     label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                     torch.Tensor, torch.Tensor]:
+                                                     torch.Tensor, torch.Tensor, torch.Tensor]:
     from vtreid.kernels import normalized_softmax as kernel
-    return kernel.cross_entropy_forward(x, weight, target, scale, label_smoothing)
+    return kernel.cross_entropy_forward(x, weight, target, scale, label_smoothing,
+                                        save_dots=weight.shape[0] <= SAVED_DOTS_MAX_CLASSES)
 
 
 @torch.library.custom_op("vtreid::normalized_ce_triton_bwd", mutates_args=())
 def _triton_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                      lse: torch.Tensor, ez: torch.Tensor, tz: torch.Tensor, xsq: torch.Tensor, wsq: torch.Tensor,
-                     scale: float, label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+                     dots: torch.Tensor, scale: float, label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
     from vtreid.kernels import normalized_softmax as kernel
-    return kernel.cross_entropy_backward(grad.float(), x, weight, target, lse, ez, tz, xsq, wsq, scale,
+    return kernel.cross_entropy_backward(grad.float(), x, weight, target, lse, ez, tz, xsq, wsq, dots, scale,
                                          label_smoothing)
 
 
