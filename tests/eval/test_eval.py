@@ -93,7 +93,7 @@ def coverage(seed=0, ids=96):
             for k in range(n):
                 gid.append(pid)
                 gcam.append(cam)
-                paths.append(f"cam{cam}/{pid:04d}/{k:04d}.jpg")
+                paths.append(f"cam{cam}/{pid:04d}/{k + 1:04d}.jpg")  # SYSU numbers images from 0001
     return np.array(gid), np.array(gcam), paths, present
 
 
@@ -126,27 +126,51 @@ def test_sysu_all_search_single_shot_gallery_is_301_on_the_release_coverage():
     assert len(sysu_gallery(gid, gcam, paths, mode="all", shots=10)) == 3010
 
 
-def test_rand_perm_mat_drives_the_gallery(tmp_path):
+def write_rand_perm(path, present, ids, first):
+    """A rand_perm_cam.mat in the official layout (6 x 1 cell of 1 x ids cells of [10, images] 1-based
+    image numbers); trial t's permutation starts with first(pid, cam, n, t)."""
     scipy_io = pytest.importorskip("scipy.io")
-    gid, gcam, paths, present = coverage(1, ids=4)
     cells = np.empty((6, 1), dtype=object)
     for cam in range(1, 7):
-        per_id = np.empty((1, 4), dtype=object)
-        for pid in range(1, 5):
+        per_id = np.empty((1, ids), dtype=object)
+        for pid in range(1, ids + 1):
             n = present.get((pid, cam), 0)
-            per_id[0, pid - 1] = np.stack([np.arange(n, 0, -1)] * 10) if n else np.zeros((10, 0))
+            rows = []
+            for t in range(1, 11):
+                head = first(pid, cam, n, t) if n else None
+                rows.append([head] + [k for k in range(1, n + 1) if k != head] if n else [])
+            per_id[0, pid - 1] = np.array(rows, dtype=np.uint16).reshape(10, n)
         cells[cam - 1, 0] = per_id
-    scipy_io.savemat(tmp_path / "rand_perm_cam.mat", {"rand_perm_cam": cells})
+    scipy_io.savemat(path, {"rand_perm_cam": cells})
+
+
+def test_rand_perm_mat_drives_the_gallery(tmp_path):
+    gid, gcam, paths, present = coverage(1, ids=4)
+    write_rand_perm(tmp_path / "rand_perm_cam.mat", present, 4, lambda pid, cam, n, t: (pid + cam + t) % n + 1)
     perm = load_rand_perm(tmp_path / "rand_perm_cam.mat")
-    chosen = sysu_gallery(gid, gcam, paths, shots=1, trial=3, rand_perm=perm)
-    # the permutation's first entry is each (identity, camera)'s last image in path order
-    for i in chosen:
-        same = [j for j in range(len(gid)) if gid[j] == gid[i] and gcam[j] == gcam[i]]
-        assert paths[i] == max(paths[j] for j in same)
-    (tmp_path / "other.mat").write_bytes(b"")
-    scipy_io.savemat(tmp_path / "other.mat", {"something": np.zeros(3)})
+    for trial in (1, 3, 10):
+        chosen = sysu_gallery(gid, gcam, paths, shots=1, trial=trial, rand_perm=perm)
+        assert len(chosen) == len(present)
+        for i in chosen:  # image number (pid + cam + trial) % n + 1 of that identity and camera
+            n = present[(gid[i], gcam[i])]
+            assert paths[i] == f"cam{gcam[i]}/{gid[i]:04d}/{(gid[i] + gcam[i] + trial) % n + 1:04d}.jpg"
+        multi = sysu_gallery(gid, gcam, paths, shots=10, trial=trial, rand_perm=perm)
+        assert len(multi) == sum(min(n, 10) for n in present.values())
+    pytest.importorskip("scipy.io").savemat(tmp_path / "other.mat", {"something": np.zeros(3)})
     with pytest.raises(ValueError, match="other.mat: no variable 'rand_perm_cam'"):
         load_rand_perm(tmp_path / "other.mat")
+
+
+def test_rand_perm_matches_image_numbers_not_positions(tmp_path):
+    """The official file numbers images (0001.jpg = 1); a copy with a missing file must not shift the
+    choice onto its neighbour, and a number the copy lacks is an error naming identity and camera."""
+    gid, gcam = np.array([1, 1, 1]), np.array([1, 1, 1])
+    paths = ["cam1/0001/0001.jpg", "cam1/0001/0003.jpg", "cam1/0001/0004.jpg"]  # 0002.jpg absent
+    write_rand_perm(tmp_path / "p.mat", {(1, 1): 4}, 1, lambda pid, cam, n, t: 3 if t == 1 else 2)
+    perm = load_rand_perm(tmp_path / "p.mat")
+    assert paths[sysu_gallery(gid, gcam, paths, trial=1, rand_perm=perm)[0]] == "cam1/0001/0003.jpg"
+    with pytest.raises(ValueError, match=r"picks image\(s\) \[2\] of identity 1 in camera 1"):
+        sysu_gallery(gid, gcam, paths, trial=2, rand_perm=perm)
 
 
 def test_regdb_directions():

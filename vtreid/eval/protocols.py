@@ -22,8 +22,15 @@ REPORTED = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
 
 
 def load_rand_perm(path: str | Path):
-    """exp/rand_perm_cam.mat: per camera, per identity, a [trials, images] array of 1-based image
-    permutations (the layout this reader assumes; a file of another layout is rejected by name)."""
+    """exp/rand_perm_cam.mat (SYSU-MM01's evaluation/data_split/rand_perm_cam.mat): a 6 x 1 cell, per
+    camera a cell over identity numbers 1..533, each a [trials, images] array whose row t is trial t's
+    permutation of that identity's images in that camera, as 1-based image numbers (0001.jpg is 1).
+
+    That layout is how the official MATLAB evaluation indexes it (get_testing_set.m:
+    ``rand_perm_cam{cam}{id}(trial, 1:shots)``) and how the Python port most VI-ReID code uses reads it
+    (``perm[cam - 1][0].squeeze()[id - 1][trial][:shots]`` -> ``cam{c}/{id:04d}/{n:04d}``); this reader
+    was checked against both, not against the file itself. Returns {camera: [per identity array]}.
+    """
     try:
         from scipy.io import loadmat
     except ImportError as exc:
@@ -32,11 +39,30 @@ def load_rand_perm(path: str | Path):
     mat = loadmat(str(path))
     if "rand_perm_cam" not in mat:
         raise ValueError(f"{path}: no variable 'rand_perm_cam'")
-    cams = mat["rand_perm_cam"]
+    cams = np.ravel(mat["rand_perm_cam"])
     try:
-        return {cam: [np.atleast_2d(np.asarray(p)) for p in np.ravel(cams[cam - 1][0])] for cam in range(1, 7)}
+        return {cam: [np.atleast_2d(np.asarray(p)) for p in np.ravel(cams[cam - 1])] for cam in range(1, 7)}
     except (IndexError, TypeError) as exc:
         raise ValueError(f"{path}: unexpected rand_perm_cam layout ({exc})") from exc
+
+
+def _official_choice(rand_perm, pid: int, cam: int, trial: int, shots: int, candidates, paths) -> np.ndarray:
+    """The first ``shots`` images of rand_perm_cam's trial permutation, matched by image number (the file
+    stem, 0001.jpg = 1, as the official naming has it; the position in path order when stems are not
+    numbers)."""
+    try:
+        numbers = rand_perm[cam][pid - 1][trial - 1][:shots].astype(np.int64)
+    except IndexError:
+        raise ValueError(f"rand_perm_cam has no trial {trial} permutation for identity {pid} in camera {cam}; "
+                         f"is it the file of this dataset?") from None
+    stems = [Path(p).stem for p in paths[candidates]]
+    by_number = ({int(s): i for s, i in zip(stems, candidates)} if all(s.isdigit() for s in stems)
+                 else {k + 1: i for k, i in enumerate(candidates)})
+    missing = [int(n) for n in numbers if int(n) not in by_number]
+    if missing:
+        raise ValueError(f"rand_perm_cam picks image(s) {missing} of identity {pid} in camera {cam}, which the "
+                         f"gallery lacks ({len(candidates)} images); is it the file of this dataset?")
+    return np.asarray([by_number[int(n)] for n in numbers], dtype=np.int64)
 
 
 def sysu_gallery(gallery_ids, gallery_cams, gallery_paths, *, mode: str = "all", shots: int = 1, trial: int = 1,
@@ -56,10 +82,10 @@ def sysu_gallery(gallery_ids, gallery_cams, gallery_paths, *, mode: str = "all",
                 continue
             candidates = candidates[np.argsort(paths[candidates], kind="stable")]
             if rand_perm is not None:
-                perm = rand_perm[cam][int(pid) - 1][trial - 1] - 1
+                chosen.extend(_official_choice(rand_perm, int(pid), cam, trial, shots, candidates, paths))
             else:
                 perm = np.random.default_rng([trial, int(pid), cam]).permutation(len(candidates))
-            chosen.extend(candidates[perm[:shots]])
+                chosen.extend(candidates[perm[:shots]])
     return np.sort(np.asarray(chosen, dtype=np.int64))
 
 
