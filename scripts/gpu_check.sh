@@ -1,41 +1,70 @@
 #!/usr/bin/env bash
-# The whole GPU check in one call (for the lent GPU machine, or any CUDA box):
-#   build vtreid._C with CUDA, run the test suite on the GPU, compute-sanitizer (memcheck, racecheck)
-#   over every CUDA kernel, then the benchmarks. Logs and result files go under $OUT (default ./gpu-out).
+# The GPU check (for the lent GPU machine, or any CUDA box), in stages:
+#   build     build vtreid._C with CUDA (incremental when build/ is already there)
+#   test      the test suite on the GPU
+#   sanitize  compute-sanitizer memcheck and racecheck over every native and Triton kernel
+#   bench     every benchmark, then the two memory cases
+# Usage: bash scripts/gpu_check.sh [stage ...]   (default: all four, in that order)
+# The device tool allows 600 s per call, so a session runs two calls back to back (the machine stays
+# warm for 30 s and keeps build/): `gpu_check.sh build test sanitize`, then `gpu_check.sh build bench`.
+# Every step has its own time limit (VTREID_STEP_TIMEOUT, seconds) so one slow step cannot eat the
+# call; logs and results.jsonl go under $OUT (default ./gpu-out) as they are written.
 # Uses the machine's own torch/triton (no network): pip runs with --no-deps --no-build-isolation.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
+STEP_TIMEOUT=${VTREID_STEP_TIMEOUT:-240}
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(build test sanitize bench)
 status=0
-step() { echo "== $1"; }
+step() { echo "== $1 ($(date +%T))"; }
+limited() { timeout --kill-after=10 "$STEP_TIMEOUT" "$@"; }
 
-step "build"
-MAX_JOBS=${MAX_JOBS:-16} VTREID_CUDA_ARCHS=${VTREID_CUDA_ARCHS:-9.0} \
-  python -m pip install --no-deps --no-build-isolation -e . > "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
-python -m vtreid.env | tee "$OUT/env.txt"
-
-step "tests on GPU"
-python -m pytest tests -q -x -p no:cacheprovider > "$OUT/tests.log" 2>&1 || status=1
-tail -15 "$OUT/tests.log"
-
-for tool in memcheck racecheck; do
-  step "compute-sanitizer $tool"
-  compute-sanitizer --tool "$tool" --error-exitcode 9 python scripts/sanitize_kernels.py > "$OUT/sanitizer-$tool.log" 2>&1 || status=1
-  tail -5 "$OUT/sanitizer-$tool.log"
+for stage in "${stages[@]}"; do
+  case "$stage" in
+  build)
+    step "build"
+    MAX_JOBS=${MAX_JOBS:-16} VTREID_CUDA_ARCHS=${VTREID_CUDA_ARCHS:-9.0} \
+      python -m pip install --no-deps --no-build-isolation -e . > "$OUT/build.log" 2>&1 \
+      || { tail -50 "$OUT/build.log"; exit 1; }
+    python -m vtreid.env | tee "$OUT/env.txt"
+    ;;
+  test)
+    step "tests on GPU"
+    limited python -m pytest tests -q --maxfail=25 -p no:cacheprovider > "$OUT/tests.log" 2>&1 || status=1
+    grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -25
+    tail -3 "$OUT/tests.log"
+    ;;
+  sanitize)
+    for tool in memcheck racecheck; do
+      step "compute-sanitizer $tool"
+      limited compute-sanitizer --tool "$tool" --error-exitcode 9 python scripts/sanitize_kernels.py \
+        > "$OUT/sanitizer-$tool.log" 2>&1 || status=1
+      tail -5 "$OUT/sanitizer-$tool.log"
+    done
+    ;;
+  bench)
+    for bench in ${VTREID_BENCHES:-pairwise_distance hard_mining hetero_center normalized_softmax evaluation}; do
+      step "bench $bench"
+      limited python -m bench."$bench" --out "$OUT/results.jsonl" > "$OUT/bench-$bench.log" 2>&1 || status=1
+      tail -40 "$OUT/bench-$bench.log"
+    done
+    step "hard_mining memory case (N = M = 65536, D = 2048, fp16)"
+    limited python -m bench.hard_mining --large --out "$OUT/results.jsonl" > "$OUT/bench-hard_mining-large.log" 2>&1 \
+      || status=1
+    tail -8 "$OUT/bench-hard_mining-large.log"
+    step "evaluation memory case (top-100 of 10000 queries in a 1,000,000-image gallery)"
+    limited python -m bench.evaluation --large --out "$OUT/results.jsonl" > "$OUT/bench-evaluation-large.log" 2>&1 \
+      || status=1
+    tail -5 "$OUT/bench-evaluation-large.log"
+    ;;
+  *)
+    echo "unknown stage '$stage' (build, test, sanitize, bench)" >&2
+    exit 2
+    ;;
+  esac
 done
-
-step "benchmarks"
-for bench in ${VTREID_BENCHES:-pairwise_distance hard_mining hetero_center normalized_softmax evaluation}; do
-  python -m bench."$bench" --out "$OUT/results.jsonl" > "$OUT/bench-$bench.log" 2>&1 || status=1
-  tail -60 "$OUT/bench-$bench.log"
-done
-step "hard_mining memory case (N = M = 65536, D = 2048, fp16)"
-python -m bench.hard_mining --large --out "$OUT/results.jsonl" > "$OUT/bench-hard_mining-large.log" 2>&1 || status=1
-tail -8 "$OUT/bench-hard_mining-large.log"
-step "evaluation memory case (top-100 of 10000 queries in a 1,000,000-image gallery)"
-python -m bench.evaluation --large --out "$OUT/results.jsonl" > "$OUT/bench-evaluation-large.log" 2>&1 || status=1
-tail -5 "$OUT/bench-evaluation-large.log"
 echo "== exit $status"
 exit $status
