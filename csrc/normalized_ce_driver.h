@@ -35,12 +35,14 @@ NormalizedCeForward normalized_ce_forward(
   check_features(x, "x");
   check_features(weight, "weight");
   TORCH_CHECK_VALUE(x.size(1) == weight.size(1), "x and weight must have the same feature dimension");
+  TORCH_CHECK_VALUE(weight.size(0) > 0, "weight must have at least one class row");
   const auto acc = accumulation_type(x.scalar_type());
   const at::Tensor xa = x.to(acc).contiguous();
   const at::Tensor tg = target.to(at::kLong).contiguous();
   const int64_t n = xa.size(0), classes = weight.size(0);
-  const at::Tensor xsq = (xa * xa).sum(1);
-  const at::Tensor wsq = weight.to(acc).pow(2).sum(1);
+  // Norms reduce in the accumulation dtype without an upcast copy of W (C x D floats at C = 100000).
+  const at::Tensor xsq = at::linalg_vector_norm(xa, 2, {1}).square();
+  const at::Tensor wsq = at::linalg_vector_norm(weight, 2, {1}, false, acc).square();
   const at::Tensor inv_x = inverse_norms(xsq), inv_w = inverse_norms(wsq);
   at::Tensor run_max = at::full({n}, -std::numeric_limits<double>::infinity(), xa.options());
   at::Tensor run_sum = at::zeros({n}, xa.options()), run_ez = at::zeros({n}, xa.options());
@@ -75,13 +77,15 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
   const at::Tensor g = grad.to(acc).contiguous(), ls = lse.to(acc).contiguous();
   const at::Tensor xs = xsq.to(acc), ws = wsq.to(acc).contiguous();
   const int64_t n = xa.size(0), classes = weight.size(0), dim = xa.size(1);
+  TORCH_CHECK_VALUE(classes > 0, "weight must have at least one class row");
   const bool have_dots = saved_dots.dim() == 2;
   TORCH_CHECK_VALUE(!have_dots || (saved_dots.size(0) == n && saved_dots.size(1) == classes && classes <= kClassChunk),
                     "normalized_ce_bwd: dots must be [N, C] with C <= ", kClassChunk, " or empty");
   const at::Tensor inv_x = inverse_norms(xs).contiguous(), inv_w = inverse_norms(ws).contiguous();
   const at::Tensor x_unit = xa * inv_x.unsqueeze(1);
-  at::Tensor grad_x = at::zeros({n, dim}, xa.options());
-  at::Tensor grad_w = at::empty({classes, dim}, xa.options());
+  const bool one_chunk = classes <= kClassChunk;
+  at::Tensor grad_x = one_chunk ? at::Tensor() : at::zeros({n, dim}, xa.options());
+  at::Tensor grad_w = one_chunk ? at::Tensor() : at::empty({classes, dim}, xa.options());
   at::Tensor col_gz = at::zeros({classes}, xa.options());
   for (int64_t c0 = 0; c0 < classes; c0 += kClassChunk) {
     const int64_t cc = std::min(kClassChunk, classes - c0);
@@ -97,16 +101,21 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
             gq.mutable_data_ptr<scalar_t>(), col_gz.mutable_data_ptr<scalar_t>() + c0);
       });
     }
-    grad_x.addmm_(gq, wc);
     // grad_w_c = s sum_i Gq_ic x_unit_i - [|w_c| > eps] q_c^2 (sum_i G_ic z_ic) w_c
     const at::Tensor iw = inv_w.narrow(0, c0, cc);
     const at::Tensor coef = (ws.narrow(0, c0, cc).sqrt() > kCosineEps).to(acc) * iw * iw * col_gz.narrow(0, c0, cc);
-    grad_w.narrow(0, c0, cc).copy_(at::addmm(wc * coef.unsqueeze(1), gq.t(), x_unit, -1.0, scale));
+    if (one_chunk) {  // no zero-filled accumulators and no copies when there is one chunk
+      grad_x = at::mm(gq, wc);
+      grad_w = at::addmm(wc * coef.unsqueeze(1), gq.t(), x_unit, -1.0, scale);
+    } else {
+      grad_x.addmm_(gq, wc);
+      grad_w.narrow(0, c0, cc).copy_(at::addmm(wc * coef.unsqueeze(1), gq.t(), x_unit, -1.0, scale));
+    }
   }
   // grad_x_i = s r_i sum_c Gq_ic w_c - [|x_i| > eps] r_i^2 g_i (E_p[z]_i - T_i) x_i
   const at::Tensor row_gz = g * (ez.to(acc) - tz.to(acc));
   const at::Tensor row_coef = (xs.sqrt() > kCosineEps).to(acc) * inv_x * inv_x * row_gz;
-  grad_x = grad_x * (inv_x * scale).unsqueeze(1) - xa * row_coef.unsqueeze(1);
+  grad_x.mul_((inv_x * scale).unsqueeze(1)).addcmul_(xa, row_coef.unsqueeze(1), -1.0);
   return {grad_x.to(x.scalar_type()), grad_w.to(weight.scalar_type())};
 }
 
