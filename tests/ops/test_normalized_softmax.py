@@ -171,6 +171,17 @@ def test_saved_dots_backward_equals_recomputed(device, backend):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+
+@pytest.mark.parametrize("classes", (5, 37))
+def test_triton_backward_in_row_chunks(monkeypatch, classes):
+    """The Triton backward caps its N x C buffer by processing rows in chunks (and then sums grad_w in
+    float32); shrink the cap so a small problem takes several chunks, with the saved x.W^T sliced."""
+    require_backend("triton", "cpu")
+    from vtreid.kernels import normalized_softmax as kernel
+    monkeypatch.setattr(kernel, "MAX_CHUNK_ELEMENTS", 4 * classes)
+    x, w, target = problem(13, classes, 9, "cpu", seed=11)
+    check("triton", "cpu", torch.float32, x, w, target, scale=14.0, label_smoothing=0.1, reduction="none")
+
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 def test_dots_are_not_kept_above_the_class_limit(backend):
     from vtreid.ops.normalized_softmax import SAVED_DOTS_MAX_CLASSES
