@@ -5,8 +5,9 @@
 #   sanitize  compute-sanitizer memcheck and racecheck over every native and Triton kernel
 #   bench     every benchmark, then the two memory cases
 # Usage: bash scripts/gpu_check.sh [stage ...]   (default: all four, in that order)
-# The device tool allows 600 s per call, so a session runs two calls back to back (the machine stays
-# warm for 30 s and keeps build/): `gpu_check.sh build test sanitize`, then `gpu_check.sh build bench`.
+# The device tool allows 600 s per call, so a session runs the stages in calls back to back (the machine
+# stays warm for 30 s and keeps build/): `build test`, then `build sanitize` (Triton's autotuning runs
+# every config under the sanitizer too, so this one is slow), then `build bench`.
 # Every step has its own time limit (VTREID_STEP_TIMEOUT, seconds) so one slow step cannot eat the
 # call; logs and results.jsonl go under $OUT (default ./gpu-out) as they are written.
 # Uses the machine's own torch/triton (no network): pip runs with --no-deps --no-build-isolation.
