@@ -1,0 +1,44 @@
+"""HSME's reciprocal ranking loss (Hao et al., AAAI 2019, eq. 10 and 11) on vtreid.ops.hard_mining."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from vtreid import ops
+
+from ._common import reduce
+
+
+class Ranking(NamedTuple):
+    intra: torch.Tensor   # eq. 10: cross-modality hard positive vs intra-modality hard negative
+    cross: torch.Tensor   # eq. 11: cross-modality hard positive vs cross-modality hard negative
+
+    @property
+    def total(self) -> torch.Tensor:
+        return self.intra + self.cross
+
+
+def reciprocal_ranking_loss(features: torch.Tensor, labels: torch.Tensor, modality: torch.Tensor, *,
+                            margin: float = 0.5, metric: str = "euclidean", reduction: str = "mean",
+                            backend: str | None = None) -> Ranking:
+    """For every anchor (visible and thermal alike), with P = its farthest cross-modality positive:
+
+        intra = [rho + d(a, P) - min_{y_k != y_a, same modality} d(a, k)]_+       (eq. 10)
+        cross = [rho + d(a, P) - min_{y_k != y_a, other modality} d(a, k)]_+      (eq. 11)
+
+    rho = margin = 0.5, d Euclidean on the (L2-normalised) features. The paper sums over anchors; the
+    default here is the mean over the anchors that have a positive and a negative ("sum" as in the
+    paper). One batch holds both modalities (modality 0 = visible, 1 = thermal).
+    """
+    if not margin >= 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    kw = dict(metric=metric, anchor_modality=modality, positive="cross",
+              backend=backend)
+    same = ops.hard_mining(features, labels, negative="same", **kw)
+    other = ops.hard_mining(features, labels, negative="cross", **kw)
+    terms = []
+    for mined in (same, other):
+        hinge = (margin + mined.pos_dist - mined.neg_dist).clamp_min(0)
+        terms.append(reduce(hinge, reduction, mined.valid.to(hinge.dtype)))
+    return Ranking(*terms)
