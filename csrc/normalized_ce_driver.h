@@ -47,11 +47,12 @@ NormalizedCeForward normalized_ce_forward(
   at::Tensor run_max = at::full({n}, -std::numeric_limits<double>::infinity(), xa.options());
   at::Tensor run_sum = at::zeros({n}, xa.options()), run_ez = at::zeros({n}, xa.options());
   at::Tensor z_target = at::zeros({n}, xa.options()), z_total = at::zeros({n}, xa.options());
-  at::Tensor saved = classes <= kClassChunk ? at::empty({n, classes}, xa.options()) : at::empty({0}, xa.options());
+  const bool keep_dots = classes <= kClassChunk;  // one chunk: its x.W^T goes to the backward
+  at::Tensor saved = keep_dots ? at::empty({n, classes}, xa.options()) : at::empty({0}, xa.options());
   for (int64_t c0 = 0; c0 < classes && n > 0; c0 += kClassChunk) {
     const int64_t cc = std::min(kClassChunk, classes - c0);
     at::Tensor dots = at::mm(xa, weight.narrow(0, c0, cc).to(acc).t()).contiguous();
-    if (saved.dim() == 2) saved = dots;
+    if (keep_dots) saved = dots;
     AT_DISPATCH_FLOATING_TYPES(acc, "normalized_ce_merge", [&] {
       Epilogue::template merge<scalar_t>(
           dots.const_data_ptr<scalar_t>(), n, cc, c0, classes, inv_x.const_data_ptr<scalar_t>(),
