@@ -1,25 +1,14 @@
-"""Checks and reductions shared by the losses."""
+"""Checks and dtype handling shared by the losses."""
 from __future__ import annotations
 
 import torch
 
-from vtreid.ops._checks import check_choice, check_tensor
-
-REDUCTIONS = ("mean", "sum")
+from vtreid.ops._checks import check_tensor
 
 
 def accumulate(t: torch.Tensor) -> torch.Tensor:
     """float16 / bfloat16 computed in float32; float32 and float64 as they are."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
-def reduce(values: torch.Tensor, reduction: str, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Sum, or mean over the rows that count (``weights`` 0/1; no host sync: an empty set gives 0)."""
-    check_choice(reduction, "reduction", REDUCTIONS)
-    if weights is None:
-        return values.sum() if reduction == "sum" else values.mean() if values.numel() else values.sum()
-    total = (values * weights).sum()
-    return total if reduction == "sum" else total / weights.sum().clamp_min(1)
 
 
 def check_rows(tensors: dict[str, torch.Tensor], ndim: int | None = None) -> None:

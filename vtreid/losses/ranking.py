@@ -6,8 +6,8 @@ from typing import NamedTuple
 import torch
 
 from vtreid import ops
-
-from ._common import reduce
+from vtreid.ops._checks import check_choice
+from vtreid.ops.reference import REDUCTIONS
 
 
 class Ranking(NamedTuple):
@@ -33,6 +33,7 @@ def reciprocal_ranking_loss(features: torch.Tensor, labels: torch.Tensor, modali
     """
     if not margin >= 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
+    check_choice(reduction, "reduction", REDUCTIONS)
     kw = dict(metric=metric, anchor_modality=modality, positive="cross",
               backend=backend)
     same = ops.hard_mining(features, labels, negative="same", **kw)
@@ -40,5 +41,8 @@ def reciprocal_ranking_loss(features: torch.Tensor, labels: torch.Tensor, modali
     terms = []
     for mined in (same, other):
         hinge = (margin + mined.pos_dist - mined.neg_dist).clamp_min(0)
-        terms.append(reduce(hinge, reduction, mined.valid.to(hinge.dtype)))
+        valid = mined.valid.to(hinge.dtype)
+        total = (hinge * valid).sum()
+        # the count stays on the device (no host sync); no valid anchor gives 0
+        terms.append(total if reduction == "sum" else total / valid.sum().clamp_min(1))
     return Ranking(*terms)
