@@ -16,7 +16,8 @@ import os
 
 from setuptools import setup
 
-PACKAGES = ["vtreid", "vtreid.ops", "vtreid.models", "vtreid.data", "vtreid.eval", "vtreid.kernels"]
+PACKAGES = ["vtreid", "vtreid.ops", "vtreid.models", "vtreid.data", "vtreid.eval", "vtreid.losses", "vtreid.methods",
+            "vtreid.training", "vtreid.kernels"]
 # kernels/ sits at the top of the tree (one of the three layers) but is imported as vtreid.kernels.
 PACKAGE_DIR = {"vtreid": "vtreid", "vtreid.kernels": "kernels"}
 
@@ -70,6 +71,7 @@ ext_modules, cmdclass = _native_extensions()
 setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
+    package_data={"vtreid": ["presets/*.yaml", "presets/*/*.yaml"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -151,7 +151,12 @@ def test_compactness_and_cmkd():
     maps = [torch.randn(3, 2, 4, 2, dtype=torch.float64) for _ in range(4)]
     want = sum(float(((maps[0][k] - maps[1][k]) ** 2).sum() + ((maps[2][k] - maps[3][k]) ** 2).sum())
                for k in range(3)) / 3
-    assert math.isclose(float(losses.cmkd_loss(*maps)), want, rel_tol=1e-9)
+    assert math.isclose(float(losses.cmkd_loss(*maps, reduction="sum")), want, rel_tol=1e-9)
+    # default: the per-element mean (MSELoss over each map, the two directions summed)
+    mse = float(((maps[0] - maps[1]) ** 2).mean() + ((maps[2] - maps[3]) ** 2).mean())
+    assert math.isclose(float(losses.cmkd_loss(*maps)), mse, rel_tol=1e-9)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        losses.cmkd_loss(*maps, reduction="elements")
     with pytest.raises(ValueError, match="positive_infrared has shape"):
         losses.cmkd_loss(maps[0], maps[1][:2], maps[2], maps[3])
 

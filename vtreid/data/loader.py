@@ -45,11 +45,12 @@ def collate(items: list[dict]) -> dict:
 
 def build_loader(records: list[Record], transform: Transform, *, batch_sampler=None, batch_size: int = 64,
                  workers: int = 0, pin_memory: bool = False, persistent_workers: bool = False,
-                 seed: int = 0) -> DataLoader:
+                 seed: int = 0, generator: torch.Generator | None = None) -> DataLoader:
     """A DataLoader over ``records``: batches from ``batch_sampler`` (training) or consecutive
-    ``batch_size`` chunks in record order (evaluation)."""
+    ``batch_size`` chunks in record order (evaluation). ``generator`` seeds the workers instead of
+    torch's global RNG (so making a loader does not move the global RNG)."""
     dataset = ReIDDataset(records, transform, seed)
-    common = dict(num_workers=workers, pin_memory=pin_memory, collate_fn=collate,
+    common = dict(num_workers=workers, pin_memory=pin_memory, collate_fn=collate, generator=generator,
                   persistent_workers=persistent_workers and workers > 0)
     if batch_sampler is not None:
         return DataLoader(dataset, batch_sampler=batch_sampler, **common)

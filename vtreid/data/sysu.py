@@ -50,11 +50,14 @@ def records_for(root: str | Path, ids: list[int], cams=CAMERAS) -> list[Record]:
             for pid in ids for cam in cams for path in images_of(base, pid, cam)]
 
 
-def load(root: str | Path) -> Split:
+def load(root: str | Path, train_ids: str = "trainval") -> Split:
     """train (train + val ids, labels 0..K-1), query (every infrared image of the test ids) and gallery
-    candidates (every visible image of the test ids; eval/ picks each trial's gallery from them)."""
+    candidates (every visible image of the test ids; eval/ picks each trial's gallery from them).
+    train_ids="train" trains on train_id.txt alone (296 identities: expAT keeps val for validation)."""
+    if train_ids not in ("trainval", "train"):
+        raise ValueError(f"train_ids must be 'trainval' or 'train', got {train_ids!r}")
     exp = Path(root) / "exp"
-    train_ids = read_ids(exp / "train_id.txt") + read_ids(exp / "val_id.txt")
+    train_ids = read_ids(exp / "train_id.txt") + (read_ids(exp / "val_id.txt") if train_ids == "trainval" else [])
     test_ids = read_ids(exp / "test_id.txt")
     return Split(relabel(records_for(root, train_ids)), records_for(root, test_ids, INFRARED_CAMS),
                  records_for(root, test_ids, VISIBLE_CAMS))

@@ -47,15 +47,17 @@ def random_flip(img: torch.Tensor, generator: torch.Generator, p: float = 0.5) -
 
 
 def random_erasing(img: torch.Tensor, generator: torch.Generator, p: float = 0.5, area=(0.02, 0.4),
-                   aspect=(0.3, 3.3), value: float = 0.0) -> torch.Tensor:
-    """Zhong et al.'s random erasing: with probability p, a rectangle of random area and aspect is set
-    to ``value`` (after normalisation 0 is the mean colour)."""
+                   aspect=(0.3, 1 / 0.3), value: float = 0.0, attempts: int = 100) -> torch.Tensor:
+    """Random erasing as Zhong et al. (AAAI 2020, Alg. 1): with probability p, draw the area S_e uniform in
+    ``area`` x H W and the aspect ratio r_e uniform in ``aspect`` (0.3, 1/0.3), h = sqrt(S_e r_e),
+    w = sqrt(S_e / r_e); retry until the rectangle fits (at most ``attempts`` times) and fill it with
+    ``value``. On a normalised image 0 is the per-channel (ImageNet) mean, the fill their re-ID code uses."""
     if float(torch.rand((), generator=generator)) >= p:
         return img
     h, w = img.shape[-2:]
-    for _ in range(10):
+    for _ in range(attempts):
         target = float(torch.empty(()).uniform_(*area, generator=generator)) * h * w
-        ratio = math.exp(float(torch.empty(()).uniform_(math.log(aspect[0]), math.log(aspect[1]), generator=generator)))
+        ratio = float(torch.empty(()).uniform_(*aspect, generator=generator))
         eh, ew = int(round(math.sqrt(target * ratio))), int(round(math.sqrt(target / ratio)))
         if 0 < eh < h and 0 < ew < w:
             top = int(torch.randint(0, h - eh + 1, (1,), generator=generator))
@@ -73,11 +75,13 @@ def normalize(img: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.
 class Transform:
     """The training or test pipeline of a method.
 
-    train: resize to ``size`` (or to ``resize`` then random-crop ``size``), pad + random crop, flip,
-    normalise, random erasing; test: resize to ``test_size`` (default ``resize or size``), normalise.
+    train: resize to ``size`` (or to ``resize_to`` then random-crop ``size``), pad + random crop, flip,
+    normalise, random erasing; test: resize to ``test_size`` (default ``resize_to or size``), normalise.
+    The defaults add no augmentation (no padding, no flip, no erasing): each method's preset asks for
+    what its paper uses (METHODS.md), so nothing is applied that the paper does not name.
     """
 
-    def __init__(self, size=(288, 144), *, train: bool, resize_to=None, padding: int = 10, flip: bool = True,
+    def __init__(self, size=(288, 144), *, train: bool, resize_to=None, padding: int = 0, flip: bool = False,
                  erasing: float = 0.0, test_size=None):
         self.size, self.train, self.resize_to = tuple(size), train, resize_to
         self.padding, self.flip, self.erasing = padding, flip, erasing

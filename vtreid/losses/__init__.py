@@ -2,13 +2,13 @@
 
     identity_loss(logits, labels, *, label_smoothing=0.0)            CE; [S, B, C] sums over stripes
     prediction_kl(target_logits, logits, *, detach_target=True)      HSME eq. 6-8
-    reciprocal_ranking_loss(features, labels, modality, *, margin)   HSME eq. 10-11 -> Ranking(intra, cross)
+    reciprocal_ranking_loss(features, labels, modality, *, margin)   HSME eq. 10, 12 -> Ranking(intra, cross)
     Tuples.split(features)                                           the tuple sampler's 6N-row layout
     angular_triplet_loss(anchor, positive, negative, *, form, ...)   expAT / LCCRF eq. 6-7, 15-16
     expat_loss(tuples, *, alpha, beta, xi, form)                     expAT (bi-directional)
     eat_loss(tuples, *, form)                                        LCCRF eq. 15-17 (without C)
     compactness(parts)                                               LCCRF eq. 18
-    cmkd_loss(tuples_maps)                                           LCCRF eq. 5
+    cmkd_loss(a_v, p_i, a_i, p_v, *, reduction)                     LCCRF eq. 5
 
 The Sphere loss and the Hetero-Center loss are ops themselves: vtreid.ops.normalized_cross_entropy and
 vtreid.ops.hetero_center_loss. A method file composes these; none of them decides a method's weights.

@@ -81,7 +81,7 @@ def expat_loss(t: Tuples, *, alpha: float = 1.0, beta: float = 1.0, xi: float = 
     return loss
 
 
-def eat_loss(t: Tuples, *, form: str = "exp") -> torch.Tensor:
+def eat_loss(t: Tuples, *, form: str = "exp", xi: float = 1.0) -> torch.Tensor:
     """LCCRF's enumerate angular triplet loss without the compactness term (eq. 15-17):
 
         L_EATrgb = (1/N) sum e^([cos(a_v, n_i)]_+ - [cos(a_v, p_i)]_+ + 1)
@@ -89,10 +89,11 @@ def eat_loss(t: Tuples, *, form: str = "exp") -> torch.Tensor:
         L_EATir  = (1/N) sum e^([cos(a_i, n_v)]_+ - [cos(a_i, p_v)]_+ + 1)
                  + (1/N) sum e^([cos(a_i, n_i)]_+ - [cos(a_i, p_v)]_+ + 1)         (eq. 16)
         L_EAT = L_EATrgb + L_EATir (eq. 17); eq. 19 adds compactness(...) of both modalities.
-    form="linear" is the version before the exponential (eq. 8-14).
+    form="linear" is the version before the exponential (eq. 8-14). xi: the "+ 1" of eq. 15-16, a
+    parameter (METHODS.md: section 4.3 mentions a triplet margin 0.3 for the baseline).
     """
     check_choice(form, "form", ("exp", "linear"))
-    kw = dict(form=form, xi=1.0, clamp_positive=True)
+    kw = dict(form=form, xi=xi, clamp_positive=True)
     return (angular_triplet_loss(t.a_v, t.p_i, t.n_i, **kw) + angular_triplet_loss(t.a_v, t.p_i, t.n_v, **kw)
             + angular_triplet_loss(t.a_i, t.p_v, t.n_v, **kw) + angular_triplet_loss(t.a_i, t.p_v, t.n_i, **kw))
 

@@ -1,4 +1,4 @@
-"""HSME's reciprocal ranking loss (Hao et al., AAAI 2019, eq. 10 and 11) on vtreid.ops.hard_mining."""
+"""HSME's reciprocal ranking loss (Hao et al., AAAI 2019, eq. 10 and 12) on vtreid.ops.hard_mining."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -12,7 +12,7 @@ from vtreid.ops.reference import REDUCTIONS
 
 class Ranking(NamedTuple):
     intra: torch.Tensor   # eq. 10: cross-modality hard positive vs intra-modality hard negative
-    cross: torch.Tensor   # eq. 11: cross-modality hard positive vs cross-modality hard negative
+    cross: torch.Tensor   # eq. 12: cross-modality hard positive vs cross-modality hard negative
 
     @property
     def total(self) -> torch.Tensor:
@@ -25,9 +25,9 @@ def reciprocal_ranking_loss(features: torch.Tensor, labels: torch.Tensor, modali
     """For every anchor (visible and thermal alike), with P = its farthest cross-modality positive:
 
         intra = [rho + d(a, P) - min_{y_k != y_a, same modality} d(a, k)]_+       (eq. 10)
-        cross = [rho + d(a, P) - min_{y_k != y_a, other modality} d(a, k)]_+      (eq. 11)
+        cross = [rho + d(a, P) - min_{y_k != y_a, other modality} d(a, k)]_+      (eq. 12)
 
-    rho = margin = 0.5, d Euclidean on the (L2-normalised) features. The paper sums over anchors; the
+    Eq. 9 and 11 are the constraints these hinges enforce. rho = margin = 0.5, d Euclidean on the (L2-normalised) features. The paper sums over anchors; the
     default here is the mean over the anchors that have a positive and a negative ("sum" as in the
     paper). One batch holds both modalities (modality 0 = visible, 1 = thermal).
     """

@@ -57,22 +57,22 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 
-    def __init__(self, block, layers, last_stride: int = 2, num_classes: int = 1000):
+    def __init__(self, block, layers, last_stride: int = 2, num_classes: int = 1000, width: int = 64):
         super().__init__()
         if last_stride not in (1, 2):
             raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
-        self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        self.layer1 = self._make_layer(block, 64, layers[0])
-        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, layers[3], stride=last_stride)
+        self.layer1 = self._make_layer(block, width, layers[0])
+        self.layer2 = self._make_layer(block, 2 * width, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 4 * width, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 8 * width, layers[3], stride=last_stride)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512 * block.expansion, num_classes)
-        self.out_channels = 512 * block.expansion
+        self.fc = nn.Linear(8 * width * block.expansion, num_classes)
+        self.out_channels = 8 * width * block.expansion
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -114,6 +114,13 @@ def resnet50(last_stride: int = 2) -> ResNet:
 
 def resnet18(last_stride: int = 2) -> ResNet:
     return ResNet(BasicBlock, (2, 2, 2, 2), last_stride)
+
+
+def resnet_tiny(last_stride: int = 2) -> ResNet:
+    """One BasicBlock per stage at a quarter of the width (256-d output, ~1.2 M parameters): for tests
+    and the synthetic presets that train on a CPU in minutes. It has torchvision's key names but no
+    ImageNet weights exist for it."""
+    return ResNet(BasicBlock, (1, 1, 1, 1), last_stride, width=32)
 
 
 class AlexNet(nn.Module):

@@ -45,10 +45,12 @@ class NonLocal(nn.Module):
 
 
 class WithNonLocal(nn.Module):
-    """A ResNet layer with non-local blocks after its last ``count`` bottlenecks (AGW's placement)."""
+    """A ResNet layer with non-local blocks after its last ``count`` bottlenecks (AGW's placement); a
+    layer with fewer blocks (the tiny test backbone) gets one per block."""
 
     def __init__(self, layer: nn.Sequential, channels: int, count: int):
         super().__init__()
+        count = min(count, len(layer))
         self.blocks = layer
         self.after = set(range(len(layer) - count, len(layer)))
         self.non_local = nn.ModuleList(NonLocal(channels) for _ in range(count))
@@ -64,18 +66,26 @@ class WithNonLocal(nn.Module):
 
 
 class CSBN(nn.BatchNorm1d):
-    """BatchNorm1d without the shift (expAT's CSBN): the bias is fixed at 0 and not trained."""
+    """Common-space BatchNorm1d shared by both modalities (expAT eq. 14). kind "csbn": scale only, the
+    shift is fixed at 0 and not trained (the paper's CSBN); "full": scale and shift (Table II's
+    CSBN_Full); "none": no trainable parameter at all (CSBN_None)."""
 
-    def __init__(self, features: int):
-        super().__init__(features)
-        nn.init.zeros_(self.bias)
-        self.bias.requires_grad_(False)
+    KINDS = ("csbn", "full", "none")
+
+    def __init__(self, features: int, kind: str = "csbn"):
+        if kind not in self.KINDS:
+            raise ValueError(f"csbn must be one of {self.KINDS}, got {kind!r}")
+        super().__init__(features, affine=kind != "none")
+        if kind == "csbn":
+            nn.init.zeros_(self.bias)
+            self.bias.requires_grad_(False)
 
 
 class NetworkD(nn.Module):
-    """SphereReID's head "network-D": GAP, BN, Dropout, FC (with bias), BN, L2 normalisation."""
+    """SphereReID's head "network-D": GAP, BN, Dropout, FC (with bias), BN, L2 normalisation.
+    Dropout 0.25 is section 4.3's final network (the 94.4 result); 0.5 the paper's earlier setting."""
 
-    def __init__(self, in_features: int = 2048, embedding: int = 1024, dropout: float = 0.5):
+    def __init__(self, in_features: int = 2048, embedding: int = 1024, dropout: float = 0.25):
         super().__init__()
         self.bn1 = nn.BatchNorm1d(in_features)
         self.dropout = nn.Dropout(dropout)
@@ -89,14 +99,25 @@ class NetworkD(nn.Module):
 
 class StripeHead(nn.Module):
     """TSLFN: the map split into ``parts`` horizontal stripes, each average-pooled, then per stripe an
-    FC (shared by the two branches because this module is), LeakyReLU and BN, and its own classifier."""
+    FC (shared by the two branches because this module is), LeakyReLU and BN, and its own classifier.
 
-    def __init__(self, in_features: int, num_classes: int, parts: int = 6, embedding: int = 512):
+    authors_head=True is the Hetero-Center authors' code instead: per stripe FC -> BN gives the stripe
+    feature (used for the HC loss and the test), and LeakyReLU + Dropout(0.5) sit inside the classifier."""
+
+    def __init__(self, in_features: int, num_classes: int, parts: int = 6, embedding: int = 512,
+                 authors_head: bool = False):
         super().__init__()
         self.parts = parts
-        self.reduce = nn.ModuleList(nn.Sequential(nn.Linear(in_features, embedding), nn.LeakyReLU(0.1),
-                                                  nn.BatchNorm1d(embedding)) for _ in range(parts))
-        self.classifiers = nn.ModuleList(nn.Linear(embedding, num_classes) for _ in range(parts))
+        if authors_head:
+            reduce = lambda: nn.Sequential(nn.Linear(in_features, embedding), nn.BatchNorm1d(embedding))  # noqa: E731
+            classifier = lambda: nn.Sequential(nn.LeakyReLU(0.1), nn.Dropout(0.5),  # noqa: E731
+                                               nn.Linear(embedding, num_classes))
+        else:
+            reduce = lambda: nn.Sequential(nn.Linear(in_features, embedding), nn.LeakyReLU(0.1),  # noqa: E731
+                                           nn.BatchNorm1d(embedding))
+            classifier = lambda: nn.Linear(embedding, num_classes)  # noqa: E731
+        self.reduce = nn.ModuleList(reduce() for _ in range(parts))
+        self.classifiers = nn.ModuleList(classifier() for _ in range(parts))
 
     def forward(self, feature_map):
         pooled = F.adaptive_avg_pool2d(feature_map, (self.parts, 1)).flatten(2)  # [B, C, parts]
@@ -106,13 +127,20 @@ class StripeHead(nn.Module):
 
 
 class CosineClassifier(nn.Module):
-    """Class weights for the Sphere losses: logits = scale cos(x, w_c), via vtreid.ops."""
+    """Class weights for the Sphere losses: logits = scale cos(x, w_c), via vtreid.ops.
+    init "normal" (std 0.01) or "truncated_normal" (std 0.01 cut at 2 std, as TensorFlow's
+    truncated_normal: HSME section 3.3)."""
 
-    def __init__(self, in_features: int, num_classes: int, scale: float):
+    def __init__(self, in_features: int, num_classes: int, scale: float, init: str = "normal"):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(num_classes, in_features))
         self.scale = scale
-        nn.init.normal_(self.weight, std=0.01)
+        if init == "truncated_normal":
+            nn.init.trunc_normal_(self.weight, std=0.01, a=-0.02, b=0.02)
+        elif init == "normal":
+            nn.init.normal_(self.weight, std=0.01)
+        else:
+            raise ValueError(f"init must be one of ('normal', 'truncated_normal'), got {init!r}")
 
     def forward(self, x):
         from vtreid.ops import normalized_logits

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import AlexNet, ResNet, load_pretrained, resnet18, resnet50
+from .backbones import AlexNet, ResNet, load_pretrained, resnet18, resnet50, resnet_tiny
 from .heads import CSBN, CosineClassifier, GeM, NetworkD, StripeHead, WithNonLocal, linear_classifier
 
-ARCHS = {"resnet50": resnet50, "resnet18": resnet18}
+ARCHS = {"resnet50": resnet50, "resnet18": resnet18, "resnet_tiny": resnet_tiny}
 
 
 def _resnet(arch: str, last_stride: int, pretrained: str | os.PathLike | None) -> ResNet:
@@ -76,7 +76,7 @@ class SphereNet(nn.Module):
     """SphereReID: shared ResNet-50, network-D head (1024-d, L2-normalised), cosine classifier s = 14."""
 
     def __init__(self, num_classes: int, arch: str = "resnet50", last_stride: int = 2, embedding: int = 1024,
-                 dropout: float = 0.5, scale: float = 14.0, pretrained=None):
+                 dropout: float = 0.25, scale: float = 14.0, pretrained=None):
         super().__init__()
         self.backbone = ModalityResNet(arch, 0, last_stride, pretrained)
         self.head = NetworkD(self.backbone.out_channels, embedding, dropout)
@@ -90,32 +90,47 @@ class SphereNet(nn.Module):
 
 class HSMENet(nn.Module):
     """HSME: per modality its own AlexNet (conv features + fc6/fc7: the "CNN and FC" specific part),
-    then a shared FC of size 1024 with dropout and L2 normalisation; Sphere classifier s = 5.
-    ``decorrelate_classifier`` turns it into D-HSME's stage 2 (METHODS.md)."""
+    then a shared FC of size 1024 with dropout and L2 normalisation; Sphere classifier s = 5 whose weight
+    starts from a truncated normal (section 3.3). ``decorrelate_classifier`` turns it into D-HSME's
+    stage 2 (METHODS.md). arch "alexnet" is the paper's; a ResNet arch (two full ResNet streams, global
+    average pooled) is offered for quick CPU runs."""
 
-    def __init__(self, num_classes: int, embedding: int = 1024, dropout: float = 0.5, scale: float = 5.0,
-                 pretrained=None):
+    def __init__(self, num_classes: int, arch: str = "alexnet", embedding: int = 1024, dropout: float = 0.5,
+                 scale: float = 5.0, last_stride: int = 2, pretrained=None):
         super().__init__()
-        self.streams = nn.ModuleList(AlexNet(dropout=dropout) for _ in range(2))
-        if pretrained:
+        if arch == "alexnet":
+            self.streams = nn.ModuleList(AlexNet(dropout=dropout) for _ in range(2))
+            if pretrained:
+                for stream in self.streams:
+                    load_pretrained(stream, pretrained)
             for stream in self.streams:
-                load_pretrained(stream, pretrained)
-        for stream in self.streams:
-            stream.classifier[-1] = nn.Identity()  # the ImageNet fc8 is not used
-        self.shared = nn.Sequential(nn.Dropout(dropout), nn.Linear(4096, embedding))
-        self.classifier = CosineClassifier(embedding, num_classes, scale)
+                stream.classifier[-1] = nn.Identity()  # the ImageNet fc8 is not used
+            width, self.resnet = 4096, None
+        else:
+            self.streams, self.resnet = None, ModalityResNet(arch, 5, last_stride, pretrained)
+            width = self.resnet.out_channels
+        self.shared = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, embedding))
+        self.classifier = CosineClassifier(embedding, num_classes, scale, init="truncated_normal")
 
     def forward(self, visible, infrared):
         visible, infrared = _split(visible, infrared)
-        parts = [self.streams[m].embed(x) for m, x in enumerate((visible, infrared)) if len(x)]
-        embedding = F.normalize(self.shared(torch.cat(parts)), dim=1)
+        if self.resnet is not None:
+            specific = F.adaptive_avg_pool2d(self.resnet(visible, infrared)[0], 1).flatten(1)
+        else:
+            specific = torch.cat([self.streams[m].embed(x) for m, x in enumerate((visible, infrared)) if len(x)])
+        embedding = F.normalize(self.shared(specific), dim=1)
         return {"embedding": embedding} if self.training else embedding
 
     @torch.no_grad()
     def decorrelate_classifier(self) -> None:
-        """D-HSME stage 2: with W the Sphere weight as embedding x classes (m x n), thin SVD
-        W = U S V^T, replace W by U S and freeze it (the SVDNet-style re-matching is not applied)."""
+        """D-HSME stage 2 (eq. 15, Algorithm 1): with W the Sphere weight as embedding x classes (m x n),
+        thin SVD W = U S V^T, replace W by U S and freeze it (the SVDNet-style re-matching is not
+        applied). m < n is an error: the paper's decomposition assumes m >= n."""
         w = self.classifier.weight.data.T.double()  # [m, n]
+        m, n = w.shape
+        if m < n:
+            raise ValueError(f"D-HSME needs embedding dimension m >= number of classes n (W is m x n), got m = {m}, "
+                             f"n = {n}: raise model.embedding to at least {n} or train fewer identities")
         u, s, _ = torch.linalg.svd(w, full_matrices=False)
         self.classifier.weight.data.copy_((u * s).T.to(self.classifier.weight.dtype))
         self.classifier.weight.requires_grad_(False)
@@ -126,10 +141,10 @@ class TSLFN(nn.Module):
     FC 2048 -> 512 + LeakyReLU + BN and its own classifier. Test: the 6 L2-normalised stripes, concatenated."""
 
     def __init__(self, num_classes: int, arch: str = "resnet50", parts: int = 6, embedding: int = 512,
-                 last_stride: int = 1, pretrained=None):
+                 last_stride: int = 1, authors_head: bool = False, pretrained=None):
         super().__init__()
         self.backbone = ModalityResNet(arch, 5, last_stride, pretrained)
-        self.head = StripeHead(self.backbone.out_channels, num_classes, parts, embedding)
+        self.head = StripeHead(self.backbone.out_channels, num_classes, parts, embedding, authors_head)
 
     def forward(self, visible, infrared):
         feature_map, _ = self.backbone(*_split(visible, infrared))
@@ -168,12 +183,13 @@ class LCCRFNet(nn.Module):
 
 class ExpATNet(nn.Module):
     """expAT: one shared ResNet-50 (last stride 1), GAP, CSBN (BatchNorm1d without shift), a shared
-    classifier without bias. Test: the CSBN feature."""
+    classifier without bias. Test: the CSBN feature. csbn "full" / "none": Table II's variants."""
 
-    def __init__(self, num_classes: int, arch: str = "resnet50", last_stride: int = 1, pretrained=None):
+    def __init__(self, num_classes: int, arch: str = "resnet50", last_stride: int = 1, csbn: str = "csbn",
+                 pretrained=None):
         super().__init__()
         self.backbone = ModalityResNet(arch, 0, last_stride, pretrained)
-        self.csbn = CSBN(self.backbone.out_channels)
+        self.csbn = CSBN(self.backbone.out_channels, csbn)
         self.classifier = linear_classifier(self.backbone.out_channels, num_classes, bias=False)
 
     def forward(self, visible, infrared):
@@ -191,8 +207,8 @@ METHODS = {"sphere": SphereNet, "hsme": HSMENet, "dhsme": HSMENet, "hc": TSLFN, 
 def build_model(method: str, num_classes: int, **options) -> nn.Module:
     """The network of ``method`` (sphere, hsme, dhsme, hc, lccrf, expat) for ``num_classes`` identities.
 
-    options go to the network: arch ("resnet50" / "resnet18" for quick CPU runs; not for HSME's
-    AlexNet), last_stride, pretrained (a local ImageNet checkpoint with torchvision keys), and the
+    options go to the network: arch ("resnet50"; "resnet18" / "resnet_tiny" for quick CPU runs; HSME's
+    default is "alexnet"), last_stride, pretrained (a local ImageNet checkpoint with torchvision keys), and the
     head sizes. D-HSME is HSME's network; its stage 2 calls ``decorrelate_classifier``.
     """
     if method not in METHODS:

@@ -1,0 +1,391 @@
+"""python -m vtreid.train: train a visible-infrared re-ID method and evaluate it.
+
+    python -m vtreid.train                                   # the default method on built-in synthetic data
+    python -m vtreid.train --method expat --dataset sysu --data-root /data/SYSU-MM01
+    python -m vtreid.train --method dhsme --dataset regdb --data-root /data/RegDB dataset.trial=3
+    python -m vtreid.train --resume --out runs/expat-sysu-...   # continue a run from its last checkpoint
+
+Configuration: the method's preset for the dataset (vtreid/presets/<method>/<dataset>.yaml), then
+--config FILE, then KEY=VALUE overrides with dotted keys (optim.lr=3e-4 sampler.tuples=4); the resolved
+configuration is printed and saved as config.yaml in the run directory, with log.txt, metrics.jsonl,
+checkpoints/{last,best}.pt and results.json. SIGINT / SIGTERM finish the step, checkpoint and exit.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vtreid import ops
+from vtreid.methods import METHODS, VARIANTS, Batch, get_method
+from vtreid.training import checkpoint as ckpt_io
+from vtreid.training.config import (DATASETS, DEFAULT_METHOD, ConfigError, check_against, dump, load_yaml, merge,
+                                    parse_override, resolve)
+from vtreid.training.data import EpochBatches, load_split, train_loader
+from vtreid.training.evaluation import evaluate_model, format_results
+from vtreid.training.progress import Progress, Writers
+from vtreid.training.signals import StopRequest
+
+OP_FAMILIES = ("pairwise_distance", "hard_mining", "hetero_center_loss", "normalized_cross_entropy")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: settings a resumed run may change (how long, how often, where); anything else must match
+RESUMABLE_CHANGES = ("train", "eval")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (a non-finite loss); the message says what happened and what was kept."""
+
+
+# -- command line and configuration -------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    epilog = "methods and their variants (variant=[name,...]):\n" + "\n".join(
+        f"  {name:<12} {', '.join(m.variants) or '-'}" for name, m in METHODS.items())
+    p = argparse.ArgumentParser(prog="python -m vtreid.train", description=__doc__.split("\n\n")[0],
+                                epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="a YAML file of settings over the preset")
+    p.add_argument("--method", choices=tuple(METHODS), help=f"default {DEFAULT_METHOD}")
+    p.add_argument("--dataset", choices=DATASETS, help="default synthetic (generated on first use)")
+    p.add_argument("--data-root", help="the dataset folder (sysu, regdb)")
+    p.add_argument("--out", help="run directory (default runs/<method>-<dataset>-<time>)")
+    p.add_argument("--resume", nargs="?", const="last", metavar="CKPT",
+                   help="continue from CKPT, or from --out's checkpoints/last.pt when no path is given")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the GPU when there is one)")
+    p.add_argument("--backend", choices=("auto",) + ops.BACKENDS, help="op backend for the whole run")
+    p.add_argument("--amp", choices=("off", "bf16", "fp16"), help="mixed precision (fp16 adds a grad scaler)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (bit-exact resume on CPU)")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps")
+    p.add_argument("--eval-every", type=int, help="steps between evaluations (0: at the end only)")
+    p.add_argument("--pretrained", help="local ImageNet checkpoint with torchvision keys")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings with dotted keys, e.g. optim.lr=3e-4")
+    return p.parse_args(argv)
+
+
+def flag_settings(args) -> dict:
+    """The command line's flags as settings (they sit with the KEY=VALUE overrides)."""
+    flags = {
+        "dataset": {"root": args.data_root}, "train": {"device": args.device, "backend": args.backend,
+                                                       "amp": args.amp, "max_steps": args.max_steps,
+                                                       "eval_every": args.eval_every},
+        "model": {"pretrained": args.pretrained}, "seed": args.seed,
+    }
+    if args.deterministic:
+        flags["train"]["deterministic"] = True
+    if args.compile:
+        flags["train"]["compile"] = True
+
+    def prune(d):
+        return {k: (prune(v) if isinstance(v, dict) else v) for k, v in d.items()
+                if v is not None and not (isinstance(v, dict) and not prune(v))}
+    return prune(flags)
+
+
+def resolve_config(args) -> tuple[dict, dict | None, Path]:
+    """(configuration, checkpoint to resume or None, run directory)."""
+    flags = flag_settings(args)
+    if args.resume:
+        path = Path(args.resume) if args.resume != "last" else None
+        if path is None:
+            if not args.out:
+                raise ConfigError("--resume without a checkpoint path needs --out DIR, the run to continue")
+            path = Path(args.out) / "checkpoints" / "last.pt"
+        state = ckpt_io.load(path)
+        cfg = state["config"]
+        for name, given in (("method", args.method), ("dataset", args.dataset)):
+            have = cfg["method"] if name == "method" else cfg["dataset"]["name"]
+            if given and given != have:
+                raise ConfigError(f"cannot resume {path} with --{name} {given}: it was trained with {name} {have!r}")
+        changes = load_yaml(args.config) if args.config else {}
+        for text in args.overrides:
+            changes = merge(changes, parse_override(text))
+        changes = merge(changes, flags)
+        check_against(cfg, changes, "resume")
+        for key, value in changes.items():
+            if key not in RESUMABLE_CHANGES and value != cfg.get(key) and not (
+                    isinstance(value, dict) and merge(cfg[key], value) == cfg[key]):
+                raise ConfigError(f"cannot change {key!r} when resuming (only {', '.join(RESUMABLE_CHANGES)} settings "
+                                  f"may change); start a new run instead")
+        cfg = merge(cfg, changes)
+        out = Path(args.out) if args.out else path.resolve().parent.parent
+        return cfg, state, out
+    cfg = resolve(args.method, args.dataset, args.config, args.overrides, VARIANTS, extra=flags)
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg['method']}-{cfg['dataset']['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return cfg, None, out
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {name!r}") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name!r} but torch sees no CUDA device (torch {torch.__version__})")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device is {name!r} but there are {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def backends_used(device: torch.device, dtype: torch.dtype) -> dict:
+    """The backend each op family runs on for this run's device and feature dtype."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return {op: ops._backend.resolve(None, device, dtype, op) for op in OP_FAMILIES}
+
+
+# -- the run ------------------------------------------------------------------------------------
+class Run:
+    """Everything one training run holds; ``train()`` is the loop over it."""
+
+    def __init__(self, cfg: dict, out: Path, resume_state: dict | None):
+        self.cfg, self.out = cfg, out
+        t = cfg["train"]
+        self.device = pick_device(t["device"])
+        seed_everything(cfg["seed"], t["deterministic"])
+        self.split = load_split(cfg)
+        self.num_classes = len({r.label for r in self.split.train})
+        self.method = get_method(cfg["method"])(cfg, self.num_classes)
+        self.train_transform, self.test_transform = self.method.transforms()
+        sampler = self.method.sampler(self.split.train, seed=cfg["seed"])
+        self.steps_per_epoch = t["epoch_steps"] or self.method.steps_per_epoch(self.split.train, sampler)
+        self.batches = EpochBatches(sampler, self.steps_per_epoch)
+        self.loader = train_loader(self.split.train, self.train_transform, self.batches, cfg, self.device)
+        self.stage_steps = self.method.stage_steps(self.steps_per_epoch)
+        self.total_steps = self.stage_steps * self.method.stages
+        if t["max_steps"] is not None:
+            self.total_steps = min(self.total_steps, t["max_steps"])
+        self.model = self.method.build_model().to(self.device)
+        self.forward_model = torch.compile(self.model) if t["compile"] else self.model
+        amp = t["amp"]
+        self.amp_dtype = AMP_DTYPES.get(amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+        self.backends = backends_used(self.device, self.amp_dtype or torch.float32)
+        self.step, self.best_score, self.stage = 0, float("-inf"), 1
+        self.method.begin_stage(1, self.model)
+        self.optimizers, self.schedulers = self.make_optimizers()
+        if resume_state is not None:
+            self.restore(resume_state)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def make_optimizers(self):
+        optimizers = self.method.optimizers(self.model)
+        factor = lambda s: self.method.lr_factor(s, self.steps_per_epoch)  # noqa: E731 - step within the stage
+        return optimizers, [torch.optim.lr_scheduler.LambdaLR(o, factor) for o in optimizers]
+
+    def enter_stage(self, stage: int) -> None:
+        """A new stage (D-HSME's stage 2): the method's change to the model, fresh optimisers, schedule."""
+        self.stage = stage
+        self.method.begin_stage(stage, self.model)
+        self.optimizers, self.schedulers = self.make_optimizers()
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers],
+                "schedulers": [s.state_dict() for s in self.schedulers], "scaler": self.scaler.state_dict(),
+                "step": self.step, "epoch": self.step // self.steps_per_epoch,
+                "position": self.step % self.steps_per_epoch, "stage": self.stage, "best_score": self.best_score,
+                "rng": ckpt_io.rng_state(), "config": self.cfg, "num_classes": self.num_classes,
+                "backends": self.backends, "versions": ckpt_io.versions()}
+
+    def save(self, name: str = "last.pt") -> Path:
+        return ckpt_io.save_atomic(self.state(), self.out / "checkpoints" / name)
+
+    def restore(self, state: dict) -> None:
+        if state["num_classes"] != self.num_classes:
+            raise ConfigError(f"cannot resume: the checkpoint was trained on {state['num_classes']} identities, this "
+                              f"dataset has {self.num_classes}")
+        if state["stage"] > 1:
+            self.enter_stage(state["stage"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot resume: the checkpoint's model does not fit this configuration ({exc})") from exc
+        if len(state["optimizers"]) != len(self.optimizers):
+            raise ConfigError("cannot resume: the checkpoint has a different number of optimisers (variant changed?)")
+        for o, s in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(s)
+        for sch, s in zip(self.schedulers, state["schedulers"]):
+            sch.load_state_dict(s)
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.best_score = state["step"], state["best_score"]
+        ckpt_io.set_rng_state(state["rng"])
+
+    # -- one step --------------------------------------------------------------------------------
+    def train_step(self, raw: dict) -> dict[str, torch.Tensor] | None:
+        """Forward, loss terms, backward and optimiser step(s); returns the detached terms, or None when
+        the fp16 scaler skipped a step whose loss overflowed."""
+        batch = Batch(raw, self.device)
+        with self.autocast():
+            terms = self.method.objective(self.forward_model, batch)
+        losses = self.method.losses(terms)
+        detached = {k: v.detach().float() for k, v in terms.items()}
+        total = sum(detached.values())
+        if not bool(torch.isfinite(total)):  # the trainer's one host sync per step
+            if self.scaler.is_enabled():
+                self.scaler.update(self.scaler.get_scale() / 2)  # fp16 overflow: skip, as the scaler would
+                return None
+            bad = next(k for k, v in detached.items() if not bool(torch.isfinite(v)))
+            raise TrainingError(f"the loss term {bad!r} is {float(detached[bad])} at step {self.step + 1}")
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)
+        if len(losses) == 1:
+            self.scaler.scale(losses[0]).backward()
+            grads = None
+        else:  # one loss per optimiser (HSME per_stream): each optimiser steps on its own loss's gradient
+            params = [[p for g in o.param_groups for p in g["params"]] for o in self.optimizers]
+            grads = [torch.autograd.grad(self.scaler.scale(loss), ps, retain_graph=k < len(losses) - 1,
+                                         allow_unused=True) for k, (loss, ps) in enumerate(zip(losses, params))]
+        for k, o in enumerate(self.optimizers):
+            if grads is not None:
+                for p, g in zip(params[k], grads[k]):
+                    p.grad = g
+            self.scaler.step(o)
+        self.scaler.update()
+        for s in self.schedulers:
+            s.step()
+        return detached
+
+
+def metrics_record(run: Run, terms: dict, images: int, data_time: float, step_time: float) -> dict:
+    peak = torch.cuda.max_memory_allocated(run.device) / 2**20 if run.device.type == "cuda" else None
+    return {"step": run.step, "epoch": run.step // run.steps_per_epoch, "stage": run.stage,
+            "lr": run.optimizers[0].param_groups[0]["lr"], "loss": float(sum(terms.values())),
+            "terms": {k: float(v) for k, v in terms.items()}, "images_per_s": images / max(step_time, 1e-9),
+            "data_time": data_time, "step_time": step_time, "peak_mem_mib": peak}
+
+
+def evaluate(run: Run, writers: Writers, progress: Progress | None, final: bool) -> dict:
+    start = time.perf_counter()
+    result = evaluate_model(run.model, run.split, run.test_transform, run.cfg, device=run.device, final=final,
+                            autocast=run.autocast)
+    text = f"evaluation at step {run.step} ({time.perf_counter() - start:.1f}s, {result['protocol']}):\n" \
+           + format_results(result)
+    (progress.write if progress else print)(text)
+    writers.log(text, echo=False)
+    first = next(iter(result["results"].values()))
+    writers.metrics({"step": run.step, "stage": run.stage,
+                     "eval": {k: first[k]["mean"] for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")}})
+    return result
+
+
+def train(run: Run, writers: Writers) -> int:
+    """The loop: steps until the schedule ends, evaluations and checkpoints on their hooks, a clean
+    stop on SIGINT / SIGTERM. Returns the exit code."""
+    cfg, t = run.cfg, run.cfg["train"]
+    if t["eval_at_start"] and run.step == 0:
+        evaluate(run, writers, None, final=False)
+    progress = Progress(run.total_steps, run.step, t["log_every"])
+    try:
+        with StopRequest() as stop:
+            while run.step < run.total_steps:
+                epoch, position = divmod(run.step, run.steps_per_epoch)
+                run.batches.set_position(epoch, position)
+                run.loader.dataset.set_epoch(epoch)
+                tick = time.perf_counter()
+                for raw in run.loader:
+                    stage = run.step // run.stage_steps + 1
+                    if stage != run.stage:
+                        run.enter_stage(stage)
+                        progress.write(f"stage {stage} begins at step {run.step}")
+                    data_time = time.perf_counter() - tick
+                    terms = run.train_step(raw)
+                    run.step += 1
+                    step_time = time.perf_counter() - tick
+                    if terms is not None:
+                        record = metrics_record(run, terms, len(raw["visible_labels"]) + len(raw["infrared_labels"]),
+                                                data_time, step_time)
+                        if run.step % t["log_every"] == 0 or run.step == run.total_steps:
+                            writers.metrics(record)
+                        progress.update(run.step, record)
+                    evaluating = t["eval_every"] and run.step % t["eval_every"] == 0 and run.step < run.total_steps
+                    if evaluating:
+                        result = evaluate(run, writers, progress, final=False)
+                        if result["score"] > run.best_score:
+                            run.best_score = result["score"]
+                            run.save("best.pt")
+                    if evaluating or (t["checkpoint_every"] and run.step % t["checkpoint_every"] == 0):
+                        run.save()
+                    if stop.requested or run.step >= run.total_steps:
+                        break
+                    tick = time.perf_counter()
+                if stop.requested:
+                    path = run.save()
+                    progress.close()
+                    message = (f"stopped by signal {stop.signal} after step {run.step}/{run.total_steps}; checkpoint "
+                               f"{path}\nresume with: python -m vtreid.train --resume {path}")
+                    writers.log(message)
+                    return stop.exit_code
+    except TrainingError as exc:
+        progress.close()
+        path = run.save()  # the state after the last good step: the failing step changed nothing
+        writers.log(f"error: {exc}; the last good step's checkpoint is {path}")
+        return 1
+    progress.close()
+    run.save()
+    result = evaluate(run, writers, None, final=True)
+    if result["score"] > run.best_score:
+        run.best_score = result["score"]
+        run.save("best.pt")
+    ckpt_io.write_text_atomic(run.out / "results.json", json.dumps(
+        {"method": cfg["method"], "dataset": cfg["dataset"]["name"], "step": run.step, "backends": run.backends,
+         "protocol": result["protocol"], "results": result["results"]}, indent=2))
+    writers.log(f"done: {run.step} steps; results in {run.out / 'results.json'}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg, resume_state, out = resolve_config(args)
+        backend = cfg["train"]["backend"]
+        with ops.use_backend(backend) if backend != "auto" else contextlib.nullcontext():
+            run = Run(cfg, out, resume_state)
+            out.mkdir(parents=True, exist_ok=True)
+            writers = Writers(out)
+            if resume_state is None:
+                (out / "config.yaml").write_text(dump(cfg))
+                writers.log(f"vtreid.train: {cfg['method']} on {cfg['dataset']['name']}, configuration:\n{dump(cfg)}")
+            else:
+                writers.drop_metrics_after(run.step)
+                writers.log(f"vtreid.train: resuming {out} at step {run.step} (stage {run.stage})")
+            writers.log(f"device {run.device}, op backends {run.backends}, {run.num_classes} training identities, "
+                        f"{len(run.split.train)} images, {run.steps_per_epoch} steps/epoch, {run.total_steps} steps, "
+                        f"run directory {out}")
+            try:
+                return train(run, writers)
+            finally:
+                writers.close()
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
