@@ -68,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pretrained", help="local ImageNet checkpoint with torchvision keys")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings with dotted keys, e.g. optim.lr=3e-4")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)   # KEY=VALUE may come before and after the flags
 
 
 def flag_settings(args) -> dict:

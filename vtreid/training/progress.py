@@ -1,7 +1,7 @@
 """What a run shows and writes: the live progress line, log.txt, metrics.jsonl and TensorBoard.
 
-On a terminal the progress is a tqdm bar whose postfix holds loss, lr, images/s and data time; when
-stderr is not a terminal (a log file, CI), a plain line every ``log_every`` steps. TensorBoard event
+On a terminal (stdout) the progress is a tqdm bar whose postfix holds loss, lr, images/s and data time; when
+stdout is not a terminal (a log file, CI), a plain line every ``log_every`` steps. TensorBoard event
 files are written too when the ``tensorboard`` package is installed (it is optional).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _duration(seconds: float) -> str:
 class Progress:
     def __init__(self, total: int, start: int, log_every: int, stream=None):
         self.total, self.log_every = total, max(1, log_every)
-        self.stream = stream or sys.stderr
+        self.stream = stream or sys.stdout
         self.start_step, self.start_time = start, time.perf_counter()
         self.bar = None
         if self.stream.isatty():

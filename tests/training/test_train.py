@@ -1,0 +1,205 @@
+"""python -m vtreid.train end to end on tiny synthetic data: every method, outputs, resume, signals, errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vtreid import train
+from vtreid.methods import METHODS
+from vtreid.training import checkpoint
+
+TINY = ["dataset.synthetic.ids=16", "dataset.synthetic.images=2", "dataset.synthetic.height=64",
+        "dataset.synthetic.width=32", "input.size=[64, 32]", "input.resize=null", "input.test_size=null",
+        "model.arch=resnet_tiny", "train.workers=0", "train.eval_at_start=false", "train.log_every=1",
+        "eval.trials_final=2"]
+#: per method: a batch small enough for a 2-core machine
+SMALL = {"sphere": ["sampler.identities=4", "sampler.instances=4"], "hsme": ["sampler.pairs=4"],
+         "dhsme": ["sampler.pairs=4", "train.length=2"], "hc": ["sampler.identities=2", "sampler.per_modality=4"],
+         "hc_baseline": ["sampler.identities=2", "sampler.per_modality=4"], "lccrf": ["sampler.tuples=3"],
+         "expat": ["sampler.tuples=3"]}
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    """One synthetic dataset for the whole session, outside the user's cache."""
+    monkeypatch.setenv("VTREID_CACHE", str(tmp_path_factory.getbasetemp() / "vtreid-cache"))
+
+
+def run(out, method, *extra, expect=0):
+    code = train.main(["--method", method, "--out", str(out), *TINY, *SMALL[method], *extra])
+    assert code == expect, f"exit code {code}, expected {expect}"
+    return out
+
+
+def metric_lines(out):
+    """metrics.jsonl without the timing fields (which differ from run to run)."""
+    lines = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        for key in ("images_per_s", "data_time", "step_time", "peak_mem_mib"):
+            line.pop(key, None)
+    return lines
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_each_method_trains_from_the_cli(method, tmp_path):
+    out = run(tmp_path / method, method, "train.max_steps=4")   # dhsme: 2 steps a stage, so both stages
+    for name in ("config.yaml", "log.txt", "metrics.jsonl", "results.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (out / name).is_file(), name
+    state = checkpoint.load(out / "checkpoints" / "last.pt")
+    assert state["step"] == 4 and state["config"]["method"] == method
+    assert state["stage"] == (2 if method == "dhsme" else 1)
+    steps = [line for line in metric_lines(out) if "loss" in line]
+    assert [line["step"] for line in steps] == [1, 2, 3, 4]
+    assert all(set(line["terms"]) and abs(sum(line["terms"].values()) - line["loss"]) < 1e-3 * abs(line["loss"])
+               for line in steps)
+    results = json.loads((out / "results.json").read_text())
+    summary = next(iter(results["results"].values()))
+    assert len(summary["trials"]) == 2 and set(summary["mAP"]) == {"mean", "std"}
+    assert set(results["backends"]) == set(train.OP_FAMILIES)
+
+
+def test_the_no_argument_run_reaches_the_evaluation_and_writes_every_file(tmp_path, monkeypatch, capsys):
+    """The README's main command, with only the step count and worker count reduced."""
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["train.max_steps=3", "train.workers=0"]) == 0
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("hc-synthetic-")
+    for name in ("config.yaml", "log.txt", "metrics.jsonl", "results.json", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (runs[0] / name).is_file(), name
+    printed = capsys.readouterr()
+    assert "evaluation at step 0" in printed.out and "evaluation at step 3" in printed.out  # untrained, then trained
+    assert "rank1" in printed.out and "method: hc" in printed.out and "step 3/3" in printed.out
+    results = json.loads((runs[0] / "results.json").read_text())
+    assert len(next(iter(results["results"].values()))["trials"]) == 10
+
+
+def final_state(out):
+    return checkpoint.load(Path(out) / "checkpoints" / "last.pt")
+
+
+@pytest.mark.parametrize("method", ["hsme", "dhsme"])
+def test_resume_continues_exactly(method, tmp_path):
+    """2N steps in one run == N steps, resume, N steps: bit-identical weights, the same metric lines
+    (hsme: dropout + SGD momentum; dhsme: the resume crosses into stage 2)."""
+    n = 3 if method == "hsme" else 2
+    whole = run(tmp_path / "whole", method, "--deterministic", f"train.max_steps={2 * n}")
+    part = run(tmp_path / "part", method, "--deterministic", f"train.max_steps={n}")
+    assert train.main(["--resume", "--out", str(part), f"train.max_steps={2 * n}"]) == 0
+    a, b = final_state(whole), final_state(part)
+    assert a["step"] == b["step"] == 2 * n and a["stage"] == b["stage"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for oa, ob in zip(a["optimizers"], b["optimizers"]):
+        for k, state in oa["state"].items():
+            for name, value in state.items():
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(ob["state"][k][name])), (k, name)
+    # the training lines (the first part also ends with its own final evaluation at step N)
+    steps = lambda out: [line for line in metric_lines(out) if "loss" in line]  # noqa: E731
+    assert steps(whole) == steps(part) and len(steps(whole)) == 2 * n
+
+
+def test_dhsme_stage_two_decorrelates_freezes_and_continues_stage_one(tmp_path):
+    out = run(tmp_path / "s1", "dhsme", "train.max_steps=2")            # stage 1 only (2 steps a stage)
+    stage1 = final_state(out)
+    assert stage1["stage"] == 1
+    assert train.main(["--resume", "--out", str(out), "train.max_steps=3"]) == 0
+    after_one = final_state(out)
+    assert train.main(["--resume", "--out", str(out), "train.max_steps=4"]) == 0
+    stage2 = final_state(out)
+    assert after_one["stage"] == stage2["stage"] == 2
+    w1 = stage1["model"]["classifier.weight"].double().T                  # W: m x n
+    u, s, _ = torch.linalg.svd(w1, full_matrices=False)
+    w2 = stage2["model"]["classifier.weight"].double().T
+    torch.testing.assert_close(w2, (u * s).float().double(), atol=1e-5, rtol=1e-5)     # W <- U S
+    assert torch.equal(after_one["model"]["classifier.weight"], stage2["model"]["classifier.weight"])  # frozen
+    gram = w2.T @ w2
+    torch.testing.assert_close(gram, torch.diag(gram.diagonal()), atol=1e-4, rtol=0)  # W^T W diagonal
+    projection = w2 @ torch.linalg.pinv(w2) @ w1                           # same column space
+    torch.testing.assert_close(projection, w1, atol=1e-5, rtol=1e-4)
+    # stage 2 starts from stage 1's weights: one stage-2 step moves the rest only a little
+    moved = [(stage1["model"][k] - after_one["model"][k]).abs().max() for k in stage1["model"]
+             if k != "classifier.weight" and stage1["model"][k].is_floating_point()]
+    assert max(moved) < 1.0
+    held = lambda state: sum(len(g["params"]) for g in state["optimizers"][0]["param_groups"])  # noqa: E731
+    assert held(after_one) == held(stage1) - 1                             # a fresh optimiser without W
+
+
+def test_sigterm_checkpoints_and_the_run_resumes(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "VTREID_CACHE": os.environ["VTREID_CACHE"]}
+    cmd = [sys.executable, "-m", "vtreid.train", "--method", "expat", "--out", str(out), *TINY, *SMALL["expat"],
+           "train.max_steps=500"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "resume with: python -m vtreid.train --resume" in stdout
+    stopped = final_state(out)["step"]
+    assert 2 <= stopped < 500
+    assert train.main(["--resume", "--out", str(out), f"train.max_steps={stopped + 2}"]) == 0
+    assert final_state(out)["step"] == stopped + 2
+    assert [line["step"] for line in metric_lines(out) if "loss" in line] == list(range(1, stopped + 3))
+
+
+def test_a_non_finite_loss_stops_with_the_term_and_keeps_the_last_good_step(tmp_path, monkeypatch, capsys):
+    from vtreid.methods.expat import ExpAT
+    objective = ExpAT.objective
+    calls = []
+
+    def poisoned(self, model, batch):
+        terms = objective(self, model, batch)
+        calls.append(1)
+        if len(calls) == 3:
+            terms["expat"] = terms["expat"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(ExpAT, "objective", poisoned)
+    run(tmp_path / "nan", "expat", "train.max_steps=10", expect=1)
+    assert "the loss term 'expat' is nan at step 3" in capsys.readouterr().out
+    assert final_state(tmp_path / "nan")["step"] == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["optim.learning_rate=1"], "unknown setting 'optim.learning_rate'"),
+    (["optim.lr=fast"], "'optim.lr' must be a float"),
+    (["variant=[nope]"], "unknown variant 'nope' of method 'expat'"),
+    (["--dataset", "sysu"], "dataset 'sysu' needs its folder: --data-root DIR"),
+    (["--dataset", "sysu", "--data-root", "/nonexistent/SYSU"], "missing or incomplete"),
+    (["--device", "cuda:7"], "train.device is 'cuda:7'"),
+    (["--config", "/nonexistent.yaml"], "config file not found: /nonexistent.yaml"),
+    (["sampler.tuples"], "must be KEY=VALUE"),
+])
+def test_bad_input_is_an_error_naming_it_before_any_work(args, message, tmp_path, capsys):
+    if args[:2] == ["--device", "cuda:7"] and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    assert train.main(["--method", "expat", "--out", str(tmp_path / "bad"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_unknown_method_lists_the_choices(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--method", "agw"])
+    assert "invalid choice: 'agw' (choose from" in capsys.readouterr().err
+
+
+def test_resuming_with_a_changed_method_or_model_is_an_error(tmp_path, capsys):
+    out = run(tmp_path / "r", "expat", "train.max_steps=1")
+    assert train.main(["--resume", "--out", str(out), "--method", "lccrf"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "trained with method 'expat'" in err
+    assert train.main(["--resume", "--out", str(out), "model.arch=resnet18"]) == 2
+    assert "cannot change 'model' when resuming" in capsys.readouterr().err
+    assert train.main(["--resume", "--out", str(tmp_path / "absent")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
