@@ -282,3 +282,28 @@ def test_learning_rate_schedules():
     assert sphere.stage_steps(10) == 1400
     hc = get_method("hc")(resolve("hc", "sysu", None, [], VARIANTS), 395)
     assert math.isclose(hc.lr_factor(30 * 696, 696), 0.01) and hc.stage_steps(696) == 60 * 696   # 1e-2 -> 1e-4
+
+
+@pytest.mark.parametrize("method", ["sphere", "hsme", "hc", "expat"])
+def test_fused_ops_under_autocast_match_the_reference(method):
+    """--amp bf16 on CPU: the objective with the native ops inside autocast agrees with the reference ops
+    inside the same autocast, within bfloat16's tolerance."""
+    require_backend("native", "cpu", torch.bfloat16)
+    results = {}
+    for backend in ("reference", "native"):
+        m, model = build(method)
+        batch = make_batch(method)
+        with ops.use_backend(backend), torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.manual_seed(123)
+            terms = m.objective(model, batch)
+        sum(terms.values()).backward()
+        results[backend] = ({k: v.detach().float() for k, v in terms.items()},
+                            {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None})
+    (ref_terms, ref_grads), (terms, grads) = results["reference"], results["native"]
+    for name in ref_terms:
+        torch.testing.assert_close(terms[name], ref_terms[name], rtol=3e-2, atol=3e-2,
+                                   msg=lambda s: f"{method} term {name} under autocast: {s}")
+    for name in ref_grads:
+        scale = ref_grads[name].abs().max().clamp_min(1e-3)
+        torch.testing.assert_close(grads[name] / scale, ref_grads[name] / scale, rtol=5e-2, atol=5e-2,
+                                   msg=lambda s: f"{method} gradient of {name} under autocast: {s}")

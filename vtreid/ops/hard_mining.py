@@ -18,6 +18,7 @@ import torch
 
 from . import _backend, reference
 from ._checks import check_choice, check_feature_dims, check_features, check_same_device, check_same_dtype, check_tensor
+from ._autocast import autocast_inputs
 from ._registry import register_fused_op
 
 RULES = reference.MODALITY_RULES
@@ -58,6 +59,7 @@ def _values_checked(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" or os.environ.get("VTREID_CHECK_VALUES", "0") == "1"
 
 
+@autocast_inputs(lower=False)
 def hard_mining(anchors: torch.Tensor, anchor_labels: torch.Tensor, candidates: torch.Tensor | None = None,
                 candidate_labels: torch.Tensor | None = None, *, metric: str = "euclidean",
                 anchor_modality: torch.Tensor | None = None, candidate_modality: torch.Tensor | None = None,

@@ -23,6 +23,7 @@ import torch
 
 from . import _backend, reference
 from ._checks import check_choice, check_features, check_tensor
+from ._autocast import autocast_inputs
 from ._registry import register_fused_op
 
 
@@ -85,6 +86,7 @@ def _fused(name, x, labels, modality, metric, strong, margin):
     return slots, out
 
 
+@autocast_inputs(lower=False)
 def modality_centers(x: torch.Tensor, labels: torch.Tensor, modality: torch.Tensor, *,
                      backend: str | None = None) -> Centers:
     """Mean feature of each (class, modality) for any batch order; differentiable w.r.t. x.
@@ -103,6 +105,7 @@ def modality_centers(x: torch.Tensor, labels: torch.Tensor, modality: torch.Tens
     return Centers(slots.slot_labels[:k], centers if x.dim() == 3 else centers[0], counts[:k])
 
 
+@autocast_inputs(lower=False)
 def hetero_center_loss(x: torch.Tensor, labels: torch.Tensor, modality: torch.Tensor, *, margin: float = 0.0,
                        metric: str = "sqeuclidean", strong: bool = False, reduction: str = "sum",
                        backend: str | None = None) -> torch.Tensor:

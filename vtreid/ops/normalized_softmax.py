@@ -23,6 +23,7 @@ import torch
 from . import _backend, reference
 from ._checks import check_choice, check_feature_dims, check_features, check_same_device, check_same_dtype, check_tensor
 from ._registry import register_fused_op
+from ._autocast import autocast_inputs
 from .pairwise_distance import pairwise_distance
 
 #: Largest class count for which the forward keeps x.W^T for the backward (= kClassChunk in csrc/).
@@ -45,6 +46,7 @@ def _check_pair(x, weight):
     return check_same_device({"x": x, "weight": weight})
 
 
+@autocast_inputs(lower=True)
 def normalized_logits(x: torch.Tensor, weight: torch.Tensor, *, scale: float = 1.0,
                       backend: str | None = None) -> torch.Tensor:
     """scale * <x_i / |x_i|, w_c / |w_c|>: [N, C] logits of a cosine classifier (norms clamped at 1e-12)."""
@@ -56,6 +58,7 @@ def normalized_logits(x: torch.Tensor, weight: torch.Tensor, *, scale: float = 1
     return (1.0 - pairwise_distance(x, weight, metric="cosine", backend=name)) * scale
 
 
+@autocast_inputs(lower=True)
 def normalized_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, *, scale: float,
                              label_smoothing: float = 0.0, reduction: str = "mean",
                              backend: str | None = None) -> torch.Tensor:

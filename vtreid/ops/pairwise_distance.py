@@ -15,11 +15,13 @@ import torch
 
 from . import _backend, reference
 from ._checks import check_choice, check_feature_dims, check_features, check_same_device, check_same_dtype
+from ._autocast import autocast_inputs
 from ._registry import register_fused_op
 
 METRICS = reference.METRICS
 
 
+@autocast_inputs(lower=False)
 def pairwise_distance(x: torch.Tensor, y: torch.Tensor | None = None, *, metric: str = "euclidean",
                       backend: str | None = None) -> torch.Tensor:
     """Distances between the rows of ``x`` [N, D] and ``y`` [M, D] (``y=None``: ``x`` with itself), [N, M].

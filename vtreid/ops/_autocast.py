@@ -1,0 +1,34 @@
+"""What the ops do inside ``torch.autocast``.
+
+The fused kernels take one float dtype and accumulate in float32; autocast would otherwise hand them
+mixed dtypes (a bfloat16 embedding and a float32 class weight) and, inside the native kernels, re-cast
+the ATen calls they make. So, when autocast is on for the inputs' device, an op casts its floating
+tensor arguments to one dtype and runs with autocast off:
+
+    lower=True   autocast's dtype (normalized_logits / normalized_cross_entropy: matmul-like, as F.linear)
+    lower=False  the widest dtype among the inputs (distances, mining, centres: as torch.cdist promotes)
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def autocast_inputs(lower: bool):
+    def decorate(op):
+        @functools.wraps(op)
+        def wrapper(*args, **kwargs):
+            first = args[0] if args else None
+            if not isinstance(first, torch.Tensor) or not torch.is_autocast_enabled(first.device.type):
+                return op(*args, **kwargs)
+            floats = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.is_floating_point()]
+            if lower:
+                dtype = torch.get_autocast_dtype(first.device.type)
+            else:
+                dtype = functools.reduce(torch.promote_types, (t.dtype for t in floats))
+            cast = lambda a: a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a  # noqa: E731
+            with torch.autocast(first.device.type, enabled=False):
+                return op(*(cast(a) for a in args), **{k: cast(v) for k, v in kwargs.items()})
+        return wrapper
+    return decorate
