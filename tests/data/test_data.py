@@ -220,3 +220,31 @@ def test_loader_splits_modalities_in_batch_order(sysu_root):
     evaluation = build_loader(sysu.load(sysu_root).query, Transform((64, 32), train=False), batch_size=7)
     sizes = [len(b["infrared"]) for b in evaluation]
     assert sum(sizes) == 40 and sizes[0] == 7
+
+
+def test_random_erasing_draws_the_aspect_ratio_uniformly():
+    """Zhong et al.: r_e ~ U(0.3, 1/0.3), so the median h/w of the erased box is about 1.8 (a log-uniform
+    draw, as before, gives 1.0), and the box is filled with 0 (the mean colour after normalisation)."""
+    from vtreid.data.transforms import random_erasing
+    g = torch.Generator().manual_seed(0)
+    ratios = []
+    for _ in range(600):
+        img = random_erasing(torch.ones(3, 400, 400), g, p=1.0)
+        erased = (img[0] == 0)
+        h, w = int(erased.any(1).sum()), int(erased.any(0).sum())
+        assert (img[:, erased] == 0).all() and h * w == int(erased.sum())
+        ratios.append(h / w)
+    median = float(np.median(ratios))
+    assert 1.5 < median < 2.2, median
+
+
+def test_transform_defaults_add_no_augmentation_and_grayscale_is_luminance():
+    img = (torch.rand(3, 64, 32) * 255).to(torch.uint8)
+    plain = Transform((64, 32), train=True)
+    for seed in range(5):  # no flip, no padding, no erasing by default: the train transform is deterministic
+        assert torch.equal(plain(img, torch.Generator().manual_seed(seed)), Transform((64, 32), train=False)(img))
+    grey = Transform((64, 32), train=True, grayscale=1.0)(img, torch.Generator().manual_seed(0))
+    x = img.float() / 255
+    lum = 0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]
+    mean, std = torch.tensor((0.485, 0.456, 0.406)), torch.tensor((0.229, 0.224, 0.225))
+    torch.testing.assert_close(grey, (lum[None] - mean.view(3, 1, 1)) / std.view(3, 1, 1))

@@ -68,6 +68,15 @@ def random_erasing(img: torch.Tensor, generator: torch.Generator, p: float = 0.5
     return img
 
 
+def random_grayscale(img: torch.Tensor, generator: torch.Generator, p: float) -> torch.Tensor:
+    """With probability p, the image's luminance (ITU-R 601) in all three channels: a visible image then
+    carries what an infrared one can (shape, texture), not colour."""
+    if p <= 0 or float(torch.rand((), generator=generator)) >= p:
+        return img
+    grey = (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2])[None]
+    return grey.expand_as(img).clone()
+
+
 def normalize(img: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     return (img - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
@@ -76,15 +85,15 @@ class Transform:
     """The training or test pipeline of a method.
 
     train: resize to ``size`` (or to ``resize_to`` then random-crop ``size``), pad + random crop, flip,
-    normalise, random erasing; test: resize to ``test_size`` (default ``resize_to or size``), normalise.
+    random greyscale, normalise, random erasing; test: resize to ``test_size`` (default ``resize_to or size``), normalise.
     The defaults add no augmentation (no padding, no flip, no erasing): each method's preset asks for
     what its paper uses (METHODS.md), so nothing is applied that the paper does not name.
     """
 
     def __init__(self, size=(288, 144), *, train: bool, resize_to=None, padding: int = 0, flip: bool = False,
-                 erasing: float = 0.0, test_size=None):
+                 erasing: float = 0.0, grayscale: float = 0.0, test_size=None):
         self.size, self.train, self.resize_to = tuple(size), train, resize_to
-        self.padding, self.flip, self.erasing = padding, flip, erasing
+        self.padding, self.flip, self.erasing, self.grayscale = padding, flip, erasing, grayscale
         self.test_size = tuple(test_size or resize_to or size)
 
     def __call__(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -99,6 +108,7 @@ class Transform:
         img = pad_and_random_crop(img, self.padding, generator)
         if self.flip:
             img = random_flip(img, generator)
+        img = random_grayscale(img, generator, self.grayscale)
         img = normalize(img)
         if self.erasing:
             img = random_erasing(img, generator, p=self.erasing)

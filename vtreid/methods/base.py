@@ -74,7 +74,8 @@ class Method:
         c = self.cfg["input"]
         kw = dict(resize_to=tuple(c["resize"]) if c["resize"] else None,
                   test_size=tuple(c["test_size"]) if c["test_size"] else None)
-        return (Transform(tuple(c["size"]), train=True, padding=c["padding"], flip=c["flip"], erasing=c["erasing"], **kw),
+        return (Transform(tuple(c["size"]), train=True, padding=c["padding"], flip=c["flip"], erasing=c["erasing"],
+                          grayscale=c["grayscale"], **kw),
                 Transform(tuple(c["size"]), train=False, **kw))
 
     # -- model and objective ---------------------------------------------------------------------
