@@ -28,6 +28,7 @@ import torch
 from vtreid import ops
 from vtreid.methods import METHODS, VARIANTS, Batch, get_method
 from vtreid.training import checkpoint as ckpt_io
+from vtreid.training import distributed
 from vtreid.training.config import (DATASETS, DEFAULT_METHOD, ConfigError, check_against, dump, load_yaml, merge,
                                     parse_override, resolve)
 from vtreid.training.data import EpochBatches, load_split, train_loader
@@ -68,7 +69,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--pretrained", help="local ImageNet checkpoint with torchvision keys")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings with dotted keys, e.g. optim.lr=3e-4")
-    return p.parse_intermixed_args(argv)   # KEY=VALUE may come before and after the flags
+    args = p.parse_intermixed_args(argv)   # KEY=VALUE may come before and after the flags
+    if args.resume and "=" in args.resume and not Path(args.resume).exists():
+        args.overrides.insert(0, args.resume)  # `--resume KEY=VALUE`: an override after a bare --resume
+        args.resume = "last"
+    return args
 
 
 def flag_settings(args) -> dict:
@@ -158,18 +163,27 @@ def backends_used(device: torch.device, dtype: torch.dtype) -> dict:
 
 # -- the run ------------------------------------------------------------------------------------
 class Run:
-    """Everything one training run holds; ``train()`` is the loop over it."""
+    """Everything one training run holds; ``train()`` is the loop over it. Under torchrun each rank
+    holds one (``ctx``); rank 0 alone writes."""
 
-    def __init__(self, cfg: dict, out: Path, resume_state: dict | None):
-        self.cfg, self.out = cfg, out
+    def __init__(self, cfg: dict, out: Path, resume_state: dict | None, ctx: distributed.Context, device: str):
+        self.cfg, self.out, self.ctx = cfg, out, ctx
         t = cfg["train"]
-        self.device = pick_device(t["device"])
+        self.device = pick_device(device)
+        if ctx.enabled and cfg["optim"].get("per_stream"):
+            raise ConfigError("optim.per_stream (two optimisers, each on its own loss) runs in one process only; "
+                              "use the default single optimiser with torchrun")
+        if t["sync_bn"] and self.device.type != "cuda":
+            raise ConfigError("train.sync_bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU)")
         seed_everything(cfg["seed"], t["deterministic"])
         self.split = load_split(cfg)
         self.num_classes = len({r.label for r in self.split.train})
         self.method = get_method(cfg["method"])(cfg, self.num_classes)
         self.train_transform, self.test_transform = self.method.transforms()
-        sampler = self.method.sampler(self.split.train, seed=cfg["seed"])
+        try:
+            sampler = self.method.sampler(self.split.train, seed=cfg["seed"], rank=ctx.rank, world_size=ctx.world_size)
+        except ValueError as exc:
+            raise ConfigError(f"the {cfg['method']} sampler cannot form batches from this data: {exc}") from exc
         self.steps_per_epoch = t["epoch_steps"] or self.method.steps_per_epoch(self.split.train, sampler)
         self.batches = EpochBatches(sampler, self.steps_per_epoch)
         self.loader = train_loader(self.split.train, self.train_transform, self.batches, cfg, self.device)
@@ -178,7 +192,8 @@ class Run:
         if t["max_steps"] is not None:
             self.total_steps = min(self.total_steps, t["max_steps"])
         self.model = self.method.build_model().to(self.device)
-        self.forward_model = torch.compile(self.model) if t["compile"] else self.model
+        if t["sync_bn"] and ctx.enabled:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         amp = t["amp"]
         self.amp_dtype = AMP_DTYPES.get(amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
@@ -186,8 +201,18 @@ class Run:
         self.step, self.best_score, self.stage = 0, float("-inf"), 1
         self.method.begin_stage(1, self.model)
         self.optimizers, self.schedulers = self.make_optimizers()
+        self.wrap()
         if resume_state is not None:
             self.restore(resume_state)
+
+    def wrap(self) -> None:
+        """The module the steps call: DDP over the model on several ranks (rebuilt when a stage freezes
+        parameters), torch.compile on top with --compile."""
+        model = self.model
+        if self.ctx.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.forward_model = torch.compile(model) if self.cfg["train"]["compile"] else model
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -204,6 +229,7 @@ class Run:
         self.stage = stage
         self.method.begin_stage(stage, self.model)
         self.optimizers, self.schedulers = self.make_optimizers()
+        self.wrap()
 
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:
@@ -211,11 +237,15 @@ class Run:
                 "schedulers": [s.state_dict() for s in self.schedulers], "scaler": self.scaler.state_dict(),
                 "step": self.step, "epoch": self.step // self.steps_per_epoch,
                 "position": self.step % self.steps_per_epoch, "stage": self.stage, "best_score": self.best_score,
-                "rng": ckpt_io.rng_state(), "config": self.cfg, "num_classes": self.num_classes,
+                "rng": distributed.gather_objects(ckpt_io.rng_state()), "config": self.cfg, "num_classes": self.num_classes,
                 "backends": self.backends, "versions": ckpt_io.versions()}
 
     def save(self, name: str = "last.pt") -> Path:
-        return ckpt_io.save_atomic(self.state(), self.out / "checkpoints" / name)
+        """Every rank calls it (their RNG states are gathered); rank 0 writes."""
+        state, path = self.state(), self.out / "checkpoints" / name
+        if self.ctx.is_main:
+            ckpt_io.save_atomic(state, path)
+        return path
 
     def restore(self, state: dict) -> None:
         if state["num_classes"] != self.num_classes:
@@ -235,7 +265,10 @@ class Run:
             sch.load_state_dict(s)
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.best_score = state["step"], state["best_score"]
-        ckpt_io.set_rng_state(state["rng"])
+        if len(state["rng"]) != self.ctx.world_size:
+            raise ConfigError(f"cannot resume: the checkpoint was written by {len(state['rng'])} process(es), this run "
+                              f"has {self.ctx.world_size}; resume with the same number")
+        ckpt_io.set_rng_state(state["rng"][self.ctx.rank])
 
     # -- one step --------------------------------------------------------------------------------
     def train_step(self, raw: dict) -> dict[str, torch.Tensor] | None:
@@ -247,11 +280,13 @@ class Run:
         losses = self.method.losses(terms)
         detached = {k: v.detach().float() for k, v in terms.items()}
         total = sum(detached.values())
-        if not bool(torch.isfinite(total)):  # the trainer's one host sync per step
+        if distributed.all_agree(not bool(torch.isfinite(total)), self.device):  # the one host sync per step
             if self.scaler.is_enabled():
                 self.scaler.update(self.scaler.get_scale() / 2)  # fp16 overflow: skip, as the scaler would
                 return None
-            bad = next(k for k, v in detached.items() if not bool(torch.isfinite(v)))
+            bad = next((k for k, v in detached.items() if not bool(torch.isfinite(v))), None)
+            if bad is None:
+                raise TrainingError(f"a loss term went non-finite on another rank at step {self.step + 1}")
             raise TrainingError(f"the loss term {bad!r} is {float(detached[bad])} at step {self.step + 1}")
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
@@ -285,6 +320,8 @@ def evaluate(run: Run, writers: Writers, progress: Progress | None, final: bool)
     start = time.perf_counter()
     result = evaluate_model(run.model, run.split, run.test_transform, run.cfg, device=run.device, final=final,
                             autocast=run.autocast)
+    if not run.ctx.is_main:
+        return result
     text = f"evaluation at step {run.step} ({time.perf_counter() - start:.1f}s, {result['protocol']}):\n" \
            + format_results(result)
     (progress.write if progress else print)(text)
@@ -301,7 +338,8 @@ def train(run: Run, writers: Writers) -> int:
     cfg, t = run.cfg, run.cfg["train"]
     if t["eval_at_start"] and run.step == 0:
         evaluate(run, writers, None, final=False)
-    progress = Progress(run.total_steps, run.step, t["log_every"])
+    progress = Progress(run.total_steps, run.step, t["log_every"], enabled=run.ctx.is_main)
+    stopping = False
     try:
         with StopRequest() as stop:
             while run.step < run.total_steps:
@@ -332,16 +370,17 @@ def train(run: Run, writers: Writers) -> int:
                             run.save("best.pt")
                     if evaluating or (t["checkpoint_every"] and run.step % t["checkpoint_every"] == 0):
                         run.save()
-                    if stop.requested or run.step >= run.total_steps:
+                    stopping = distributed.all_agree(stop.requested, run.device)  # every rank stops at one step
+                    if stopping or run.step >= run.total_steps:
                         break
                     tick = time.perf_counter()
-                if stop.requested:
+                if stopping:
                     path = run.save()
                     progress.close()
                     message = (f"stopped by signal {stop.signal} after step {run.step}/{run.total_steps}; checkpoint "
                                f"{path}\nresume with: python -m vtreid.train --resume {path}")
                     writers.log(message)
-                    return stop.exit_code
+                    return stop.exit_code if stop.requested else 128 + 15
     except TrainingError as exc:
         progress.close()
         path = run.save()  # the state after the last good step: the failing step changed nothing
@@ -353,29 +392,36 @@ def train(run: Run, writers: Writers) -> int:
     if result["score"] > run.best_score:
         run.best_score = result["score"]
         run.save("best.pt")
-    ckpt_io.write_text_atomic(run.out / "results.json", json.dumps(
-        {"method": cfg["method"], "dataset": cfg["dataset"]["name"], "step": run.step, "backends": run.backends,
-         "protocol": result["protocol"], "results": result["results"]}, indent=2))
+    if run.ctx.is_main:
+        ckpt_io.write_text_atomic(run.out / "results.json", json.dumps(
+            {"method": cfg["method"], "dataset": cfg["dataset"]["name"], "step": run.step, "backends": run.backends,
+             "world_size": run.ctx.world_size, "protocol": result["protocol"], "results": result["results"]}, indent=2))
     writers.log(f"done: {run.step} steps; results in {run.out / 'results.json'}")
     return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    ctx = distributed.Context()
     try:
         cfg, resume_state, out = resolve_config(args)
+        ctx, device = distributed.setup(cfg["train"]["device"])
+        if ctx.enabled and not args.out and resume_state is None:
+            # every rank must write to (and rank 0 alone writes) one directory: the time stamp could differ
+            raise ConfigError("under torchrun give the run directory: --out DIR")
         backend = cfg["train"]["backend"]
         with ops.use_backend(backend) if backend != "auto" else contextlib.nullcontext():
-            run = Run(cfg, out, resume_state)
+            run = Run(cfg, out, resume_state, ctx, device)
             out.mkdir(parents=True, exist_ok=True)
-            writers = Writers(out)
-            if resume_state is None:
+            writers = Writers(out, enabled=ctx.is_main)
+            if resume_state is None and ctx.is_main:
                 (out / "config.yaml").write_text(dump(cfg))
                 writers.log(f"vtreid.train: {cfg['method']} on {cfg['dataset']['name']}, configuration:\n{dump(cfg)}")
             else:
                 writers.drop_metrics_after(run.step)
                 writers.log(f"vtreid.train: resuming {out} at step {run.step} (stage {run.stage})")
-            writers.log(f"device {run.device}, op backends {run.backends}, {run.num_classes} training identities, "
+            writers.log(f"device {run.device} ({ctx.world_size} process(es)), op backends {run.backends}, "
+                        f"{run.num_classes} training identities, "
                         f"{len(run.split.train)} images, {run.steps_per_epoch} steps/epoch, {run.total_steps} steps, "
                         f"run directory {out}")
             try:
@@ -385,6 +431,8 @@ def main(argv=None) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        distributed.teardown(ctx)
 
 
 if __name__ == "__main__":

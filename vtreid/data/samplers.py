@@ -52,6 +52,9 @@ class _IdentityGroups(Sampler, abc.ABC):
         if not self.ids:
             raise ValueError(f"no identity has at least {min_per_modality} image(s) in "
                              f"{'each modality' if need_both else 'some modality'}")
+        if world_size > 1 and len(self.ids) < group * world_size:
+            raise ValueError(f"{len(self.ids)} eligible identities cannot give each of {world_size} ranks a group of "
+                             f"{group} different identities in one step; use fewer ranks or smaller groups")
         self.group, self.seed, self.rank, self.world_size, self.epoch = group, seed, rank, world_size, 0
 
     def set_epoch(self, epoch: int) -> None:

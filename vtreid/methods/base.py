@@ -23,6 +23,7 @@ from torch import nn
 from vtreid.data import Transform
 from vtreid.models import build_model
 from vtreid.training.config import ConfigError
+from vtreid.training.distributed import gather, per_rank
 
 
 class Batch:
@@ -38,6 +39,11 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside a DistributedDataParallel wrapper (for its attributes, e.g. the classifier)."""
+    return getattr(model, "module", model)
 
 
 def check_option(value, name: str, choices):
@@ -64,7 +70,18 @@ class Method:
 
     # -- data ------------------------------------------------------------------------------------
     def sampler(self, records, *, seed: int, rank: int = 0, world_size: int = 1):
+        """The method's batch sampler for one rank; sampler.* sizes are the global batch, split over the
+        ranks (``self.per_rank``)."""
         raise NotImplementedError
+
+    @staticmethod
+    def per_rank(value: int, name: str, world_size: int) -> int:
+        return per_rank(value, f"sampler.{name}", world_size)
+
+    def global_rows(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The rows of every rank (train.global_mining, on by default): mining and centres then see the
+        global batch, with gradients back to each rank's rows. One process: the tensors themselves."""
+        return gather(*tensors) if self.cfg["train"]["global_mining"] else tensors
 
     def steps_per_epoch(self, records, sampler) -> int:
         """Batches in one epoch; by default one pass of the sampler over the identities."""

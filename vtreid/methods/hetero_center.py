@@ -41,8 +41,8 @@ class HeteroCenter(Method):
 
     def sampler(self, records, *, seed, rank=0, world_size=1):
         s = self.cfg["sampler"]
-        return IdentityBalancedSampler(records, s["identities"], s["per_modality"], seed=seed, rank=rank,
-                                       world_size=world_size)
+        return IdentityBalancedSampler(records, self.per_rank(s["identities"], "identities", world_size),
+                                       s["per_modality"], seed=seed, rank=rank, world_size=world_size)
 
     def steps_per_epoch(self, records, sampler):
         visible = sum(r.modality == VISIBLE for r in records)
@@ -51,11 +51,13 @@ class HeteroCenter(Method):
 
     def objective(self, model, batch):
         out = model(batch.visible, batch.infrared)
-        stripes = F.normalize(out["stripes"], dim=-1)                  # [P, B, E]
+        stripes, labels, modality = self.global_rows(F.normalize(out["stripes"], dim=-1).transpose(0, 1),
+                                                     batch.labels, batch.modality)
+        stripes = stripes.transpose(0, 1)                               # [P, B, E], every rank's rows
         parts = stripes.shape[0]
         # one fused call for all stripes: stripe p's classes are labels + p * C
-        labels = (batch.labels[None] + self.num_classes * torch.arange(parts, device=stripes.device)[:, None]).flatten()
-        hc = ops.hetero_center_loss(stripes.flatten(0, 1), labels, batch.modality.repeat(parts),
+        labels = (labels[None] + self.num_classes * torch.arange(parts, device=stripes.device)[:, None]).flatten()
+        hc = ops.hetero_center_loss(stripes.flatten(0, 1), labels, modality.repeat(parts),
                                     margin=self.loss_cfg["margin"], metric=self.loss_cfg["metric"],
                                     strong=self.loss_cfg["strong"], reduction="sum")
         return {"id": identity_loss(out["logits"], batch.labels), "hc": self.loss_cfg["weight"] * hc}

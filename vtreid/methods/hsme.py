@@ -20,7 +20,7 @@ from vtreid.data import PairSampler
 from vtreid.losses import identity_loss, prediction_kl, reciprocal_ranking_loss
 from vtreid.training.config import ConfigError
 
-from .base import Method, check_option
+from .base import Method, check_option, unwrap
 
 
 class HSME(Method):
@@ -37,17 +37,19 @@ class HSME(Method):
         check_option(self.loss_cfg["reduction"], "loss.reduction", ("mean", "sum"))
 
     def sampler(self, records, *, seed, rank=0, world_size=1):
-        return PairSampler(records, self.cfg["sampler"]["pairs"], seed=seed, rank=rank, world_size=world_size)
+        pairs = self.per_rank(self.cfg["sampler"]["pairs"], "pairs", world_size)
+        return PairSampler(records, pairs, seed=seed, rank=rank, world_size=world_size)
 
     def objective(self, model, batch):
         b = batch.num_visible
         if len(batch) != 2 * b:
             raise ValueError(f"HSME needs visible-thermal pairs: got {b} visible and {len(batch) - b} thermal rows")
         embedding = model(batch.visible, batch.infrared)["embedding"]
-        logits = ops.normalized_logits(embedding, model.classifier.weight, scale=model.classifier.scale)
+        classifier = unwrap(model).classifier
+        logits = ops.normalized_logits(embedding, classifier.weight, scale=classifier.scale)
         detach = self.loss_cfg["detach_kl_target"]
-        ranking = reciprocal_ranking_loss(embedding, batch.labels, batch.modality, margin=self.loss_cfg["margin"],
-                                          reduction=self.loss_cfg["reduction"])
+        ranking = reciprocal_ranking_loss(*self.global_rows(embedding, batch.labels, batch.modality),
+                                          margin=self.loss_cfg["margin"], reduction=self.loss_cfg["reduction"])
         return {
             "id_visible": identity_loss(logits[:b], batch.labels[:b]),
             "kl_visible": prediction_kl(logits[b:], logits[:b], detach_target=detach),   # KL(p2 || p1)
@@ -90,5 +92,5 @@ class DHSME(HSME):
                               f"to at least {num_classes}")
 
     def begin_stage(self, stage, model):
-        if stage == 2 and model.classifier.weight.requires_grad:
-            model.decorrelate_classifier()
+        if stage == 2 and unwrap(model).classifier.weight.requires_grad:
+            unwrap(model).decorrelate_classifier()

@@ -26,7 +26,8 @@ def tuple_id_loss(logits, labels, label_smoothing: float):
 
 
 def tuple_sampler(cfg, records, seed, rank, world_size):
-    return TupleSampler(records, cfg["sampler"]["tuples"], seed=seed, rank=rank, world_size=world_size)
+    tuples = Method.per_rank(cfg["sampler"]["tuples"], "tuples", world_size)
+    return TupleSampler(records, tuples, seed=seed, rank=rank, world_size=world_size)
 
 
 class LCCRF(Method):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from vtreid import ops
 from vtreid.data import PKSampler
 
-from .base import Method
+from .base import Method, unwrap
 
 
 class Sphere(Method):
@@ -23,9 +23,10 @@ class Sphere(Method):
 
     def sampler(self, records, *, seed, rank=0, world_size=1):
         s = self.cfg["sampler"]
-        return PKSampler(records, s["identities"], s["instances"], seed=seed, rank=rank, world_size=world_size)
+        return PKSampler(records, self.per_rank(s["identities"], "identities", world_size), s["instances"], seed=seed,
+                         rank=rank, world_size=world_size)
 
     def objective(self, model, batch):
         embedding = model(batch.visible, batch.infrared)["embedding"]
-        classifier = model.classifier
+        classifier = unwrap(model).classifier
         return {"id": ops.normalized_cross_entropy(embedding, classifier.weight, batch.labels, scale=classifier.scale)}

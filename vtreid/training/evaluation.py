@@ -13,6 +13,8 @@ import torch
 from vtreid.data import Record, build_loader
 from vtreid.eval import evaluate_regdb, evaluate_sysu, format_table
 
+from . import distributed
+
 
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, records: list[Record], transform, *, device: torch.device,
@@ -21,7 +23,9 @@ def extract_features(model: torch.nn.Module, records: list[Record], transform, *
     (the features-file format of ``python -m vtreid.evaluate``)."""
     was_training = model.training
     model.eval()
-    loader = build_loader(records, transform, batch_size=batch_size, workers=workers, pin_memory=device.type == "cuda")
+    # the loader's own generator: evaluating does not move the global RNG (a resumed run stays exact)
+    loader = build_loader(records, transform, batch_size=batch_size, workers=workers, pin_memory=device.type == "cuda",
+                          generator=torch.Generator().manual_seed(0))
     features = None
     try:
         for batch in loader:
@@ -33,17 +37,43 @@ def extract_features(model: torch.nn.Module, records: list[Record], transform, *
             features[rows] = out.float().cpu()
     finally:
         model.train(was_training)
-    return {"features": features if features is not None else torch.empty(0, 0),
-            "ids": np.array([r.pid for r in records]), "cams": np.array([r.cam for r in records]),
+    return {"features": features if features is not None else torch.empty(0, 0), **describe(records)}
+
+
+def describe(records: list[Record]) -> dict:
+    """The ids, cameras, modalities and paths of a features file."""
+    return {"ids": np.array([r.pid for r in records]), "cams": np.array([r.cam for r in records]),
             "modalities": np.array([r.modality for r in records]), "paths": [r.path for r in records]}
 
 
+def extract_sharded(model, records, transform, **kw) -> dict | None:
+    """extract_features with the records split over the ranks (rank r takes r, r + world, ...), put back
+    in order on rank 0; the other ranks get None. One process: extract_features itself."""
+    world = distributed.world_size()
+    if world == 1:
+        return extract_features(model, records, transform, **kw)
+    rank = torch.distributed.get_rank()
+    mine = extract_features(model, records[rank::world], transform, **kw)["features"]
+    parts = distributed.gather_objects(mine)
+    if rank:
+        return None
+    out = describe(records)
+    out["features"] = torch.empty(len(records), parts[0].shape[1])
+    for r, part in enumerate(parts):
+        out["features"][r::world] = part
+    return out
+
+
 def evaluate_model(model, split, transform, cfg: dict, *, device, final: bool, autocast=contextlib.nullcontext):
-    """{"protocol": ..., "results": {name: summary}, "score": mAP used to pick the best checkpoint}."""
+    """{"protocol": ..., "results": {name: summary}, "score": mAP used to pick the best checkpoint}. Under
+    torchrun every rank extracts a share of the images, rank 0 ranks them, and every rank gets the score
+    (the other ranks' "results" are empty)."""
     e = cfg["eval"]
     kw = dict(device=device, batch_size=e["batch_size"], workers=cfg["train"]["workers"], autocast=autocast)
-    query = extract_features(model, split.query, transform, **kw)
-    gallery = extract_features(model, split.gallery, transform, **kw)
+    query = extract_sharded(model, split.query, transform, **kw)
+    gallery = extract_sharded(model, split.gallery, transform, **kw)
+    if query is None:
+        return {"protocol": None, "results": {}, "score": distributed.gather_objects(None)[0]}
     if cfg["dataset"]["name"] == "regdb":
         # regdb.load's default direction: the queries are the visible test images
         results = {"RegDB visible_to_thermal": evaluate_regdb(query, gallery, metric=e["metric"]),
@@ -57,6 +87,7 @@ def evaluate_model(model, split, transform, cfg: dict, *, device, final: bool, a
                                        metric=e["metric"])}
         protocol = f"sysu {e['mode']} shots={e['shots']} trials={trials}"
     score = float(np.mean([r["mAP"]["mean"] for r in results.values()]))
+    score = distributed.gather_objects(score)[0]   # the other ranks wait here for rank 0's score
     return {"protocol": protocol, "results": results, "score": score}
 
 

@@ -20,12 +20,12 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int, start: int, log_every: int, stream=None):
-        self.total, self.log_every = total, max(1, log_every)
+    def __init__(self, total: int, start: int, log_every: int, stream=None, enabled: bool = True):
+        self.total, self.log_every, self.enabled = total, max(1, log_every), enabled
         self.stream = stream or sys.stdout
         self.start_step, self.start_time = start, time.perf_counter()
         self.bar = None
-        if self.stream.isatty():
+        if enabled and self.stream.isatty():
             try:
                 from tqdm import tqdm
                 self.bar = tqdm(total=total, initial=start, file=self.stream, dynamic_ncols=True, unit="step")
@@ -38,6 +38,8 @@ class Progress:
 
     def update(self, step: int, m: dict) -> None:
         """``m``: the step's metrics record (after step ``step`` of ``total``)."""
+        if not self.enabled:
+            return
         if self.bar is not None:
             self.bar.update(step - self.bar.n)
             self.bar.set_postfix_str(f"loss {m['loss']:.4f} lr {m['lr']:.2e} {m['images_per_s']:.0f} img/s "
@@ -51,6 +53,8 @@ class Progress:
                   file=self.stream, flush=True)
 
     def write(self, text: str) -> None:
+        if not self.enabled:
+            return
         if self.bar is not None:
             self.bar.write(text, file=self.stream)
         else:

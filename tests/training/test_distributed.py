@@ -1,0 +1,190 @@
+"""Training on 2 processes (gloo, CPU), started by the tests as torchrun would: RANK, WORLD_SIZE, ..."""
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from vtreid.data import Record
+from vtreid.data.samplers import IdentityBalancedSampler, PairSampler, PKSampler, TupleSampler
+from vtreid.methods import VARIANTS, Batch, get_method
+from vtreid.training.config import ConfigError, resolve
+
+TIMEOUT = 300
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_env(rank: int, world: int, port: int) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+
+
+def spawn(fn, *args, world=2):
+    port = free_port()
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=fn, args=(rank, world, port, *args)) for rank in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(TIMEOUT)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            pytest.fail(f"rank process still running after {TIMEOUT}s")
+    assert [p.exitcode for p in procs] == [0] * world, [p.exitcode for p in procs]
+
+
+# -- one DDP step with global mining == one process with the global batch --------------------------
+def cfg_for(method):
+    return resolve(method, "synthetic", None, ["model.arch=resnet_tiny", "input.size=[64, 32]"], VARIANTS)
+
+
+def global_batch(method):
+    """(visible labels, infrared labels) of a 4-identity global batch; rank r takes identities 2r, 2r + 1."""
+    ids = torch.arange(4)
+    if method == "hsme":
+        return ids, ids
+    return ids.repeat_interleave(2), ids.repeat_interleave(2)     # hc: 2 visible + 2 infrared per identity
+
+
+def images(labels, modality):
+    g = torch.Generator().manual_seed(100 + modality)
+    all_images = torch.randn(8, 3, 64, 32, generator=g)          # one image per (identity, slot)
+    counts = {}
+    out = []
+    for label in labels.tolist():
+        k = counts.get(label, 0)
+        counts[label] = k + 1
+        out.append(all_images[2 * label + k])
+    return torch.stack(out)
+
+
+def part(method, keep):
+    vis, ir = global_batch(method)
+    vis, ir = vis[keep(vis)], ir[keep(ir)]
+    return Batch({"visible": images(vis, 0), "infrared": images(ir, 1), "visible_labels": vis, "infrared_labels": ir},
+                 torch.device("cpu"))
+
+
+def model_and_method(method):
+    torch.manual_seed(0)
+    m = get_method(method)(cfg_for(method), 4)
+    model = m.build_model()
+    for module in model.modules():   # per-rank batch statistics and dropout masks would differ by design
+        if isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.Dropout)):
+            module.eval()
+    return m, model
+
+
+def ddp_step(rank, world, port, method, out):
+    torchrun_env(rank, world, port)
+    torch.distributed.init_process_group("gloo")
+    m, model = model_and_method(method)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    batch = part(method, lambda labels: (labels // 2) == rank)
+    terms = m.objective(ddp, batch)
+    sum(terms.values()).backward()
+    if rank == 0:
+        torch.save({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, out)
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("method", ["hsme", "hc"])
+def test_ddp_step_with_global_mining_equals_one_process_with_the_global_batch(method, tmp_path):
+    spawn(ddp_step, method, str(tmp_path / "grads.pt"))
+    ddp_grads = torch.load(tmp_path / "grads.pt")
+    m, model = model_and_method(method)
+    terms = m.objective(model, part(method, lambda labels: torch.ones_like(labels, dtype=torch.bool)))
+    sum(terms.values()).backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads.keys() == ddp_grads.keys() and len(grads) > 10
+    for name in grads:
+        torch.testing.assert_close(ddp_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=lambda s: f"{name}: {s}")
+
+
+# -- samplers ---------------------------------------------------------------------------------------
+def records(ids=12, per=4):
+    return [Record(f"{pid}-{m}-{k}.jpg", pid, pid, 1 + 2 * m, m) for pid in range(ids) for m in (0, 1)
+            for k in range(per)]
+
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: IdentityBalancedSampler(records(), 2, 2, **kw),
+    lambda **kw: PKSampler(records(), 2, 4, **kw),
+    lambda **kw: PairSampler(records(), 2, **kw),
+    lambda **kw: TupleSampler(records(), 2, **kw),
+])
+def test_distributed_samplers_split_identities_without_overlap(make):
+    recs = records()
+    samplers = [make(seed=3, rank=r, world_size=3) for r in range(3)]
+    for s in samplers:
+        s.set_epoch(5)
+    steps = [list(s) for s in samplers]
+    assert len({len(s) for s in steps}) == 1 and len(steps[0]) == 12 // (2 * 3)
+    seen = set()
+    for step in zip(*steps):
+        anchors = [{recs[i].pid for i in batch[: len(batch) // 3]} if isinstance(samplers[0], TupleSampler)
+                   else {recs[i].pid for i in batch} for batch in step]
+        assert all(len(a) == 2 for a in anchors)
+        assert not (anchors[0] & anchors[1] or anchors[0] & anchors[2] or anchors[1] & anchors[2])
+        for a in anchors:
+            seen |= a
+    assert seen == set(range(12))                               # one epoch covers every identity once
+    again = make(seed=3, rank=1, world_size=3)
+    again.set_epoch(5)
+    assert list(again) == steps[1]                              # reproducible from seed and epoch
+
+
+def test_bad_distributed_setups_are_clear_errors():
+    with pytest.raises(ValueError, match="cannot give each of 4 ranks a group of 4 different identities"):
+        IdentityBalancedSampler(records(ids=12), 4, 2, rank=0, world_size=4)
+    m = get_method("hc")(cfg_for("hc"), 12)
+    with pytest.raises(ConfigError, match=r"sampler.identities = 4 \(the global batch\) does not divide by the world size 3"):
+        m.sampler(records(), seed=0, rank=0, world_size=3)
+
+
+# -- a 2-rank run: only rank 0 writes, checkpoint, resume -----------------------------------------------
+TINY = ["--method", "expat", "dataset.synthetic.ids=16", "dataset.synthetic.images=2", "dataset.synthetic.height=64",
+        "dataset.synthetic.width=32", "input.size=[64, 32]", "model.arch=resnet_tiny", "train.workers=0",
+        "train.eval_at_start=false", "train.log_every=1", "eval.trials_final=1", "sampler.tuples=4"]
+
+
+def run_rank(rank, world, port, out, cache, extra):
+    torchrun_env(rank, world, port)
+    os.environ["VTREID_CACHE"] = cache
+    from vtreid import train
+    code = train.main(["--out", out, *TINY, *extra])
+    if code != 0:
+        raise SystemExit(code)
+
+
+def test_two_rank_run_writes_once_checkpoints_and_resumes(tmp_path):
+    out, cache = tmp_path / "run", str(tmp_path / "cache")
+    from vtreid.training.data import synthetic_root
+    os.environ["VTREID_CACHE"] = cache
+    try:
+        synthetic_root({"ids": 16, "images": 2, "height": 64, "width": 32, "seed": 0})  # written once, before the ranks
+    finally:
+        del os.environ["VTREID_CACHE"]
+    spawn(run_rank, str(out), cache, ["train.max_steps=2"])
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "loss" in line] == [1, 2]          # rank 0 alone writes
+    log = (out / "log.txt").read_text()
+    assert log.count("vtreid.train: expat on synthetic") == 1 and "(2 process(es))" in log
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert state["step"] == 2 and len(state["rng"]) == 2                          # both ranks' RNG states
+    spawn(run_rank, str(out), cache, ["--resume", "train.max_steps=4"])
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert state["step"] == 4
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "loss" in line] == [1, 2, 3, 4]
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2 and results["results"]

@@ -1,0 +1,131 @@
+"""Training on several processes with torchrun and torch.distributed (DistributedDataParallel).
+
+    torchrun --nproc_per_node=4 -m vtreid.train --method hc --dataset sysu --data-root /data/SYSU-MM01
+
+``setup()`` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR / MASTER_PORT) and
+starts the process group: NCCL when the run's device is CUDA (one GPU per rank: cuda:LOCAL_RANK),
+gloo on CPU. Without torchrun it returns the single-process context and nothing is initialised.
+
+The samplers' group sizes in a preset are the paper's global batch: each rank draws 1/world of the
+identity groups (whole groups, never the same identity on two ranks in one step). Global mining:
+``gather`` concatenates every rank's rows (features with gradients, labels, modalities) with
+torch.distributed.nn.functional.all_gather, whose backward returns each rank its rows' gradient, so
+hard mining and modality centres see the global batch as one process with that batch would.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .config import ConfigError
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def setup(device_name: str) -> tuple[Context, str]:
+    """(context, device name for this rank). Under torchrun with CUDA, each rank takes cuda:LOCAL_RANK."""
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        return Context(), device_name
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    cuda = device_name.startswith("cuda") or (device_name == "auto" and torch.cuda.is_available())
+    if cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK {local_rank} but this node has {torch.cuda.device_count()} CUDA device(s): "
+                              f"--nproc_per_node must not exceed the GPUs per node")
+        torch.cuda.set_device(local_rank)
+        device_name = f"cuda:{local_rank}"
+    else:
+        device_name = "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return Context(rank, world, local_rank), device_name
+
+
+def teardown(ctx: Context) -> None:
+    if ctx.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def per_rank(value: int, name: str, ctx_world: int) -> int:
+    """A global batch setting split over the ranks; it must divide by the world size."""
+    if value % ctx_world:
+        raise ConfigError(f"{name} = {value} (the global batch) does not divide by the world size {ctx_world}; "
+                          f"choose a multiple of {ctx_world}")
+    return value // ctx_world
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient: all_gather's backward exchanges the
+    gradient slices with all_to_all, which reads a strided slice (e.g. from a transpose) wrongly."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
+def gather(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every rank's rows of each tensor, concatenated in rank order (all ranks must call it with the same
+    number of rows). Float tensors keep their gradient path back to their own rank; integer tensors are
+    gathered plainly. A single process gets its tensors back."""
+    if world_size() == 1:
+        return tensors
+    from torch.distributed.nn.functional import all_gather
+    out = []
+    for t in tensors:
+        if t.is_floating_point():
+            with warnings.catch_warnings():  # deprecated for a private API; still the public autograd gather
+                warnings.simplefilter("ignore", FutureWarning)
+                parts = all_gather(t.contiguous())
+            out.append(torch.cat([_ContiguousGrad.apply(p) for p in parts]))
+        else:
+            parts = [torch.empty_like(t) for _ in range(world_size())]
+            dist.all_gather(parts, t.contiguous())
+            out.append(torch.cat(parts))
+    return tuple(out)
+
+
+def all_agree(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any rank (a stop request, a non-finite loss)."""
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def gather_objects(obj) -> list:
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
