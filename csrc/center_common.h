@@ -2,6 +2,7 @@
 #pragma once
 #include <torch/types.h>
 
+#include <optional>
 #include <string_view>
 
 #include "op_checks.h"
@@ -19,13 +20,36 @@ inline CenterLayout prepare_center_layout(const at::Tensor& x, const at::Tensor&
                                           const at::Tensor& modality, std::string_view metric_name) {
   const Metric metric = parse_metric(metric_name);
   TORCH_CHECK_VALUE(metric != kEuclidean, "hetero_center metric must be 'sqeuclidean' or 'cosine'");
-  TORCH_CHECK_VALUE(x.dim() == 3, "x must be [S, N, D]");
-  CenterLayout layout{metric, order.to(at::kLong).contiguous(), seg.to(at::kLong).contiguous(),
-                      modality.to(at::kInt).contiguous()};
+  check_features(x, "x", 3);
   const int64_t n = x.size(1);
-  TORCH_CHECK_VALUE(layout.seg.numel() == n + 1 && layout.order.numel() == n && layout.modality.numel() == n,
-                    "layout tensors must match x");
-  return layout;
+  check_aux(order, "order", x, "x", {n});
+  check_aux(seg, "seg", x, "x", {n + 1});
+  check_aux(modality, "modality", x, "x", {n});
+  // 0 is visible, any other value infrared (as in every backend): the kernels only ever see 0 / 1.
+  return {metric, order.to(at::kLong).contiguous(), seg.to(at::kLong).contiguous(),
+          modality.ne(0).to(at::kInt).contiguous()};
+}
+
+// Devices and shapes of hetero_center_bwd's inputs, for x [S, N, D]; returns modality as 0 / 1 int32.
+inline at::Tensor check_center_bwd_inputs(const at::Tensor& x, const at::Tensor& slot, const at::Tensor& modality,
+                                          const at::Tensor& hinge, const at::Tensor& centers,
+                                          const at::Tensor& variances, const at::Tensor& counts,
+                                          const at::Tensor& stats, const at::Tensor& grad_hinge,
+                                          const std::optional<at::Tensor>& grad_centers) {
+  check_features(x, "x", 3);
+  const int64_t s = x.size(0), n = x.size(1), d = x.size(2);
+  check_aux(slot, "slot", x, "x", {n});
+  check_aux(modality, "modality", x, "x", {n});
+  check_aux(hinge, "hinge", x, "x", {s, n});
+  check_aux(centers, "centers", x, "x", {s, n, 2, d});
+  check_aux(variances, "variances", x, "x", {s, n, 2, d});
+  check_aux(counts, "counts", x, "x", {n, 2});
+  check_aux(stats, "stats", x, "x", {s, n, 5});
+  check_aux(grad_hinge, "grad_hinge", x, "x", {s, n});
+  if (grad_centers.has_value() && grad_centers->defined()) {
+    check_aux(*grad_centers, "grad_centers", x, "x", {s, n, 2, d});
+  }
+  return modality.ne(0).to(at::kInt).contiguous();
 }
 
 }  // namespace vtreid

@@ -32,9 +32,7 @@ void check_launch(cudaError_t err, const char* op) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_distance_fwd_cuda(const at::Tensor& x, const at::Tensor& y,
                                                                      std::string_view metric_name) {
   const Metric metric = parse_metric(metric_name);
-  check_features(x, "x");
-  check_features(y, "y");
-  TORCH_CHECK_VALUE(x.size(1) == y.size(1), "x and y must have the same feature dimension");
+  check_pair_inputs(x, y);
   TORCH_CHECK_TYPE(x.scalar_type() == y.scalar_type(), "x and y must have the same dtype");
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous(), yc = y.contiguous();
@@ -56,14 +54,17 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_bwd_cuda(const at::Tensor& 
                                                          const at::Tensor& xsq, const at::Tensor& ysq,
                                                          std::string_view metric_name) {
   const Metric metric = parse_metric(metric_name);
+  check_pairwise_bwd_inputs(grad, dist, x, y, xsq, ysq);
+  TORCH_CHECK_TYPE(x.scalar_type() == y.scalar_type(), "x and y must have the same dtype");
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous(), yc = y.contiguous();
-  const at::Tensor g = grad.to(x.scalar_type());
-  const at::Tensor dc = dist.to(x.scalar_type());
+  // grad and dist go to the kernel in the accumulation type: a float32 grad (or dist) is not rounded to
+  // the features' half type before the per-pair coefficients are formed.
   const auto norm_type = accumulation_type(x.scalar_type());
+  const at::Tensor g = grad.to(norm_type);
+  const at::Tensor dc = dist.to(norm_type);
   const at::Tensor xs = xsq.to(norm_type).contiguous(), ys = ysq.to(norm_type).contiguous();
   const int64_t n = xc.size(0), m = yc.size(0), d = xc.size(1);
-  TORCH_CHECK_VALUE(g.size(0) == n && g.size(1) == m, "grad must have shape [", n, ", ", m, "]");
   at::Tensor grad_x = at::empty_like(xc), grad_y = at::empty_like(yc);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   check_launch(pairwise_distance_bwd_side(dtype_of(xc), g.const_data_ptr(), dc.const_data_ptr(), xc.const_data_ptr(),
@@ -117,6 +118,8 @@ std::tuple<at::Tensor, at::Tensor> hard_mining_bwd_cuda(
     const at::Tensor& pos_index, const at::Tensor& neg_index, const at::Tensor& pos_dist, const at::Tensor& neg_dist,
     const at::Tensor& asq, const at::Tensor& csq, std::string_view metric_name) {
   const Metric metric = parse_metric(metric_name);
+  check_mining_bwd_inputs(grad_pos, grad_neg, anchors, candidates, pos_index, neg_index, pos_dist, neg_dist, asq, csq);
+  TORCH_CHECK_TYPE(anchors.scalar_type() == candidates.scalar_type(), "anchors and candidates must share a dtype");
   const c10::cuda::CUDAGuard guard(anchors.device());
   const auto acc = accumulation_type(anchors.scalar_type());
   const at::Tensor a = anchors.contiguous(), c = candidates.contiguous();
@@ -167,11 +170,12 @@ at::Tensor hetero_center_bwd_cuda(const at::Tensor& x, const at::Tensor& slot, c
                                   const std::optional<at::Tensor>& grad_centers, std::string_view metric_name,
                                   bool strong) {
   const Metric metric = parse_metric(metric_name);
+  const at::Tensor mod = check_center_bwd_inputs(x, slot, modality, hinge, centers, variances, counts, stats,
+                                                 grad_hinge, grad_centers);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto acc = accumulation_type(x.scalar_type());
   const at::Tensor xc = x.contiguous();
   const at::Tensor sl = slot.to(at::kLong).contiguous(), cnt = counts.to(at::kLong).contiguous();
-  const at::Tensor mod = modality.to(at::kInt).contiguous();
   const at::Tensor h = hinge.to(acc).contiguous(), gh = grad_hinge.to(acc).contiguous();
   const at::Tensor c = centers.to(acc).contiguous(), v = variances.to(acc).contiguous(), st = stats.to(acc).contiguous();
   const bool has_gc = grad_centers.has_value() && grad_centers->defined();

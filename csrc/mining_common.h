@@ -38,15 +38,40 @@ inline MiningIds prepare_mining_ids(const at::Tensor& anchors, const at::Tensor&
   ids.use_modality = ids.pos_rule != kAny || ids.neg_rule != kAny;
   TORCH_CHECK_VALUE(!ids.use_modality || (anchor_modality.has_value() && candidate_modality.has_value()),
                     "anchor_modality and candidate_modality are required when a rule is not 'any'");
+  check_device(candidates, "candidates", anchors, "anchors");
+  TORCH_CHECK_VALUE(anchors.size(1) == candidates.size(1), "anchors and candidates must have the same feature dimension");
+  check_aux(anchor_labels, "anchor_labels", anchors, "anchors", {anchors.size(0)});
+  check_aux(candidate_labels, "candidate_labels", anchors, "anchors", {candidates.size(0)});
   ids.anchor_labels = anchor_labels.to(at::kLong).contiguous();
   ids.candidate_labels = candidate_labels.to(at::kLong).contiguous();
-  TORCH_CHECK_VALUE(ids.anchor_labels.numel() == anchors.size(0) && ids.candidate_labels.numel() == candidates.size(0),
-                    "labels must have one entry per row");
   if (ids.use_modality) {
-    ids.anchor_modality = anchor_modality->to(at::kInt).contiguous();
-    ids.candidate_modality = candidate_modality->to(at::kInt).contiguous();
+    check_aux(*anchor_modality, "anchor_modality", anchors, "anchors", {anchors.size(0)});
+    check_aux(*candidate_modality, "candidate_modality", anchors, "anchors", {candidates.size(0)});
+    // 0 is visible, any other value infrared (as in every backend): the kernels only ever see 0 / 1.
+    ids.anchor_modality = anchor_modality->ne(0).to(at::kInt).contiguous();
+    ids.candidate_modality = candidate_modality->ne(0).to(at::kInt).contiguous();
   }
   return ids;
+}
+
+// Devices and shapes of hard_mining_bwd's inputs (anchors [n, d], candidates [m, d], per-anchor [n], csq [m]).
+inline void check_mining_bwd_inputs(const at::Tensor& grad_pos, const at::Tensor& grad_neg, const at::Tensor& anchors,
+                                    const at::Tensor& candidates, const at::Tensor& pos_index,
+                                    const at::Tensor& neg_index, const at::Tensor& pos_dist,
+                                    const at::Tensor& neg_dist, const at::Tensor& asq, const at::Tensor& csq) {
+  check_features(anchors, "anchors");
+  check_features(candidates, "candidates");
+  check_device(candidates, "candidates", anchors, "anchors");
+  TORCH_CHECK_VALUE(anchors.size(1) == candidates.size(1), "anchors and candidates must have the same feature dimension");
+  const int64_t n = anchors.size(0), m = candidates.size(0);
+  check_aux(grad_pos, "grad_pos", anchors, "anchors", {n});
+  check_aux(grad_neg, "grad_neg", anchors, "anchors", {n});
+  check_aux(pos_index, "pos_index", anchors, "anchors", {n});
+  check_aux(neg_index, "neg_index", anchors, "anchors", {n});
+  check_aux(pos_dist, "pos_dist", anchors, "anchors", {n});
+  check_aux(neg_dist, "neg_dist", anchors, "anchors", {n});
+  check_aux(asq, "asq", anchors, "anchors", {n});
+  check_aux(csq, "csq", anchors, "anchors", {m});
 }
 
 // (order, seg): the 2n pair rows (positives 0..n-1, negatives n..2n-1) stably sorted by the candidate

@@ -34,8 +34,10 @@ NormalizedCeForward normalized_ce_forward(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& target, double scale, double smoothing) {
   check_features(x, "x");
   check_features(weight, "weight");
+  check_device(weight, "weight", x, "x");
   TORCH_CHECK_VALUE(x.size(1) == weight.size(1), "x and weight must have the same feature dimension");
   TORCH_CHECK_VALUE(weight.size(0) > 0, "weight must have at least one class row");
+  check_aux(target, "target", x, "x", {x.size(0)});
   const auto acc = accumulation_type(x.scalar_type());
   const at::Tensor xa = x.to(acc).contiguous();
   const at::Tensor tg = target.to(at::kLong).contiguous();
@@ -72,6 +74,21 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& target,
     const at::Tensor& lse, const at::Tensor& ez, const at::Tensor& tz, const at::Tensor& xsq, const at::Tensor& wsq,
     const at::Tensor& saved_dots, double scale, double smoothing) {
+  check_features(x, "x");
+  check_features(weight, "weight");
+  check_device(weight, "weight", x, "x");
+  TORCH_CHECK_VALUE(x.size(1) == weight.size(1), "x and weight must have the same feature dimension");
+  {
+    const int64_t rows = x.size(0);
+    check_aux(grad, "grad", x, "x", {rows});
+    check_aux(target, "target", x, "x", {rows});
+    check_aux(lse, "lse", x, "x", {rows});
+    check_aux(ez, "ez", x, "x", {rows});
+    check_aux(tz, "tz", x, "x", {rows});
+    check_aux(xsq, "xsq", x, "x", {rows});
+    check_aux(wsq, "wsq", x, "x", {weight.size(0)});
+    check_device(saved_dots, "dots", x, "x");
+  }
   const auto acc = accumulation_type(x.scalar_type());
   const at::Tensor xa = x.to(acc).contiguous();
   const at::Tensor tg = target.to(at::kLong).contiguous();

@@ -16,14 +16,51 @@ inline Metric parse_metric(std::string_view metric) {
   TORCH_CHECK_VALUE(false, "metric must be 'euclidean', 'sqeuclidean' or 'cosine', got '", metric, "'");
 }
 
-inline void check_features(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.dim() == 2, name, " must be a 2-D tensor, got ", t.dim(), "-D");
+inline void check_features(const at::Tensor& t, const char* name, int64_t ndim = 2) {
+  TORCH_CHECK_VALUE(t.dim() == ndim, name, " must be a ", ndim, "-D tensor, got ", t.dim(), "-D");
   TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), name, " must be a floating tensor, got ",
                    t.scalar_type());
+  // A zero-sized grid is an invalid launch on a GPU; the Python layer rejects D = 0 too.
+  TORCH_CHECK_VALUE(t.size(ndim - 1) > 0, name, " has a feature dimension of size 0");
+}
+
+// `t` (argument `name`) lives on the features' device: a CPU index tensor with CUDA features would
+// hand host pointers to a kernel.
+inline void check_device(const at::Tensor& t, const char* name, const at::Tensor& features,
+                         const char* features_name) {
+  TORCH_CHECK_VALUE(t.device() == features.device(), name, " is on ", t.device(), " but ", features_name, " is on ",
+                    features.device());
+}
+
+// Device and exact shape of an auxiliary tensor.
+inline void check_aux(const at::Tensor& t, const char* name, const at::Tensor& features, const char* features_name,
+                      at::IntArrayRef shape) {
+  check_device(t, name, features, features_name);
+  TORCH_CHECK_VALUE(t.sizes() == shape, name, " must have shape ", shape, ", got ", t.sizes());
 }
 
 inline at::ScalarType accumulation_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// x [n, d] and y [m, d] on one device with one feature dimension.
+inline void check_pair_inputs(const at::Tensor& x, const at::Tensor& y) {
+  check_features(x, "x");
+  check_features(y, "y");
+  check_device(y, "y", x, "x");
+  TORCH_CHECK_VALUE(x.size(1) == y.size(1), "x and y must have the same feature dimension, got ", x.size(1), " and ",
+                    y.size(1));
+}
+
+// pairwise_distance_bwd's inputs: grad and dist [n, m], xsq [n], ysq [m], all on x's device.
+inline void check_pairwise_bwd_inputs(const at::Tensor& grad, const at::Tensor& dist, const at::Tensor& x,
+                                      const at::Tensor& y, const at::Tensor& xsq, const at::Tensor& ysq) {
+  check_pair_inputs(x, y);
+  const int64_t n = x.size(0), m = y.size(0);
+  check_aux(grad, "grad", x, "x", {n, m});
+  check_aux(dist, "dist", x, "x", {n, m});
+  check_aux(xsq, "xsq", x, "x", {n});
+  check_aux(ysq, "ysq", x, "x", {m});
 }
 
 }  // namespace vtreid

@@ -26,6 +26,16 @@ VTREID_HD T hd_sqrt(T v) {
 #endif
 }
 
+template <typename T>
+VTREID_HD bool hd_isfinite(T v) {
+#ifdef __CUDA_ARCH__
+  return isfinite(v);
+#else
+  return std::isfinite(v);
+#endif
+}
+
+// Only finite rounding noise is flushed to 0: NaN and inf distances (a diverged model) propagate.
 template <typename acc_t>
 VTREID_HD acc_t distance_from_dot(acc_t dot, acc_t xsq, acc_t ysq, int metric, acc_t tau) {
   if (metric == kCosine) {
@@ -33,8 +43,21 @@ VTREID_HD acc_t distance_from_dot(acc_t dot, acc_t xsq, acc_t ysq, int metric, a
   }
   const acc_t norms = xsq + ysq;
   acc_t d2 = norms - acc_t(2) * dot;
-  d2 = d2 > tau * norms ? d2 : acc_t(0);
+  d2 = (d2 <= tau * norms && hd_isfinite(norms)) ? acc_t(0) : d2;
   return metric == kEuclidean ? hd_sqrt(d2) : d2;
+}
+
+// Whether candidate (v, i) beats the running best (best, best_i) of a hard-mining row; index -1 = none.
+// Larger wins when `farthest`, else smaller; equal values keep the lower index. A NaN distance beats every
+// number and the lower-index NaN wins (torch.argmax / argmin in the reference do the same), so a NaN
+// feature shows in the mined distances instead of hiding behind a finite one.
+template <typename acc_t>
+VTREID_HD bool mining_beats(acc_t v, int64_t i, acc_t best, int64_t best_i, bool farthest) {
+  if (i < 0) return false;
+  if (best_i < 0) return true;
+  const bool v_nan = v != v, best_nan = best != best;
+  if (v_nan || best_nan) return v_nan && (!best_nan || i < best_i);
+  return (farthest ? v > best : v < best) || (v == best && i < best_i);
 }
 
 // grad_a = alpha a + beta c, contribution to grad_c = gamma c + beta a, for upstream g on d(a, c).

@@ -22,11 +22,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .pairwise_distance import _configs, distance_epilogue, dot_and_norms, METRIC_CODES
+from ._launch import autotune, on_device_of
+from .pairwise_distance import distance_epilogue, dot_and_norms, METRIC_CODES
 
 RULE_CODES = {"any": 0, "cross": 1, "same": 2}
 
-_FWD_CONFIGS = _configs(
+_FWD_CONFIGS = (
     [
         triton.Config({"BLOCK_N": 128, "BLOCK_M": 128, "BLOCK_D": 32}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_N": 128, "BLOCK_M": 64, "BLOCK_D": 64}, num_warps=4, num_stages=3),
@@ -47,7 +48,39 @@ def _rule_mask(rule: tl.constexpr, am, cm):
         return am[:, None] == cm[None, :]
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["N", "M", "D", "METRIC", "POS_RULE", "NEG_RULE", "SELF"])
+@triton.jit
+def _fold_best(ok, dist, rm, big, best, best_i, FARTHEST: tl.constexpr):
+    """Fold a [BN, BM] tile into the running (best, index) per row, over the entries where ``ok``.
+
+    Larger wins when FARTHEST, else smaller; ties keep the lowest index (a later tile must be strictly
+    better). A NaN distance beats every number (the lowest-index NaN wins, and nothing replaces it), as
+    torch.argmax / argmin do in the reference: a NaN feature shows up in the mined distances, it is never
+    hidden behind a finite one. An infinite distance is a real candidate (index set even if it equals the
+    +-inf start value)."""
+    nan = ok & (dist != dist)
+    has_nan = tl.max(nan.to(tl.int32), axis=1) > 0
+    nan_i = tl.min(tl.where(nan, rm[None, :], big), axis=1)
+    num_ok = ok & (dist == dist)
+    if FARTHEST:
+        keyed = tl.where(num_ok, dist, float("-inf"))
+        tile_best = tl.max(keyed, axis=1)
+    else:
+        keyed = tl.where(num_ok, dist, float("inf"))
+        tile_best = tl.min(keyed, axis=1)
+    tile_i = tl.min(tl.where(num_ok & (keyed == tile_best[:, None]), rm[None, :], big), axis=1)
+    if FARTHEST:
+        stronger = tile_best > best
+    else:
+        stronger = tile_best < best
+    best_is_nan = best != best
+    take_nan = has_nan & ~best_is_nan
+    take_num = (tile_i < big) & ~best_is_nan & ((best_i < 0) | stronger)
+    new_best = tl.where(take_nan, float("nan"), tl.where(take_num, tile_best, best))
+    new_i = tl.where(take_nan, nan_i.to(tl.int64), tl.where(take_num, tile_i.to(tl.int64), best_i))
+    return new_best, new_i
+
+
+@autotune(*_FWD_CONFIGS, key=["N", "M", "D", "METRIC", "POS_RULE", "NEG_RULE", "SELF"])
 @triton.jit
 def _mining_fwd_kernel(
     A, C, AL, CL, AM, CM,
@@ -93,20 +126,8 @@ def _mining_fwd_kernel(
         if SELF:
             pos_ok = pos_ok & (rn[:, None] != rm[None, :])
 
-        big = 2 * M + BLOCK_M
-        pd = tl.where(pos_ok, dist, float("-inf"))
-        tile_max = tl.max(pd, axis=1)
-        tile_pos_i = tl.min(tl.where(pos_ok & (pd == tile_max[:, None]), rm[None, :], big), axis=1)
-        better = tile_max > best_pos
-        best_pos = tl.where(better, tile_max, best_pos)
-        pos_i = tl.where(better, tile_pos_i.to(tl.int64), pos_i)
-
-        nd = tl.where(neg_ok, dist, float("inf"))
-        tile_min = tl.min(nd, axis=1)
-        tile_neg_i = tl.min(tl.where(neg_ok & (nd == tile_min[:, None]), rm[None, :], big), axis=1)
-        better = tile_min < best_neg
-        best_neg = tl.where(better, tile_min, best_neg)
-        neg_i = tl.where(better, tile_neg_i.to(tl.int64), neg_i)
+        best_pos, pos_i = _fold_best(pos_ok, dist, rm, M + BLOCK_M, best_pos, pos_i, True)
+        best_neg, neg_i = _fold_best(neg_ok, dist, rm, M + BLOCK_M, best_neg, neg_i, False)
 
     valid = (pos_i >= 0) & (neg_i >= 0)
     tl.store(POS_D + rn, tl.where(valid, best_pos, 0.0), mask=mask_n)
@@ -122,8 +143,8 @@ def _pair_coefficients(g, d, idx, asq, csq, METRIC: tl.constexpr):
     """(alpha share, beta, gamma) of one chosen pair per row; zero for invalid rows (idx < 0)."""
     chosen = idx >= 0
     if METRIC == 2:
-        na = tl.sqrt(asq)
-        nc = tl.sqrt(csq)
+        na = tl.sqrt_rn(asq)
+        nc = tl.sqrt_rn(csq)
         inv_a = 1.0 / tl.maximum(na, 1e-12)
         inv_c = 1.0 / tl.maximum(nc, 1e-12)
         gc = tl.where(chosen, g, 0.0)
@@ -146,7 +167,7 @@ def _pair_coefficients(g, d, idx, asq, csq, METRIC: tl.constexpr):
 @triton.jit
 def _mining_pair_grad_kernel(
     GP, GN, A, C, PI, NI, PD, ND, ASQ, CSQ, GRAD_A, CONTRIB,
-    N, D,
+    N, M, D,
     stride_an, stride_ad, stride_cn, stride_cd,
     METRIC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -159,6 +180,10 @@ def _mining_pair_grad_kernel(
     mask = mask_n[:, None] & mask_d[None, :]
     pi = tl.load(PI + rn, mask=mask_n, other=-1)
     ni = tl.load(NI + rn, mask=mask_n, other=-1)
+    # An index outside [0, M) is treated as "no pair" (-1): never used to address memory.
+    pi = tl.where(pi < M, pi, -1)
+    ni = tl.where(ni < M, ni, -1)
+    rd64 = rd.to(tl.int64)
     pi_safe = tl.where(pi >= 0, pi, 0)
     ni_safe = tl.where(ni >= 0, ni, 0)
     asq = tl.load(ASQ + rn, mask=mask_n, other=0.0)
@@ -167,11 +192,11 @@ def _mining_pair_grad_kernel(
     an, bn, gn_ = _pair_coefficients(tl.load(GN + rn, mask=mask_n, other=0.0), tl.load(ND + rn, mask=mask_n, other=0.0),
                                      ni, asq, tl.load(CSQ + ni_safe, mask=mask_n & (ni >= 0), other=0.0), METRIC)
 
-    a = tl.load(A + rn.to(tl.int64)[:, None] * stride_an + rd[None, :] * stride_ad, mask=mask, other=0.0).to(tl.float32)
+    a = tl.load(A + rn.to(tl.int64)[:, None] * stride_an + rd64[None, :] * stride_ad, mask=mask, other=0.0).to(tl.float32)
     # Invalid anchors (index -1) read no candidate row, so a non-finite row cannot leak into them.
-    cp = tl.load(C + pi_safe[:, None] * stride_cn + rd[None, :] * stride_cd, mask=mask & (pi >= 0)[:, None],
+    cp = tl.load(C + pi_safe[:, None] * stride_cn + rd64[None, :] * stride_cd, mask=mask & (pi >= 0)[:, None],
                  other=0.0).to(tl.float32)
-    cn = tl.load(C + ni_safe[:, None] * stride_cn + rd[None, :] * stride_cd, mask=mask & (ni >= 0)[:, None],
+    cn = tl.load(C + ni_safe[:, None] * stride_cn + rd64[None, :] * stride_cd, mask=mask & (ni >= 0)[:, None],
                  other=0.0).to(tl.float32)
     grad_a = (ap + an)[:, None] * a + bp[:, None] * cp + bn[:, None] * cn
     tl.store(GRAD_A + rn.to(tl.int64)[:, None] * D + rd[None, :], grad_a.to(GRAD_A.dtype.element_ty), mask=mask)
@@ -196,6 +221,7 @@ def _segment_sum_kernel(CONTRIB, ORDER, SEG, OUT, D, BLOCK_D: tl.constexpr):
     tl.store(OUT + j.to(tl.int64) * D + rd, acc.to(OUT.dtype.element_ty), mask=mask_d)
 
 
+@on_device_of("anchors")
 def forward(anchors, anchor_labels, candidates, candidate_labels, anchor_modality, candidate_modality,
             metric: str, positive: str, negative: str, self_mining: bool, tau: float):
     """(pos_dist f32, pos_index i64, neg_dist f32, neg_index i64, valid bool, asq f32 [N], csq f32 [M])."""
@@ -241,6 +267,7 @@ def segment_layout(pos_index: torch.Tensor, neg_index: torch.Tensor, m: int):
     return order, seg
 
 
+@on_device_of("anchors")
 def backward(grad_pos, grad_neg, anchors, candidates, pos_index, neg_index, pos_dist, neg_dist, asq, csq,
              metric: str):
     n, d = anchors.shape
@@ -253,7 +280,7 @@ def backward(grad_pos, grad_neg, anchors, candidates, pos_index, neg_index, pos_
     block_n, block_d = 16, min(128, triton.next_power_of_2(d))
     _mining_pair_grad_kernel[(triton.cdiv(n, block_n), triton.cdiv(d, block_d))](
         grad_pos.float().contiguous(), grad_neg.float().contiguous(), anchors, candidates, pos_index, neg_index,
-        pos_dist, neg_dist, asq, csq, grad_a, contrib, n, d,
+        pos_dist, neg_dist, asq, csq, grad_a, contrib, n, m, d,
         anchors.stride(0), anchors.stride(1), candidates.stride(0), candidates.stride(1),
         METRIC=METRIC_CODES[metric], BLOCK_N=block_n, BLOCK_D=block_d,
     )

@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import on_device_of
+
 METRIC_CODES = {"sqeuclidean": 1, "cosine": 2}
 
 
@@ -32,14 +34,14 @@ def _centers_fwd_kernel(
     N, D, stride_xs, stride_xn, stride_xd, margin,
     METRIC: tl.constexpr, STRONG: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    s = tl.program_id(0)
-    k = tl.program_id(1)
+    k = tl.program_id(0)  # class slots on grid axis 0 (up to 2^31 - 1; axes 1 and 2 stop at 65535)
+    s = tl.program_id(1)
     start = tl.load(SEG + k)
     end = tl.load(SEG + k + 1)
     n_vis = 0.0
     n_ir = 0.0
     for p in range(start, end):
-        m = tl.load(MOD + tl.load(ORDER + p)).to(tl.float32)
+        m = (tl.load(MOD + tl.load(ORDER + p)) != 0).to(tl.float32)  # any non-zero value is infrared
         n_ir += m
         n_vis += 1.0 - m
     inv_vis = 1.0 / tl.maximum(n_vis, 1.0)
@@ -59,8 +61,8 @@ def _centers_fwd_kernel(
         sum_ir = tl.zeros((BLOCK_D,), dtype=tl.float32)
         for p in range(start, end):
             j = tl.load(ORDER + p)
-            w_ir = tl.load(MOD + j).to(tl.float32)
-            row = tl.load(x_set + j * stride_xn + rd * stride_xd, mask=mask_d, other=0.0).to(tl.float32)
+            w_ir = (tl.load(MOD + j) != 0).to(tl.float32)
+            row = tl.load(x_set + j * stride_xn + rd.to(tl.int64) * stride_xd, mask=mask_d, other=0.0).to(tl.float32)
             sum_ir += row * w_ir
             sum_vis += row * (1.0 - w_ir)
         c_vis = sum_vis * inv_vis
@@ -77,8 +79,8 @@ def _centers_fwd_kernel(
             dev_ir = tl.zeros((BLOCK_D,), dtype=tl.float32)
             for p in range(start, end):
                 j = tl.load(ORDER + p)
-                w_ir = tl.load(MOD + j).to(tl.float32)
-                row = tl.load(x_set + j * stride_xn + rd * stride_xd, mask=mask_d, other=0.0).to(tl.float32)
+                w_ir = (tl.load(MOD + j) != 0).to(tl.float32)
+                row = tl.load(x_set + j * stride_xn + rd.to(tl.int64) * stride_xd, mask=mask_d, other=0.0).to(tl.float32)
                 dv = row - c_vis
                 di = row - c_ir
                 dev_ir += di * di * w_ir
@@ -93,7 +95,7 @@ def _centers_fwd_kernel(
         tl.store(COUNTS + 2 * k, n_vis.to(tl.int64))
         tl.store(COUNTS + 2 * k + 1, n_ir.to(tl.int64))
     if METRIC == 2:
-        inv = 1.0 / (tl.maximum(tl.sqrt(vis_sq), 1e-12) * tl.maximum(tl.sqrt(ir_sq), 1e-12))
+        inv = 1.0 / (tl.maximum(tl.sqrt_rn(vis_sq), 1e-12) * tl.maximum(tl.sqrt_rn(ir_sq), 1e-12))
         dist = 1.0 - dot * inv
     else:
         dist = diff_sq
@@ -113,12 +115,12 @@ def _centers_bwd_kernel(
     N, D, stride_xs, stride_xn, stride_xd, stride_gs, stride_gk, stride_gm,
     METRIC: tl.constexpr, STRONG: tl.constexpr, HAS_G_CENTERS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    s = tl.program_id(0)
-    j = tl.program_id(1)
+    j = tl.program_id(0)  # samples on grid axis 0 (axes 1 and 2 stop at 65535)
+    s = tl.program_id(1)
     rd = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask_d = rd < D
     k = tl.load(SLOT + j)
-    m = tl.load(MOD + j).to(tl.int32)
+    m = (tl.load(MOD + j) != 0).to(tl.int32)  # any non-zero value is infrared: never an index past 1
     n_m = tl.load(COUNTS + 2 * k + m).to(tl.float32)
     inv_n = 1.0 / tl.maximum(n_m, 1.0)
     # The hinge passes gradient only where it is active (h > 0 also means both modalities are present).
@@ -132,9 +134,9 @@ def _centers_bwd_kernel(
         dot = tl.load(stats + 1)
         sq_m = tl.load(stats + 2 + m)
         sq_o = tl.load(stats + 3 - m)
-        norm_m = tl.sqrt(sq_m)
+        norm_m = tl.sqrt_rn(sq_m)
         inv_m = 1.0 / tl.maximum(norm_m, 1e-12)
-        inv_o = 1.0 / tl.maximum(tl.sqrt(sq_o), 1e-12)
+        inv_o = 1.0 / tl.maximum(tl.sqrt_rn(sq_o), 1e-12)
         cos = dot * inv_m * inv_o
         own = tl.where(norm_m > 1e-12, cos * inv_m * inv_m, 0.0)
         d_center = own * c_m - c_o * inv_m * inv_o
@@ -144,7 +146,7 @@ def _centers_bwd_kernel(
     if STRONG:
         v_m = tl.load(VARS + base + m * D + rd, mask=mask_d, other=0.0)
         v_o = tl.load(VARS + base + (1 - m) * D + rd, mask=mask_d, other=0.0)
-        x = tl.load(X + s.to(tl.int64) * stride_xs + j.to(tl.int64) * stride_xn + rd * stride_xd, mask=mask_d,
+        x = tl.load(X + s.to(tl.int64) * stride_xs + j.to(tl.int64) * stride_xn + rd.to(tl.int64) * stride_xd, mask=mask_d,
                     other=0.0).to(tl.float32)
         grad += g * 4.0 * (v_m - v_o) * (x - c_m)
     if HAS_G_CENTERS:
@@ -158,6 +160,7 @@ def _block_d(d: int) -> int:
     return min(256, triton.next_power_of_2(d))
 
 
+@on_device_of("x")
 def forward(x, order, seg, modality, metric: str, strong: bool, margin: float):
     """x [S, N, D] -> (hinge [S, N], centers [S, N, 2, D], variances (zeros unless strong), counts [N, 2] int64,
     stats [S, N, 5]); float32 except counts. Slot k's hinge is [D + V - margin]_+ when both modalities are
@@ -169,12 +172,13 @@ def forward(x, order, seg, modality, metric: str, strong: bool, margin: float):
     counts = torch.zeros((n, 2), device=x.device, dtype=torch.int64)
     stats = torch.zeros((s, n, 5), device=x.device, dtype=torch.float32)
     if s and n:
-        _centers_fwd_kernel[(s, n)](x, order, seg, modality, hinge, centers, variances, counts, stats, n, d,
+        _centers_fwd_kernel[(n, s)](x, order, seg, modality, hinge, centers, variances, counts, stats, n, d,
                                     x.stride(0), x.stride(1), x.stride(2), float(margin),
                                     METRIC=METRIC_CODES[metric], STRONG=strong, BLOCK_D=_block_d(d))
     return hinge, centers, variances, counts, stats
 
 
+@on_device_of("x")
 def backward(x, slot, modality, hinge, centers, variances, counts, stats, grad_hinge, grad_centers, metric: str,
              strong: bool):
     """grad_x [S, N, D] from the upstream gradients of the hinge values [S, N] and of the centres."""
@@ -183,7 +187,7 @@ def backward(x, slot, modality, hinge, centers, variances, counts, stats, grad_h
     if s and n:
         gc = grad_centers.contiguous() if grad_centers is not None else centers
         block_d = _block_d(d)
-        _centers_bwd_kernel[(s, n, triton.cdiv(d, block_d))](
+        _centers_bwd_kernel[(n, s, triton.cdiv(d, block_d))](
             x, slot, modality, hinge, centers, variances, counts, stats, grad_hinge.float().contiguous(), gc, grad_x,
             n, d, x.stride(0), x.stride(1), x.stride(2), gc.stride(0), gc.stride(1), gc.stride(2),
             METRIC=METRIC_CODES[metric], STRONG=strong, HAS_G_CENTERS=grad_centers is not None, BLOCK_D=block_d)

@@ -23,9 +23,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .pairwise_distance import _configs, dot_and_norms
+from ._launch import autotune, on_device_of
+from .pairwise_distance import dot_and_norms
 
-_FWD_CONFIGS = _configs(
+_FWD_CONFIGS = (
     [
         triton.Config({"BLOCK_N": 64, "BLOCK_C": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_N": 32, "BLOCK_C": 128, "BLOCK_D": 64}, num_warps=4, num_stages=3),
@@ -34,7 +35,7 @@ _FWD_CONFIGS = _configs(
     ],
     {"BLOCK_N": 16, "BLOCK_C": 256, "BLOCK_D": 32},  # the interpreter pays per tile, not per element
 )
-_GRAD_CONFIGS = _configs(
+_GRAD_CONFIGS = (
     [
         triton.Config({"BLOCK_N": 64, "BLOCK_C": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_N": 32, "BLOCK_C": 64, "BLOCK_D": 64}, num_warps=4, num_stages=3),
@@ -49,10 +50,10 @@ MAX_CHUNK_ELEMENTS = 1 << 25
 
 @triton.jit
 def _inv_norm(sq):
-    return 1.0 / tl.maximum(tl.sqrt(sq), 1e-12)
+    return 1.0 / tl.maximum(tl.sqrt_rn(sq), 1e-12)
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["N", "C", "D"])
+@autotune(*_FWD_CONFIGS, key=["N", "C", "D"])
 @triton.jit
 def _nce_fwd_kernel(
     X, W, TARGET, LOSS, LSE, EZ, TZ, XSQ, WSQ, DOTS,
@@ -99,7 +100,9 @@ def _nce_fwd_kernel(
     tl.store(XSQ + rn, xsq, mask=mask_n)
 
 
-@triton.autotune(configs=_GRAD_CONFIGS, key=["N", "C", "D"])
+# COL_GZ is read-modify-written (row chunks accumulate into it): the GPU autotuner runs every config
+# several times on the live buffers while benchmarking, so it must restore COL_GZ after each run.
+@autotune(*_GRAD_CONFIGS, key=["N", "C", "D"], restore_value=["COL_GZ"])
 @triton.jit
 def _nce_grad_kernel(
     X, W, TARGET, LSE, G_ROW, XSQ, WSQ, DOTS, GQ, COL_GZ,
@@ -137,6 +140,7 @@ def _nce_grad_kernel(
     tl.store(COL_GZ + rc, prev + col_gz, mask=mask_c)
 
 
+@on_device_of("x")
 def cross_entropy_forward(x, weight, target, scale: float, smoothing: float, save_dots: bool):
     """(loss [N], lse [N], ez [N], tz [N], xsq [N], wsq [C], dots), all float32; dots is x.W^T [N, C]
     when save_dots, else empty [0]."""
@@ -164,6 +168,7 @@ def gradient_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
 
 
+@on_device_of("x")
 def cross_entropy_backward(grad_row, x, weight, target, lse, ez, tz, xsq, wsq, dots, scale: float,
                            smoothing: float):
     """(grad_x, grad_weight) for per-row upstream gradients grad_row [N] (float32); dots as the forward

@@ -18,25 +18,15 @@ These functions compute; dispatch, checks and autograd live in vtreid/ops/pairwi
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from ._launch import autotune, on_device_of
+
 METRIC_CODES = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
 
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _configs(gpu_configs, interpreter_config):
-    # The interpreter runs every autotune candidate; give it exactly one.
-    if _INTERPRET:
-        return [triton.Config(interpreter_config, num_warps=4)]
-    return gpu_configs
-
-
-_FWD_CONFIGS = _configs(
+_FWD_CONFIGS = (
     [
         triton.Config({"BLOCK_N": 128, "BLOCK_M": 128, "BLOCK_D": 32, "GROUP": 8}, num_warps=8, num_stages=4),
         triton.Config({"BLOCK_N": 128, "BLOCK_M": 128, "BLOCK_D": 64, "GROUP": 8}, num_warps=8, num_stages=3),
@@ -47,7 +37,7 @@ _FWD_CONFIGS = _configs(
     {"BLOCK_N": 32, "BLOCK_M": 32, "BLOCK_D": 32, "GROUP": 4},
 )
 
-_BWD_CONFIGS = _configs(
+_BWD_CONFIGS = (
     [
         triton.Config({"BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_D": 128}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_N": 64, "BLOCK_K": 32, "BLOCK_D": 128}, num_warps=4, num_stages=3),
@@ -70,16 +60,20 @@ def _dot_f32(a, b, IEEE: tl.constexpr):
 
 @triton.jit
 def distance_epilogue(dot, xsq, ysq, tau, METRIC: tl.constexpr):
-    """[BN, BM] distances from x.y^T and the squared row norms (float32), as reference.distance_matrix."""
+    """[BN, BM] distances from x.y^T and the squared row norms (float32), as reference.distance_matrix.
+
+    Square roots are the correctly rounded tl.sqrt_rn: on a GPU tl.sqrt is the approximate one, and
+    distances are compared exactly (ties, zero for identical rows). Only finite noise is flushed to 0:
+    NaN and inf (a diverged model) propagate."""
     if METRIC == 2:
-        inv_x = 1.0 / tl.maximum(tl.sqrt(xsq), 1e-12)
-        inv_y = 1.0 / tl.maximum(tl.sqrt(ysq), 1e-12)
+        inv_x = 1.0 / tl.maximum(tl.sqrt_rn(xsq), 1e-12)
+        inv_y = 1.0 / tl.maximum(tl.sqrt_rn(ysq), 1e-12)
         return 1.0 - dot * inv_x[:, None] * inv_y[None, :]
     norms = xsq[:, None] + ysq[None, :]
     d2 = norms - 2.0 * dot
-    d2 = tl.where(d2 > tau * norms, d2, 0.0)
+    d2 = tl.where((d2 <= tau * norms) & (norms < float("inf")), 0.0, d2)
     if METRIC == 0:
-        return tl.sqrt(d2)
+        return tl.sqrt_rn(d2)
     return d2
 
 
@@ -95,8 +89,9 @@ def dot_and_norms(X, Y, rn, rm, mask_n, mask_m, D, stride_xn, stride_xd, stride_
     for d0 in range(0, D, BLOCK_D):
         rd = d0 + tl.arange(0, BLOCK_D)
         mask_d = rd < D
-        xt = tl.load(x_rows + rd[None, :] * stride_xd, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
-        yt = tl.load(y_rows + rd[None, :] * stride_yd, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        rd64 = rd.to(tl.int64)  # every offset is 64-bit: a transposed view has a feature stride of N
+        xt = tl.load(x_rows + rd64[None, :] * stride_xd, mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        yt = tl.load(y_rows + rd64[None, :] * stride_yd, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
         acc = acc + _dot_f32(xt, tl.trans(yt), IEEE)
         xf = xt.to(tl.float32)
         yf = yt.to(tl.float32)
@@ -105,7 +100,7 @@ def dot_and_norms(X, Y, rn, rm, mask_n, mask_m, D, stride_xn, stride_xd, stride_
     return acc, xsq, ysq
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["N", "M", "D", "METRIC"])
+@autotune(*_FWD_CONFIGS, key=["N", "M", "D", "METRIC"])
 @triton.jit
 def _pairwise_fwd_kernel(
     X, Y, OUT, XSQ, YSQ,
@@ -133,7 +128,7 @@ def _pairwise_fwd_kernel(
                                   IEEE, BLOCK_N, BLOCK_M, BLOCK_D)
 
     dist = distance_epilogue(acc, xsq, ysq, tau, METRIC)
-    out = OUT + rn.to(tl.int64)[:, None] * stride_on + rm[None, :] * stride_om
+    out = OUT + rn.to(tl.int64)[:, None] * stride_on + rm.to(tl.int64)[None, :] * stride_om
     tl.store(out, dist.to(OUT.dtype.element_ty), mask=mask_n[:, None] & mask_m[None, :])
     if pid_m == 0:
         tl.store(XSQ + rn, xsq, mask=mask_n)
@@ -141,14 +136,14 @@ def _pairwise_fwd_kernel(
         tl.store(YSQ + rm, ysq, mask=mask_m)
 
 
-@triton.autotune(configs=_BWD_CONFIGS, key=["N", "K", "D", "METRIC"])
+@autotune(*_BWD_CONFIGS, key=["N", "K", "D", "METRIC"])
 @triton.jit
 def _pairwise_bwd_kernel(
     G, DIST, A, B, ASQ, BSQ, GRAD_A,
     N, K, D,
     stride_gn, stride_gk, stride_dn, stride_dk,
     stride_an, stride_ad, stride_bk, stride_bd, stride_ga_n, stride_ga_d,
-    METRIC: tl.constexpr, IEEE: tl.constexpr,
+    METRIC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """grad_a[N, D] of sum_ij g_ij dist(a_i, b_j); the other operand b is [K, D]."""
@@ -159,20 +154,22 @@ def _pairwise_bwd_kernel(
     mask_n = rn < N
     mask_d = rd < D
     rn64 = rn.to(tl.int64)
+    rd64 = rd.to(tl.int64)
 
     if METRIC == 2:
         asq = tl.load(ASQ + rn, mask=mask_n, other=1.0)
-        a_norm = tl.sqrt(asq)
+        a_norm = tl.sqrt_rn(asq)
         inv_a = 1.0 / tl.maximum(a_norm, 1e-12)
 
     acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     row_coef = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
+        rk64 = rk.to(tl.int64)  # the transposed side reads grad and dist at rk * N: past 2^31 for large N x M
         mask_k = rk < K
         mask_nk = mask_n[:, None] & mask_k[None, :]
-        g = tl.load(G + rn64[:, None] * stride_gn + rk[None, :] * stride_gk, mask=mask_nk, other=0.0).to(tl.float32)
-        d = tl.load(DIST + rn64[:, None] * stride_dn + rk[None, :] * stride_dk, mask=mask_nk, other=0.0).to(tl.float32)
+        g = tl.load(G + rn64[:, None] * stride_gn + rk64[None, :] * stride_gk, mask=mask_nk, other=0.0).to(tl.float32)
+        d = tl.load(DIST + rn64[:, None] * stride_dn + rk64[None, :] * stride_dk, mask=mask_nk, other=0.0).to(tl.float32)
         if METRIC == 0:
             coef = tl.where(d > 0.0, g / tl.where(d > 0.0, d, 1.0), 0.0)
             row_coef += tl.sum(coef, axis=1)
@@ -181,22 +178,26 @@ def _pairwise_bwd_kernel(
             row_coef += tl.sum(coef, axis=1)
         else:
             bsq = tl.load(BSQ + rk, mask=mask_k, other=1.0)
-            inv_b = 1.0 / tl.maximum(tl.sqrt(bsq), 1e-12)
+            inv_b = 1.0 / tl.maximum(tl.sqrt_rn(bsq), 1e-12)
             coef = g * inv_a[:, None] * inv_b[None, :]
             row_coef += tl.sum(g * (1.0 - d), axis=1)
-        bt = tl.load(B + rk.to(tl.int64)[:, None] * stride_bk + rd[None, :] * stride_bd,
-                     mask=mask_k[:, None] & mask_d[None, :], other=0.0)
-        acc = acc + _dot_f32(coef.to(bt.dtype), bt, IEEE)
+        bt = tl.load(B + rk64[:, None] * stride_bk + rd64[None, :] * stride_bd,
+                     mask=mask_k[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+        # The coefficients stay float32 (and the product IEEE float32) for every input dtype: rounded to
+        # half they disagree with row_coef, which for close pairs (large g / d, a ~ b) leaves an error of
+        # the size of the whole term, and the cosine one overflows half for tiny-norm rows.
+        acc = acc + _dot_f32(coef, bt, True)
 
     if METRIC == 2:
         row_coef = tl.where(a_norm > 1e-12, row_coef * inv_a * inv_a, 0.0)
-    at = tl.load(A + rn64[:, None] * stride_an + rd[None, :] * stride_ad,
+    at = tl.load(A + rn64[:, None] * stride_an + rd64[None, :] * stride_ad,
                  mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
     grad = row_coef[:, None] * at - acc
-    tl.store(GRAD_A + rn64[:, None] * stride_ga_n + rd[None, :] * stride_ga_d,
+    tl.store(GRAD_A + rn64[:, None] * stride_ga_n + rd64[None, :] * stride_ga_d,
              grad.to(GRAD_A.dtype.element_ty), mask=mask_n[:, None] & mask_d[None, :])
 
 
+@on_device_of("x")
 def forward(x: torch.Tensor, y: torch.Tensor, metric: str, tau: float):
     """(dist [N, M] in x.dtype, xsq [N] float32, ysq [M] float32)."""
     n, d = x.shape
@@ -219,6 +220,7 @@ def forward(x: torch.Tensor, y: torch.Tensor, metric: str, tau: float):
     return out, xsq, ysq
 
 
+@on_device_of("a")
 def _grad_one_side(g, dist, a, b, asq, bsq, metric, transposed):
     n, d = a.shape
     k = b.shape[0]
@@ -237,7 +239,7 @@ def _grad_one_side(g, dist, a, b, asq, bsq, metric, transposed):
         g, dist, a, b, asq, bsq, grad_a, n, k, d,
         sgn, sgk, sdn, sdk,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), grad_a.stride(0), grad_a.stride(1),
-        METRIC=METRIC_CODES[metric], IEEE=a.dtype == torch.float32,
+        METRIC=METRIC_CODES[metric],
     )
     return grad_a
 

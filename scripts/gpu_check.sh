@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check (for the lent GPU machine, or any CUDA box), in stages:
 #   build     build vtreid._C with CUDA (incremental when build/ is already there)
-#   test      the test suite on the GPU
+#   test      python -m vtreid.env --check (every op and backend against reference), then the test suite
 #   sanitize  compute-sanitizer memcheck and racecheck over every native and Triton kernel
 #   bench     every benchmark, then the two memory cases
 # Usage: bash scripts/gpu_check.sh [stage ...]   (default: all four, in that order)
@@ -12,6 +12,8 @@
 # call; logs and results.jsonl go under $OUT (default ./gpu-out) as they are written.
 # Uses the machine's own torch/triton (no network): pip runs with --no-deps --no-build-isolation.
 set -uo pipefail
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
+case "${1:-}" in -h|--help) usage; exit 0 ;; esac
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -33,6 +35,9 @@ for stage in "${stages[@]}"; do
     python -m vtreid.env | tee "$OUT/env.txt"
     ;;
   test)
+    step "self-check: every op on every backend against reference (python -m vtreid.env --check)"
+    limited python -m vtreid.env --check > "$OUT/env-check.txt" 2>&1 || status=1
+    sed -n '/speed-up vs reference/,$p' "$OUT/env-check.txt"
     step "tests on GPU"
     limited python -m pytest tests -q --maxfail=25 -p no:cacheprovider > "$OUT/tests.log" 2>&1 || status=1
     grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -25
@@ -63,6 +68,7 @@ for stage in "${stages[@]}"; do
     ;;
   *)
     echo "unknown stage '$stage' (build, test, sanitize, bench)" >&2
+    usage >&2
     exit 2
     ;;
   esac

@@ -1,5 +1,9 @@
 """Runs every native CUDA and Triton kernel forward and backward on awkward shapes, for
-compute-sanitizer (scripts/gpu_check.sh). Exits non-zero if a result disagrees with the reference."""
+compute-sanitizer (scripts/gpu_check.sh). Exits non-zero if a result disagrees with the reference.
+
+Usage: compute-sanitizer --tool memcheck python scripts/sanitize_kernels.py   (needs a CUDA GPU)"""
+import argparse
+
 import torch
 
 import vtreid.ops as ops
@@ -63,8 +67,14 @@ def normalized_ce(backend, n, m, d, dtype, metric):
     return ok
 
 
-def main():
-    assert torch.cuda.is_available(), "needs a GPU"
+def main(argv=None):
+    argparse.ArgumentParser(
+        prog="scripts/sanitize_kernels.py",
+        description="Run every native CUDA and Triton kernel forward and backward on awkward shapes and compare "
+                    "with the reference; meant to run under compute-sanitizer (memcheck, racecheck) on a GPU "
+                    "machine, as scripts/gpu_check.sh sanitize does.").parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("scripts/sanitize_kernels.py: needs a CUDA GPU (torch.cuda.is_available() is False)")
     bad = 0
     for backend in ("native", "triton"):
         ok, why = ops.availability(backend, torch.device("cuda"), torch.float32)

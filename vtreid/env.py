@@ -1,14 +1,21 @@
 """``python -m vtreid.env``: versions, the GPU if any, and which backends each device can run (and why not).
 
+``python -m vtreid.env --check`` also runs every op family on every available backend of every device
+against ``reference`` on small awkward inputs (values, indices, gradients), times it, and prints one
+table; it exits 1 on a mismatch and says which backend to avoid and how.
+
 Paste its output into bug reports and benchmark notes.
 """
 from __future__ import annotations
 
+import argparse
 import platform
 import sys
+import time
 
 import torch
 
+import vtreid.ops as ops
 from vtreid.ops import _backend
 
 
@@ -45,5 +52,161 @@ def report() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+# --- the self-check ------------------------------------------------------------------------------------
+
+OPS = ("pairwise_distance", "hard_mining", "hetero_center_loss", "normalized_cross_entropy")
+
+
+def _cases(op: str, device: torch.device):
+    """(inputs, kwargs) of small awkward cases: N = 1, 3, 47; D = 1, 7, 129; duplicate and zero rows;
+    anchors without a positive or negative; a class seen in one modality only."""
+    g = torch.Generator().manual_seed(0)
+
+    def feats(n, d):
+        x = torch.randn(n, d, generator=g)
+        if n >= 3:
+            x[1] = x[0]     # a duplicate row (distance exactly 0)
+            x[2] = 0.0      # a zero vector
+        return x.to(device)
+
+    for n, d in ((1, 7), (3, 1), (47, 129)):
+        labels = (torch.arange(n) % 5).to(device)
+        modality = (torch.arange(n) % 2).to(device)
+        if op == "pairwise_distance":
+            for metric in ("euclidean", "sqeuclidean", "cosine"):
+                yield (feats(n, d), feats(n + 2, d)), dict(metric=metric)
+        elif op == "hard_mining":
+            labels = labels.clone()
+            labels[-1] = 99  # an anchor with no positive
+            for metric in ("euclidean", "cosine"):
+                yield (feats(n, d), labels), dict(metric=metric)
+            yield (feats(n, d), labels), dict(metric="euclidean", anchor_modality=modality, positive="cross")
+        elif op == "hetero_center_loss":
+            modality = modality.clone()
+            modality[labels == 1] = 0  # class 1 has no infrared sample
+            for metric in ("sqeuclidean", "cosine"):
+                yield (feats(n, d), labels, modality), dict(metric=metric, strong=True, margin=0.05)
+        else:
+            yield (feats(n, d), feats(7, d), labels % 7), dict(scale=14.0, label_smoothing=0.1)
+
+
+def _outputs(op: str, inputs, kwargs, backend: str):
+    """Forward values (and indices) plus the gradient of every float input, as a flat list."""
+    leaves = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    out = getattr(ops, op)(*leaves, **kwargs, backend=backend)
+    values = list(out) if isinstance(out, tuple) else [out]
+    floats = [v for v in values if v.is_floating_point()]
+    loss = sum(v.float().sum() * (i + 1) for i, v in enumerate(floats))
+    grads = torch.autograd.grad(loss, [t for t in leaves if t.requires_grad], allow_unused=True)
+    return values + [torch.zeros(()) if gr is None else gr for gr in grads]
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same shape, dtype, NaN positions and infinities; finite values within 1e-4 (relative to the largest)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if not a.is_floating_point():
+        return torch.equal(a, b)
+    a, b = a.double().cpu(), b.double().cpu()
+    if not torch.equal(a.isnan(), b.isnan()):
+        return False
+    a, b = a[~b.isnan()], b[~b.isnan()]
+    finite = b[b.isfinite()]
+    scale = max(1.0, finite.abs().max().item()) if finite.numel() else 1.0
+    return bool(((a == b) | ((a - b).abs() <= 1e-4 * scale + 1e-4 * b.abs())).all())
+
+
+def _time(fn, device: torch.device, repeat: int = 5) -> float:
+    fn()  # warm-up (compiles / autotunes)
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def _timing_inputs(op: str, device: torch.device):
+    n, d = (1024, 256) if device.type == "cuda" else (128, 64)
+    x = torch.randn(n, d, device=device)
+    labels = torch.arange(n, device=device) % 16
+    if op == "pairwise_distance":
+        return (x, x), {}
+    if op == "hard_mining":
+        return (x, labels), {}
+    if op == "hetero_center_loss":
+        return (x, labels, labels % 2), {}
+    return (x, torch.randn(100, d, device=device), labels), dict(scale=14.0)
+
+
+def check(devices=None, timing: bool = True) -> tuple[str, bool]:
+    """Run every op family on every available fused backend of every device against ``reference``.
+
+    Returns (the table, all passed)."""
+    if devices is None:
+        devices = [torch.device("cpu")] + ([torch.device(f"cuda:{i}") for i in range(torch.cuda.device_count())])
+    rows = [f"{'device':<8} {'op':<26} {'backend':<8} {'result':<8} speed-up vs reference"]
+    failures = []
+    for device in devices:
+        for op in OPS:
+            for backend in ("native", "triton"):
+                ok, why = _backend.availability(backend, device, torch.float32)
+                if not ok:
+                    rows.append(f"{str(device):<8} {op:<26} {backend:<8} {'n/a':<8} ({why})")
+                    continue
+                result, detail = "pass", ""
+                try:
+                    for inputs, kwargs in _cases(op, device):
+                        got = _outputs(op, inputs, kwargs, backend)
+                        want = _outputs(op, inputs, kwargs, "reference")
+                        bad = [i for i, (a, b) in enumerate(zip(got, want)) if not _close(a, b)]
+                        if bad or len(got) != len(want):
+                            shape = tuple(inputs[0].shape)
+                            result, detail = "FAIL", f"output {bad} differs for x {shape}, {kwargs}"
+                            break
+                except Exception as exc:  # a crash is a failure of that backend, not of the check
+                    result, detail = "FAIL", f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+                speed = ""
+                if result == "pass" and timing:
+                    args, kw = _timing_inputs(op, device)
+                    fn = getattr(ops, op)
+                    t_ref = _time(lambda: fn(*args, **kw, backend="reference"), device)
+                    t_fused = _time(lambda: fn(*args, **kw, backend=backend), device)
+                    speed = f"{t_ref / t_fused:.2f}x"
+                if result == "FAIL":
+                    failures.append((device, op, backend, detail))
+                rows.append(f"{str(device):<8} {op:<26} {backend:<8} {result:<8} {speed or detail}")
+    for device, op, backend, detail in failures:
+        others = [b for b in ("native", "triton") if b != backend]
+        rows.append(f"MISMATCH: vtreid.ops.{op} on {device} with backend {backend!r} ({detail}). Avoid it: "
+                    f"set VTREID_BACKEND={others[0]} (or reference), wrap the code in "
+                    f"`with vtreid.ops.use_backend('{others[0]}'):`, or pass backend='reference' to the op; "
+                    f"and please report this table.")
+    return "\n".join(rows), not failures
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vtreid.env",
+                                     description="Print versions, the GPUs and which vtreid backends each device "
+                                                 "can run (paste it into bug reports).")
+    parser.add_argument("--check", action="store_true",
+                        help="also run every op family on every available backend of every device against "
+                             "'reference' on small awkward inputs (values, indices, gradients), time it, and "
+                             "print pass/fail and speed-up per op and backend; exit 1 on a mismatch")
+    parser.add_argument("--no-timing", action="store_true", help="with --check: skip the timing")
+    args = parser.parse_args(argv)
     print(report())
+    if not args.check:
+        return 0
+    table, ok = check(timing=not args.no_timing)
+    print()
+    print(table)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

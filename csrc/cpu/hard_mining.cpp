@@ -92,8 +92,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
               }
               if (!pos_ok && !neg_ok) continue;
               const acc_t d = distance_from_dot(dp[r * mb + col], as[i], cs[j], metric, tau);
-              if (pos_ok && d > bp) { bp = d; bpi = j; }
-              if (neg_ok && d < bn) { bn = d; bni = j; }
+              if (pos_ok && mining_beats(d, j, bp, bpi, true)) { bp = d; bpi = j; }
+              if (neg_ok && mining_beats(d, j, bn, bni, false)) { bn = d; bni = j; }
             }
             best_pos[i] = bp; best_neg[i] = bn; pi[i] = bpi; ni[i] = bni;
           }
@@ -114,6 +114,7 @@ std::tuple<at::Tensor, at::Tensor> hard_mining_bwd(
     const at::Tensor& pos_index, const at::Tensor& neg_index, const at::Tensor& pos_dist, const at::Tensor& neg_dist,
     const at::Tensor& asq, const at::Tensor& csq, std::string_view metric_name) {
   const Metric metric = parse_metric(metric_name);
+  check_mining_bwd_inputs(grad_pos, grad_neg, anchors, candidates, pos_index, neg_index, pos_dist, neg_dist, asq, csq);
   const auto acc = accumulation_type(anchors.scalar_type());
   const at::Tensor a = anchors.to(acc).contiguous(), c = candidates.to(acc).contiguous();
   const at::Tensor gp = grad_pos.to(acc).contiguous(), gn = grad_neg.to(acc).contiguous();
@@ -137,7 +138,8 @@ std::tuple<at::Tensor, at::Tensor> hard_mining_bwd(
     acc_t* ct = contrib.mutable_data_ptr<acc_t>();
     at::parallel_for(0, n, 8, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        const int64_t p = pip[i], q = nip[i];
+        // An index outside [0, m) is "no pair" (-1): never used to address memory.
+        const int64_t p = pip[i] < m ? pip[i] : -1, q = nip[i] < m ? nip[i] : -1;
         const auto P = pair_coefficients<acc_t>(gp.const_data_ptr<acc_t>()[i], dp.const_data_ptr<acc_t>()[i], p,
                                                 as.const_data_ptr<acc_t>()[i], p >= 0 ? cs.const_data_ptr<acc_t>()[p] : 0,
                                                 metric);

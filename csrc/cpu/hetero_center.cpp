@@ -98,10 +98,11 @@ at::Tensor hetero_center_bwd(const at::Tensor& x, const at::Tensor& slot, const 
                              const at::Tensor& counts, const at::Tensor& stats, const at::Tensor& grad_hinge,
                              const std::optional<at::Tensor>& grad_centers, std::string_view metric_name, bool strong) {
   const Metric metric = parse_metric(metric_name);
+  const at::Tensor mod = check_center_bwd_inputs(x, slot, modality, hinge, centers, variances, counts, stats,
+                                                 grad_hinge, grad_centers);
   const auto acc = accumulation_type(x.scalar_type());
   const at::Tensor xa = x.to(acc).contiguous();
   const at::Tensor sl = slot.to(at::kLong).contiguous(), cnt = counts.to(at::kLong).contiguous();
-  const at::Tensor mod = modality.to(at::kInt).contiguous();
   const at::Tensor h = hinge.to(acc).contiguous(), gh = grad_hinge.to(acc).contiguous();
   const at::Tensor c = centers.to(acc).contiguous(), v = variances.to(acc).contiguous(), st = stats.to(acc).contiguous();
   const bool has_gc = grad_centers.has_value() && grad_centers->defined();

@@ -90,10 +90,7 @@ void column_coefficients(const acc_t* grad, const acc_t* coef, const acc_t* dist
 std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_distance_fwd(
     const at::Tensor& x, const at::Tensor& y, std::string_view metric_name) {
   const Metric metric = parse_metric(metric_name);
-  check_features(x, "x");
-  check_features(y, "y");
-  TORCH_CHECK_VALUE(x.size(1) == y.size(1), "x and y must have the same feature dimension, got ",
-                    x.size(1), " and ", y.size(1));
+  check_pair_inputs(x, y);
   const auto acc = accumulation_type(x.scalar_type());
   const at::Tensor xa = x.to(acc).contiguous();
   const at::Tensor ya = y.to(acc).contiguous();
@@ -115,6 +112,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_bwd(
     const at::Tensor& grad, const at::Tensor& dist, const at::Tensor& x, const at::Tensor& y,
     const at::Tensor& xsq, const at::Tensor& ysq, std::string_view metric_name) {
   const Metric metric = parse_metric(metric_name);
+  check_pairwise_bwd_inputs(grad, dist, x, y, xsq, ysq);
   const auto acc = accumulation_type(x.scalar_type());
   const at::Tensor xa = x.to(acc).contiguous();
   const at::Tensor ya = y.to(acc).contiguous();

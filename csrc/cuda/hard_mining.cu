@@ -25,12 +25,10 @@ __device__ __forceinline__ bool rule_allows(int rule, int32_t a, int32_t c) {
   return rule == 0 || (rule == 1 ? a != c : a == c);
 }
 
-// (value, index) of the better candidate; index -1 means none. Larger wins when `farthest`.
+// (value, index) of the better candidate; index -1 means none (pair_math.h: mining_beats).
 template <typename acc_t>
 __device__ __forceinline__ void combine(acc_t& v, int64_t& i, acc_t ov, int64_t oi, bool farthest) {
-  if (oi < 0) return;
-  const bool better = i < 0 || (farthest ? ov > v : ov < v) || (ov == v && oi < i);
-  if (better) { v = ov; i = oi; }
+  if (mining_beats(ov, oi, v, i, farthest)) { v = ov; i = oi; }
 }
 
 template <typename scalar_t>
@@ -122,8 +120,8 @@ mining_fwd_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ c
         const bool neg_ok = !same_id && rule_allows(neg_rule, my_mod[i], cm);
         if (!pos_ok && !neg_ok) continue;
         const acc_t d = distance_from_dot(acc[i][j], asq_s[ty + 16 * i], cq, metric, tau);
-        if (pos_ok && (best_pos_i[i] < 0 || d > best_pos[i])) { best_pos[i] = d; best_pos_i[i] = col; }
-        if (neg_ok && (best_neg_i[i] < 0 || d < best_neg[i])) { best_neg[i] = d; best_neg_i[i] = col; }
+        if (pos_ok && mining_beats(d, col, best_pos[i], best_pos_i[i], true)) { best_pos[i] = d; best_pos_i[i] = col; }
+        if (neg_ok && mining_beats(d, col, best_neg[i], best_neg_i[i], false)) { best_neg[i] = d; best_neg_i[i] = col; }
       }
     }
     __syncthreads();  // asq_s / csq_s are rewritten by the next tile
@@ -162,12 +160,14 @@ mining_pair_grad_kernel(const typename Acc<scalar_t>::type* __restrict__ gp,
                         const typename Acc<scalar_t>::type* __restrict__ nd,
                         const typename Acc<scalar_t>::type* __restrict__ asq,
                         const typename Acc<scalar_t>::type* __restrict__ csq, scalar_t* __restrict__ grad_a,
-                        typename Acc<scalar_t>::type* __restrict__ contrib, int64_t n, int64_t dim, int metric) {
+                        typename Acc<scalar_t>::type* __restrict__ contrib, int64_t n, int64_t m, int64_t dim,
+                        int metric) {
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t i = blockIdx.x;
   const int64_t f = static_cast<int64_t>(blockIdx.y) * kRowThreads + threadIdx.x;
   if (f >= dim) return;
-  const int64_t p = pi[i], q = ni[i];
+  // An index outside [0, m) counts as no pair (-1): never used to address memory.
+  const int64_t p = pi[i] < m ? pi[i] : -1, q = ni[i] < m ? ni[i] : -1;
   const auto P = pair_coefficients<acc_t>(gp[i], pd[i], p, asq[i], p >= 0 ? csq[p] : acc_t(0), metric);
   const auto Q = pair_coefficients<acc_t>(gn[i], nd[i], q, asq[i], q >= 0 ? csq[q] : acc_t(0), metric);
   const acc_t av = to_acc(a[i * dim + f]);
@@ -211,13 +211,15 @@ cudaError_t bwd_typed(const void* gp, const void* gn, const void* a, const void*
                       const int64_t* order, const int64_t* seg, void* contrib, void* grad_a, void* grad_c, int64_t n,
                       int64_t m, int64_t dim, int metric, cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
+  if (dim == 0) return cudaSuccess;
   const unsigned feature_blocks = blocks_for(dim, kRowThreads);
+  if (feature_blocks > kMaxGridYZ || n > kMaxGridX || m > kMaxGridX) return cudaErrorInvalidConfiguration;
   if (n > 0) {
     mining_pair_grad_kernel<scalar_t><<<dim3(static_cast<unsigned>(n), feature_blocks), kRowThreads, 0, stream>>>(
         static_cast<const acc_t*>(gp), static_cast<const acc_t*>(gn), static_cast<const scalar_t*>(a),
         static_cast<const scalar_t*>(c), pi, ni, static_cast<const acc_t*>(pd), static_cast<const acc_t*>(nd),
         static_cast<const acc_t*>(asq), static_cast<const acc_t*>(csq), static_cast<scalar_t*>(grad_a),
-        static_cast<acc_t*>(contrib), n, dim, metric);
+        static_cast<acc_t*>(contrib), n, m, dim, metric);
   }
   if (m > 0) {
     segment_sum_kernel<scalar_t><<<dim3(static_cast<unsigned>(m), feature_blocks), kRowThreads, 0, stream>>>(

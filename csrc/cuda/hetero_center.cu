@@ -24,7 +24,7 @@ centers_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ o
   const int tid = threadIdx.x;
   const int64_t start = seg[k], end = seg[k + 1];
   int64_t n_vis = 0, n_ir = 0;
-  for (int64_t p = start; p < end; ++p) (mod[order[p]] ? n_ir : n_vis) += 1;
+  for (int64_t p = start; p < end; ++p) (mod[order[p]] != 0 ? n_ir : n_vis) += 1;
   const acc_t inv_vis = acc_t(1) / (n_vis > 0 ? n_vis : 1), inv_ir = acc_t(1) / (n_ir > 0 ? n_ir : 1);
   const scalar_t* xs = x + s * n * dim;
   acc_t* c = centers + (s * n + k) * 2 * dim;
@@ -35,7 +35,7 @@ centers_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ o
     for (int64_t p = start; p < end; ++p) {
       const int64_t j = order[p];
       const acc_t value = to_acc(xs[j * dim + d]);
-      if (mod[j]) sum_ir += value; else sum_vis += value;
+      if (mod[j] != 0) sum_ir += value; else sum_vis += value;
     }
     const acc_t cv = sum_vis * inv_vis, ci = sum_ir * inv_ir;
     c[d] = cv;
@@ -49,7 +49,7 @@ centers_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ o
       for (int64_t p = start; p < end; ++p) {
         const int64_t j = order[p];
         const acc_t value = to_acc(xs[j * dim + d]);
-        if (mod[j]) dev_ir += (value - ci) * (value - ci); else dev_vis += (value - cv) * (value - cv);
+        if (mod[j] != 0) dev_ir += (value - ci) * (value - ci); else dev_vis += (value - cv) * (value - cv);
       }
       const acc_t vv = dev_vis * inv_vis, vi = dev_ir * inv_ir;
       v[d] = vv;
@@ -101,7 +101,7 @@ centers_bwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ s
   const int64_t d = static_cast<int64_t>(blockIdx.z) * kThreads + threadIdx.x;
   if (d >= dim) return;
   const int64_t k = slot[j];
-  const int m = mod[j];
+  const int m = mod[j] != 0 ? 1 : 0;  // any non-zero value is infrared: never an index past 1
   const int64_t sk = s * n + k;
   const int64_t count = counts[2 * k + m];
   const acc_t inv_n = acc_t(1) / (count > 0 ? count : 1);
@@ -131,6 +131,7 @@ cudaError_t fwd_typed(const void* x, const int64_t* order, const int64_t* seg, c
                       void* centers, void* vars, int64_t* counts, void* stats, int64_t sets, int64_t n, int64_t dim,
                       int metric, bool strong, double margin, cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
+  if (n > kMaxGridX || sets > kMaxGridYZ) return cudaErrorInvalidConfiguration;
   centers_fwd_kernel<scalar_t><<<dim3(static_cast<unsigned>(n), static_cast<unsigned>(sets)), kThreads, 0, stream>>>(
       static_cast<const scalar_t*>(x), order, seg, mod, static_cast<acc_t*>(hinge), static_cast<acc_t*>(centers),
       static_cast<acc_t*>(vars), counts, static_cast<acc_t*>(stats), n, dim, metric, strong,
@@ -144,6 +145,10 @@ cudaError_t bwd_typed(const void* x, const int64_t* slot, const int32_t* mod, co
                       const void* grad_centers, void* grad_x, int64_t sets, int64_t n, int64_t dim, int metric,
                       bool strong, cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
+  if (dim == 0) return cudaSuccess;
+  if (n > kMaxGridX || sets > kMaxGridYZ || blocks_for(dim, kThreads) > kMaxGridYZ) {
+    return cudaErrorInvalidConfiguration;
+  }
   const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(sets), blocks_for(dim, kThreads));
   centers_bwd_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
       static_cast<const scalar_t*>(x), slot, mod, static_cast<const acc_t*>(hinge), static_cast<const acc_t*>(centers),

@@ -13,8 +13,9 @@ enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3
 cudaError_t pairwise_distance_fwd(DType dtype, const void* x, const void* y, void* dist, void* xsq, void* ysq,
                                   int64_t n, int64_t m, int64_t dim, int metric, cudaStream_t stream);
 
-// grad_a [n, dim] of sum_ij g_ij dist(a_i, b_j), b is [k, dim]. grad and dist are read at
-// (i, j) -> i * stride_n + j * stride_k, so passing swapped strides gives the other operand's side.
+// grad_a [n, dim] of sum_ij g_ij dist(a_i, b_j), b is [k, dim]. grad and dist are in the accumulation
+// type (float32, float64 for kFloat64) and read at (i, j) -> i * stride_n + j * stride_k, so passing
+// swapped strides gives the other operand's side.
 cudaError_t pairwise_distance_bwd_side(DType dtype, const void* grad, const void* dist, const void* a,
                                 const void* b, const void* asq, const void* bsq, void* grad_a, int64_t n,
                                 int64_t k, int64_t dim, int64_t grad_stride_n, int64_t grad_stride_k,
@@ -30,7 +31,7 @@ cudaError_t hard_mining_fwd(DType dtype, const void* anchors, const void* candid
                             int64_t* neg_index, bool* valid, void* asq, void* csq, int64_t n, int64_t m, int64_t dim,
                             int metric, int pos_rule, int neg_rule, bool self_mining, cudaStream_t stream);
 
-// grad_anchors [n, dim] and grad_candidates [m, dim]. grad_pos / grad_neg / distances / norms are in the
+// grad_anchors [n, dim] and grad_candidates [m, dim]. An index outside [0, m) counts as no pair. grad_pos / grad_neg / distances / norms are in the
 // accumulation type; contrib is scratch of [2n, dim] accumulation type; order / seg give each
 // candidate's contributions (rows of contrib) in a fixed order: order[seg[j] .. seg[j + 1]).
 cudaError_t hard_mining_bwd(DType dtype, const void* grad_pos, const void* grad_neg, const void* anchors,
@@ -40,7 +41,7 @@ cudaError_t hard_mining_bwd(DType dtype, const void* grad_pos, const void* grad_
                             void* grad_candidates, int64_t n, int64_t m, int64_t dim, int metric, cudaStream_t stream);
 
 // Per-class modality centres and the Hetero-Center hinge. x is contiguous [sets, n, dim]; the samples
-// of class slot k are order[seg[k] .. seg[k + 1]); modality int32; every float output and stats
+// of class slot k are order[seg[k] .. seg[k + 1]); modality int32 (0 visible, any other value infrared); every float output and stats
 // [sets, n, 5] in the accumulation type; counts [n, 2]. Outputs must be zero-initialised.
 cudaError_t hetero_center_fwd(DType dtype, const void* x, const int64_t* order, const int64_t* seg,
                               const int32_t* modality, void* hinge, void* centers, void* variances, int64_t* counts,

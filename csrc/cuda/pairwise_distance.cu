@@ -2,7 +2,8 @@
 // into the epilogue (forward) and the coefficient matrix built on the fly (backward). Formulas in
 // kernels/pairwise_distance.py. Each 256-thread block owns a 64 x 64 output tile, each thread a 4 x 4
 // sub-tile at stride 16 so that shared-memory reads are conflict-free and global stores coalesce.
-// Half and bfloat16 inputs accumulate in float32; float64 in float64.
+// Half and bfloat16 inputs accumulate in float32; float64 in float64. Tiles are numbered on grid
+// dimension x (up to 2^31 - 1 blocks; y and z stop at 65535), row-tile major.
 #include "common.cuh"
 #include "launch.h"
 
@@ -28,8 +29,10 @@ pairwise_fwd_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__
 
   const int tid = threadIdx.x;
   const int tx = tid % 16, ty = tid / 16;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTile;
-  const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int64_t col_tiles = (m + kTile - 1) / kTile;
+  const int64_t row_tile = blockIdx.x / col_tiles, col_tile = blockIdx.x % col_tiles;
+  const int64_t row0 = row_tile * kTile;
+  const int64_t col0 = col_tile * kTile;
 
   acc_t acc[kSub][kSub] = {};
   acc_t norm_part = 0;  // threads 0..63: |x_row|^2, threads 64..127: |y_row|^2
@@ -70,8 +73,8 @@ pairwise_fwd_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__
   else if (tid < 2 * kTile) ysq_s[tid - kTile] = norm_part;
   __syncthreads();
 
-  if (blockIdx.x == 0 && tid < kTile && row0 + tid < n) xsq_out[row0 + tid] = xsq_s[tid];
-  if (blockIdx.y == 0 && tid < kTile && col0 + tid < m) ysq_out[col0 + tid] = ysq_s[tid];
+  if (col_tile == 0 && tid < kTile && row0 + tid < n) xsq_out[row0 + tid] = xsq_s[tid];
+  if (row_tile == 0 && tid < kTile && col0 + tid < m) ysq_out[col0 + tid] = ysq_s[tid];
 
 #pragma unroll
   for (int i = 0; i < kSub; ++i) {
@@ -90,8 +93,8 @@ pairwise_fwd_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
-pairwise_bwd_side_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ dist,
-                         const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+pairwise_bwd_side_kernel(const typename Acc<scalar_t>::type* __restrict__ grad,
+                         const typename Acc<scalar_t>::type* __restrict__ dist, const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
                          const typename Acc<scalar_t>::type* __restrict__ asq,
                          const typename Acc<scalar_t>::type* __restrict__ bsq, scalar_t* __restrict__ grad_a,
                          int64_t n, int64_t k, int64_t dim, int64_t gsn, int64_t gsk, int64_t dsn,
@@ -104,8 +107,9 @@ pairwise_bwd_side_kernel(const scalar_t* __restrict__ grad, const scalar_t* __re
 
   const int tid = threadIdx.x;
   const int tx = tid % 16, ty = tid / 16;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kTile;
-  const int64_t f0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int64_t f_tiles = (dim + kTile - 1) / kTile;
+  const int64_t row0 = (blockIdx.x / f_tiles) * kTile;
+  const int64_t f0 = (blockIdx.x % f_tiles) * kTile;
 
   acc_t acc[kSub][kSub] = {};
   acc_t row_coef = 0;  // threads 0..63 own row tid
@@ -118,8 +122,8 @@ pairwise_bwd_side_kernel(const scalar_t* __restrict__ grad, const scalar_t* __re
       const int64_t i = row0 + row, j = k0 + kk;
       acc_t c = 0, t = 0;
       if (i < n && j < k) {
-        const acc_t g = to_acc(grad[i * gsn + j * gsk]);
-        const acc_t d = to_acc(dist[i * dsn + j * dsk]);
+        const acc_t g = grad[i * gsn + j * gsk];
+        const acc_t d = dist[i * dsn + j * dsk];
         if (metric == kCosine) {
           const acc_t na = max(sqrt(asq[i]), acc_t(kCosineEps)), nb = max(sqrt(bsq[j]), acc_t(kCosineEps));
           c = g / (na * nb);
@@ -179,13 +183,19 @@ pairwise_bwd_side_kernel(const scalar_t* __restrict__ grad, const scalar_t* __re
   }
 }
 
-dim3 tiles(int64_t cols, int64_t rows) { return dim3(blocks_for(cols, kTile), blocks_for(rows, kTile)); }
+// Row tiles x column tiles, flattened onto grid dimension x; 0 when the count exceeds its limit.
+unsigned tiles(int64_t rows, int64_t cols) {
+  const int64_t count = ((rows + kTile - 1) / kTile) * ((cols + kTile - 1) / kTile);
+  return count <= kMaxGridX ? static_cast<unsigned>(count) : 0u;
+}
 
 template <typename scalar_t>
 cudaError_t fwd_typed(const void* x, const void* y, void* dist, void* xsq, void* ysq, int64_t n, int64_t m, int64_t dim,
                int metric, cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
-  pairwise_fwd_kernel<scalar_t><<<tiles(m, n), kThreads, 0, stream>>>(
+  const unsigned blocks = tiles(n, m);
+  if (blocks == 0) return cudaErrorInvalidConfiguration;
+  pairwise_fwd_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
       static_cast<const scalar_t*>(x), static_cast<const scalar_t*>(y), static_cast<scalar_t*>(dist),
       static_cast<acc_t*>(xsq), static_cast<acc_t*>(ysq), n, m, dim, metric,
       static_cast<acc_t>(zero_tolerance(dim)));
@@ -197,8 +207,10 @@ cudaError_t bwd_typed(const void* grad, const void* dist, const void* a, const v
                void* grad_a, int64_t n, int64_t k, int64_t dim, int64_t gsn, int64_t gsk, int64_t dsn, int64_t dsk,
                int metric, cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
-  pairwise_bwd_side_kernel<scalar_t><<<tiles(dim, n), kThreads, 0, stream>>>(
-      static_cast<const scalar_t*>(grad), static_cast<const scalar_t*>(dist), static_cast<const scalar_t*>(a),
+  const unsigned blocks = tiles(n, dim);
+  if (blocks == 0) return cudaErrorInvalidConfiguration;
+  pairwise_bwd_side_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+      static_cast<const acc_t*>(grad), static_cast<const acc_t*>(dist), static_cast<const scalar_t*>(a),
       static_cast<const scalar_t*>(b), static_cast<const acc_t*>(asq), static_cast<const acc_t*>(bsq),
       static_cast<scalar_t*>(grad_a), n, k, dim, gsn, gsk, dsn, dsk, metric);
   return cudaGetLastError();
@@ -221,7 +233,7 @@ cudaError_t pairwise_distance_fwd(DType dtype, const void* x, const void* y, voi
 cudaError_t pairwise_distance_bwd_side(DType dtype, const void* grad, const void* dist, const void* a, const void* b,
                                 const void* asq, const void* bsq, void* grad_a, int64_t n, int64_t k, int64_t dim,
                                 int64_t gsn, int64_t gsk, int64_t dsn, int64_t dsk, int metric, cudaStream_t stream) {
-  if (n == 0) return cudaSuccess;
+  if (n == 0 || dim == 0) return cudaSuccess;
   switch (dtype) {
     case DType::kFloat32:
       return bwd_typed<float>(grad, dist, a, b, asq, bsq, grad_a, n, k, dim, gsn, gsk, dsn, dsk, metric, stream);

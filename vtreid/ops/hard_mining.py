@@ -121,8 +121,8 @@ def hard_mining(anchors: torch.Tensor, anchor_labels: torch.Tensor, candidates: 
     labels_c = labels_a if self_mining else candidate_labels.to(torch.int64).contiguous()
     mod_a = mod_c = None
     if needs_modality:
-        mod_a = anchor_modality.to(torch.int32).contiguous()
-        mod_c = mod_a if self_mining else candidate_modality.to(torch.int32).contiguous()
+        mod_a = (anchor_modality != 0).to(torch.int32)  # 0 visible, any other value infrared (all backends)
+        mod_c = mod_a if self_mining else (candidate_modality != 0).to(torch.int32)
     pos_d, pos_i, neg_d, neg_i, valid, _, _ = FUSED[name].forward(
         anchors, labels_a, candidates, labels_c, mod_a, mod_c, metric, positive, negative, self_mining)
     return Mined(pos_d.to(anchors.dtype), pos_i, neg_d.to(anchors.dtype), neg_i, valid)

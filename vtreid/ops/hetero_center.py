@@ -81,7 +81,7 @@ def _check_inputs(x, labels, modality):
 def _fused(name, x, labels, modality, metric, strong, margin):
     xs = x if x.dim() == 3 else x[None]
     slots = class_slots(labels)
-    mod = modality.to(torch.int32).contiguous()
+    mod = (modality != 0).to(torch.int32)  # 0 visible, any other value infrared (all backends)
     out = FUSED[name].forward(xs, slots.order, slots.seg, slots.slot, mod, metric, strong, margin)
     return slots, out
 

@@ -45,7 +45,8 @@ def distance_matrix(x: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tens
     ysq = (yf * yf).sum(1)
     norms = xsq[:, None] + ysq[None, :]
     d2 = norms - 2.0 * (xf @ yf.T)
-    keep = d2 > zero_tolerance(x.shape[1]) * norms
+    # Only finite rounding noise is flushed: NaN (and inf) distances of a diverged model propagate.
+    keep = ~((d2 <= zero_tolerance(x.shape[1]) * norms) & norms.isfinite())
     d2 = torch.where(keep, d2, torch.zeros_like(d2))
     if metric == "sqeuclidean":
         return d2
@@ -68,10 +69,11 @@ MODALITY_RULES = ("any", "cross", "same")
 
 
 def modality_mask(rule: str, anchor_modality, candidate_modality) -> torch.Tensor | bool:
-    """[N, M] mask of the candidates a rule admits relative to each anchor's modality."""
+    """[N, M] mask of the candidates a rule admits relative to each anchor's modality (any non-zero value
+    is infrared, as in every backend)."""
     if rule == "any":
         return True
-    same = anchor_modality[:, None] == candidate_modality[None, :]
+    same = (anchor_modality != 0)[:, None] == (candidate_modality != 0)[None, :]
     return same if rule == "same" else ~same
 
 
@@ -130,7 +132,7 @@ def _centers_and_variances(x, labels, modality):
     xs = (x[None] if squeeze else x).to(_accumulation_dtype(x.dtype))
     classes, inverse = torch.unique(labels, sorted=True, return_inverse=True)
     k = len(classes)
-    slot = inverse * 2 + modality.long()  # (class, modality) cell of every sample
+    slot = inverse * 2 + (modality != 0).long()  # (class, modality) cell; any non-zero value is infrared
     counts = torch.zeros(k * 2, dtype=torch.int64, device=x.device).index_add_(0, slot, torch.ones_like(slot))
     denom = counts.clamp_min(1).to(xs.dtype)[:, None]
     sums = torch.zeros(xs.shape[0], k * 2, xs.shape[2], dtype=xs.dtype, device=x.device).index_add(1, slot, xs)

@@ -1,0 +1,78 @@
+// C entry points of the emulated CUDA launchers (csrc/cuda/launch.h), for tests/cuda_emu through ctypes.
+// Test-only: built by tests/cuda_emu/build.py together with csrc/cuda/*.cu compiled as C++.
+#include "cuda/launch.h"
+
+using vtreid::cuda::DType;
+
+extern "C" {
+
+void emu_set_dry_run(int on) { emu::dry_run = on != 0; }
+
+int emu_pairwise_distance_fwd(int dtype, const void* x, const void* y, void* dist, void* xsq, void* ysq, int64_t n,
+                              int64_t m, int64_t dim, int metric) {
+  return vtreid::cuda::pairwise_distance_fwd(static_cast<DType>(dtype), x, y, dist, xsq, ysq, n, m, dim, metric,
+                                             nullptr);
+}
+
+int emu_pairwise_distance_bwd_side(int dtype, const void* grad, const void* dist, const void* a, const void* b,
+                                   const void* asq, const void* bsq, void* grad_a, int64_t n, int64_t k, int64_t dim,
+                                   int64_t gsn, int64_t gsk, int64_t dsn, int64_t dsk, int metric) {
+  return vtreid::cuda::pairwise_distance_bwd_side(static_cast<DType>(dtype), grad, dist, a, b, asq, bsq, grad_a, n, k,
+                                                  dim, gsn, gsk, dsn, dsk, metric, nullptr);
+}
+
+int emu_hard_mining_fwd(int dtype, const void* anchors, const void* candidates, const int64_t* anchor_labels,
+                        const int64_t* candidate_labels, const int32_t* anchor_modality,
+                        const int32_t* candidate_modality, void* pos_dist, int64_t* pos_index, void* neg_dist,
+                        int64_t* neg_index, bool* valid, void* asq, void* csq, int64_t n, int64_t m, int64_t dim,
+                        int metric, int pos_rule, int neg_rule, int self_mining) {
+  return vtreid::cuda::hard_mining_fwd(static_cast<DType>(dtype), anchors, candidates, anchor_labels, candidate_labels,
+                                       anchor_modality, candidate_modality, pos_dist, pos_index, neg_dist, neg_index,
+                                       valid, asq, csq, n, m, dim, metric, pos_rule, neg_rule, self_mining != 0,
+                                       nullptr);
+}
+
+int emu_hard_mining_bwd(int dtype, const void* grad_pos, const void* grad_neg, const void* anchors,
+                        const void* candidates, const int64_t* pos_index, const int64_t* neg_index,
+                        const void* pos_dist, const void* neg_dist, const void* asq, const void* csq,
+                        const int64_t* order, const int64_t* seg, void* contrib, void* grad_anchors,
+                        void* grad_candidates, int64_t n, int64_t m, int64_t dim, int metric) {
+  return vtreid::cuda::hard_mining_bwd(static_cast<DType>(dtype), grad_pos, grad_neg, anchors, candidates, pos_index,
+                                       neg_index, pos_dist, neg_dist, asq, csq, order, seg, contrib, grad_anchors,
+                                       grad_candidates, n, m, dim, metric, nullptr);
+}
+
+int emu_hetero_center_fwd(int dtype, const void* x, const int64_t* order, const int64_t* seg, const int32_t* modality,
+                          void* hinge, void* centers, void* variances, int64_t* counts, void* stats, int64_t sets,
+                          int64_t n, int64_t dim, int metric, int strong, double margin) {
+  return vtreid::cuda::hetero_center_fwd(static_cast<DType>(dtype), x, order, seg, modality, hinge, centers, variances,
+                                         counts, stats, sets, n, dim, metric, strong != 0, margin, nullptr);
+}
+
+int emu_hetero_center_bwd(int dtype, const void* x, const int64_t* slot, const int32_t* modality, const void* hinge,
+                          const void* centers, const void* variances, const int64_t* counts, const void* stats,
+                          const void* grad_hinge, const void* grad_centers, void* grad_x, int64_t sets, int64_t n,
+                          int64_t dim, int metric, int strong) {
+  return vtreid::cuda::hetero_center_bwd(static_cast<DType>(dtype), x, slot, modality, hinge, centers, variances,
+                                         counts, stats, grad_hinge, grad_centers, grad_x, sets, n, dim, metric,
+                                         strong != 0, nullptr);
+}
+
+#define VTREID_EMU_NCE(T, SUFFIX)                                                                                  \
+  int emu_normalized_ce_merge_##SUFFIX(const T* dots, int64_t n, int64_t cc, int64_t c0, const T* inv_x,           \
+                                       const T* inv_w, const int64_t* target, T scale, T* run_max, T* run_sum,     \
+                                       T* run_ez, T* z_target, T* z_total) {                                       \
+    return vtreid::cuda::normalized_ce_merge<T>(dots, n, cc, c0, inv_x, inv_w, target, scale, run_max, run_sum,   \
+                                                run_ez, z_target, z_total, nullptr);                               \
+  }                                                                                                                \
+  int emu_normalized_ce_grad_##SUFFIX(const T* dots, int64_t n, int64_t cc, int64_t c0, int64_t classes,           \
+                                      const T* inv_x, const T* inv_w, const int64_t* target, const T* lse,         \
+                                      const T* grad_row, T scale, T smoothing, T* gq, T* col_gz) {                 \
+    return vtreid::cuda::normalized_ce_grad<T>(dots, n, cc, c0, classes, inv_x, inv_w, target, lse, grad_row,      \
+                                               scale, smoothing, gq, col_gz, nullptr);                             \
+  }
+VTREID_EMU_NCE(float, f32)
+VTREID_EMU_NCE(double, f64)
+#undef VTREID_EMU_NCE
+
+}  // extern "C"

@@ -1,0 +1,3 @@
+// Emulation stand-in for <cuda_fp16.h> (test-only build of csrc/cuda on the CPU).
+#pragma once
+#include "../cuda_emu.h"

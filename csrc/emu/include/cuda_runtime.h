@@ -1,0 +1,3 @@
+// Emulation stand-in for <cuda_runtime.h> (test-only build of csrc/cuda on the CPU).
+#pragma once
+#include "../cuda_emu.h"

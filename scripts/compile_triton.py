@@ -1,0 +1,186 @@
+"""Compile every Triton kernel of kernels/ for real GPUs, without a GPU, and tabulate what it costs.
+
+For each kernel, every autotune config (the GPU list, ``kernel.gpu_configs``), every input dtype and every
+constexpr variant the ops launch, compiles for sm_80 and sm_90 (``GPUTarget("cuda", arch, 32)``) and
+writes one row per variant: registers, spilled bytes, local (stack) bytes, shared memory. Fails (exit 1)
+on a compile error, on shared memory above the architecture's per-block limit (sm_80: 163 KB, sm_90:
+227 KB, both with opt-in), or when the PTX uses an approximate square root (sqrt.approx: distances are
+compared exactly; the kernels use tl.sqrt_rn).
+
+    python scripts/compile_triton.py                 full sweep, both architectures
+    python scripts/compile_triton.py --subset        every kernel and every config at least once per arch (CI)
+    python scripts/compile_triton.py --python PY     run the sweep with another interpreter (another Triton,
+                                                     e.g. the GPU image's 3.6 in its own venv)
+Options: --arch 80 90, --kernel NAME (repeatable), --out table.tsv, --jobs N.
+Registers and spills come from cuobjdump --dump-resource-usage on the cubin (Triton's bundled one; no GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+FLOAT_DTYPES = ("fp32", "fp16", "bf16")
+FEATURE_PTRS = {"X", "Y", "A", "B", "C", "W", "OUT", "GRAD_A", "GRAD_X"}
+I64_PTRS = {"AL", "CL", "TARGET", "ORDER", "SEG", "SLOT", "POS_I", "NEG_I", "PI", "NI", "COUNTS"}
+I32_PTRS = {"AM", "CM", "MOD"}
+FLOAT_SCALARS = {"tau", "scale", "smoothing", "margin"}
+
+# Constexpr variants the ops can launch, per kernel (BLOCK_* of autotuned kernels come from their configs).
+VARIANTS = {
+    "_pairwise_fwd_kernel": {"METRIC": (0, 1, 2)},
+    "_pairwise_bwd_kernel": {"METRIC": (0, 1, 2)},
+    "_mining_fwd_kernel": {"METRIC": (0, 1, 2), "POS_RULE": (0, 1, 2), "NEG_RULE": (0, 1, 2), "SELF": (False, True)},
+    "_mining_pair_grad_kernel": {"METRIC": (0, 1, 2), "BLOCK_N": (16,), "BLOCK_D": (16, 32, 64, 128)},
+    "_segment_sum_kernel": {"BLOCK_D": (1, 16, 128)},
+    "_centers_fwd_kernel": {"METRIC": (1, 2), "STRONG": (False, True), "BLOCK_D": (1, 32, 256)},
+    "_centers_bwd_kernel": {"METRIC": (1, 2), "STRONG": (False, True), "HAS_G_CENTERS": (False, True),
+                            "BLOCK_D": (1, 32, 256)},
+    "_nce_fwd_kernel": {"SAVE_DOTS": (False, True)},
+    "_nce_grad_kernel": {"SAVE_DOTS": (False, True)},
+}
+
+
+def kernels():
+    """name -> (jit function, [config kwargs + num_warps/num_stages]) for every kernel of kernels/."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    sys.path.insert(0, str(ROOT))
+    from vtreid.kernels import hard_mining, hetero_center, normalized_softmax, pairwise_distance
+    out = {}
+    for module in (pairwise_distance, hard_mining, hetero_center, normalized_softmax):
+        for name, obj in vars(module).items():
+            if name not in VARIANTS:
+                continue
+            if hasattr(obj, "gpu_configs"):
+                configs = [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages) for c in obj.gpu_configs]
+                out[name] = (obj.fn, configs)
+            else:
+                out[name] = (obj, [dict(num_warps=4, num_stages=3)])
+    return out
+
+
+def variants(name: str, subset: bool):
+    """(dtype, constexprs, config) triples; the subset keeps every config once and every dtype/variant once."""
+    fn, configs = kernels()[name]
+    axes = VARIANTS[name]
+    keys = list(axes)[::-1]  # the first axis (METRIC) varies fastest: a subset sees every metric
+    combos = [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
+    dtypes = FLOAT_DTYPES
+    if not subset:
+        return [(dt, combo, cfg) for dt, combo, cfg in itertools.product(dtypes, combos, configs)]
+    count = max(len(configs), len(dtypes))  # constexpr variants cycle along; the full sweep has them all
+    return [(dtypes[i % len(dtypes)], combos[i % len(combos)], configs[i % len(configs)]) for i in range(count)]
+
+
+def signature(fn, dtype: str, constexprs: dict):
+    sig = {}
+    sizes = {"N", "M", "D", "K"} | ({"C"} if "W" in fn.arg_names else set())  # C: classes (nce) or candidates
+    for arg in fn.arg_names:
+        if arg in constexprs:
+            sig[arg] = "constexpr"
+        elif arg in sizes:
+            sig[arg] = "i32"
+        elif arg.isupper():
+            sig[arg] = ("*" + dtype if arg in FEATURE_PTRS else "*i64" if arg in I64_PTRS
+                        else "*i32" if arg in I32_PTRS else "*i8" if arg == "VALID" else "*fp32")
+        else:
+            sig[arg] = "fp32" if arg in FLOAT_SCALARS else "i32"
+    return sig
+
+
+def resource_usage(cubin: bytes) -> dict:
+    import triton.backends.nvidia as nvidia
+    bundled = Path(nvidia.__file__).parent / "bin" / "cuobjdump"  # Triton ships one beside its ptxas
+    tool = str(bundled) if bundled.exists() else shutil.which("cuobjdump") or "cuobjdump"
+    import tempfile
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", text))
+    return {k: int(v) for k, v in fields.items()}
+
+
+def compile_one(job):
+    name, arch, dtype, constexprs, config = job
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    fn, _ = kernels()[name]
+    meta = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
+    constexprs = {**constexprs, **meta}
+    if "IEEE" in fn.arg_names:
+        constexprs["IEEE"] = dtype == "fp32"
+    row = dict(kernel=name, arch=f"sm_{arch}", dtype=dtype, variant=" ".join(f"{k}={v}" for k, v in constexprs.items()),
+               warps=config["num_warps"], stages=config["num_stages"])
+    try:
+        src = ASTSource(fn, signature(fn, dtype, constexprs), constexprs=constexprs)
+        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                  options=dict(num_warps=config["num_warps"], num_stages=config["num_stages"]))
+    except Exception as exc:  # noqa: BLE001 - every failure is reported in the table
+        return dict(row, error=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}")
+    usage = resource_usage(compiled.asm["cubin"])
+    shared = compiled.metadata.shared
+    problems = []
+    if shared > SHARED_LIMIT[arch]:
+        problems.append(f"shared {shared} B > sm_{arch} limit {SHARED_LIMIT[arch]} B")
+    if "sqrt.approx" in compiled.asm["ptx"]:
+        problems.append("approximate sqrt (sqrt.approx) in the PTX")
+    return dict(row, regs=usage.get("REG", -1), spill_bytes=usage.get("LOCAL", 0), stack=usage.get("STACK", 0),
+                shared=shared, error="; ".join(problems))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], choices=sorted(SHARED_LIMIT))
+    parser.add_argument("--subset", action="store_true", help="every kernel and every config once per arch (CI)")
+    parser.add_argument("--kernel", action="append", choices=sorted(VARIANTS), help="only these kernels")
+    parser.add_argument("--out", type=Path, help="also write the table here (tab-separated)")
+    parser.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)))
+    parser.add_argument("--python", help="run with this interpreter instead (e.g. a venv with another Triton)")
+    args = parser.parse_args(argv)
+    if args.python:
+        rest = [a for a in (argv if argv is not None else sys.argv[1:])]
+        i = rest.index("--python")
+        del rest[i:i + 2]
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        return subprocess.run([args.python, __file__, *rest], env=env).returncode
+    import triton
+    names = args.kernel or sorted(VARIANTS)
+    jobs = [(name, arch, *v) for name in names for arch in args.arch for v in variants(name, args.subset)]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(compile_one, jobs))
+    header = ["kernel", "arch", "dtype", "warps", "stages", "regs", "spill_bytes", "stack", "shared", "variant", "error"]
+    lines = ["\t".join(header)] + ["\t".join(str(r.get(h, "")) for h in header) for r in rows]
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
+    print(f"Triton {triton.__version__}: {len(rows)} variants of {len(names)} kernels")
+    print(f"{'kernel':<26} {'arch':<6} {'dtype':<5} {'w/s':<5} {'regs':>4} {'spill':>6} {'shared':>7}  variant")
+    for r in rows:
+        if r.get("error") and "regs" not in r:
+            print(f"{r['kernel']:<26} {r['arch']:<6} {r['dtype']:<5} FAILED: {r['error']}")
+            continue
+        mark = f"  !! {r['error']}" if r["error"] else ""
+        print(f"{r['kernel']:<26} {r['arch']:<6} {r['dtype']:<5} {r['warps']}/{r['stages']:<3} {r['regs']:>4} "
+              f"{r['spill_bytes']:>6} {r['shared']:>7}  {r['variant']}{mark}")
+    failures = [r for r in rows if r.get("error")]
+    for arch in args.arch:
+        per = [r for r in rows if r["arch"] == f"sm_{arch}"]
+        bad = [r for r in failures if r["arch"] == f"sm_{arch}"]
+        spills = sum(1 for r in per if r.get("spill_bytes"))
+        print(f"summary sm_{arch}: {len(per)} compiled, {len(bad)} failed, {spills} with spills, "
+              f"max shared {max((r.get('shared', 0) for r in per), default=0)} B (limit {SHARED_LIMIT[arch]} B)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

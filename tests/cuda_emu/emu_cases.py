@@ -1,0 +1,282 @@
+"""Every CUDA launcher of csrc/cuda, executed on the CPU by the emulation layer (csrc/emu), against
+`reference` on the awkward inputs of DESIGN.md: N = 1, 2, 3, 47, 130; D = 1, 7, 129; labels with no
+positive or negative; a class missing a modality; duplicate rows; zero vectors; modality values other
+than 0 / 1; grid limits and D = 0.
+
+Run under AddressSanitizer (an out-of-bounds read or write aborts the run, as compute-sanitizer would
+fail it): tests/cuda_emu/test_cuda_emu.py and .ci/run start
+
+    LD_PRELOAD=$(g++ -print-file-name=libasan.so) python -m pytest tests/cuda_emu/emu_cases.py
+
+Not collected by a plain `pytest tests` (the file name has no test_ prefix): the library must be loaded
+into a process whose first library is the ASan runtime.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import build  # noqa: E402
+
+from tests.support import TOLERANCES, assert_matches  # noqa: E402
+from vtreid.ops import reference  # noqa: E402
+from vtreid.ops.hetero_center import class_slots  # noqa: E402
+
+ASAN = os.environ.get("VTREID_EMU_ASAN", "1") == "1"
+# VTREID_EMU_LIB: a library built elsewhere (e.g. from mutated kernels, to check that these tests catch bugs).
+LIB = ctypes.CDLL(os.environ.get("VTREID_EMU_LIB") or str(build.build(asan=ASAN)))
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+METRIC_CODES = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
+RULES = {"any": 0, "cross": 1, "same": 2}
+I64 = ctypes.c_int64
+SIZES = [(1, 1, 1), (2, 3, 7), (3, 2, 129), (47, 130, 7), (130, 47, 129)]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+def _p(t):
+    return ctypes.c_void_p(t.data_ptr()) if t is not None else ctypes.c_void_p(0)
+
+
+def _acc(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _features(n, d, dtype, gen):
+    x = torch.randn(n, d, generator=gen)
+    if n >= 3:
+        x[1] = x[0]    # a duplicate: distance exactly 0
+        x[-1] = 0.0    # a zero vector
+    return x.to(dtype).contiguous()
+
+
+def _check(rc, what):
+    assert rc == 0, f"{what}: launcher returned CUDA error {rc}"
+
+
+# --- pairwise_distance ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n,m,d", SIZES)
+def test_pairwise_distance(n, m, d, dtype, metric):
+    gen = torch.Generator().manual_seed(n * 1000 + m * 10 + d)
+    x, y = _features(n, d, dtype, gen), _features(m, d, dtype, gen)
+    acc = _acc(dtype)
+    dist = torch.empty(n, m, dtype=dtype)
+    xsq, ysq = torch.zeros(n, dtype=acc), torch.zeros(m, dtype=acc)
+    _check(LIB.emu_pairwise_distance_fwd(DTYPE_CODES[dtype], _p(x), _p(y), _p(dist), _p(xsq), _p(ysq), I64(n), I64(m),
+                                         I64(d), METRIC_CODES[metric]), "pairwise_distance_fwd")
+    xr, yr = x.to(acc).requires_grad_(), y.to(acc).requires_grad_()
+    want = reference.distance_matrix(xr, yr, metric)
+    assert_matches(dist, want.to(dtype), dtype, "dist")
+    assert_matches(xsq, (x.to(acc) ** 2).sum(1), dtype, "xsq")
+    assert_matches(ysq, (y.to(acc) ** 2).sum(1), dtype, "ysq")
+
+    grad = torch.randn(n, m, generator=gen, dtype=acc)
+    want.backward(grad)
+    d_acc = dist.to(acc)  # the backward reads the forward's distances, as the glue passes them
+    gx, gy = torch.empty_like(x), torch.empty_like(y)
+    for out, a, b, asq, bsq, rows, k, strides in ((gx, x, y, xsq, ysq, n, m, (m, 1)), (gy, y, x, ysq, xsq, m, n, (1, m))):
+        _check(LIB.emu_pairwise_distance_bwd_side(DTYPE_CODES[dtype], _p(grad), _p(d_acc), _p(a), _p(b), _p(asq),
+                                                  _p(bsq), _p(out), I64(rows), I64(k), I64(d), I64(strides[0]),
+                                                  I64(strides[1]), I64(strides[0]), I64(strides[1]),
+                                                  METRIC_CODES[metric]), "pairwise_distance_bwd_side")
+    # The size of the terms each gradient row adds up (its rounding error scales with it): sum_j |g_ij| times
+    # |x| + |y| (euclidean: / d, which reads the rounded d), cosine: times 3 / (n_i min_j n_j), n = max(|row|, eps).
+    big = x.to(acc).abs().max() + y.to(acc).abs().max() + 1
+    sx, sy = grad.abs().sum(1, keepdim=True) * big, grad.abs().sum(0)[:, None] * big
+    if metric == "cosine":
+        nx, ny = xsq.sqrt().clamp_min(1e-12), ysq.sqrt().clamp_min(1e-12)
+        sx = grad.abs().sum(1, keepdim=True) * 3 / (nx[:, None] * ny.min())
+        sy = grad.abs().sum(0)[:, None] * 3 / (ny[:, None] * nx.min())
+    assert_matches(gx, xr.grad.to(dtype), dtype, "grad x", scale=sx)
+    assert_matches(gy, yr.grad.to(dtype), dtype, "grad y", scale=sy)
+
+
+# --- hard_mining --------------------------------------------------------------------------------------
+
+def _segment_layout(pos_i, neg_i, m):
+    idx = torch.cat([pos_i, neg_i])
+    idx = torch.where(idx < 0, torch.full_like(idx, m), idx)
+    sorted_idx, order = torch.sort(idx, stable=True)
+    return order.contiguous(), torch.searchsorted(sorted_idx, torch.arange(m + 1)).contiguous()
+
+
+@pytest.mark.parametrize("rules", [("any", "any"), ("cross", "same")])
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
+@pytest.mark.parametrize("n,m,d", SIZES)
+def test_hard_mining(n, m, d, dtype, metric, rules):
+    gen = torch.Generator().manual_seed(n + 7 * m + d)
+    self_mining = n == m or n <= 2
+    a = _features(n, d, dtype, gen)
+    c = a if self_mining else _features(m, d, dtype, gen)
+    m = c.shape[0]
+    la = torch.randint(0, 4, (n,), generator=gen)
+    la[0] = 99  # an anchor with no positive
+    lc = la if self_mining else torch.randint(0, 4, (m,), generator=gen)
+    ma = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int32)
+    mc = ma if self_mining else torch.randint(0, 2, (m,), generator=gen, dtype=torch.int32)
+    acc = _acc(dtype)
+    pos_d, neg_d = torch.zeros(n, dtype=acc), torch.zeros(n, dtype=acc)
+    pos_i, neg_i = torch.full((n,), -1), torch.full((n,), -1)
+    valid = torch.zeros(n, dtype=torch.bool)
+    asq, csq = torch.zeros(n, dtype=acc), torch.zeros(m, dtype=acc)
+    pr, nr = RULES[rules[0]], RULES[rules[1]]
+    _check(LIB.emu_hard_mining_fwd(DTYPE_CODES[dtype], _p(a), _p(c), _p(la), _p(lc), _p(ma), _p(mc), _p(pos_d),
+                                   _p(pos_i), _p(neg_d), _p(neg_i), _p(valid), _p(asq), _p(csq), I64(n), I64(m), I64(d),
+                                   METRIC_CODES[metric], pr, nr, int(self_mining)), "hard_mining_fwd")
+    ar = a.to(acc).requires_grad_()
+    cr = ar if self_mining else c.to(acc).requires_grad_()
+    want = reference.hard_mining(ar, la, None if self_mining else cr, None if self_mining else lc, metric=metric,
+                                 anchor_modality=ma, candidate_modality=None if self_mining else mc,
+                                 positive=rules[0], negative=rules[1])
+    assert torch.equal(valid, want[4])
+    assert torch.equal(pos_i, want[1]) and torch.equal(neg_i, want[3])
+    assert_matches(pos_d, want[0].detach(), dtype, "pos_dist")
+    assert_matches(neg_d, want[2].detach(), dtype, "neg_dist")
+
+    gp, gn = torch.rand(n, dtype=acc, generator=gen), torch.rand(n, dtype=acc, generator=gen)
+    (want[0] * gp + want[2] * gn).sum().backward()
+    order, seg = _segment_layout(pos_i, neg_i, m)
+    contrib = torch.empty(2 * n, d, dtype=acc)
+    ga, gc = torch.empty_like(a), torch.empty_like(c)
+    _check(LIB.emu_hard_mining_bwd(DTYPE_CODES[dtype], _p(gp), _p(gn), _p(a), _p(c), _p(pos_i), _p(neg_i), _p(pos_d),
+                                   _p(neg_d), _p(asq), _p(csq), _p(order), _p(seg), _p(contrib), _p(ga), _p(gc), I64(n),
+                                   I64(m), I64(d), METRIC_CODES[metric]), "hard_mining_bwd")
+    if self_mining:
+        assert_matches((ga.to(acc) + gc.to(acc)).to(dtype), ar.grad.to(dtype), dtype, "grad")
+    else:
+        assert_matches(ga, ar.grad.to(dtype), dtype, "grad anchors")
+        assert_matches(gc, cr.grad.to(dtype), dtype, "grad candidates")
+
+
+# --- hetero_center ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("strong", [False, True])
+@pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
+@pytest.mark.parametrize("n,d", [(1, 1), (2, 7), (3, 129), (47, 7), (130, 129)])
+def test_hetero_center(n, d, dtype, metric, strong):
+    gen = torch.Generator().manual_seed(n * 31 + d)
+    sets = 2
+    x = torch.stack([_features(n, d, dtype, gen) for _ in range(sets)]).contiguous()
+    labels = torch.randint(0, 6, (n,), generator=gen)
+    modality = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int32)
+    modality[labels == 1] = 0           # class 1 has no infrared sample
+    modality[(labels == 2) & (modality == 1)] = 7  # unchecked values: any non-zero is infrared
+    acc = _acc(dtype)
+    slots = class_slots(labels)
+    hinge, stats = torch.zeros(sets, n, dtype=acc), torch.zeros(sets, n, 5, dtype=acc)
+    centers, variances = torch.zeros(sets, n, 2, d, dtype=acc), torch.zeros(sets, n, 2, d, dtype=acc)
+    counts = torch.zeros(n, 2, dtype=torch.int64)
+    code = METRIC_CODES[metric]
+    _check(LIB.emu_hetero_center_fwd(DTYPE_CODES[dtype], _p(x), _p(slots.order), _p(slots.seg), _p(modality),
+                                     _p(hinge), _p(centers), _p(variances), _p(counts), _p(stats), I64(sets), I64(n),
+                                     I64(d), code, int(strong), ctypes.c_double(0.01)), "hetero_center_fwd")
+    xr = x.to(acc).requires_grad_()
+    loss = reference.hetero_center_loss(xr, labels, modality, margin=0.01, metric=metric, strong=strong)
+    k = int(slots.num_classes)
+    _, ref_centers, ref_counts = reference.modality_centers(x.to(acc), labels, modality)
+    assert torch.equal(counts[:k], ref_counts)
+    assert_matches(centers[:, :k], ref_centers, dtype, "centers")
+    assert_matches(hinge.sum(-1), loss.detach(), dtype, "loss")
+
+    grad_hinge = torch.rand(sets, dtype=acc, generator=gen)
+    (loss * grad_hinge).sum().backward()
+    grad_x = torch.empty_like(x)
+    gh = grad_hinge[:, None].expand(sets, n).contiguous()
+    _check(LIB.emu_hetero_center_bwd(DTYPE_CODES[dtype], _p(x), _p(slots.slot), _p(modality), _p(hinge), _p(centers),
+                                     _p(variances), _p(counts), _p(stats), _p(gh), _p(None), _p(grad_x), I64(sets),
+                                     I64(n), I64(d), code, int(strong)), "hetero_center_bwd")
+    assert_matches(grad_x, xr.grad.to(dtype), dtype, "grad x")
+
+
+# --- normalized cross-entropy epilogues -----------------------------------------------------------------
+
+@pytest.mark.parametrize("acc", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("n,c,d", [(1, 1, 1), (2, 3, 7), (47, 130, 129), (130, 300, 7)])
+def test_normalized_ce_epilogues(n, c, d, acc):
+    gen = torch.Generator().manual_seed(n + c + d)
+    x, w = _features(n, d, acc, gen), _features(c, d, acc, gen)
+    target = torch.randint(0, c, (n,), generator=gen)
+    scale, smoothing = 14.0, 0.1
+    inv_x = 1.0 / (x * x).sum(1).sqrt().clamp_min(1e-12)
+    inv_w = 1.0 / (w * w).sum(1).sqrt().clamp_min(1e-12)
+    sfx = "f32" if acc == torch.float32 else "f64"
+    ctype = ctypes.c_float if acc == torch.float32 else ctypes.c_double
+    run_max = torch.full((n,), float("-inf"), dtype=acc)
+    run_sum, run_ez, z_t, z_all = (torch.zeros(n, dtype=acc) for _ in range(4))
+    chunk = 128  # the launcher is called per class chunk, as the driver does
+    for c0 in range(0, c, chunk):
+        cc = min(chunk, c - c0)
+        dots = (x @ w[c0:c0 + cc].T).contiguous()
+        _check(getattr(LIB, f"emu_normalized_ce_merge_{sfx}")(
+            _p(dots), I64(n), I64(cc), I64(c0), _p(inv_x), _p(inv_w[c0:]), _p(target), ctype(scale), _p(run_max),
+            _p(run_sum), _p(run_ez), _p(z_t), _p(z_all)), "normalized_ce_merge")
+    z = scale * (x @ w.T) * inv_x[:, None] * inv_w[None, :]
+    lse = torch.logsumexp(z, 1)
+    tol = TOLERANCES[acc]
+    torch.testing.assert_close(run_max + run_sum.log(), lse, atol=tol.atol * scale, rtol=tol.rtol)
+    torch.testing.assert_close(run_ez / run_sum, (torch.softmax(z, 1) * z).sum(1), atol=tol.atol * scale, rtol=tol.rtol)
+    torch.testing.assert_close(z_t, z.gather(1, target[:, None])[:, 0], atol=tol.atol * scale, rtol=tol.rtol)
+    torch.testing.assert_close(z_all, z.sum(1), atol=tol.atol * scale * c, rtol=tol.rtol)
+
+    grad_row = torch.rand(n, dtype=acc, generator=gen)
+    t = torch.full((n, c), smoothing / c, dtype=acc)
+    t[torch.arange(n), target] += 1 - smoothing
+    big_g = grad_row[:, None] * (torch.softmax(z, 1) - t)
+    col_gz = torch.zeros(c, dtype=acc)
+    for c0 in range(0, c, chunk):
+        cc = min(chunk, c - c0)
+        dots = (x @ w[c0:c0 + cc].T).contiguous()
+        gq = torch.empty(n, cc, dtype=acc)
+        _check(getattr(LIB, f"emu_normalized_ce_grad_{sfx}")(
+            _p(dots), I64(n), I64(cc), I64(c0), I64(c), _p(inv_x), _p(inv_w[c0:]), _p(target), _p(lse), _p(grad_row),
+            ctype(scale), ctype(smoothing), _p(gq), _p(col_gz[c0:])), "normalized_ce_grad")
+        torch.testing.assert_close(gq, (big_g * inv_w[None, :])[:, c0:c0 + cc], atol=tol.atol, rtol=tol.rtol)
+    torch.testing.assert_close(col_gz, (big_g * z).sum(0), atol=tol.atol * scale * n, rtol=tol.rtol)
+
+
+# --- launch configurations: grid limits and D = 0 --------------------------------------------------------
+
+@pytest.fixture
+def dry_run():
+    LIB.emu_set_dry_run(1)
+    yield
+    LIB.emu_set_dry_run(0)
+
+
+def test_grid_limits_large_row_counts(dry_run):
+    """More than 65535 row tiles (N > 4.2M rows) must launch: the large count goes on grid dimension x."""
+    n, m, d = 64 * 65536 + 1, 130, 7
+    null = ctypes.c_void_p(0)
+    for dtype in (0, 1):
+        assert LIB.emu_pairwise_distance_fwd(dtype, null, null, null, null, null, I64(n), I64(m), I64(d), 0) == 0
+        assert LIB.emu_pairwise_distance_bwd_side(dtype, null, null, null, null, null, null, null, I64(n), I64(m),
+                                                  I64(d), I64(m), I64(1), I64(m), I64(1), 0) == 0
+        assert LIB.emu_hard_mining_fwd(dtype, null, null, null, null, null, null, null, null, null, null, null, null,
+                                       null, I64(n), I64(m), I64(d), 0, 0, 0, 0) == 0
+        assert LIB.emu_hard_mining_bwd(dtype, null, null, null, null, null, null, null, null, null, null, null, null,
+                                       null, null, null, I64(n), I64(m), I64(d), 0) == 0
+        assert LIB.emu_hetero_center_fwd(dtype, null, null, null, null, null, null, null, null, null, I64(2), I64(n),
+                                         I64(d), 1, 1, ctypes.c_double(0.0)) == 0
+        assert LIB.emu_hetero_center_bwd(dtype, null, null, null, null, null, null, null, null, null, null, null,
+                                         I64(2), I64(n), I64(d), 1, 1) == 0
+
+
+def test_zero_feature_dimension_launches_nothing(dry_run):
+    """D = 0: no zero-sized grid (an invalid launch on a GPU)."""
+    null = ctypes.c_void_p(0)
+    assert LIB.emu_pairwise_distance_bwd_side(0, null, null, null, null, null, null, null, I64(5), I64(3), I64(0),
+                                              I64(3), I64(1), I64(3), I64(1), 0) == 0
+    assert LIB.emu_hard_mining_bwd(0, null, null, null, null, null, null, null, null, null, null, null, null, null,
+                                   null, null, I64(5), I64(3), I64(0), 0) == 0
+    assert LIB.emu_hetero_center_bwd(0, null, null, null, null, null, null, null, null, null, null, null, I64(1),
+                                     I64(5), I64(0), 1, 0) == 0

@@ -1,0 +1,60 @@
+"""NaN and inf features propagate through every backend (a diverged model must not look perfect).
+
+Euclidean distances used to flush NaN / inf to 0 (the noise flush compared `d2 > tau * norms`, false for
+NaN); hard_mining then mined zero distances. Every backend must give what `reference` gives.
+"""
+import pytest
+import torch
+
+import vtreid.ops as ops
+from tests.support import FUSED_BACKENDS, require_backend
+
+BACKENDS = ("reference", *FUSED_BACKENDS)
+
+
+def _features():
+    x = torch.randn(6, 7)
+    x[1, 3] = float("nan")
+    x[4, 0] = float("inf")
+    y = torch.randn(5, 7)
+    y[2, 6] = float("-inf")
+    return x, y
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pairwise_distance_propagates_nan_and_inf(backend, metric):
+    require_backend(backend, "cpu", torch.float32)
+    x, y = _features()
+    out = ops.pairwise_distance(x, y, metric=metric, backend=backend)
+    # Every distance that involves a non-finite row is non-finite; every other one is finite.
+    bad_rows = ~x.isfinite().all(1)
+    bad_cols = ~y.isfinite().all(1)
+    involved = bad_rows[:, None] | bad_cols[None, :]
+    assert (~out.isfinite() == involved).all(), f"{backend}: non-finite pattern\n{out}"
+    assert out[1].isnan().all(), "a NaN row gives NaN distances"
+    if metric != "cosine":
+        # |x|^2 = inf: the euclidean distance to a finite row is inf, not 0
+        assert out[4, 0].item() == float("inf") or out[4, 0].isnan()
+    expected = ops.pairwise_distance(x, y, metric=metric, backend="reference")
+    torch.testing.assert_close(out, expected, equal_nan=True, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hard_mining_propagates_nan(backend, metric):
+    require_backend(backend, "cpu", torch.float32)
+    a = torch.randn(9, 5)
+    a[2, 1] = float("nan")  # anchor 2: every distance NaN; as a candidate, NaN for everyone
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    mined = ops.hard_mining(a, labels, metric=metric, backend=backend)
+    ref = ops.hard_mining(a, labels, metric=metric, backend="reference")
+    assert mined.pos_dist[2].isnan() and mined.neg_dist[2].isnan(), "a NaN anchor gives NaN distances"
+    # Anchors 0 and 1 have the NaN row as a positive: it is their hardest (NaN beats every number).
+    assert mined.pos_dist[:2].isnan().all() and (mined.pos_index[:2] == 2).all()
+    # Every anchor of another identity sees the NaN row as a negative: its nearest.
+    assert mined.neg_dist[3:].isnan().all() and (mined.neg_index[3:] == 2).all()
+    for field in ("pos_index", "neg_index", "valid"):
+        assert torch.equal(getattr(mined, field), getattr(ref, field)), field
+    for field in ("pos_dist", "neg_dist"):
+        torch.testing.assert_close(getattr(mined, field), getattr(ref, field), equal_nan=True, atol=2e-5, rtol=2e-5)
