@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import zipfile
 from collections.abc import Mapping
@@ -43,12 +44,16 @@ def _read(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a foreign file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = ""
-        if "numpy" in str(exc):
-            hint = " It holds numpy arrays: save torch tensors (torch.from_numpy) or use numpy.savez (.npz)."
-        raise ValueError(f"{path}: cannot load it with torch.load(weights_only=True) ({reason}); expected "
-                         f"{FORMAT}.{hint}") from None
+        text = str(exc)
+        unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if "numpy" in text:
+            reason = ("it holds numpy arrays, which torch.load(weights_only=True) refuses; save torch tensors "
+                      "(torch.from_numpy) or write an .npz with numpy.savez")
+        elif unsupported:
+            reason = f"it holds {unsupported.group(1)} objects, which torch.load(weights_only=True) refuses"
+        else:
+            reason = "it is not a file written by torch.save"
+        raise ValueError(f"{path}: cannot load it: {reason}; expected {FORMAT}") from None
 
 
 def _column(path: Path, data, key: str) -> torch.Tensor:

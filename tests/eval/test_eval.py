@@ -297,11 +297,11 @@ def test_evaluate_cli_names_unreadable_files_and_the_format(tmp_path, capsys):
     data = features_dict(tmp_path)
     cases = {}
     (tmp_path / "text.pt").write_text("features,ids\n1,2\n")
-    cases["text.pt"] = "cannot load it with torch.load"
+    cases["text.pt"] = "cannot load it: it is not a file written by torch.save"
     torch.save(data["features"], tmp_path / "bare.pt")
     cases["bare.pt"] = "holds a Tensor, not a dict"
     torch.save({k: v.numpy() for k, v in data.items()}, tmp_path / "numpy.pt")
-    cases["numpy.pt"] = "It holds numpy arrays: save torch tensors"
+    cases["numpy.pt"] = "it holds numpy arrays, which torch.load(weights_only=True) refuses; save torch tensors"
     torch.save({"features": data["features"], "ids": data["ids"]}, tmp_path / "partial.pt")
     cases["partial.pt"] = "lacks ['cams', 'modalities']"
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
