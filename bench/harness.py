@@ -330,7 +330,8 @@ def main(op: str, description: str, providers: Callable[[], list[Provider]], mak
     case_list, dtypes, modes, drop = cases(device, args)
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
         drop = {*drop, "triton"}  # interpreted Triton times Python, not a kernel
-    for what, forced, asked in (("modes", modes, mode_names), ("dtypes", dtypes and [str(d)[6:] for d in dtypes], dtype_names)):
+    forced_dtypes = dtypes and [str(d).replace("torch.", "") for d in dtypes]
+    for what, forced, asked in (("modes", modes, mode_names), ("dtypes", forced_dtypes, dtype_names)):
         if forced and asked and set(asked) - set(forced):
             parser.error(f"--{what} {','.join(asked)}: this run measures only {','.join(forced)}")
     chosen = [p for p in chosen if p.name not in drop]

@@ -114,7 +114,8 @@ def test_check_reports_identities_missing_a_modality_and_bad_regdb_images(regdb_
     records = regdb.read_list(broken, "train", "thermal", 1)
     label = records[0].label
     lines = (broken / "idx" / "train_thermal_1.txt").read_text().splitlines()
-    (broken / "idx" / "train_thermal_1.txt").write_text("\n".join(l for l in lines if int(l.split()[1]) != label) + "\n")
+    kept = [line for line in lines if int(line.split()[1]) != label]
+    (broken / "idx" / "train_thermal_1.txt").write_text("\n".join(kept) + "\n")
     garbage = Path(regdb.read_list(broken, "test", "visible", 1)[0].path)
     garbage.write_bytes(b"BM garbage")
     problems = regdb.check(broken, workers=2)
@@ -142,7 +143,8 @@ def test_synth_help_describes_every_option_with_its_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for option, default in (("--ids", "default 24"), ("--images", "sysu, default 3"), ("--height", "default 128"),
                             ("--width", "default 64"), ("--seed", "default 0")):
-        assert f"{option} {option[2:].upper()} " in text and default in text.split(f"{option} {option[2:].upper()} ")[1][:90]
+        usage = f"{option} {option[2:].upper()} "
+        assert usage in text and default in text.split(usage)[1][:90]
     assert "outside the source tree" in text
     with pytest.raises(SystemExit) as exc:
         data_cli(["synth", "--layout", "sysu", "--out", "x", "--ids", "0"])

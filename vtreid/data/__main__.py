@@ -43,7 +43,8 @@ def main(argv=None) -> int:
                                        "e.g. --out ~/data/SYSU-MM01-synth.")
     synth.add_argument("--layout", choices=("sysu", "regdb"), required=True, help="which dataset's layout")
     synth.add_argument("--out", required=True, help="folder to write (created)")
-    synth.add_argument("--ids", type=int, default=24, help="identities (default 24; sysu: half of them are test identities)")
+    synth.add_argument("--ids", type=int, default=24,
+                       help="identities (default 24; sysu: half of them are test identities)")
     synth.add_argument("--images", type=int, default=None,
                        help="images per identity and camera (sysu, default 3) / per modality (regdb, default 4)")
     synth.add_argument("--height", type=int, default=128, help="image height in pixels (default 128)")

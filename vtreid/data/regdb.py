@@ -59,7 +59,8 @@ def check(root: str | Path, trials=TRIALS, *, decode: bool = True, workers: int 
         return [f"RegDB root {root} does not exist" if not root.exists() else f"{root} is not a folder"]
     problems = [f"missing folder {root / name}" for name in ("Visible", "Thermal") if not (root / name).is_dir()]
     if not (root / "idx").is_dir():
-        return problems + [f"missing folder {root / 'idx'} (the trial lists {{train,test}}_{{visible,thermal}}_{{1..10}}.txt)"]
+        lists = "{train,test}_{visible,thermal}_{1..10}.txt"
+        return problems + [f"missing folder {root / 'idx'} (the trial lists {lists})"]
     listed: dict[str, list[Path]] = {}
     for trial in trials:
         for part in ("train", "test"):
