@@ -181,25 +181,27 @@ def run(op: str, providers: list[Provider], make_inputs: Callable, cases: list[d
                 for provider in providers:
                     ok, why = provider.available(device, dtype)
                     shape = ",".join(f"{k}={v}" for k, v in case.items())
+                    row = f"{shape:<36}{str(dtype)[6:]:<10}{mode:<10}{provider.name:<14}"
                     if not ok:
-                        print(f"{shape:<36}{str(dtype)[6:]:<10}{mode:<10}{provider.name:<14}  skipped: {why}")
+                        print(f"{row}  skipped: {why}")
                         continue
-                    inputs = make_inputs(case, dtype, device, requires_grad=mode != "forward")
+                    inputs = fn = None
                     try:
+                        inputs = make_inputs(case, dtype, device, requires_grad=mode != "forward")
                         fn = mode_callable(provider.build(inputs), inputs, mode)
                         timing = time_callable(fn, device, min_run_time)
                         memory = peak_memory(fn, device)
                     except torch.OutOfMemoryError:
-                        print(f"{shape:<36}{str(dtype)[6:]:<10}{mode:<10}{provider.name:<14}  out of memory")
-                        del inputs
+                        print(f"{row}  out of memory")
+                        inputs = fn = None
                         torch.cuda.empty_cache()
                         continue
                     except Exception as exc:  # noqa: BLE001 - report, write no record, go on with the others
-                        error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                        print(f"{shape:<36}{str(dtype)[6:]:<10}{mode:<10}{provider.name:<14}  failed: {error}",
-                              flush=True)
+                        lines = str(exc).strip().splitlines()
+                        error = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+                        print(f"{row}  failed: {error}", flush=True)
                         failures.append(f"{provider.name} {mode} {str(dtype)[6:]} {shape}: {error}")
-                        del inputs
+                        inputs = fn = None
                         continue
                     if provider.name == baseline:
                         ref_ms = timing["median_ms"]
@@ -210,10 +212,9 @@ def run(op: str, providers: list[Provider], make_inputs: Callable, cases: list[d
                     with out.open("a") as f:
                         f.write(json.dumps(record) + "\n")
                     mem = f"{memory / 2**20:10.1f}" if memory is not None else f"{'-':>10}"
-                    print(f"{shape:<36}{record['dtype']:<10}{mode:<10}{provider.name:<14}"
-                          f"{timing['median_ms']:12.4f}{timing['p20_ms']:10.4f}{timing['p80_ms']:10.4f}"
+                    print(f"{row}{timing['median_ms']:12.4f}{timing['p20_ms']:10.4f}{timing['p80_ms']:10.4f}"
                           f"{ratio:8.2f}{mem}", flush=True)
-                    del inputs, fn
+                    inputs = fn = None
     print(f"# appended {len(records)} records to {out}")
     if failures:
         raise SystemExit(f"{len(failures)} measurement(s) failed and wrote no record:\n  " + "\n  ".join(failures))

@@ -61,13 +61,17 @@ def test_a_failing_provider_writes_no_record_and_fails_the_run(tmp_path, capsys)
     providers = [harness.Provider("reference", lambda inputs: (lambda: inputs["x"] * 2)),
                  harness.Provider("broken", broken),
                  harness.Provider("other", lambda inputs: (lambda: inputs["x"] * 3))]
-    make = lambda case, dtype, device, requires_grad: {  # noqa: E731
-        "x": torch.ones(case["N"], dtype=dtype, requires_grad=requires_grad)}
+    def make(case, dtype, device, requires_grad):
+        if case["N"] == 0:
+            raise ValueError("no inputs for N = 0")
+        return {"x": torch.ones(case["N"], dtype=dtype, requires_grad=requires_grad)}
+
     out = tmp_path / "cpu.jsonl"
     with pytest.raises(SystemExit) as exc:
-        harness.run("toy", providers, make, [{"N": 4}], [torch.float32], ["forward", "full"], torch.device("cpu"),
-                    out, min_run_time=0.001)
-    assert "2 measurement(s) failed" in str(exc.value) and "broken forward" in str(exc.value)
+        harness.run("toy", providers, make, [{"N": 4}, {"N": 0}], [torch.float32], ["forward", "full"],
+                    torch.device("cpu"), out, min_run_time=0.001)
+    assert "8 measurement(s) failed" in str(exc.value) and "broken forward" in str(exc.value)
+    assert "other full float32 N=0: ValueError: no inputs for N = 0" in str(exc.value)
     assert "RuntimeError: kernel exploded" in capsys.readouterr().out
     records = read(out)
     assert sorted((r["provider"], r["mode"]) for r in records) == [
