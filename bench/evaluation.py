@@ -71,7 +71,7 @@ def main(argv=None):
         return [{"Q": 3803, "G": 301, "D": 2048, "trials": trials}], [torch.float32], ["forward"], set()
 
     parser_extra = lambda p: p.add_argument("--large", action="store_true", help="Q = 1e4, G = 1e6 top-100 memory case")  # noqa: E731
-    harness.main("sysu_evaluation", __doc__.splitlines()[0], providers, make_inputs, chosen_cases, argv,
+    harness.main("sysu_evaluation", __doc__, providers, make_inputs, chosen_cases, argv, module="bench.evaluation",
                  extra_args=parser_extra, baseline="numpy")
 
 

@@ -90,7 +90,7 @@ def main(argv=None):
             return cases(device, False, True), [torch.float16], ["forward"], {"pml"}
         return cases(device, args.quick, False), None, None, set()
 
-    harness.main("hard_mining", __doc__.splitlines()[0], providers, make_inputs, chosen_cases, argv,
+    harness.main("hard_mining", __doc__, providers, make_inputs, chosen_cases, argv,
                  extra_args=lambda p: p.add_argument("--large", action="store_true",
                                                      help="N = M = 65536, D = 2048, fp16, forward: memory case"))
 

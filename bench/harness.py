@@ -11,6 +11,9 @@ measurement to ``bench/results/<device>.jsonl``:
     memory    GPU: peak allocated bytes above the inputs (torch.cuda.max_memory_allocated); CPU: none
     metadata  device name, torch / triton / CUDA versions, git commit (and whether it was dirty)
 
+A provider that fails (raises) is reported as "failed" in the table and writes no record; the run goes
+on with the others and exits with status 1 at the end, naming the failures.
+
 Ratios between providers measured in one run on one device are the claims, not absolute times.
 """
 from __future__ import annotations
@@ -27,9 +30,23 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch._functorch.config
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODES = ("forward", "backward", "full")
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+COLUMNS = """\
+The table, one row per (shape, dtype, mode, provider):
+  median ms, p20, p80  time of one call in milliseconds: median and 20th / 80th percentiles
+  x ref                the baseline provider's median over this row's median, in the same shape,
+                       dtype and mode (reference: eager PyTorch; numpy in bench.evaluation); above 1
+                       means faster than the baseline, nan when the baseline was not run
+  peak MiB             GPU memory allocated at peak above the inputs, in MiB; '-' on CPU, where it is
+                       not measured
+modes: forward (the op's outputs), backward (gradients only, the forward excluded), full (both).
+Each measurement is appended as one JSON line to --out (default bench/results/<device>.jsonl);
+python -m bench.plot draws them."""
 
 
 @dataclass
@@ -109,7 +126,9 @@ def mode_callable(fn: Callable, inputs: dict, mode: str) -> Callable:
     grads = [torch.ones_like(o) for o in outs]
 
     def backward():
-        torch.autograd.backward(outs, grads, retain_graph=True)
+        # The graph is kept to time backward alone, again and again; see no_donated_buffers.
+        with no_donated_buffers():
+            torch.autograd.backward(outs, grads, retain_graph=True)
         for leaf in leaves:
             leaf.grad = None
     return backward
@@ -144,12 +163,14 @@ def run(op: str, providers: list[Provider], make_inputs: Callable, cases: list[d
         device: torch.device, out: Path | None = None, min_run_time: float = 0.5,
         baseline: str = "reference") -> list[dict]:
     """Time every (case, dtype, mode, provider); append JSON lines to ``out``; return the records.
-    The "x ref" column is the ``baseline`` provider's time over each provider's."""
+    The "x ref" column is the ``baseline`` provider's time over each provider's. A provider that raises
+    is reported as failed and writes no record; after the last case, failures end the run with
+    SystemExit(1) naming them (the records of the measurements that succeeded are kept)."""
     out = out or RESULTS_DIR / f"{device_slug(device)}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     env = environment(device)
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    records = []
+    records, failures = [], []
     print(f"# {op} on {env['device']} (torch {env['torch']}, triton {env['triton']}, commit {env['commit']})")
     print(f"{'shape':<36}{'dtype':<10}{'mode':<10}{'provider':<14}{'median ms':>12}{'p20':>10}{'p80':>10}"
           f"{'x ref':>8}{'peak MiB':>10}")
@@ -160,17 +181,27 @@ def run(op: str, providers: list[Provider], make_inputs: Callable, cases: list[d
                 for provider in providers:
                     ok, why = provider.available(device, dtype)
                     shape = ",".join(f"{k}={v}" for k, v in case.items())
+                    row = f"{shape:<36}{str(dtype)[6:]:<10}{mode:<10}{provider.name:<14}"
                     if not ok:
-                        print(f"{shape:<36}{str(dtype)[6:]:<10}{mode:<10}{provider.name:<14}  skipped: {why}")
+                        print(f"{row}  skipped: {why}")
                         continue
-                    inputs = make_inputs(case, dtype, device, requires_grad=mode != "forward")
+                    inputs = fn = None
                     try:
+                        inputs = make_inputs(case, dtype, device, requires_grad=mode != "forward")
                         fn = mode_callable(provider.build(inputs), inputs, mode)
                         timing = time_callable(fn, device, min_run_time)
                         memory = peak_memory(fn, device)
                     except torch.OutOfMemoryError:
-                        print(f"{shape:<36}{str(dtype)[6:]:<10}{mode:<10}{provider.name:<14}  out of memory")
+                        print(f"{row}  out of memory")
+                        inputs = fn = None
                         torch.cuda.empty_cache()
+                        continue
+                    except Exception as exc:  # noqa: BLE001 - report, write no record, go on with the others
+                        lines = str(exc).strip().splitlines()
+                        error = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+                        print(f"{row}  failed: {error}", flush=True)
+                        failures.append(f"{provider.name} {mode} {str(dtype)[6:]} {shape}: {error}")
+                        inputs = fn = None
                         continue
                     if provider.name == baseline:
                         ref_ms = timing["median_ms"]
@@ -181,40 +212,56 @@ def run(op: str, providers: list[Provider], make_inputs: Callable, cases: list[d
                     with out.open("a") as f:
                         f.write(json.dumps(record) + "\n")
                     mem = f"{memory / 2**20:10.1f}" if memory is not None else f"{'-':>10}"
-                    print(f"{shape:<36}{record['dtype']:<10}{mode:<10}{provider.name:<14}"
-                          f"{timing['median_ms']:12.4f}{timing['p20_ms']:10.4f}{timing['p80_ms']:10.4f}"
+                    print(f"{row}{timing['median_ms']:12.4f}{timing['p20_ms']:10.4f}{timing['p80_ms']:10.4f}"
                           f"{ratio:8.2f}{mem}", flush=True)
-                    del inputs, fn
+                    inputs = fn = None
     print(f"# appended {len(records)} records to {out}")
+    if failures:
+        raise SystemExit(f"{len(failures)} measurement(s) failed and wrote no record:\n  " + "\n  ".join(failures))
     return records
 
 
-def common_args(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--quick", action="store_true", help="a few shapes only (smoke run)")
-    parser.add_argument("--providers", default=None, help="comma-separated subset of providers")
-    parser.add_argument("--dtypes", default=None, help="comma-separated, e.g. float32,bfloat16")
-    parser.add_argument("--modes", default=",".join(MODES))
+def common_args(module: str, description: str, provider_names: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description, epilog=COLUMNS,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda (default: cuda when a GPU is present, else cpu)")
+    parser.add_argument("--quick", action="store_true", help="one shape only (smoke run)")
+    parser.add_argument("--providers", default=None,
+                        help=f"comma-separated subset of: {', '.join(provider_names)} (default: all; providers "
+                             f"that cannot run on the device are reported as skipped)")
+    parser.add_argument("--dtypes", default=None,
+                        help=f"comma-separated subset of: {', '.join(DTYPES)} (default: float32 on CPU; "
+                             f"float32,bfloat16 or the benchmark's GPU list on CUDA)")
+    parser.add_argument("--modes", default=None,
+                        help=f"comma-separated subset of: {', '.join(MODES)} (default: all three)")
     parser.add_argument("--out", type=Path, default=None, help="JSON lines file (default bench/results/<device>.jsonl)")
-    parser.add_argument("--min-run-time", type=float, default=0.5, help="CPU: seconds of timing per case")
+    parser.add_argument("--min-run-time", type=float, default=0.5, help="CPU: seconds of timing per case (default 0.5)")
     return parser
 
 
-def parse_dtypes(text: str | None, default) -> list[torch.dtype]:
+def choose(parser: argparse.ArgumentParser, what: str, text: str | None, valid) -> list[str] | None:
+    """The comma-separated names of ``text`` (None when empty), each one of ``valid``; an unknown name
+    is a usage error that lists the valid ones."""
     if not text:
+        return None
+    wanted = [w.strip() for w in text.split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in valid]
+    if unknown or not wanted:
+        parser.error(f"unknown {what} {unknown or [text]}; choose from {list(valid)}")
+    return list(dict.fromkeys(wanted))
+
+
+def parse_dtypes(names: list[str] | None, default) -> list[torch.dtype]:
+    if not names:
         return list(default)
-    return [getattr(torch, name.strip()) for name in text.split(",")]
+    return [getattr(torch, name) for name in names]
 
 
-def select(providers: list[Provider], text: str | None) -> list[Provider]:
-    if not text:
+def select(providers: list[Provider], names: list[str] | None) -> list[Provider]:
+    if not names:
         return providers
-    wanted = [p.strip() for p in text.split(",")]
-    unknown = set(wanted) - {p.name for p in providers}
-    if unknown:
-        raise SystemExit(f"unknown providers {sorted(unknown)}; choose from {[p.name for p in providers]}")
-    return [p for p in providers if p.name in wanted]
+    return [p for p in providers if p.name in names]
 
 
 def backend_provider(name: str, op: Callable) -> Provider:
@@ -228,10 +275,24 @@ def backend_provider(name: str, op: Callable) -> Provider:
     return Provider(name, lambda inputs: (lambda: op(inputs, backend=name)), available)
 
 
+def no_donated_buffers():
+    """The backward mode calls backward again and again on one graph (retain_graph=True). A compiled
+    backward that donates (overwrites) its saved buffers cannot run twice and refuses retain_graph, so
+    graphs are compiled, and their backward run, without donation (a memory saving, not a speed-up)."""
+    return torch._functorch.config.patch(donated_buffer=False)
+
+
 def compiled_provider(reference: Callable) -> Provider:
+    """torch.compile of the reference, compiled without donated buffers (see no_donated_buffers)."""
     compiled = torch.compile(reference, dynamic=False)
-    return Provider("compiled", lambda inputs: (lambda: compiled(inputs)),
-                    lambda device, dtype: (True, ""))
+
+    def build(inputs):
+        def call():
+            with no_donated_buffers():
+                return compiled(inputs)
+        return call
+
+    return Provider("compiled", build, lambda device, dtype: (True, ""))
 
 
 def op_providers(reference: Callable, vtreid_op: Callable, *peers: Provider) -> list[Provider]:
@@ -247,19 +308,34 @@ def op_providers(reference: Callable, vtreid_op: Callable, *peers: Provider) -> 
 
 def main(op: str, description: str, providers: Callable[[], list[Provider]], make_inputs: Callable,
          cases: Callable, argv=None, gpu_dtypes=(torch.float32, torch.bfloat16), extra_args: Callable | None = None,
-         baseline: str = "reference"):
+         baseline: str = "reference", module: str | None = None):
     """Command line shared by the benchmarks. ``cases(device, args)`` returns (cases, dtypes or None, modes
-    or None, providers to drop); ``extra_args(parser)`` adds benchmark-specific options."""
-    parser = common_args(description)
+    or None, providers to drop); ``extra_args(parser)`` adds benchmark-specific options; ``module`` (the
+    benchmark's module, e.g. bench.hard_mining; default bench.<op>) names the command in --help."""
+    all_providers = providers()
+    parser = common_args(module or f"bench.{op}", description, [p.name for p in all_providers])
     if extra_args is not None:
         extra_args(parser)
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    chosen = select(providers(), args.providers)
+    chosen = select(all_providers, choose(parser, "providers", args.providers, [p.name for p in all_providers]))
+    dtype_names = choose(parser, "dtypes", args.dtypes, DTYPES)
+    mode_names = choose(parser, "modes", args.modes, MODES)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"unknown device {args.device!r}; choose cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here; use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"unknown device {args.device!r}; choose cpu or cuda")
     case_list, dtypes, modes, drop = cases(device, args)
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
         drop = {*drop, "triton"}  # interpreted Triton times Python, not a kernel
+    forced_dtypes = dtypes and [str(d).replace("torch.", "") for d in dtypes]
+    for what, forced, asked in (("modes", modes, mode_names), ("dtypes", forced_dtypes, dtype_names)):
+        if forced and asked and set(asked) - set(forced):
+            parser.error(f"--{what} {','.join(asked)}: this run measures only {','.join(forced)}")
     chosen = [p for p in chosen if p.name not in drop]
     default_dtypes = gpu_dtypes if device.type == "cuda" else (torch.float32,)
-    run(op, chosen, make_inputs, case_list, dtypes or parse_dtypes(args.dtypes, default_dtypes),
-        modes or args.modes.split(","), device, args.out, args.min_run_time, baseline)
+    run(op, chosen, make_inputs, case_list, dtypes or parse_dtypes(dtype_names, default_dtypes),
+        modes or mode_names or list(MODES), device, args.out, args.min_run_time, baseline)

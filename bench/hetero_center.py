@@ -50,8 +50,9 @@ def cases(device: torch.device, quick: bool) -> list[dict]:
 
 
 def main(argv=None):
-    harness.main("hetero_center_loss", __doc__.splitlines()[0], providers, make_inputs,
-                 lambda device, args: (cases(device, args.quick), None, None, set()), argv)
+    harness.main("hetero_center_loss", __doc__, providers, make_inputs,
+                 lambda device, args: (cases(device, args.quick), None, None, set()), argv,
+                 module="bench.hetero_center")
 
 if __name__ == "__main__":
     main()

@@ -71,8 +71,10 @@ def cases(device: torch.device, quick: bool) -> list[dict]:
 
 
 def main(argv=None):
-    harness.main("normalized_cross_entropy", __doc__.splitlines()[0], providers, make_inputs,
-                 lambda device, args: (cases(device, args.quick), None, None, set()), argv)
+    harness.main("normalized_cross_entropy", __doc__, providers, make_inputs,
+                 lambda device, args: (cases(device, args.quick), None, None, set()), argv,
+                 module="bench.normalized_softmax")
+
 
 if __name__ == "__main__":
     main()

@@ -54,7 +54,7 @@ def cases(device: torch.device, quick: bool) -> list[dict]:
 
 
 def main(argv=None):
-    harness.main("pairwise_distance", __doc__.splitlines()[0], providers, make_inputs,
+    harness.main("pairwise_distance", __doc__, providers, make_inputs,
                  lambda device, args: (cases(device, args.quick), None, None, set()), argv,
                  gpu_dtypes=(torch.float32, torch.bfloat16, torch.float16))
 

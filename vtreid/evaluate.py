@@ -1,9 +1,15 @@
 """python -m vtreid.evaluate: evaluate features saved to disk under the SYSU-MM01 or RegDB protocol.
 
-The file (.pt via torch.save, or .npz) holds ``features`` [N, D], ``ids`` [N], ``cams`` [N] and
-``modalities`` [N] (0 visible, 1 infrared), optionally ``paths`` [N] (SYSU's seeded gallery draw orders
-an identity's images by path; without paths, by row). SYSU: the infrared rows are the queries and
-the visible rows the gallery candidates. RegDB: --direction picks which modality queries.
+The features file is a dict saved with torch.save (.pt) or numpy.savez (.npz) holding, one row per
+test image:
+  features    [N, D] float, finite
+  ids         [N] int, the dataset's identity numbers
+  cams        [N] int, camera numbers (SYSU-MM01: visible 1, 2, 4, 5; infrared 3, 6)
+  modalities  [N] int, 0 visible, 1 infrared (thermal)
+  paths       [N] str, optional (SYSU's seeded gallery draw orders an identity's images by path;
+              without paths, by row)
+SYSU: the infrared rows are the queries and the visible rows the gallery candidates. RegDB: --direction
+picks which modality queries. Both need rows of both modalities.
 Prints a table (mean +- std over trials) and writes the JSON of every trial with --out.
 (Evaluating a training checkpoint directly comes with the trainer.)
 """
@@ -11,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -20,26 +29,90 @@ import torch
 from vtreid.eval import evaluate_regdb, evaluate_sysu, format_table, load_rand_perm
 
 KEYS = ("features", "ids", "cams", "modalities")
+FORMAT = ("a dict saved with torch.save (.pt) or numpy.savez (.npz) holding features [N, D], ids [N], cams [N] "
+          "and modalities [N] (0 visible, 1 infrared), optionally paths [N]")
+MODALITY_NAMES = {0: "visible", 1: "infrared"}
+
+
+def _read(path: Path):
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise ValueError(f"{path}: cannot read it as an .npz ({exc}); expected {FORMAT}") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a foreign file
+        text = str(exc)
+        unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if "numpy" in text:
+            reason = ("it holds numpy arrays, which torch.load(weights_only=True) refuses; save torch tensors "
+                      "(torch.from_numpy) or write an .npz with numpy.savez")
+        elif unsupported:
+            reason = f"it holds {unsupported.group(1)} objects, which torch.load(weights_only=True) refuses"
+        else:
+            reason = "it is not a file written by torch.save"
+        raise ValueError(f"{path}: cannot load it: {reason}; expected {FORMAT}") from None
+
+
+def _column(path: Path, data, key: str) -> torch.Tensor:
+    try:
+        value = data[key]
+        return value.detach().cpu() if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{path}: {key} is not an array of numbers ({exc}); expected {FORMAT}") from None
 
 
 def load_features(path: str | Path) -> dict:
+    """Read and check a features file; every problem is a ValueError (FileNotFoundError when absent)
+    naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"features file not found: {path}")
-    if path.suffix == ".npz":
-        data = dict(np.load(path, allow_pickle=False))
-    else:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+    data = _read(path)
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path} holds a {type(data).__name__}, not a dict; expected {FORMAT}")
     missing = [k for k in KEYS if k not in data]
     if missing:
-        raise ValueError(f"{path} lacks {missing}; it needs {KEYS} (and optionally paths)")
-    out = {k: torch.as_tensor(np.asarray(data[k])) for k in KEYS}
-    n = len(out["features"])
-    if any(len(out[k]) != n for k in KEYS):
-        raise ValueError(f"{path}: features, ids, cams and modalities must have the same length")
-    out["features"] = out["features"].float()
+        raise ValueError(f"{path} lacks {missing}; expected {FORMAT}")
+    out = {k: _column(path, data, k) for k in KEYS}
+    feats = out["features"]
+    if feats.dim() != 2:
+        raise ValueError(f"{path}: features must be a 2-D array [N, D], got shape {tuple(feats.shape)}")
+    n = len(feats)
+    for k in KEYS[1:]:
+        if out[k].dim() != 1 or len(out[k]) != n:
+            raise ValueError(f"{path}: {k} must be 1-D with one entry per feature row ({n}), got shape "
+                             f"{tuple(out[k].shape)}")
+        if out[k].is_floating_point() or out[k].dtype == torch.bool:
+            if out[k].dtype == torch.bool or not torch.equal(out[k], out[k].round()):
+                raise ValueError(f"{path}: {k} must hold integers, got {out[k].dtype}")
+        out[k] = out[k].long()
+    if n == 0:
+        raise ValueError(f"{path} holds no rows")
+    bad = sorted(set(out["modalities"].unique().tolist()) - {0, 1})
+    if bad:
+        raise ValueError(f"{path}: modalities must be 0 (visible) or 1 (infrared), found {bad}")
+    out["features"] = feats.float()
+    finite = torch.isfinite(out["features"]).all(1)
+    if not finite.all():
+        rows = (~finite).nonzero().flatten()
+        raise ValueError(f"{path}: {len(rows)} of {n} feature rows hold NaN or inf (first: row {int(rows[0])}); "
+                         f"was the model diverged or the extraction broken?")
     out["paths"] = [str(p) for p in data["paths"]] if "paths" in data else [f"{i:09d}" for i in range(n)]
+    if len(out["paths"]) != n:
+        raise ValueError(f"{path}: paths has {len(out['paths'])} entries for {n} feature rows")
     return out
+
+
+def check_protocol(data: dict, protocol: str) -> None:
+    """Both modalities present (the protocols check the rest, SYSU-MM01's cameras included)."""
+    for modality, name in MODALITY_NAMES.items():
+        if not (data["modalities"] == modality).any():
+            role = ("queries" if modality == 1 else "gallery") if protocol == "sysu" else "queries or gallery"
+            raise ValueError(f"the features file has no {name} rows (modality {modality}); the {protocol} protocol "
+                             f"needs them as {role}")
 
 
 def _part(data: dict, modality: int) -> dict:
@@ -48,32 +121,58 @@ def _part(data: dict, modality: int) -> dict:
             "paths": [data["paths"][i] for i in rows.tolist()]}
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vtreid.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--features", required=True)
+    parser = argparse.ArgumentParser(prog="python -m vtreid.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--features", required=True, help="the features file (.pt or .npz), described above")
     parser.add_argument("--protocol", choices=("sysu", "regdb"), required=True)
-    parser.add_argument("--mode", choices=("all", "indoor"), default="all", help="SYSU search mode")
-    parser.add_argument("--shots", type=int, choices=(1, 10), default=1, help="SYSU single- or multi-shot")
-    parser.add_argument("--trials", type=int, default=10, help="SYSU gallery draws")
+    parser.add_argument("--mode", choices=("all", "indoor"), default="all", help="SYSU search mode (default all)")
+    parser.add_argument("--shots", type=int, choices=(1, 10), default=1, help="SYSU single- or multi-shot (default 1)")
+    parser.add_argument("--trials", type=_positive, default=10, help="SYSU gallery draws (default 10)")
     parser.add_argument("--rand-perm", default=None, help="SYSU exp/rand_perm_cam.mat (official galleries)")
     parser.add_argument("--direction", choices=("visible_to_thermal", "thermal_to_visible"),
-                        default="visible_to_thermal", help="RegDB query modality")
+                        default="visible_to_thermal", help="RegDB query modality (default visible_to_thermal)")
     parser.add_argument("--metric", choices=("euclidean", "cosine"), default="euclidean")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="default: cuda when a GPU is present, else cpu")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"unknown device {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here; use --device cpu")
 
-    data = load_features(args.features)
-    data["features"] = data["features"].to(args.device)
-    if args.protocol == "sysu":
-        rand_perm = load_rand_perm(args.rand_perm) if args.rand_perm else None
-        summary = evaluate_sysu(_part(data, 1), _part(data, 0), mode=args.mode, shots=args.shots, trials=args.trials,
-                                rand_perm=rand_perm, metric=args.metric)
-        name = f"SYSU-MM01 {args.mode} {'single' if args.shots == 1 else 'multi'}-shot"
-    else:
-        query, gallery = (0, 1) if args.direction == "visible_to_thermal" else (1, 0)
-        summary = evaluate_regdb(_part(data, query), _part(data, gallery), metric=args.metric)
-        name = f"RegDB {args.direction}"
+    try:
+        data = load_features(args.features)
+        check_protocol(data, args.protocol)
+        data["features"] = data["features"].to(device)
+        if args.protocol == "sysu":
+            try:
+                rand_perm = load_rand_perm(args.rand_perm) if args.rand_perm else None
+            except RuntimeError as exc:  # scipy missing
+                raise ValueError(str(exc)) from None
+            summary = evaluate_sysu(_part(data, 1), _part(data, 0), mode=args.mode, shots=args.shots,
+                                    trials=args.trials, rand_perm=rand_perm, metric=args.metric)
+            name = f"SYSU-MM01 {args.mode} {'single' if args.shots == 1 else 'multi'}-shot"
+        else:
+            query, gallery = (0, 1) if args.direction == "visible_to_thermal" else (1, 0)
+            summary = evaluate_regdb(_part(data, query), _part(data, gallery), metric=args.metric)
+            name = f"RegDB {args.direction}"
+    except (OSError, ValueError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
     print(format_table(name, summary))
     if args.out:
         Path(args.out).write_text(json.dumps({"protocol": name, **summary}, indent=2))

@@ -85,6 +85,72 @@ def test_check_names_missing_and_malformed_files(sysu_root, regdb_root, tmp_path
     assert any("train_visible_2.txt" in p and "expected 'relative/path label'" in p for p in problems)
 
 
+def test_check_decodes_every_image_and_reports_empty_identity_folders(sysu_root, tmp_path, capsys):
+    broken = tmp_path / "sysu"
+    shutil.copytree(sysu_root, broken)
+    pid = sysu.read_ids(broken / "exp" / "train_id.txt")[0]
+    empty, garbage = broken / "cam1" / f"{pid:04d}" / "0001.jpg", broken / "cam4" / f"{pid:04d}" / "0002.jpg"
+    empty.write_bytes(b"")
+    garbage.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 20)
+    truncated = broken / "cam3" / f"{pid:04d}" / "0001.jpg"
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    emptied = broken / "cam2" / f"{pid:04d}"  # the identity keeps images in cams 1, 4, 5: only the folder is empty
+    for f in emptied.glob("*.jpg"):
+        f.unlink()
+    problems = sysu.check(broken, workers=3)
+    assert problems == [f"empty identity folder (no *.jpg): {emptied}", f"empty image file (0 bytes): {empty}",
+                        *[p for p in problems if str(garbage) in p or str(truncated) in p]]
+    assert len(problems) == 4 and all("image does not decode" in p for p in problems[2:])
+    assert data_cli(["check", "--dataset", "sysu", "--root", str(broken)]) == 1
+    captured = capsys.readouterr()
+    assert "4 problem(s)" in captured.out and str(garbage) in captured.out
+    total = sum(1 for _ in broken.glob("cam*/*/*.jpg"))
+    assert f"decoding images: {total}/{total} (100%" in captured.err
+
+
+def test_check_reports_identities_missing_a_modality_and_bad_regdb_images(regdb_root, tmp_path):
+    broken = tmp_path / "regdb"
+    shutil.copytree(regdb_root, broken)
+    records = regdb.read_list(broken, "train", "thermal", 1)
+    label = records[0].label
+    lines = (broken / "idx" / "train_thermal_1.txt").read_text().splitlines()
+    kept = [line for line in lines if int(line.split()[1]) != label]
+    (broken / "idx" / "train_thermal_1.txt").write_text("\n".join(kept) + "\n")
+    garbage = Path(regdb.read_list(broken, "test", "visible", 1)[0].path)
+    garbage.write_bytes(b"BM garbage")
+    problems = regdb.check(broken, workers=2)
+    assert problems[0] == (f"{broken / 'idx' / 'train_thermal_1.txt'}: no thermal image of label(s) [{label}], "
+                           f"which train_visible_1.txt lists")
+    assert problems[1:] == [p for p in problems if f"image does not decode: {garbage}" in p] and len(problems) == 2
+    Path(records[0].path).unlink()
+    assert sum(f"listed file missing: {records[0].path} (in " in p for p in regdb.check(broken, decode=False)) == 1
+
+
+@pytest.mark.parametrize("dataset", ["sysu", "regdb"])
+def test_check_of_a_missing_root_says_so_once(dataset, tmp_path, capsys):
+    assert data_cli(["check", "--dataset", dataset, "--root", str(tmp_path / "nope")]) == 1
+    out = capsys.readouterr().out.splitlines()
+    name = "SYSU-MM01" if dataset == "sysu" else "RegDB"
+    assert out == [f"problem: {name} root {tmp_path / 'nope'} does not exist", f"1 problem(s) in {tmp_path / 'nope'}"]
+    (tmp_path / "empty").mkdir()
+    problems = regdb.check(tmp_path / "empty")
+    assert len(problems) == 3 and problems[-1].startswith(f"missing folder {tmp_path / 'empty' / 'idx'}")
+
+
+def test_synth_help_describes_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        data_cli(["synth", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option, default in (("--ids", "default 24"), ("--images", "sysu, default 3"), ("--height", "default 128"),
+                            ("--width", "default 64"), ("--seed", "default 0")):
+        usage = f"{option} {option[2:].upper()} "
+        assert usage in text and default in text.split(usage)[1][:90]
+    assert "outside the source tree" in text
+    with pytest.raises(SystemExit) as exc:
+        data_cli(["synth", "--layout", "sysu", "--out", "x", "--ids", "0"])
+    assert exc.value.code == 2 and "--ids must be at least 1" in capsys.readouterr().err
+
+
 def test_corrupt_or_missing_image_names_the_path(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")

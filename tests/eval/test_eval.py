@@ -219,8 +219,119 @@ def test_evaluate_cli(tmp_path, suffix, capsys):
     assert len(result["trials"]) == 3 and 0 <= result["mAP"]["mean"] <= 1
     assert "rank1" in capsys.readouterr().out
     assert evaluate_cli(["--features", str(path), "--protocol", "regdb", "--direction", "thermal_to_visible"]) == 0
-    with pytest.raises(FileNotFoundError, match="nope.pt"):
-        evaluate_cli(["--features", str(tmp_path / "nope.pt"), "--protocol", "sysu"])
+
+
+def features_dict(tmp_path):
+    return torch.load(features_file(tmp_path, ".pt"), weights_only=True)
+
+
+def run_cli_error(argv, capsys):
+    """The CLI's answer to a bad input: exit status non-zero, one line on stderr, nothing on stdout."""
+    code = evaluate_cli(argv)
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("python -m vtreid.evaluate: error: "), captured.err
+    return lines[0]
+
+
+def spoil(data, what):
+    data = dict(data)
+    if what == "no infrared":
+        keep = data["modalities"] == 0
+        data = {k: v[keep] for k, v in data.items()}
+    elif what == "no visible":
+        keep = data["modalities"] == 1
+        data = {k: v[keep] for k, v in data.items()}
+    elif what == "modality 2":
+        data["modalities"] = data["modalities"].clone()
+        data["modalities"][5] = 2
+    elif what == "all nan":
+        data["features"] = torch.full_like(data["features"], float("nan"))
+    elif what == "one inf":
+        data["features"] = data["features"].clone()
+        data["features"][7, 2] = float("inf")
+    elif what == "visible cam 3":
+        data["cams"] = torch.where(data["modalities"] == 0, torch.tensor(3), data["cams"])
+    elif what == "infrared cam 1":
+        data["cams"] = torch.where(data["modalities"] == 1, torch.tensor(1), data["cams"])
+    elif what == "ids disjoint":
+        data["ids"] = torch.where(data["modalities"] == 1, data["ids"] + 100, data["ids"])
+    return data
+
+
+SPOILED = [
+    ("no infrared", "no infrared rows (modality 1)"), ("no visible", "no visible rows (modality 0)"),
+    ("modality 2", "modalities must be 0 (visible) or 1 (infrared), found [2]"),
+    ("all nan", "48 of 48 feature rows hold NaN or inf"), ("one inf", "1 of 48 feature rows hold NaN or inf"),
+    ("visible cam 3", "gallery (visible) cameras must be in (1, 2, 4, 5), found [3]"),
+    ("infrared cam 1", "query (infrared) cameras must be in (3, 6), found [1]"),
+    ("ids disjoint", "none of the 24 queries has its identity among the")]
+
+
+# RegDB has no camera rule (its files' cameras are not read), so the camera cases are SYSU's alone.
+@pytest.mark.parametrize("protocol, what, message", [("sysu", *case) for case in SPOILED] +
+                         [("regdb", *case) for case in SPOILED if "cam" not in case[0]])
+def test_evaluate_cli_rejects_what_would_give_a_wrong_table(tmp_path, capsys, protocol, what, message):
+    path = tmp_path / "spoiled.pt"
+    torch.save(spoil(features_dict(tmp_path), what), path)
+    line = run_cli_error(["--features", str(path), "--protocol", protocol, "--trials", "2"], capsys)
+    assert message in line
+    if what in ("modality 2", "all nan", "one inf"):
+        assert str(path) in line
+
+
+@pytest.mark.parametrize("trials", ["0", "-3", "two"])
+def test_evaluate_cli_rejects_trials_below_one(tmp_path, capsys, trials):
+    path = features_file(tmp_path, ".pt")
+    with pytest.raises(SystemExit) as exc:
+        evaluate_cli(["--features", str(path), "--protocol", "sysu", "--trials", trials])
+    assert exc.value.code == 2
+    assert "argument --trials" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="trials must be a whole number of at least 1"):
+        evaluate_sysu({"features": torch.zeros(1, 2), "ids": [1], "cams": [3]},
+                      {"features": torch.zeros(1, 2), "ids": [1], "cams": [1], "paths": ["a"]}, trials=0)
+
+
+def test_evaluate_cli_names_unreadable_files_and_the_format(tmp_path, capsys):
+    data = features_dict(tmp_path)
+    cases = {}
+    (tmp_path / "text.pt").write_text("features,ids\n1,2\n")
+    cases["text.pt"] = "cannot load it: it is not a file written by torch.save"
+    torch.save(data["features"], tmp_path / "bare.pt")
+    cases["bare.pt"] = "holds a Tensor, not a dict"
+    torch.save({k: v.numpy() for k, v in data.items()}, tmp_path / "numpy.pt")
+    cases["numpy.pt"] = "it holds numpy arrays, which torch.load(weights_only=True) refuses; save torch tensors"
+    torch.save({"features": data["features"], "ids": data["ids"]}, tmp_path / "partial.pt")
+    cases["partial.pt"] = "lacks ['cams', 'modalities']"
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    cases["broken.npz"] = "cannot read it as an .npz"
+    torch.save({**data, "ids": data["ids"][:-1]}, tmp_path / "short.pt")
+    cases["short.pt"] = "ids must be 1-D with one entry per feature row (48)"
+    torch.save({**data, "ids": data["ids"].float() + 0.5}, tmp_path / "fractional.pt")
+    cases["fractional.pt"] = "ids must hold integers"
+    for name, message in cases.items():
+        line = run_cli_error(["--features", str(tmp_path / name), "--protocol", "sysu"], capsys)
+        assert str(tmp_path / name) in line and message in line, line
+        if name not in ("short.pt", "fractional.pt"):
+            assert "features [N, D], ids [N], cams [N] and modalities [N]" in line, line
+    line = run_cli_error(["--features", str(tmp_path / "nope.pt"), "--protocol", "sysu"], capsys)
+    assert line.endswith(f"features file not found: {tmp_path / 'nope.pt'}")
+
+
+def test_evaluate_help_describes_the_features_file(capsys):
+    with pytest.raises(SystemExit):
+        evaluate_cli(["--help"])
+    text = capsys.readouterr().out
+    assert "features    [N, D] float" in text and "modalities  [N] int, 0 visible, 1 infrared" in text
+    assert "SYSU-MM01: visible 1, 2, 4, 5; infrared 3, 6" in text
+
+
+def test_rank_metrics_rejects_non_finite_features():
+    q = torch.zeros(2, 3)
+    q[1, 0] = float("nan")
+    with pytest.raises(ValueError, match="query_features has 1 row"):
+        rank_metrics(q, torch.zeros(2, 3), torch.zeros(2), torch.zeros(2))
 
 
 def test_sysu_protocol_end_to_end_perfect_features():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import verify
 from .records import INFRARED, VISIBLE, Record, Split, relabel
 
 TRIALS = tuple(range(1, 11))
@@ -47,20 +48,48 @@ def load(root: str | Path, trial: int = 1, direction: str = "visible_to_thermal"
     return Split(train, query, gallery)
 
 
-def check(root: str | Path, trials=TRIALS) -> list[str]:
-    """Problems found in a RegDB folder, one line each (empty when it is complete)."""
+def check(root: str | Path, trials=TRIALS, *, decode: bool = True, workers: int | None = None,
+          progress=None) -> list[str]:
+    """Problems found in a RegDB folder, one line each (empty when it is complete): missing folders and
+    lists, malformed list lines, listed files that are missing (once per file), identities a list pair
+    holds in one modality only, empty identity folders, and (``decode``) every listed image that does
+    not decode, in a pool of ``workers`` threads reporting ``progress(done, total)``."""
     root = Path(root)
-    problems = [f"missing folder {root / name}" for name in ("Visible", "Thermal", "idx") if not (root / name).is_dir()]
+    if not root.is_dir():
+        return [f"RegDB root {root} does not exist" if not root.exists() else f"{root} is not a folder"]
+    problems = [f"missing folder {root / name}" for name in ("Visible", "Thermal") if not (root / name).is_dir()]
+    if not (root / "idx").is_dir():
+        lists = "{train,test}_{visible,thermal}_{1..10}.txt"
+        return problems + [f"missing folder {root / 'idx'} (the trial lists {lists})"]
+    listed: dict[str, list[Path]] = {}
     for trial in trials:
         for part in ("train", "test"):
+            labels = {}
             for modality in ("visible", "thermal"):
                 try:
                     records = read_list(root, part, modality, trial)
                 except (FileNotFoundError, ValueError) as exc:
                     problems.append(str(exc))
                     continue
-                problems += [f"{list_path(root, part, modality, trial)}: listed file missing: {r.path}"
-                             for r in records if not Path(r.path).is_file()]
+                labels[modality] = {r.label for r in records}
+                for r in records:
+                    listed.setdefault(r.path, []).append(list_path(root, part, modality, trial))
+            if len(labels) == 2:
+                for have, lack in (("visible", "thermal"), ("thermal", "visible")):
+                    alone = sorted(labels[have] - labels[lack])
+                    if alone:
+                        problems.append(f"{list_path(root, part, lack, trial)}: no {lack} image of label(s) {alone}, "
+                                        f"which {list_path(root, part, have, trial).name} lists")
+    present = []
+    for path, lists in listed.items():
+        if Path(path).is_file():
+            present.append(path)
+        else:
+            problems.append(f"listed file missing: {path} (in {len(lists)} list(s), e.g. {lists[0]})")
+    folders = sorted(p for name in ("Visible", "Thermal") for p in (root / name).glob("*") if p.is_dir())
+    problems += verify.empty_folders(folders, "*.bmp")
+    if decode:
+        problems += verify.decode_problems(present, workers=workers, progress=progress)
     return problems
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import verify
 from .records import INFRARED, VISIBLE, Record, Split, relabel
 
 VISIBLE_CAMS = (1, 2, 4, 5)
@@ -63,10 +64,15 @@ def load(root: str | Path, train_ids: str = "trainval") -> Split:
                  records_for(root, test_ids, VISIBLE_CAMS))
 
 
-def check(root: str | Path) -> list[str]:
-    """Problems found in a SYSU-MM01 folder, one line each (empty when it is complete)."""
-    problems = []
+def check(root: str | Path, *, decode: bool = True, workers: int | None = None, progress=None) -> list[str]:
+    """Problems found in a SYSU-MM01 folder, one line each (empty when it is complete): missing folders
+    and id lists, identities of a list without a visible or an infrared image, empty identity folders,
+    and (``decode``) every image that does not decode, in a pool of ``workers`` threads reporting
+    ``progress(done, total)`` (see vtreid.data.verify)."""
     root = Path(root)
+    if not root.is_dir():
+        return [f"SYSU-MM01 root {root} does not exist" if not root.exists() else f"{root} is not a folder"]
+    problems = []
     try:
         cams = camera_root(root)
     except FileNotFoundError as exc:
@@ -87,6 +93,11 @@ def check(root: str | Path) -> list[str]:
                 problems.append(f"identity {pid} ({name}) has no visible image under {cams}/cam{{1,2,4,5}}/{pid:04d}")
             if not any(found[c] for c in INFRARED_CAMS):
                 problems.append(f"identity {pid} ({name}) has no infrared image under {cams}/cam{{3,6}}/{pid:04d}")
+    folders = sorted(p for c in CAMERAS for p in (cams / f"cam{c}").glob("*") if p.is_dir())
+    problems += verify.empty_folders(folders, "*.jpg")
+    if decode:
+        images = [path for folder in folders for path in sorted(folder.glob("*.jpg"))]
+        problems += verify.decode_problems(images, workers=workers, progress=progress)
     return problems
 
 

@@ -34,6 +34,10 @@ def _check(query_features, gallery_features, query_ids, gallery_ids, query_cams,
             raise ValueError(f"{name} must be a 1-D tensor of length {n}")
     if len(gallery_features) == 0:
         raise ValueError("gallery_features is empty")
+    for name, t in (("query_features", query_features), ("gallery_features", gallery_features)):
+        bad = int((~torch.isfinite(t).all(1)).sum()) if t.numel() else 0
+        if bad:
+            raise ValueError(f"{name} has {bad} row(s) holding NaN or inf; rankings of them would be meaningless")
 
 
 def rank_metrics(query_features: torch.Tensor, gallery_features: torch.Tensor, query_ids: torch.Tensor,

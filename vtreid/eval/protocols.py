@@ -101,24 +101,51 @@ def _scalars(result: dict) -> dict:
     return {k: float(result[k]) for k in REPORTED}
 
 
+def _require_rows(query: dict, gallery: dict, query_name: str, gallery_name: str) -> None:
+    for part, name in ((query, query_name), (gallery, gallery_name)):
+        if len(part["ids"]) == 0:
+            raise ValueError(f"no {name}: the protocol needs at least one")
+
+
+def _require_matches(result: dict, what: str) -> None:
+    """A table of zeros from queries none of which has its identity in the gallery is an error."""
+    if not bool(result["valid"].any()):
+        raise ValueError(f"none of the {len(result['valid'])} queries has its identity among the {what}; do the "
+                         f"two modalities use the same identity numbers?")
+
+
 def evaluate_sysu(query: dict, gallery: dict, *, mode: str = "all", shots: int = 1, trials: int = 10,
                   rand_perm=None, metric: str = "euclidean") -> dict:
     """query / gallery: dicts of features [N, D], ids [N], cams [N] (and gallery paths [N]); the gallery
-    holds every visible image of the test identities, from which each trial draws its gallery."""
+    holds every visible image of the test identities, from which each trial draws its gallery.
+    Query cameras must be infrared (3, 6) and gallery cameras visible (1, 2, 4, 5)."""
+    if isinstance(trials, bool) or not isinstance(trials, (int, np.integer)) or trials < 1:
+        raise ValueError(f"trials must be a whole number of at least 1, got {trials!r}")
+    _require_rows(query, gallery, "infrared queries", "visible gallery candidates")
+    for part, name, allowed in ((query, "query (infrared)", (3, 6)), (gallery, "gallery (visible)", (1, 2, 4, 5))):
+        wrong = sorted(set(np.unique(np.asarray(part["cams"])).tolist()) - set(allowed))
+        if wrong:
+            raise ValueError(f"{name} cameras must be in {allowed}, found {wrong}: in SYSU-MM01 visible cameras are "
+                             f"1, 2, 4, 5 and infrared cameras 3, 6")
     per_trial = []
     for trial in range(1, trials + 1):
         idx = torch.as_tensor(sysu_gallery(gallery["ids"], gallery["cams"], gallery["paths"], mode=mode, shots=shots,
                                            trial=trial, rand_perm=rand_perm))
+        if not len(idx):
+            raise ValueError(f"the {mode}-search gallery is empty: no visible image from cameras {MODES[mode]}")
         result = rank_metrics(query["features"], gallery["features"][idx], torch.as_tensor(query["ids"]),
                               torch.as_tensor(gallery["ids"])[idx], torch.as_tensor(query["cams"]),
                               torch.as_tensor(gallery["cams"])[idx], metric=metric, sysu_rules=True)
+        _require_matches(result, f"trial {trial}'s {mode}-search gallery")
         per_trial.append({**_scalars(result), "gallery_size": len(idx)})
     return _summary(per_trial)
 
 
 def evaluate_regdb(query: dict, gallery: dict, *, metric: str = "euclidean") -> dict:
+    _require_rows(query, gallery, "queries", "gallery images")
     result = rank_metrics(query["features"], gallery["features"], torch.as_tensor(query["ids"]),
                           torch.as_tensor(gallery["ids"]), metric=metric)
+    _require_matches(result, "gallery images")
     return _summary([{**_scalars(result), "gallery_size": len(gallery["ids"])}])
 
 
