@@ -38,7 +38,8 @@ def load_features(path) -> dict:
     except (ValueError, FileNotFoundError):
         raise
     except Exception as exc:  # noqa: BLE001 - torch.load / numpy raise many types for a foreign file
-        raise ValueError(f"{path} is not a features file ({type(exc).__name__}: {exc})") from None
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ValueError(f"{path} is not a features file ({type(exc).__name__}: {first})") from None
 
 
 # -- the rank-list picture -----------------------------------------------------------------------
