@@ -229,9 +229,9 @@ def run_cli_error(argv, capsys):
     """The CLI's answer to a bad input: exit status non-zero, one line on stderr, nothing on stdout."""
     code = evaluate_cli(argv)
     captured = capsys.readouterr()
-    assert code == 1 and captured.out == ""
+    assert code == 2 and captured.out == ""
     lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("python -m vtreid.evaluate: error: "), captured.err
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
     return lines[0]
 
 
