@@ -329,15 +329,25 @@ def evaluate(run: Run, writers: Writers, progress: Progress | None, final: bool)
     first = next(iter(result["results"].values()))
     writers.metrics({"step": run.step, "stage": run.stage,
                      "eval": {k: first[k]["mean"] for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")}})
+    # each evaluation in full (every trial), for CMC curves of any step: python -m vtreid.visualize cmc
+    (run.out / "evaluations").mkdir(exist_ok=True)
+    ckpt_io.write_text_atomic(run.out / "evaluations" / f"step{run.step:07d}.json", results_json(run, result))
     return result
+
+
+def results_json(run: Run, result: dict) -> str:
+    cfg = run.cfg
+    return json.dumps({"method": cfg["method"], "dataset": cfg["dataset"]["name"], "step": run.step,
+                       "backends": run.backends, "world_size": run.ctx.world_size, "protocol": result["protocol"],
+                       "results": result["results"]}, indent=2)
 
 
 def train(run: Run, writers: Writers) -> int:
     """The loop: steps until the schedule ends, evaluations and checkpoints on their hooks, a clean
     stop on SIGINT / SIGTERM. Returns the exit code."""
-    cfg, t = run.cfg, run.cfg["train"]
-    if t["eval_at_start"] and run.step == 0:
-        evaluate(run, writers, None, final=False)
+    t = run.cfg["train"]
+    if t["eval_at_start"] and run.step == 0:   # the untrained baseline, as many trials as the final result
+        evaluate(run, writers, None, final=True)
     progress = Progress(run.total_steps, run.step, t["log_every"], enabled=run.ctx.is_main)
     stopping = False
     try:
@@ -393,9 +403,7 @@ def train(run: Run, writers: Writers) -> int:
         run.best_score = result["score"]
         run.save("best.pt")
     if run.ctx.is_main:
-        ckpt_io.write_text_atomic(run.out / "results.json", json.dumps(
-            {"method": cfg["method"], "dataset": cfg["dataset"]["name"], "step": run.step, "backends": run.backends,
-             "world_size": run.ctx.world_size, "protocol": result["protocol"], "results": result["results"]}, indent=2))
+        ckpt_io.write_text_atomic(run.out / "results.json", results_json(run, result))
     writers.log(f"done: {run.step} steps; results in {run.out / 'results.json'}")
     return 0
 

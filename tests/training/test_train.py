@@ -77,6 +77,12 @@ def test_the_no_argument_run_reaches_the_evaluation_and_writes_every_file(tmp_pa
     assert "rank1" in printed.out and "method: hc" in printed.out and "step 3/3" in printed.out
     results = json.loads((runs[0] / "results.json").read_text())
     assert len(next(iter(results["results"].values()))["trials"]) == 10
+    # every evaluation kept in full; the untrained baseline with as many trials as the final one
+    evaluations = sorted((runs[0] / "evaluations").iterdir())
+    assert [p.name for p in evaluations] == ["step0000000.json", "step0000003.json"]
+    start, end = (json.loads(p.read_text()) for p in evaluations)
+    assert start["step"] == 0 and len(next(iter(start["results"].values()))["trials"]) == 10
+    assert end == results
 
 
 def final_state(out):
