@@ -21,6 +21,7 @@ import itertools
 import os
 import re
 import shutil
+import importlib.util
 import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -53,6 +54,13 @@ def kernels():
     """name -> (jit function, [config kwargs + num_warps/num_stages]) for every kernel of kernels/."""
     os.environ.pop("TRITON_INTERPRET", None)
     sys.path.insert(0, str(ROOT))
+    try:
+        import vtreid.kernels  # noqa: F401  (installed: kernels/ is mapped to vtreid.kernels)
+    except ModuleNotFoundError:  # another interpreter (--python) without vtreid installed: map it here
+        spec = importlib.util.spec_from_file_location("vtreid.kernels", ROOT / "kernels" / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT / "kernels")])
+        sys.modules["vtreid.kernels"] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     from vtreid.kernels import hard_mining, hetero_center, normalized_softmax, pairwise_distance
     out = {}
     for module in (pairwise_distance, hard_mining, hetero_center, normalized_softmax):
