@@ -8,6 +8,16 @@ variant and tests/kernels/test_autotune.py can tune over all of them.
 
 ``on_device_of(arg)`` makes a launch function run with its tensors' CUDA device current: Triton launches
 on the current device, so tensors on cuda:1 while device 0 is current would otherwise fail.
+
+``bucket(n)`` is what autotune keys see instead of an exact size: the next power of two (at least 16).
+Keying on exact N retuned at every new batch or gallery size (seconds at large N, and a first call of a
+shape could not be captured in a CUDA graph); a bucket's configs are valid for every size in it, only
+possibly a little less fast. Kernels take the buckets as extra (unused) integer arguments named
+``*_BUCKET`` and list those in ``key``.
+
+``num_sms(device)`` and ``WAVE_SMS`` size the grids: a split launch picks its split count so that the
+training shapes give at least one program per SM (tests/kernels/test_launch_waves.py checks it for a
+132-SM H100 with every GPU config).
 """
 from __future__ import annotations
 
@@ -23,6 +33,32 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 #: CUDA grid limits: dimension 0 (x) up to 2^31 - 1 programs, dimensions 1 and 2 up to 65535.
 GRID_LIMITS = (2**31 - 1, 65535, 65535)
+
+#: SM count assumed off a GPU (CPU tensors, the interpreter): an H100 SXM's, the largest target.
+WAVE_SMS = 132
+
+
+def bucket(n: int) -> int:
+    """The autotune key of a size: the next power of two, at least 16 (one bucket for all small sizes)."""
+    return max(16, 1 << max(0, int(n) - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device``'s GPU (cached, no synchronisation); WAVE_SMS off a GPU."""
+    if device.type == "cuda":
+        return _cuda_sms(device.index if device.index is not None else torch.cuda.current_device())
+    return WAVE_SMS
+
+
+def splits_for(blocks: int, tiles: int, sms: int) -> int:
+    """How many slices to cut a loop of ``tiles`` steps into so that ``blocks`` programs per slice fill
+    ``sms`` SMs at least once (never more slices than steps, at least one)."""
+    return max(1, min(tiles, -(-sms // max(1, blocks))))
 
 
 def autotune(gpu_configs, interpreter_config, key, **kwargs):
