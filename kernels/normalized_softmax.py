@@ -3,19 +3,42 @@
 z_ic = s (x_i . w_c) r_i q_c with r_i = 1 / max(|x_i|, eps), q_c = 1 / max(|w_c|, eps): the norms are
 folded into the epilogue of the x.W^T tile, so no normalised copy of W is ever written.
 
-Cross-entropy forward: one program per block of rows streams the classes in tiles (reading W once per
-pass) with an online log-sum-exp; alongside it accumulates E_p[z] = sum_c p_ic z_ic and the target term
-T_i = (1 - eps) z_{i,y_i} + eps / C sum_c z_ic, so loss_i = lse_i - T_i and no N x C logits exist.
+Cross-entropy forward, split over classes. The grid is (row blocks, class splits); split k of S owns the
+class tiles [k T / S, (k + 1) T / S) (T = cdiv(C, BLOCK_C): never empty while S <= T) and runs an online
+log-sum-exp over them, writing per (split, row) its partial state
+
+    m_k = max_{c in k} z_c,   l_k = sum_{c in k} exp(z_c - m_k),   e_k = sum_{c in k} exp(z_c - m_k) z_c,
+    y_k = z_{y} if y in k else 0,   a_k = sum_{c in k} z_c.
+
+The combine kernel merges the splits of a row in split order (deterministic, no atomics), with
+M = max_k m_k and w_k = exp(m_k - M) (w_k = 0 for an empty split, m_k = -inf, so -inf - -inf never
+makes a NaN; a two-pass merge, so M is finite whenever one split holds a class):
+
+    lse = M + log sum_k w_k l_k,   E_p[z] = sum_k w_k e_k / sum_k w_k l_k,
+    T = (1 - eps) sum_k y_k + eps / C sum_k a_k,   loss = lse - T.
+
+No N x C logits exist. The split count S = splits_for(row blocks, T, SMs) gives one wave of programs;
+FWD_SPLITS (module attribute) or the ``splits`` keyword forces it (tests).
 
 Backward, with G_ic = g_i (p_ic - t_ic) (t the smoothed one-hot target):
     grad_x_i = s r_i sum_c (G_ic q_c) w_c - [|x_i| > eps] r_i^2 (sum_c G_ic z_ic) x_i,   sum_c G z = g (E_p[z] - T)
     grad_w_c = s sum_i (G_ic q_c) (r_i x_i) - [|w_c| > eps] q_c^2 (sum_i G_ic z_ic) w_c
-One program per class tile recomputes its logits for a chunk of rows and writes Gq = G q (the only
-N x C-shaped buffer, capped in size by the caller) and the column sums sum_i G_ic z_ic; the two
-products are GEMMs on Gq.
+three GEMM-equivalents: the grad kernel, on a (class tiles, row splits) grid, recomputes (or reads) its
+logits and writes Gq = G q (the only N x C-shaped buffer, capped in size by processing rows in chunks)
+and per row split the partial column sums sum_i G_ic z_ic (summed over splits afterwards, in a fixed
+order); then grad_x = Gq W and grad_w = Gq^T x_unit. For float32 and bfloat16 those are cuBLAS GEMMs in
+the input dtype. float16 cannot hold Gq (the small probabilities of a large C flush to zero), so Gq
+stays float32 and _gq_mm_kernel multiplies it with W read in float16 (exact in TF32), fusing the
+epilogue (scales and the - coef * w term) and writing the float16 gradient: no float32 copy of W and no
+float32 [C, D] gradient.
 
 With SAVE_DOTS (the caller asks for it when C is small, see vtreid.ops.normalized_softmax) the forward
 also writes the raw x.W^T tiles to DOTS [N, C] and the backward reads them instead of recomputing.
+
+Autotune keys are size buckets (kernels/_launch.bucket). The configs hold large tiles (large C: fewer
+reloads of x and W tiles) and small ones (the training shapes N = 256, C = 395, where a large tile
+gives 16 programs for 132 SMs); ``_prune_to_waves`` drops, per shape, the configs whose grid does not
+fill one wave when another config's does. forward_grid / grad_grid are the grids as pure functions.
 """
 from __future__ import annotations
 
@@ -23,15 +46,18 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import autotune, on_device_of
+from ._launch import INTERPRET, GRID_LIMITS, autotune, bucket, num_sms, on_device_of, splits_for
 from .pairwise_distance import dot_and_norms
 
 _FWD_CONFIGS = (
     [
         triton.Config({"BLOCK_N": 64, "BLOCK_C": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_N": 32, "BLOCK_C": 128, "BLOCK_D": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_N": 16, "BLOCK_C": 128, "BLOCK_D": 128}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_N": 64, "BLOCK_C": 64, "BLOCK_D": 64}, num_warps=4, num_stages=3),
+        # small tiles: one wave at N = 256, C = 395 (16 x 13 = 208, 8 x 25 = 200 programs)
+        triton.Config({"BLOCK_N": 16, "BLOCK_C": 32, "BLOCK_D": 128}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_N": 32, "BLOCK_C": 16, "BLOCK_D": 128}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_N": 16, "BLOCK_C": 32, "BLOCK_D": 64}, num_warps=2, num_stages=4),
     ],
     {"BLOCK_N": 16, "BLOCK_C": 256, "BLOCK_D": 32},  # the interpreter pays per tile, not per element
 )
@@ -40,6 +66,9 @@ _GRAD_CONFIGS = (
         triton.Config({"BLOCK_N": 64, "BLOCK_C": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_N": 32, "BLOCK_C": 64, "BLOCK_D": 64}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_N": 64, "BLOCK_C": 32, "BLOCK_D": 128}, num_warps=4, num_stages=3),
+        # small tiles: one wave at N = 256, C = 395 (13 x 11 = 143, 25 x 6 = 150 programs)
+        triton.Config({"BLOCK_N": 16, "BLOCK_C": 32, "BLOCK_D": 128}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_N": 32, "BLOCK_C": 16, "BLOCK_D": 128}, num_warps=4, num_stages=3),
     ],
     {"BLOCK_N": 16, "BLOCK_C": 256, "BLOCK_D": 32},
 )
@@ -47,22 +76,94 @@ _GRAD_CONFIGS = (
 #: Largest number of N x C elements the backward holds at once (rows are processed in chunks).
 MAX_CHUNK_ELEMENTS = 1 << 25
 
+#: Forced class-split count of the forward (None: splits_for); tests set it.
+FWD_SPLITS: int | None = None
+#: Forced row-split count of the grad kernel (None: splits_for); tests set it.
+GRAD_SPLITS: int | None = None
+
+#: Rows per program of the combine kernel.
+COMBINE_BLOCK = 128
+#: Tiles of _gq_mm_kernel (not autotuned: fixed so that grad_x at N = 256, D = 2048 has 256 programs).
+MM_META = {"BLOCK_M": 32, "BLOCK_K": 32, "BLOCK_D": 64} if not INTERPRET else \
+    {"BLOCK_M": 32, "BLOCK_K": 64, "BLOCK_D": 64}
+MM_WARPS, MM_STAGES = 4, 3
+
+
+def _forced(value, limit: int) -> int:
+    return max(1, min(int(value), limit))
+
+
+def forward_grid(n: int, c: int, meta: dict, sms: int, splits: int | None = None) -> tuple[int, int]:
+    """Grid of _nce_fwd_kernel: (row blocks, class splits).
+
+    row blocks = max(1, cdiv(n, BLOCK_N)) (one block at n = 0, which still writes |w|^2);
+    class splits = splits_for(row blocks, cdiv(c, BLOCK_C), sms), or ``splits`` clamped to [1, 65535]
+    (a forced count above the tile count leaves empty splits, which the combine must and does ignore)."""
+    blocks = max(1, triton.cdiv(n, meta["BLOCK_N"]))
+    tiles = triton.cdiv(c, meta["BLOCK_C"])
+    s = splits_for(blocks, tiles, sms) if splits is None else _forced(splits, GRID_LIMITS[1])
+    return blocks, s
+
+
+def grad_grid(n: int, c: int, meta: dict, sms: int, splits: int | None = None) -> tuple[int, int]:
+    """Grid of _nce_grad_kernel for a chunk of n rows: (class tiles, row splits).
+
+    class tiles = cdiv(c, BLOCK_C); row splits = splits_for(class tiles, max(1, cdiv(n, BLOCK_N)), sms), or
+    ``splits`` clamped to [1, 65535]. Each program writes its [rows, BLOCK_C] block of Gq and its partial
+    column sums."""
+    tiles = triton.cdiv(c, meta["BLOCK_C"])
+    row_tiles = max(1, triton.cdiv(n, meta["BLOCK_N"]))
+    s = splits_for(tiles, row_tiles, sms) if splits is None else _forced(splits, GRID_LIMITS[1])
+    return tiles, s
+
+
+def _prune_to_waves(grid_fn):
+    """early_config_prune: keep the configs whose grid fills every SM once when at least one does (at
+    large sizes all do and the tuner picks among all); otherwise keep them all."""
+    def prune(configs, nargs, **kwargs):
+        args = {**nargs, **kwargs}
+        sms = num_sms(args["X"].device)
+        full = [cfg for cfg in configs if _programs(grid_fn(args["N"], args["C"], cfg.kwargs, sms)) >= sms]
+        return full or list(configs)
+    return prune
+
+
+def _programs(grid) -> int:
+    out = 1
+    for g in grid:
+        out *= g
+    return out
+
+
+def _all_metas(kernel, family):
+    """Every meta dict ``kernel`` may launch with (its current configs, the GPU list, the interpreter's)."""
+    configs = list(getattr(kernel, "configs", [])) + list(family[0])
+    return [cfg.kwargs for cfg in configs] + [family[1]]
+
 
 @triton.jit
 def _inv_norm(sq):
     return 1.0 / tl.maximum(tl.sqrt_rn(sq), 1e-12)
 
 
-@autotune(*_FWD_CONFIGS, key=["N", "C", "D"])
+@autotune(*_FWD_CONFIGS, key=["N_BUCKET", "C_BUCKET", "D_BUCKET", "SAVE_DOTS"],
+          prune_configs_by={"early_config_prune": _prune_to_waves(lambda n, c, meta, sms: forward_grid(n, c, meta, sms))})
 @triton.jit
 def _nce_fwd_kernel(
-    X, W, TARGET, LOSS, LSE, EZ, TZ, XSQ, WSQ, DOTS,
-    N, C, D, stride_xn, stride_xd, stride_wc, stride_wd,
-    scale, smoothing,
+    X, W, TARGET, PART, XSQ, WSQ, DOTS,
+    N, C, D, stride_xn, stride_xd, stride_wc, stride_wd, stride_part,
+    scale, N_BUCKET, C_BUCKET, D_BUCKET,
     SAVE_DOTS: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    """PART[k, s, i] (k = max, sum, E-sum, target z, total z) of split s for row i; XSQ from the split
+    owning tile 0; WSQ from the first row block; DOTS when SAVE_DOTS."""
+    pid_n = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    splits = tl.num_programs(1)
+    tiles = tl.cdiv(C, BLOCK_C)
+    t0 = (pid_s * tiles) // splits
+    t1 = ((pid_s + 1) * tiles) // splits
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = rn < N
     y = tl.load(TARGET + rn, mask=mask_n, other=0)
     run_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
@@ -71,19 +172,19 @@ def _nce_fwd_kernel(
     z_target = tl.zeros((BLOCK_N,), dtype=tl.float32)
     z_total = tl.zeros((BLOCK_N,), dtype=tl.float32)
     xsq = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        rc = c0 + tl.arange(0, BLOCK_C)
+    for t in range(t0, t1):
+        rc = t * BLOCK_C + tl.arange(0, BLOCK_C)
         mask_c = rc < C
         dot, xsq, wsq = dot_and_norms(X, W, rn, rc, mask_n, mask_c, D, stride_xn, stride_xd, stride_wc, stride_wd,
                                       IEEE, BLOCK_N, BLOCK_C, BLOCK_D)
-        if pid == 0:
+        if pid_n == 0:
             tl.store(WSQ + rc, wsq, mask=mask_c)
         if SAVE_DOTS:
             tl.store(DOTS + rn.to(tl.int64)[:, None] * C + rc[None, :], dot, mask=mask_n[:, None] & mask_c[None, :])
         z = scale * dot * _inv_norm(xsq)[:, None] * _inv_norm(wsq)[None, :]
         z_live = tl.where(mask_c[None, :], z, 0.0)
         z = tl.where(mask_c[None, :], z, float("-inf"))
-        new_max = tl.maximum(run_max, tl.max(z, axis=1))
+        new_max = tl.maximum(run_max, tl.max(z, axis=1))  # a tile holds at least one class: finite
         rescale = tl.exp(run_max - new_max)
         p = tl.exp(z - new_max[:, None])
         run_sum = run_sum * rescale + tl.sum(p, axis=1)
@@ -91,33 +192,74 @@ def _nce_fwd_kernel(
         run_max = new_max
         z_target += tl.sum(tl.where(rc[None, :] == y[:, None], z_live, 0.0), axis=1)
         z_total += tl.sum(z_live, axis=1)
-    lse = run_max + tl.log(run_sum)
+    row = PART + pid_s.to(tl.int64) * N + rn
+    tl.store(row, run_max, mask=mask_n)
+    tl.store(row + stride_part, run_sum, mask=mask_n)
+    tl.store(row + 2 * stride_part, run_ez, mask=mask_n)
+    tl.store(row + 3 * stride_part, z_target, mask=mask_n)
+    tl.store(row + 4 * stride_part, z_total, mask=mask_n)
+    if (t0 == 0) & (t1 > 0):  # exactly one split owns tile 0 and has seen every feature of these rows
+        tl.store(XSQ + rn, xsq, mask=mask_n)
+
+
+@triton.jit
+def _nce_combine_kernel(PART, LOSS, LSE, EZ, TZ, N, C, SPLITS, stride_part, smoothing, BLOCK_R: tl.constexpr):
+    """Merges the SPLITS partial states of each row in split order (formulas in the module docstring)."""
+    rn = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    mask = rn < N
+    first = PART + rn.to(tl.int64)
+    row = first  # pointers step by N: 64-bit offsets without 64-bit loop counters
+    top = tl.full((BLOCK_R,), float("-inf"), tl.float32)
+    for _ in range(0, SPLITS):
+        top = tl.maximum(top, tl.load(row, mask=mask, other=0.0))  # rows past N: a finite dummy
+        row += N
+    total = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    ez = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    z_target = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    z_total = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    row = first
+    for _ in range(0, SPLITS):
+        m = tl.load(row, mask=mask, other=0.0)
+        # An empty split (m = -inf, sums 0) weighs 0. exp(m - top) is 0 for it already while top is
+        # finite; the guard keeps exp(-inf - -inf) = NaN out should a row have no non-empty split.
+        empty = m == float("-inf")
+        weight = tl.where(empty, 0.0, tl.exp(tl.where(empty, top, m) - top))
+        total += weight * tl.load(row + stride_part, mask=mask, other=1.0)
+        ez += weight * tl.load(row + 2 * stride_part, mask=mask, other=0.0)
+        z_target += tl.load(row + 3 * stride_part, mask=mask, other=0.0)
+        z_total += tl.load(row + 4 * stride_part, mask=mask, other=0.0)
+        row += N
+    lse = top + tl.log(total)
     tz = (1.0 - smoothing) * z_target + smoothing / C * z_total
-    tl.store(LOSS + rn, lse - tz, mask=mask_n)
-    tl.store(LSE + rn, lse, mask=mask_n)
-    tl.store(EZ + rn, run_ez / run_sum, mask=mask_n)
-    tl.store(TZ + rn, tz, mask=mask_n)
-    tl.store(XSQ + rn, xsq, mask=mask_n)
+    tl.store(LOSS + rn, lse - tz, mask=mask)
+    tl.store(LSE + rn, lse, mask=mask)
+    tl.store(EZ + rn, ez / total, mask=mask)
+    tl.store(TZ + rn, tz, mask=mask)
 
 
-# COL_GZ is read-modify-written (row chunks accumulate into it): the GPU autotuner runs every config
-# several times on the live buffers while benchmarking, so it must restore COL_GZ after each run.
-@autotune(*_GRAD_CONFIGS, key=["N", "C", "D"], restore_value=["COL_GZ"])
+@autotune(*_GRAD_CONFIGS, key=["N_BUCKET", "C_BUCKET", "D_BUCKET", "SAVE_DOTS"],
+          prune_configs_by={"early_config_prune": _prune_to_waves(lambda n, c, meta, sms: grad_grid(n, c, meta, sms))})
 @triton.jit
 def _nce_grad_kernel(
-    X, W, TARGET, LSE, G_ROW, XSQ, WSQ, DOTS, GQ, COL_GZ,
+    X, W, TARGET, LSE, G_ROW, XSQ, WSQ, DOTS, GQ, COL_PART,
     N, C, D, stride_xn, stride_xd, stride_wc, stride_wd, stride_gn,
-    scale, smoothing,
+    scale, smoothing, N_BUCKET, C_BUCKET, D_BUCKET,
     SAVE_DOTS: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """Gq[i, c] = g_i (p_ic - t_ic) q_c for the rows of this chunk; COL_GZ[c] += sum_i G_ic z_ic."""
-    pid = tl.program_id(0)
-    rc = pid * BLOCK_C + tl.arange(0, BLOCK_C)
+    """Gq[i, c] = g_i (p_ic - t_ic) q_c for the rows of this row split; COL_PART[split, c] = the split's
+    sum_i G_ic z_ic (written, never accumulated: autotuning may rerun it on the live buffers)."""
+    pid_c = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    splits = tl.num_programs(1)
+    row_tiles = tl.cdiv(N, BLOCK_N)
+    t0 = (pid_s * row_tiles) // splits
+    t1 = ((pid_s + 1) * row_tiles) // splits
+    rc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = rc < C
     inv_w = _inv_norm(tl.load(WSQ + rc, mask=mask_c, other=1.0))
     col_gz = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        rn = n0 + tl.arange(0, BLOCK_N)
+    for t in range(t0, t1):
+        rn = t * BLOCK_N + tl.arange(0, BLOCK_N)
         mask_n = rn < N
         if SAVE_DOTS:
             dot = tl.load(DOTS + rn.to(tl.int64)[:, None] * C + rc[None, :], mask=mask_n[:, None] & mask_c[None, :],
@@ -136,29 +278,105 @@ def _nce_grad_kernel(
         col_gz += tl.sum(grad * z, axis=0)
         tl.store(GQ + rn.to(tl.int64)[:, None] * stride_gn + rc[None, :], (grad * inv_w[None, :]).to(GQ.dtype.element_ty),
                  mask=live)
-    prev = tl.load(COL_GZ + rc, mask=mask_c, other=0.0)
-    tl.store(COL_GZ + rc, prev + col_gz, mask=mask_c)
+    tl.store(COL_PART + pid_s.to(tl.int64) * C + rc, col_gz, mask=mask_c)
+
+
+@triton.jit
+def _gq_mm_kernel(
+    A, B, E, ROW_SCALE, ROW_COEF, OUT,
+    M, K, D, stride_am, stride_ak, stride_bk, stride_bd, stride_em, stride_ed, stride_om, stride_od,
+    scale,
+    HAS_ROW_SCALE: tl.constexpr, ACCUMULATE: tl.constexpr, HAS_E: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """OUT[m, d] = (OUT[m, d] if ACCUMULATE) + scale (ROW_SCALE[m]) sum_k A[m, k] B[k, d]
+    (- ROW_COEF[m] E[m, d] if HAS_E), A float32 (Gq or its transpose), B and E read in their own dtype.
+
+    float16 B converts to float32 exactly and is multiplied in TF32 (10 mantissa bits, as float16 has):
+    the float16 path's GEMMs without a float32 copy of W. One program per [BLOCK_M, BLOCK_D] tile, K in
+    order: deterministic."""
+    pid = tl.program_id(0)
+    tiles_d = tl.cdiv(D, BLOCK_D)
+    rm = (pid // tiles_d) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rd = (pid % tiles_d) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_m = rm < M
+    mask_d = rd < D
+    rm64 = rm.to(tl.int64)
+    rd64 = rd.to(tl.int64)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        mask_k = rk < K
+        a = tl.load(A + rm64[:, None] * stride_am + rk[None, :] * stride_ak, mask=mask_m[:, None] & mask_k[None, :],
+                    other=0.0).to(tl.float32)
+        b = tl.load(B + rk[:, None] * stride_bk + rd64[None, :] * stride_bd, mask=mask_k[:, None] & mask_d[None, :],
+                    other=0.0).to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision="tf32")
+    acc = acc * scale
+    if HAS_ROW_SCALE:
+        acc = acc * tl.load(ROW_SCALE + rm, mask=mask_m, other=0.0)[:, None]
+    mask = mask_m[:, None] & mask_d[None, :]
+    out = OUT + rm64[:, None] * stride_om + rd64[None, :] * stride_od
+    if ACCUMULATE:
+        acc += tl.load(out, mask=mask, other=0.0).to(tl.float32)
+    if HAS_E:
+        e = tl.load(E + rm64[:, None] * stride_em + rd64[None, :] * stride_ed, mask=mask, other=0.0).to(tl.float32)
+        acc -= tl.load(ROW_COEF + rm, mask=mask_m, other=0.0)[:, None] * e
+    tl.store(out, acc.to(OUT.dtype.element_ty), mask=mask)
+
+
+def mm_grid(m: int, d: int, meta: dict) -> tuple[int]:
+    """Grid of _gq_mm_kernel: one program per [BLOCK_M, BLOCK_D] tile of the [m, d] output."""
+    return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(d, meta["BLOCK_D"]),)
+
+
+def _gq_mm(a, b, out, scale, row_scale=None, e=None, row_coef=None, accumulate=False):
+    m, k = a.shape
+    d = b.shape[1]
+    if m == 0 or d == 0:
+        return
+
+    def grid(meta):
+        return mm_grid(m, d, meta)
+    _gq_mm_kernel[grid](a, b, e if e is not None else b, row_scale if row_scale is not None else out,
+                        row_coef if row_coef is not None else out, out, m, k, d, a.stride(0), a.stride(1),
+                        b.stride(0), b.stride(1), e.stride(0) if e is not None else 0,
+                        e.stride(1) if e is not None else 0, out.stride(0), out.stride(1), float(scale),
+                        HAS_ROW_SCALE=row_scale is not None, ACCUMULATE=accumulate, HAS_E=e is not None,
+                        num_warps=MM_WARPS, num_stages=MM_STAGES, **MM_META)
 
 
 @on_device_of("x")
-def cross_entropy_forward(x, weight, target, scale: float, smoothing: float, save_dots: bool):
+def cross_entropy_forward(x, weight, target, scale: float, smoothing: float, save_dots: bool,
+                          splits: int | None = None):
     """(loss [N], lse [N], ez [N], tz [N], xsq [N], wsq [C], dots), all float32; dots is x.W^T [N, C]
-    when save_dots, else empty [0]."""
+    when save_dots, else empty [0]. ``splits`` (default FWD_SPLITS) forces the class-split count."""
     n, d = x.shape
     c = weight.shape[0]
+    splits = FWD_SPLITS if splits is None else splits
+    sms = num_sms(x.device)
     out = [torch.empty(n, device=x.device, dtype=torch.float32) for _ in range(5)]
     wsq = torch.empty(c, device=x.device, dtype=torch.float32)
     dots = torch.empty((n, c) if save_dots else (0,), device=x.device, dtype=torch.float32)
-    if n == 0:
-        wsq.copy_((weight.float() ** 2).sum(1))
-        return (*out, wsq, dots)
+    # The split count depends on the config the autotuner picks: size the partial states for the most
+    # any config can launch, and let the grid function report the launched one (its last call is the
+    # real launch, after any benchmarking).
+    most = max(forward_grid(n, c, meta, sms, splits)[1] for meta in _all_metas(_nce_fwd_kernel, _FWD_CONFIGS))
+    part = torch.empty((5, most, n), device=x.device, dtype=torch.float32)
+    launched = {}
 
     def grid(meta):
-        return (triton.cdiv(n, meta["BLOCK_N"]),)
+        launched["grid"] = forward_grid(n, c, meta, sms, splits)
+        return launched["grid"]
 
-    _nce_fwd_kernel[grid](x, weight, target, *out, wsq, dots, n, c, d, x.stride(0), x.stride(1), weight.stride(0),
-                          weight.stride(1), float(scale), float(smoothing), SAVE_DOTS=save_dots,
-                          IEEE=x.dtype == torch.float32)
+    _nce_fwd_kernel[grid](x, weight, target, part, out[4], wsq, dots, n, c, d, x.stride(0), x.stride(1),
+                          weight.stride(0), weight.stride(1), part.stride(0), float(scale), bucket(n), bucket(c),
+                          bucket(d), SAVE_DOTS=save_dots, IEEE=x.dtype == torch.float32)
+    if n > 0:
+        used = launched.get("grid", (1, most))[1]
+        _nce_combine_kernel[(triton.cdiv(n, COMBINE_BLOCK),)](part, out[0], out[1], out[2], out[3], n, c, used,
+                                                              part.stride(0), float(smoothing),
+                                                              BLOCK_R=COMBINE_BLOCK)
     return (*out, wsq, dots)
 
 
@@ -170,44 +388,72 @@ def gradient_dtype(dtype: torch.dtype) -> torch.dtype:
 
 @on_device_of("x")
 def cross_entropy_backward(grad_row, x, weight, target, lse, ez, tz, xsq, wsq, dots, scale: float,
-                           smoothing: float):
+                           smoothing: float, splits: int | None = None):
     """(grad_x, grad_weight) for per-row upstream gradients grad_row [N] (float32); dots as the forward
-    returned it (reused when [N, C], recomputed when empty)."""
+    returned it (reused when [N, C], recomputed when empty). ``splits`` (default GRAD_SPLITS) forces the
+    grad kernel's row-split count."""
     n, d = x.shape
     c = weight.shape[0]
+    splits = GRAD_SPLITS if splits is None else splits
+    sms = num_sms(x.device)
     gdt = gradient_dtype(x.dtype)
+    half = x.dtype == torch.float16  # Gq float32 against float16 operands: _gq_mm_kernel
     inv_x = 1.0 / xsq.sqrt().clamp_min(1e-12)
     inv_w = 1.0 / wsq.sqrt().clamp_min(1e-12)
     x_unit = (x.float() * inv_x[:, None]).to(gdt)
-    w_mm = weight if weight.dtype == gdt else weight.float()
-    grad_x = torch.empty((n, d), device=x.device, dtype=torch.float32)
+    row_gz = grad_row * (ez - tz)
+    row_coef = (xsq.sqrt() > 1e-12) * inv_x * inv_x * row_gz
+    grad_x = torch.empty((n, d), device=x.device, dtype=x.dtype if half else torch.float32)
     col_gz = torch.zeros(c, device=x.device, dtype=torch.float32)
     save_dots = dots.dim() == 2
     rows = max(1, MAX_CHUNK_ELEMENTS // max(c, 1))
+    chunks = [(r0, min(n, r0 + rows)) for r0 in range(0, n, rows)]
     grad_w = None
-    for r0 in range(0, n, rows):
-        r1 = min(n, r0 + rows)
+    for index, (r0, r1) in enumerate(chunks):
+        last = index == len(chunks) - 1
         gq = torch.empty((r1 - r0, c), device=x.device, dtype=gdt)
+        most = max(grad_grid(r1 - r0, c, meta, sms, splits)[1] for meta in _all_metas(_nce_grad_kernel, _GRAD_CONFIGS))
+        col_part = torch.empty((most, c), device=x.device, dtype=torch.float32)
+        launched = {}
 
         def grid(meta):
-            return (triton.cdiv(c, meta["BLOCK_C"]),)
+            launched["grid"] = grad_grid(r1 - r0, c, meta, sms, splits)
+            return launched["grid"]
 
         xs = x[r0:r1]
         _nce_grad_kernel[grid](xs, weight, target[r0:r1], lse[r0:r1], grad_row[r0:r1], xsq[r0:r1], wsq,
-                               dots[r0:r1] if save_dots else dots, gq, col_gz,
+                               dots[r0:r1] if save_dots else dots, gq, col_part,
                                r1 - r0, c, d, xs.stride(0), xs.stride(1), weight.stride(0), weight.stride(1),
-                               gq.stride(0), float(scale), float(smoothing), SAVE_DOTS=save_dots,
-                               IEEE=x.dtype == torch.float32)
-        grad_x[r0:r1] = torch.mm(gq, w_mm).float() * (scale * inv_x[r0:r1, None])
+                               gq.stride(0), float(scale), float(smoothing), bucket(r1 - r0), bucket(c), bucket(d),
+                               SAVE_DOTS=save_dots, IEEE=x.dtype == torch.float32)
+        used = launched.get("grid", (1, most))[1]
+        col_gz += col_part[0] if used == 1 else col_part[:used].sum(0)
+        if half:
+            _gq_mm(gq, weight, grad_x[r0:r1], scale, row_scale=inv_x[r0:r1], e=x[r0:r1], row_coef=row_coef[r0:r1])
+            if grad_w is None:
+                grad_w = torch.empty((c, d), device=x.device, dtype=weight.dtype if last else torch.float32)
+            if last:
+                col_coef = (wsq.sqrt() > 1e-12) * inv_w * inv_w * col_gz
+                _gq_mm(gq.T, x_unit[r0:r1], grad_w, scale, e=weight, row_coef=col_coef, accumulate=index > 0)
+                if index > 0:  # the float32 accumulator of earlier chunks, finished in place
+                    grad_w = grad_w.to(weight.dtype)
+            else:
+                _gq_mm(gq.T, x_unit[r0:r1], grad_w, scale, accumulate=index > 0)
+            continue
+        grad_x[r0:r1] = torch.mm(gq, weight).float() * (scale * inv_x[r0:r1, None])
         chunk_w = torch.mm(gq.T, x_unit[r0:r1])
         if grad_w is None:
-            grad_w = chunk_w if r1 == n else chunk_w.float()  # several chunks accumulate in float32
+            grad_w = chunk_w if last else chunk_w.float()  # several chunks accumulate in float32
         else:
             grad_w += chunk_w
+    if half:
+        if grad_w is None:  # no rows
+            grad_w = torch.zeros((c, d), device=x.device, dtype=weight.dtype)
+        return grad_x, grad_w
     if grad_w is None:  # no rows
         grad_w = torch.zeros((c, d), device=x.device, dtype=gdt)
-    row_gz = grad_row * (ez - tz)
-    grad_x -= ((xsq.sqrt() > 1e-12) * inv_x * inv_x * row_gz)[:, None] * x.float()
-    col_coef = ((wsq.sqrt() > 1e-12) * inv_w * inv_w * col_gz)[:, None].to(grad_w.dtype)
-    grad_w.mul_(scale).addcmul_(col_coef, w_mm.to(grad_w.dtype), value=-1)
+    grad_x -= row_coef[:, None] * x.float()
+    col_coef = ((wsq.sqrt() > 1e-12) * inv_w * inv_w * col_gz)[:, None]
+    # mixed-dtype addcmul: W is read in its dtype, never copied to grad_w's
+    grad_w.mul_(scale).addcmul_(col_coef.to(grad_w.dtype), weight, value=-1)
     return grad_x.to(x.dtype), grad_w.to(weight.dtype)
