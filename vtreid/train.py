@@ -411,6 +411,7 @@ def train(run: Run, writers: Writers) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     ctx = distributed.Context()
+    clean = False
     try:
         cfg, resume_state, out = resolve_config(args)
         ctx, device = distributed.setup(cfg["train"]["device"])
@@ -433,14 +434,16 @@ def main(argv=None) -> int:
                         f"{len(run.split.train)} images, {run.steps_per_epoch} steps/epoch, {run.total_steps} steps, "
                         f"run directory {out}")
             try:
-                return train(run, writers)
+                code = train(run, writers)
+                clean = code != 1  # 1: a failed step, which another rank may not have seen at the same step
+                return code
             finally:
                 writers.close()
     except (ConfigError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
-        distributed.teardown(ctx)
+        distributed.teardown(ctx, clean)
 
 
 if __name__ == "__main__":

@@ -63,9 +63,18 @@ def setup(device_name: str) -> tuple[Context, str]:
     return Context(rank, world, local_rank), device_name
 
 
-def teardown(ctx: Context) -> None:
+def teardown(ctx: Context, clean: bool = True) -> None:
+    """Leave the process group. After a clean run every rank first meets the others at a barrier: rank 0
+    still writes results after the last collective, and a gloo rank that destroyed its group (closing its
+    connections) while another was still tearing down could be aborted from a gloo thread ("terminate
+    called without an active exception", exit -6, seen once in CI). After an error the barrier is skipped:
+    the other ranks may be inside a collective that will never match it."""
     if ctx.enabled and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if clean:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def per_rank(value: int, name: str, ctx_world: int) -> int:
