@@ -1,18 +1,25 @@
-"""Triton kernels for vtreid.ops.pairwise_distance (forward and backward), one fused kernel per pass.
+"""Triton kernels for vtreid.ops.pairwise_distance (forward and backward).
 
-Forward: each program owns a [BLOCK_N, BLOCK_M] tile of the output. It streams the feature axis in
-BLOCK_D slices, accumulating x.y^T with tl.dot and, from the same registers, the squared row norms of
-both operands; the metric epilogue runs on the accumulator before the single store. The programs in
-the first tile column / row also write the squared norms, which the backward reuses.
+Forward (two launches): a pre-pass writes the squared row norms of x and y (float32, from the input
+values) in one launch over both; then each program of the main kernel owns a [BLOCK_N, BLOCK_M] tile of
+the output, streams the feature axis in BLOCK_D slices into a tl.dot accumulator (nothing else in the
+inner loop), and runs the metric epilogue on the accumulator and the saved norms before the single store.
+The norms are reused by the backward.
 
-Backward (one launch per input; the second launch reads grad and dist transposed through strides):
-    grad_x = a * x - B @ y
-    euclidean   B_ij = g_ij / d_ij  (0 where d_ij = 0),  a_i = sum_j B_ij
-    sqeuclidean B_ij = 2 g_ij       (0 where d_ij = 0),  a_i = sum_j B_ij
+Backward (three launches):
+    grad_x = a * x - B @ y,   grad_y = b * y - B^T @ x
+    euclidean   B_ij = g_ij / d_ij  (0 where d_ij = 0),  a_i = sum_j B_ij,  b_j = sum_i B_ij
+    sqeuclidean B_ij = 2 g_ij       (0 where d_ij = 0),  a_i = sum_j B_ij,  b_j = sum_i B_ij
     cosine      B_ij = g_ij / (n_i n_j),  a_i = [|x_i| > eps] sum_j g_ij (1 - d_ij) / n_i^2,
-                n = max(|row|, eps)
-Each program owns [BLOCK_N, BLOCK_D] of grad_x and loops over the other operand's rows, building the
-B tile in registers from grad, dist and the saved norms (no N x M intermediate in memory).
+                b_j = [|y_j| > eps] sum_i g_ij (1 - d_ij) / n_j^2,  n = max(|row|, eps)
+A coefficient pass reads grad and dist once and writes B (float32, [N, M]) and, per tile, the partial
+row and column sums of a and b; the two side kernels (grad_x over [BLOCK_N, BLOCK_D] tiles of x, grad_y
+over tiles of y reading B through transposed strides) are then plain GEMMs on B plus the summed partials.
+The earlier design rebuilt B from grad and dist in every D slice of both sides: 2 x D / BLOCK_D reads of
+two N x M matrices (~8 GB at 8192^2 x 2048) where this reads them once and B from L2.
+
+Autotune keys are bucketed sizes (kernels/_launch.bucket); configs whose grid would leave SMs idle at a
+shape are pruned when another config fills one wave (``prune_to_waves``).
 
 These functions compute; dispatch, checks and autograd live in vtreid/ops/pairwise_distance.py.
 """
@@ -22,30 +29,101 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import autotune, on_device_of
+from ._launch import autotune, bucket, num_sms, on_device_of
 
 METRIC_CODES = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
 
-_FWD_CONFIGS = (
-    [
-        triton.Config({"BLOCK_N": 128, "BLOCK_M": 128, "BLOCK_D": 32, "GROUP": 8}, num_warps=8, num_stages=4),
-        triton.Config({"BLOCK_N": 128, "BLOCK_M": 128, "BLOCK_D": 64, "GROUP": 8}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_N": 128, "BLOCK_M": 64, "BLOCK_D": 64, "GROUP": 8}, num_warps=4, num_stages=4),
-        triton.Config({"BLOCK_N": 64, "BLOCK_M": 64, "BLOCK_D": 64, "GROUP": 8}, num_warps=4, num_stages=4),
-        triton.Config({"BLOCK_N": 64, "BLOCK_M": 32, "BLOCK_D": 64, "GROUP": 8}, num_warps=4, num_stages=3),
-    ],
-    {"BLOCK_N": 32, "BLOCK_M": 32, "BLOCK_D": 32, "GROUP": 4},
-)
+def _cfg(bn, bm, bd, warps, stages, **extra):
+    return triton.Config({"BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_D": bd, **extra}, num_warps=warps, num_stages=stages)
 
-_BWD_CONFIGS = (
-    [
-        triton.Config({"BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_D": 128}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_N": 64, "BLOCK_K": 32, "BLOCK_D": 128}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_N": 32, "BLOCK_K": 64, "BLOCK_D": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_N": 16, "BLOCK_K": 64, "BLOCK_D": 64}, num_warps=4, num_stages=3),
-    ],
-    {"BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_D": 32},
-)
+
+# Configs per input precision: float32 runs IEEE FMA dots (no TF32), whose large tiles spill on sm_90;
+# half inputs run tensor-core dots. Each list holds only configs that compile without register spills
+# on sm_90 for every metric (scripts/compile_triton.py, which compiles each list with its dtypes). The
+# small tiles give one wave at training sizes (256 x 256 -> 256 programs); the large ones are for
+# 8192^2 x 2048.
+_FWD_BY_DTYPE = {
+    "fp32": [_cfg(64, 32, 64, 4, 3, GROUP=8), _cfg(32, 16, 128, 4, 3, GROUP=8), _cfg(16, 16, 128, 2, 3, GROUP=8)],
+    # 128 x 256, 64 x 256, 128 x 128 and 128 x 64 tiles spill 64-840 bytes in the euclidean/cosine
+    # epilogue (sqrt.rn); 64 x 128 is the largest clean one (Triton 3.9, sm_90)
+    "half": [_cfg(64, 128, 64, 4, 3, GROUP=8), _cfg(64, 32, 64, 4, 3, GROUP=8), _cfg(32, 16, 128, 4, 3, GROUP=8),
+             _cfg(16, 16, 128, 2, 3, GROUP=8)],
+}
+_FWD_INTERPRETER = {"BLOCK_N": 32, "BLOCK_M": 32, "BLOCK_D": 32, "GROUP": 4}
+
+
+def _bcfg(bn, bk, bd, warps, stages):
+    return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd}, num_warps=warps, num_stages=stages)
+
+
+_BWD_BY_DTYPE = {
+    "fp32": [_bcfg(64, 64, 128, 8, 3), _bcfg(32, 64, 64, 4, 3), _bcfg(16, 64, 64, 4, 3), _bcfg(16, 32, 128, 4, 3)],
+    "half": [_bcfg(32, 32, 128, 8, 3), _bcfg(16, 32, 64, 4, 3), _bcfg(16, 32, 128, 4, 3)],
+}
+_BWD_INTERPRETER = {"BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_D": 32}
+
+
+def _union(by_dtype):
+    out = []
+    for configs in by_dtype.values():
+        out += [c for c in configs if all(c is not o for o in out)]
+    return out
+
+
+def configs_for(by_dtype, dtype: torch.dtype):
+    return by_dtype["fp32" if dtype == torch.float32 else "half"]
+
+
+#: Tiles of the norm pre-pass and of the coefficient pass (memory-bound, not tuned): the largest that still
+#: gives every SM a program, down to one row (norms) or 16 x 16 (coefficients).
+NORM_BLOCK_R, NORM_BLOCK_D = 16, 128
+COEF_BLOCKS = ((32, 64), (32, 32), (16, 32), (16, 16))
+
+
+def prune_to_waves(programs, by_dtype=None, operand=None):
+    """An autotune ``early_config_prune``: first the configs of the launch's precision (``by_dtype``,
+    chosen by the dtype of argument ``operand``), then those whose grid, ``programs(meta, args)``, gives
+    every SM of the device a program, when at least one does (at large sizes all do, and the tuner picks
+    among all of them); otherwise it keeps them all."""
+    def prune(configs, nargs, **kwargs):
+        args = {**nargs, **kwargs}
+        if by_dtype is not None and isinstance(args.get(operand), torch.Tensor):
+            allowed = configs_for(by_dtype, args[operand].dtype)
+            configs = [c for c in configs if any(c is a for a in allowed)] or list(configs)
+        tensor = next(v for v in args.values() if isinstance(v, torch.Tensor))
+        sms = num_sms(tensor.device)
+        full = [c for c in configs if programs(c.kwargs, args) >= sms]
+        return full or list(configs)
+    return prune
+
+
+def forward_grid(n: int, m: int, meta: dict) -> tuple[int]:
+    """Programs of the forward main kernel: one per [BLOCK_N, BLOCK_M] output tile."""
+    return (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(m, meta["BLOCK_M"]),)
+
+
+def side_grid(n: int, d: int, meta: dict) -> tuple[int, int]:
+    """Programs of one backward side kernel: one per [BLOCK_N, BLOCK_D] tile of the gradient."""
+    return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(d, meta["BLOCK_D"]))
+
+
+def norm_block(rows: int, sms: int) -> int:
+    """Rows per program of the norm pre-pass over ``rows`` rows (x and y together)."""
+    block = NORM_BLOCK_R
+    while block > 1 and triton.cdiv(rows, block) < sms:
+        block //= 2
+    return block
+
+
+def coef_blocks(n: int, m: int, sms: int) -> tuple[int, int]:
+    for bn, bm in COEF_BLOCKS:
+        if triton.cdiv(n, bn) * triton.cdiv(m, bm) >= sms:
+            return bn, bm
+    return COEF_BLOCKS[-1]
+
+
+def coef_grid(n: int, m: int, blocks: tuple[int, int]) -> tuple[int, int]:
+    return (triton.cdiv(n, blocks[0]), triton.cdiv(m, blocks[1]))
 
 
 @triton.jit
@@ -100,13 +178,44 @@ def dot_and_norms(X, Y, rn, rm, mask_n, mask_m, D, stride_xn, stride_xd, stride_
     return acc, xsq, ysq
 
 
-@autotune(*_FWD_CONFIGS, key=["N", "M", "D", "METRIC"])
+@triton.jit
+def _row_norms(X, OUT, tile, N, D, stride_n, stride_d, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)
+    mask_r = rows < N
+    ptr = X + rows.to(tl.int64)[:, None] * stride_n
+    acc = tl.zeros((BLOCK_R,), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        rd = d0 + tl.arange(0, BLOCK_D)
+        v = tl.load(ptr + rd.to(tl.int64)[None, :] * stride_d, mask=mask_r[:, None] & (rd < D)[None, :],
+                    other=0.0).to(tl.float32)
+        acc += tl.sum(v * v, axis=1)
+    tl.store(OUT + rows, acc, mask=mask_r)
+
+
+@triton.jit
+def _row_norms_kernel(X, Y, XSQ, YSQ, N, M, D, stride_xn, stride_xd, stride_yn, stride_yd,
+                      BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """XSQ = |x_i|^2, YSQ = |y_j|^2 in float32; the first cdiv(N, BLOCK_R) programs take x, the rest y."""
+    pid = tl.program_id(0)
+    tiles_x = tl.cdiv(N, BLOCK_R)
+    if pid < tiles_x:
+        _row_norms(X, XSQ, pid, N, D, stride_xn, stride_xd, BLOCK_R, BLOCK_D)
+    else:
+        _row_norms(Y, YSQ, pid - tiles_x, M, D, stride_yn, stride_yd, BLOCK_R, BLOCK_D)
+
+
+def _forward_programs(meta, args):
+    return forward_grid(args["N"], args["M"], meta)[0]
+
+
+@autotune(_union(_FWD_BY_DTYPE), _FWD_INTERPRETER, key=["N_BUCKET", "M_BUCKET", "D_BUCKET", "METRIC", "IEEE"],
+          prune_configs_by={"early_config_prune": prune_to_waves(_forward_programs, _FWD_BY_DTYPE, "X")})
 @triton.jit
 def _pairwise_fwd_kernel(
     X, Y, OUT, XSQ, YSQ,
     N, M, D,
     stride_xn, stride_xd, stride_yn, stride_yd, stride_on, stride_om,
-    tau,
+    tau, N_BUCKET, M_BUCKET, D_BUCKET,
     METRIC: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
 ):
@@ -124,29 +233,86 @@ def _pairwise_fwd_kernel(
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_n = rn < N
     mask_m = rm < M
-    acc, xsq, ysq = dot_and_norms(X, Y, rn, rm, mask_n, mask_m, D, stride_xn, stride_xd, stride_yn, stride_yd,
-                                  IEEE, BLOCK_N, BLOCK_M, BLOCK_D)
+    # Rows past N (M) read row 0 instead of being masked, and the pointers step by BLOCK_D: only the
+    # feature mask is live across the loop (2-D row masks and per-step pointer rebuilds made the 128 x 128
+    # and larger tiles spill, Step 14's compile table). Offsets are 64-bit: a transposed view has a
+    # feature stride of N.
+    rd = tl.arange(0, BLOCK_D)
+    x_ptrs = X + tl.where(mask_n, rn, 0).to(tl.int64)[:, None] * stride_xn + rd.to(tl.int64)[None, :] * stride_xd
+    y_ptrs = Y + tl.where(mask_m, rm, 0).to(tl.int64)[None, :] * stride_yn + rd.to(tl.int64)[:, None] * stride_yd
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        mask_d = rd < D - d0
+        xt = tl.load(x_ptrs, mask=mask_d[None, :], other=0.0)
+        yt = tl.load(y_ptrs, mask=mask_d[:, None], other=0.0)
+        acc = acc + _dot_f32(xt, yt, IEEE)
+        x_ptrs += BLOCK_D * stride_xd
+        y_ptrs += BLOCK_D * stride_yd
 
+    xsq = tl.load(XSQ + rn, mask=mask_n, other=0.0)
+    ysq = tl.load(YSQ + rm, mask=mask_m, other=0.0)
     dist = distance_epilogue(acc, xsq, ysq, tau, METRIC)
     out = OUT + rn.to(tl.int64)[:, None] * stride_on + rm.to(tl.int64)[None, :] * stride_om
     tl.store(out, dist.to(OUT.dtype.element_ty), mask=mask_n[:, None] & mask_m[None, :])
-    if pid_m == 0:
-        tl.store(XSQ + rn, xsq, mask=mask_n)
-    if pid_n == 0:
-        tl.store(YSQ + rm, ysq, mask=mask_m)
 
 
-@autotune(*_BWD_CONFIGS, key=["N", "K", "D", "METRIC"])
+@triton.jit
+def _pairwise_coef_kernel(
+    G, DIST, XSQ, YSQ, COEF, ROW_PART, COL_PART,
+    N, M,
+    stride_gn, stride_gm, stride_dn, stride_dm,
+    METRIC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """COEF [N, M] = B (float32); ROW_PART [tiles_m, N] and COL_PART [tiles_n, M]: this tile's share of the
+    row sums a (before the cosine 1 / n_i^2) and of the column sums b. Reads grad and dist once."""
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_n = rn < N
+    mask_m = rm < M
+    mask = mask_n[:, None] & mask_m[None, :]
+    rn64 = rn.to(tl.int64)
+    rm64 = rm.to(tl.int64)  # grad and dist may be read transposed: rm * N passes 2^31 for large N x M
+    g = tl.load(G + rn64[:, None] * stride_gn + rm64[None, :] * stride_gm, mask=mask, other=0.0).to(tl.float32)
+    d = tl.load(DIST + rn64[:, None] * stride_dn + rm64[None, :] * stride_dm, mask=mask, other=0.0).to(tl.float32)
+    # B stays float32 for every input dtype: rounded to half it would disagree with the row sums, which for
+    # close pairs (large g / d, x ~ y) leaves an error of the size of the whole term, and the cosine one
+    # overflows half for tiny-norm rows.
+    if METRIC == 0:
+        coef = tl.where(d > 0.0, g / tl.where(d > 0.0, d, 1.0), 0.0)
+        sums = coef
+    elif METRIC == 1:
+        coef = tl.where(d > 0.0, 2.0 * g, 0.0)
+        sums = coef
+    else:
+        inv_x = 1.0 / tl.maximum(tl.sqrt_rn(tl.load(XSQ + rn, mask=mask_n, other=1.0)), 1e-12)
+        inv_y = 1.0 / tl.maximum(tl.sqrt_rn(tl.load(YSQ + rm, mask=mask_m, other=1.0)), 1e-12)
+        coef = g * inv_x[:, None] * inv_y[None, :]
+        sums = g * (1.0 - d)
+    tl.store(COEF + rn64[:, None] * M + rm64[None, :], coef, mask=mask)
+    tl.store(ROW_PART + pid_m.to(tl.int64) * N + rn64, tl.sum(sums, axis=1), mask=mask_n)
+    tl.store(COL_PART + pid_n.to(tl.int64) * M + rm64, tl.sum(sums, axis=0), mask=mask_m)
+
+
+def _side_programs(meta, args):
+    return side_grid(args["N"], args["D"], meta)[0] * side_grid(args["N"], args["D"], meta)[1]
+
+
+@autotune(_union(_BWD_BY_DTYPE), _BWD_INTERPRETER, key=["N_BUCKET", "K_BUCKET", "D_BUCKET", "METRIC"],
+          prune_configs_by={"early_config_prune": prune_to_waves(_side_programs, _BWD_BY_DTYPE, "B")})
 @triton.jit
 def _pairwise_bwd_kernel(
-    G, DIST, A, B, ASQ, BSQ, GRAD_A,
-    N, K, D,
-    stride_gn, stride_gk, stride_dn, stride_dk,
-    stride_an, stride_ad, stride_bk, stride_bd, stride_ga_n, stride_ga_d,
+    COEF, PART, A, B, ASQ, GRAD_A,
+    N, K, D, PARTS,
+    stride_cn, stride_ck, stride_an, stride_ad, stride_bk, stride_bd, stride_ga_n, stride_ga_d,
+    N_BUCKET, K_BUCKET, D_BUCKET,
     METRIC: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """grad_a[N, D] of sum_ij g_ij dist(a_i, b_j); the other operand b is [K, D]."""
+    """grad_a [N, D] = a * a_rows - COEF @ b, with a = the PARTS partial sums in PART [PARTS, N]; the other
+    operand b is [K, D] and COEF is read at (row, k) through (stride_cn, stride_ck), transposed for the
+    second input."""
     pid_n = tl.program_id(0)
     pid_d = tl.program_id(1)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -156,45 +322,47 @@ def _pairwise_bwd_kernel(
     rn64 = rn.to(tl.int64)
     rd64 = rd.to(tl.int64)
 
-    if METRIC == 2:
-        asq = tl.load(ASQ + rn, mask=mask_n, other=1.0)
-        a_norm = tl.sqrt_rn(asq)
-        inv_a = 1.0 / tl.maximum(a_norm, 1e-12)
-
     acc = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    row_coef = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        rk = k0 + tl.arange(0, BLOCK_K)
-        rk64 = rk.to(tl.int64)  # the transposed side reads grad and dist at rk * N: past 2^31 for large N x M
-        mask_k = rk < K
-        mask_nk = mask_n[:, None] & mask_k[None, :]
-        g = tl.load(G + rn64[:, None] * stride_gn + rk64[None, :] * stride_gk, mask=mask_nk, other=0.0).to(tl.float32)
-        d = tl.load(DIST + rn64[:, None] * stride_dn + rk64[None, :] * stride_dk, mask=mask_nk, other=0.0).to(tl.float32)
-        if METRIC == 0:
-            coef = tl.where(d > 0.0, g / tl.where(d > 0.0, d, 1.0), 0.0)
-            row_coef += tl.sum(coef, axis=1)
-        elif METRIC == 1:
-            coef = tl.where(d > 0.0, 2.0 * g, 0.0)
-            row_coef += tl.sum(coef, axis=1)
-        else:
-            bsq = tl.load(BSQ + rk, mask=mask_k, other=1.0)
-            inv_b = 1.0 / tl.maximum(tl.sqrt_rn(bsq), 1e-12)
-            coef = g * inv_a[:, None] * inv_b[None, :]
-            row_coef += tl.sum(g * (1.0 - d), axis=1)
+        rk64 = (k0 + tl.arange(0, BLOCK_K)).to(tl.int64)
+        mask_k = rk64 < K
+        coef = tl.load(COEF + rn64[:, None] * stride_cn + rk64[None, :] * stride_ck,
+                       mask=mask_n[:, None] & mask_k[None, :], other=0.0)
         bt = tl.load(B + rk64[:, None] * stride_bk + rd64[None, :] * stride_bd,
                      mask=mask_k[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-        # The coefficients stay float32 (and the product IEEE float32) for every input dtype: rounded to
-        # half they disagree with row_coef, which for close pairs (large g / d, a ~ b) leaves an error of
-        # the size of the whole term, and the cosine one overflows half for tiny-norm rows.
         acc = acc + _dot_f32(coef, bt, True)
 
+    row_coef = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for t in range(0, PARTS):  # in tile order: the same sum for every D slice and every run
+        row_coef += tl.load(PART + t * N + rn64, mask=mask_n, other=0.0)
     if METRIC == 2:
+        a_norm = tl.sqrt_rn(tl.load(ASQ + rn, mask=mask_n, other=1.0))
+        inv_a = 1.0 / tl.maximum(a_norm, 1e-12)
         row_coef = tl.where(a_norm > 1e-12, row_coef * inv_a * inv_a, 0.0)
     at = tl.load(A + rn64[:, None] * stride_an + rd64[None, :] * stride_ad,
                  mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
     grad = row_coef[:, None] * at - acc
     tl.store(GRAD_A + rn64[:, None] * stride_ga_n + rd64[None, :] * stride_ga_d,
              grad.to(GRAD_A.dtype.element_ty), mask=mask_n[:, None] & mask_d[None, :])
+
+
+_pairwise_fwd_kernel.dtype_configs = _FWD_BY_DTYPE
+_pairwise_bwd_kernel.dtype_configs = _BWD_BY_DTYPE
+
+
+def row_norms(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(|x_i|^2 [N], |y_j|^2 [M]) in float32, one launch; y is x: computed once."""
+    n, d = x.shape
+    same = y is x
+    m = 0 if same else y.shape[0]
+    xsq = torch.empty((n,), device=x.device, dtype=torch.float32)
+    ysq = xsq if same else torch.empty((m,), device=x.device, dtype=torch.float32)
+    block = norm_block(n + m, num_sms(x.device))
+    programs = triton.cdiv(n, block) + triton.cdiv(m, block)
+    if programs:
+        _row_norms_kernel[(programs,)](x, y, xsq, ysq, n, m, d, x.stride(0), x.stride(1), y.stride(0), y.stride(1),
+                                       BLOCK_R=block, BLOCK_D=min(NORM_BLOCK_D, triton.next_power_of_2(d)))
+    return xsq, ysq
 
 
 @on_device_of("x")
@@ -206,47 +374,46 @@ def forward(x: torch.Tensor, y: torch.Tensor, metric: str, tau: float):
     if n == 0 or m == 0:
         # Nothing to pair: the norms are only ever read next to an entry of dist.
         return out, x.new_zeros((n,), dtype=torch.float32), x.new_zeros((m,), dtype=torch.float32)
-    xsq = torch.empty((n,), device=x.device, dtype=torch.float32)
-    ysq = torch.empty((m,), device=x.device, dtype=torch.float32)
-
-    def grid(meta):
-        return (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(m, meta["BLOCK_M"]),)
-
-    _pairwise_fwd_kernel[grid](
+    xsq, ysq = row_norms(x, y)
+    _pairwise_fwd_kernel[lambda meta: forward_grid(n, m, meta)](
         x, y, out, xsq, ysq, n, m, d,
         x.stride(0), x.stride(1), y.stride(0), y.stride(1), out.stride(0), out.stride(1),
-        tau, METRIC=METRIC_CODES[metric], IEEE=x.dtype == torch.float32,
+        tau, bucket(n), bucket(m), bucket(d), METRIC=METRIC_CODES[metric], IEEE=x.dtype == torch.float32,
     )
-    return out, xsq, ysq
+    return out, xsq, ysq if y is not x else xsq.clone()
 
 
-@on_device_of("a")
-def _grad_one_side(g, dist, a, b, asq, bsq, metric, transposed):
+def _grad_one_side(coef, parts, a, b, asq, stride_cn, stride_ck, metric):
     n, d = a.shape
     k = b.shape[0]
     grad_a = torch.empty_like(a, memory_format=torch.contiguous_format)
-    if n == 0:
-        return grad_a
-    if k == 0:
-        return grad_a.zero_()
-    sgn, sgk = (g.stride(1), g.stride(0)) if transposed else (g.stride(0), g.stride(1))
-    sdn, sdk = (dist.stride(1), dist.stride(0)) if transposed else (dist.stride(0), dist.stride(1))
-
-    def grid(meta):
-        return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(d, meta["BLOCK_D"]))
-
-    _pairwise_bwd_kernel[grid](
-        g, dist, a, b, asq, bsq, grad_a, n, k, d,
-        sgn, sgk, sdn, sdk,
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1), grad_a.stride(0), grad_a.stride(1),
-        METRIC=METRIC_CODES[metric],
+    _pairwise_bwd_kernel[lambda meta: side_grid(n, d, meta)](
+        coef, parts, a, b, asq, grad_a, n, k, d, parts.shape[0],
+        stride_cn, stride_ck, a.stride(0), a.stride(1), b.stride(0), b.stride(1), grad_a.stride(0), grad_a.stride(1),
+        bucket(n), bucket(k), bucket(d), METRIC=METRIC_CODES[metric],
     )
     return grad_a
 
 
+@on_device_of("x")
 def backward(grad: torch.Tensor, dist: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
              xsq: torch.Tensor, ysq: torch.Tensor, metric: str):
-    """(grad_x [N, D], grad_y [M, D]) for upstream ``grad`` [N, M]."""
-    grad_x = _grad_one_side(grad, dist, x, y, xsq, ysq, metric, transposed=False)
-    grad_y = _grad_one_side(grad, dist, y, x, ysq, xsq, metric, transposed=True)
+    """(grad_x [N, D], grad_y [M, D]) for upstream ``grad`` [N, M] (any strides: autograd may hand an
+    expanded or transposed view)."""
+    n, m = x.shape[0], y.shape[0]
+    if n == 0 or m == 0:
+        return (torch.zeros_like(x, memory_format=torch.contiguous_format),
+                torch.zeros_like(y, memory_format=torch.contiguous_format))
+    blocks = coef_blocks(n, m, num_sms(x.device))
+    tiles_n, tiles_m = coef_grid(n, m, blocks)
+    coef = torch.empty((n, m), device=x.device, dtype=torch.float32)
+    row_part = torch.empty((tiles_m, n), device=x.device, dtype=torch.float32)
+    col_part = torch.empty((tiles_n, m), device=x.device, dtype=torch.float32)
+    _pairwise_coef_kernel[(tiles_n, tiles_m)](
+        grad, dist, xsq, ysq, coef, row_part, col_part, n, m,
+        grad.stride(0), grad.stride(1), dist.stride(0), dist.stride(1),
+        METRIC=METRIC_CODES[metric], BLOCK_N=blocks[0], BLOCK_M=blocks[1],
+    )
+    grad_x = _grad_one_side(coef, row_part, x, y, xsq, m, 1, metric)
+    grad_y = _grad_one_side(coef, col_part, y, x, ysq, 1, m, metric)
     return grad_x, grad_y

@@ -13,6 +13,10 @@ compared exactly; the kernels use tl.sqrt_rn).
                                                      e.g. the GPU image's 3.6 in its own venv)
 Options: --arch 80 90, --kernel NAME (repeatable), --out table.tsv, --jobs N.
 Registers and spills come from cuobjdump --dump-resource-usage on the cubin (Triton's bundled one; no GPU).
+Spilled bytes are the per-thread stack frame (STACK), not LOCAL, which cuobjdump leaves at 0: a Triton
+kernel has no local arrays and no calls, so its stack frame is spill space (ptxas -v on the same PTX
+reports "728 bytes stack frame, 724 bytes spill stores" where cuobjdump says STACK:728 LOCAL:0). Until
+Step 14 the table read LOCAL and so reported no spills where most large-tile configs spilled.
 """
 from __future__ import annotations
 
@@ -34,11 +38,14 @@ FEATURE_PTRS = {"X", "Y", "A", "B", "C", "W", "OUT", "GRAD_A", "GRAD_X"}
 I64_PTRS = {"AL", "CL", "TARGET", "ORDER", "SEG", "SLOT", "POS_I", "NEG_I", "PI", "NI", "COUNTS"}
 I32_PTRS = {"AM", "CM", "MOD"}
 FLOAT_SCALARS = {"tau", "scale", "smoothing", "margin"}
+INT_SCALARS = {"PARTS", "SPLITS"}
 
 # Constexpr variants the ops can launch, per kernel (BLOCK_* of autotuned kernels come from their configs).
 VARIANTS = {
     "_pairwise_fwd_kernel": {"METRIC": (0, 1, 2)},
     "_pairwise_bwd_kernel": {"METRIC": (0, 1, 2)},
+    "_row_norms_kernel": {"BLOCK_R": (1, 16), "BLOCK_D": (16, 128)},
+    "_pairwise_coef_kernel": {"METRIC": (0, 1, 2), "BLOCK_N": (16, 32), "BLOCK_M": (16, 64)},
     "_mining_fwd_kernel": {"METRIC": (0, 1, 2), "POS_RULE": (0, 1, 2), "NEG_RULE": (0, 1, 2), "SELF": (False, True)},
     "_mining_pair_grad_kernel": {"METRIC": (0, 1, 2), "BLOCK_N": (16,), "BLOCK_D": (16, 32, 64, 128)},
     "_segment_sum_kernel": {"BLOCK_D": (1, 16, 128)},
@@ -69,6 +76,14 @@ def kernels():
                 continue
             if hasattr(obj, "gpu_configs"):
                 configs = [dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages) for c in obj.gpu_configs]
+                # a kernel with configs per precision ({"fp32": [...], "half": [...]}) is compiled with each
+                # list for its own dtypes only: those are the configs its launches can run
+                by_dtype = getattr(obj, "dtype_configs", None)
+                for config, c in zip(configs, obj.gpu_configs):
+                    if by_dtype:
+                        config["dtypes"] = tuple(
+                            dt for dt in FLOAT_DTYPES
+                            if any(c is a for a in by_dtype["fp32" if dt == "fp32" else "half"]))
                 out[name] = (obj.fn, configs)
             else:
                 out[name] = (obj, [dict(num_warps=4, num_stages=3)])
@@ -83,9 +98,16 @@ def variants(name: str, subset: bool):
     combos = [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
     dtypes = FLOAT_DTYPES
     if not subset:
-        return [(dt, combo, cfg) for dt, combo, cfg in itertools.product(dtypes, combos, configs)]
+        return [(dt, combo, cfg) for dt, combo, cfg in itertools.product(dtypes, combos, configs)
+                if dt in cfg.get("dtypes", dtypes)]
     count = max(len(configs), len(dtypes))  # constexpr variants cycle along; the full sweep has them all
-    return [(dtypes[i % len(dtypes)], combos[i % len(combos)], configs[i % len(configs)]) for i in range(count)]
+    out = []
+    for i in range(count):
+        cfg = configs[i % len(configs)]
+        allowed = cfg.get("dtypes", dtypes)
+        dt = dtypes[i % len(dtypes)]
+        out.append((dt if dt in allowed else allowed[i % len(allowed)], combos[i % len(combos)], cfg))
+    return out
 
 
 def signature(fn, dtype: str, constexprs: dict):
@@ -94,7 +116,7 @@ def signature(fn, dtype: str, constexprs: dict):
     for arg in fn.arg_names:
         if arg in constexprs:
             sig[arg] = "constexpr"
-        elif arg in sizes:
+        elif arg in sizes or arg in INT_SCALARS or arg.endswith("_BUCKET"):  # sizes, counts, autotune buckets
             sig[arg] = "i32"
         elif arg.isupper():
             sig[arg] = ("*" + dtype if arg in FEATURE_PTRS else "*i64" if arg in I64_PTRS
@@ -123,7 +145,7 @@ def compile_one(job):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     fn, _ = kernels()[name]
-    meta = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages")}
+    meta = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages", "dtypes")}
     constexprs = {**constexprs, **meta}
     if "IEEE" in fn.arg_names:
         constexprs["IEEE"] = dtype == "fp32"
@@ -142,7 +164,8 @@ def compile_one(job):
         problems.append(f"shared {shared} B > sm_{arch} limit {SHARED_LIMIT[arch]} B")
     if "sqrt.approx" in compiled.asm["ptx"]:
         problems.append("approximate sqrt (sqrt.approx) in the PTX")
-    return dict(row, regs=usage.get("REG", -1), spill_bytes=usage.get("LOCAL", 0), stack=usage.get("STACK", 0),
+    spill = max(usage.get("LOCAL", 0), usage.get("STACK", 0))
+    return dict(row, regs=usage.get("REG", -1), spill_bytes=spill, stack=usage.get("STACK", 0),
                 shared=shared, error="; ".join(problems))
 
 

@@ -31,6 +31,7 @@ def _tune_all(kernel, monkeypatch, winner: int):
         return [rank, rank, rank]
     monkeypatch.setattr(kernel, "configs", list(configs))
     monkeypatch.setattr(kernel, "cache", {})
+    monkeypatch.setattr(kernel, "early_config_prune", None)  # every config, whatever its precision or grid
     monkeypatch.setitem(kernel.__dict__, "do_bench", bench)
     return calls
 

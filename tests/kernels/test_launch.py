@@ -16,7 +16,7 @@ from vtreid.kernels import pairwise_distance as k_pair
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton interpreter")
 
-LAUNCHERS = [k_pair.forward, k_pair._grad_one_side, k_mining.forward, k_mining.backward, k_center.forward,
+LAUNCHERS = [k_pair.forward, k_pair.backward, k_mining.forward, k_mining.backward, k_center.forward,
              k_center.backward, k_nce.cross_entropy_forward, k_nce.cross_entropy_backward]
 
 
@@ -111,7 +111,7 @@ def test_every_triton_launch_runs_under_its_device_guard(monkeypatch):
     monkeypatch.setattr(_launch, "device_guard", recording_guard)
     x = torch.randn(5, 3, requires_grad=True)
     ops.pairwise_distance(x, backend="triton").sum().backward()
-    assert len(seen) == 3 and all(dev == x.device for dev in seen)  # forward + one launch per side
+    assert len(seen) == 2 and all(dev == x.device for dev in seen)  # forward, backward
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

@@ -1,0 +1,85 @@
+"""Every Triton launch fills a GPU at the training shapes (Step 14): N = 256 samples, D = 2048 features,
+C = 395 classes (SYSU-MM01), on a 132-SM H100, for every GPU config the autotuner may pick there.
+
+A kernel with too few programs leaves SMs idle whatever its tuning; these tests compute the grids with
+the same pure functions the launchers use (no GPU needed), so a config list or a split rule that would
+under-fill the GPU fails here. At large sizes every config must stay available to the tuner.
+"""
+import pytest
+import torch
+
+from vtreid.kernels import _launch
+from vtreid.kernels import pairwise_distance as k_pair
+
+SMS = 132
+N, D, C = 256, 2048, 395
+CPU = torch.empty(0)  # stands in for the launch's tensors: num_sms() of a CPU tensor is WAVE_SMS
+
+
+def test_wave_target_is_an_h100():
+    assert _launch.WAVE_SMS == SMS
+    assert _launch.num_sms(torch.device("cpu")) == SMS
+
+
+def _kept(kernel, args, dtype=torch.float32):
+    """The configs the kernel's early_config_prune keeps at ``args`` for inputs of ``dtype`` (all GPU
+    configs if it has none)."""
+    prune = kernel.early_config_prune
+    configs = list(kernel.gpu_configs)
+    operand = torch.empty(0, dtype=dtype)
+    return prune(configs, {"X": operand, "B": operand, **args}) if prune else configs
+
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,m", [(N, N), (2 * N, N), (N, 4 * N)])
+def test_pairwise_forward_fills_a_wave(n, m, dtype):
+    kept = _kept(k_pair._pairwise_fwd_kernel, {"N": n, "M": m, "D": D}, dtype)
+    assert kept, "no config left"
+    for config in kept:
+        assert k_pair.forward_grid(n, m, config.kwargs)[0] >= SMS, config
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k", [(N, N), (N, 2 * N)])
+def test_pairwise_backward_fills_a_wave(n, k, dtype):
+    for side_rows in (n, k):
+        kept = _kept(k_pair._pairwise_bwd_kernel, {"N": side_rows, "K": n + k - side_rows, "D": D}, dtype)
+        assert kept
+        for config in kept:
+            gx, gd = k_pair.side_grid(side_rows, D, config.kwargs)
+            assert gx * gd >= SMS, config
+    bn, bm = k_pair.coef_blocks(n, k, SMS)
+    tn, tm = k_pair.coef_grid(n, k, (bn, bm))
+    assert tn * tm >= SMS
+
+
+@pytest.mark.parametrize("rows", [N, 2 * N])
+def test_pairwise_norm_pass_fills_a_wave(rows):
+    block = k_pair.norm_block(rows, SMS)
+    assert -(-rows // block) >= SMS
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_products_keep_every_config_of_their_precision(dtype):
+    """At 8192^2 x 2048 every config fills the GPU: none of the precision's list is pruned, so the largest
+    tensor-core tiles stay candidates for half inputs, and a launch never gets the other precision's
+    configs (those were not compiled for its dtype in the spill table)."""
+    for kernel, args in ((k_pair._pairwise_fwd_kernel, {"N": 8192, "M": 8192, "D": D}),
+                         (k_pair._pairwise_bwd_kernel, {"N": 8192, "K": 8192, "D": D})):
+        own = k_pair.configs_for(kernel.dtype_configs, dtype)
+        kept = _kept(kernel, args, dtype)
+        assert len(kept) == len(own) and all(any(c is o for o in own) for c in kept)
+    half = k_pair.configs_for(k_pair._pairwise_fwd_kernel.dtype_configs, torch.float16)
+    assert any(c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_M"] >= 64 * 128 for c in half)
+
+
+def test_autotune_keys_are_bucketed():
+    """A new batch or gallery size inside a power-of-two bucket reuses the tuned config: the keys name
+    the *_BUCKET arguments, never the exact sizes."""
+    for kernel in (k_pair._pairwise_fwd_kernel, k_pair._pairwise_bwd_kernel):
+        assert not {"N", "M", "K", "D", "C"} & set(kernel.keys), kernel.keys
+        assert all(key.endswith("_BUCKET") or key.isupper() for key in kernel.keys)
+    assert [_launch.bucket(n) for n in (1, 16, 17, 256, 300, 8192)] == [16, 16, 32, 256, 512, 8192]
