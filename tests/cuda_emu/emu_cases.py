@@ -101,11 +101,85 @@ def test_pairwise_distance(n, m, d, dtype, metric):
 
 # --- hard_mining --------------------------------------------------------------------------------------
 
-def _segment_layout(pos_i, neg_i, m):
-    idx = torch.cat([pos_i, neg_i])
-    idx = torch.where(idx < 0, torch.full_like(idx, m), idx)
-    sorted_idx, order = torch.sort(idx, stable=True)
-    return order.contiguous(), torch.searchsorted(sorted_idx, torch.arange(m + 1)).contiguous()
+WAVE_SMS = 132  # an H100
+LIB.emu_hard_mining_fwd_workspace_bytes.restype = ctypes.c_int64
+
+
+def _mining_grid(n, m, d, sms):
+    out = (ctypes.c_int64 * 5)()
+    LIB.emu_hard_mining_fwd_grid(I64(n), I64(m), I64(d), ctypes.c_int(sms), out)
+    return dict(zip(("anchor_blocks", "splits", "tiles", "threads", "launches"), out))
+
+
+def _mine(a, c, la, lc, ma, mc, metric, rules, self_mining, sms=WAVE_SMS):
+    """hard_mining_fwd through the emulated launcher: (pos_d, pos_i, neg_d, neg_i, valid, asq, csq)."""
+    n, m, d = a.shape[0], c.shape[0], a.shape[1]
+    acc = _acc(a.dtype)
+    pos_d, neg_d = torch.zeros(n, dtype=acc), torch.zeros(n, dtype=acc)
+    pos_i, neg_i = torch.full((n,), -1), torch.full((n,), -1)
+    valid = torch.zeros(n, dtype=torch.bool)
+    asq, csq = torch.zeros(n, dtype=acc), torch.zeros(m, dtype=acc)
+    code = DTYPE_CODES[a.dtype]
+    nbytes = LIB.emu_hard_mining_fwd_workspace_bytes(code, I64(n), I64(m), I64(d), ctypes.c_int(sms))
+    # Garbage in the workspace: the kernels must not read what they did not write.
+    workspace = torch.full((max(nbytes, 1),), 0x7F, dtype=torch.uint8) if nbytes else None
+    _check(LIB.emu_hard_mining_fwd(code, _p(a), _p(c), _p(la), _p(lc), _p(ma), _p(mc), _p(pos_d), _p(pos_i), _p(neg_d),
+                                   _p(neg_i), _p(valid), _p(asq), _p(csq), _p(workspace), I64(n), I64(m), I64(d),
+                                   METRIC_CODES[metric], RULES[rules[0]], RULES[rules[1]], int(self_mining),
+                                   ctypes.c_int(sms)), "hard_mining_fwd")
+    return pos_d, pos_i, neg_d, neg_i, valid, asq, csq
+
+
+def _mine_bwd(gp, gn, a, c, got, metric):
+    pos_d, pos_i, neg_d, neg_i, _, asq, csq = got
+    ga, gc = torch.empty_like(a), torch.empty_like(c)
+    _check(LIB.emu_hard_mining_bwd(DTYPE_CODES[a.dtype], _p(gp), _p(gn), _p(a), _p(c), _p(pos_i), _p(neg_i), _p(pos_d),
+                                   _p(neg_d), _p(asq), _p(csq), _p(ga), _p(gc), I64(a.shape[0]), I64(c.shape[0]),
+                                   I64(a.shape[1]), METRIC_CODES[metric]), "hard_mining_bwd")
+    return ga, gc
+
+
+def _reference_mining(a, c, la, lc, ma, mc, metric, rules, self_mining):
+    acc = _acc(a.dtype)
+    ar = a.to(acc).requires_grad_()
+    cr = ar if self_mining else c.to(acc).requires_grad_()
+    want = reference.hard_mining(ar, la, None if self_mining else cr, None if self_mining else lc, metric=metric,
+                                 anchor_modality=ma, candidate_modality=None if self_mining else mc,
+                                 positive=rules[0], negative=rules[1])
+    return want, ar, cr
+
+
+def _check_forward(got, want, dtype):
+    pos_d, pos_i, neg_d, neg_i, valid = got[:5]
+    assert torch.equal(valid, want[4])
+    assert torch.equal(pos_i, want[1]), (pos_i, want[1])
+    assert torch.equal(neg_i, want[3]), (neg_i, want[3])
+    assert_matches(pos_d, want[0].detach(), dtype, "pos_dist")
+    assert_matches(neg_d, want[2].detach(), dtype, "neg_dist")
+
+
+def _check_backward(a, c, got, want, ar, cr, metric, self_mining, gen):
+    dtype, acc, n = a.dtype, _acc(a.dtype), a.shape[0]
+    gp, gn = torch.rand(n, dtype=acc, generator=gen), torch.rand(n, dtype=acc, generator=gen)
+    (want[0] * gp + want[2] * gn).sum().backward()
+    ga, gc = _mine_bwd(gp, gn, a, c, got, metric)
+    if self_mining:
+        assert_matches((ga.to(acc) + gc.to(acc)).to(dtype), ar.grad.to(dtype), dtype, "grad")
+    else:
+        assert_matches(ga, ar.grad.to(dtype), dtype, "grad anchors")
+        assert_matches(gc, cr.grad.to(dtype), dtype, "grad candidates")
+    return gp, gn, ga, gc
+
+
+def _mining_inputs(n, m, d, dtype, gen, self_mining):
+    a = _features(n, d, dtype, gen)
+    c = a if self_mining else _features(m, d, dtype, gen)
+    la = torch.randint(0, 4, (n,), generator=gen)
+    la[0] = 99  # an anchor with no positive
+    lc = la if self_mining else torch.randint(0, 4, (c.shape[0],), generator=gen)
+    ma = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int32)
+    mc = ma if self_mining else torch.randint(0, 2, (c.shape[0],), generator=gen, dtype=torch.int32)
+    return a, c, la, lc, ma, mc
 
 
 @pytest.mark.parametrize("rules", [("any", "any"), ("cross", "same")])
@@ -115,46 +189,153 @@ def _segment_layout(pos_i, neg_i, m):
 def test_hard_mining(n, m, d, dtype, metric, rules):
     gen = torch.Generator().manual_seed(n + 7 * m + d)
     self_mining = n == m or n <= 2
-    a = _features(n, d, dtype, gen)
-    c = a if self_mining else _features(m, d, dtype, gen)
-    m = c.shape[0]
-    la = torch.randint(0, 4, (n,), generator=gen)
-    la[0] = 99  # an anchor with no positive
-    lc = la if self_mining else torch.randint(0, 4, (m,), generator=gen)
-    ma = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int32)
-    mc = ma if self_mining else torch.randint(0, 2, (m,), generator=gen, dtype=torch.int32)
-    acc = _acc(dtype)
-    pos_d, neg_d = torch.zeros(n, dtype=acc), torch.zeros(n, dtype=acc)
-    pos_i, neg_i = torch.full((n,), -1), torch.full((n,), -1)
-    valid = torch.zeros(n, dtype=torch.bool)
-    asq, csq = torch.zeros(n, dtype=acc), torch.zeros(m, dtype=acc)
-    pr, nr = RULES[rules[0]], RULES[rules[1]]
-    _check(LIB.emu_hard_mining_fwd(DTYPE_CODES[dtype], _p(a), _p(c), _p(la), _p(lc), _p(ma), _p(mc), _p(pos_d),
-                                   _p(pos_i), _p(neg_d), _p(neg_i), _p(valid), _p(asq), _p(csq), I64(n), I64(m), I64(d),
-                                   METRIC_CODES[metric], pr, nr, int(self_mining)), "hard_mining_fwd")
-    ar = a.to(acc).requires_grad_()
-    cr = ar if self_mining else c.to(acc).requires_grad_()
-    want = reference.hard_mining(ar, la, None if self_mining else cr, None if self_mining else lc, metric=metric,
-                                 anchor_modality=ma, candidate_modality=None if self_mining else mc,
-                                 positive=rules[0], negative=rules[1])
-    assert torch.equal(valid, want[4])
-    assert torch.equal(pos_i, want[1]) and torch.equal(neg_i, want[3])
-    assert_matches(pos_d, want[0].detach(), dtype, "pos_dist")
-    assert_matches(neg_d, want[2].detach(), dtype, "neg_dist")
+    a, c, la, lc, ma, mc = _mining_inputs(n, m, d, dtype, gen, self_mining)
+    got = _mine(a, c, la, lc, ma, mc, metric, rules, self_mining)
+    want, ar, cr = _reference_mining(a, c, la, lc, ma, mc, metric, rules, self_mining)
+    _check_forward(got, want, dtype)
+    _check_backward(a, c, got, want, ar, cr, metric, self_mining, gen)
 
-    gp, gn = torch.rand(n, dtype=acc, generator=gen), torch.rand(n, dtype=acc, generator=gen)
-    (want[0] * gp + want[2] * gn).sum().backward()
-    order, seg = _segment_layout(pos_i, neg_i, m)
-    contrib = torch.empty(2 * n, d, dtype=acc)
-    ga, gc = torch.empty_like(a), torch.empty_like(c)
-    _check(LIB.emu_hard_mining_bwd(DTYPE_CODES[dtype], _p(gp), _p(gn), _p(a), _p(c), _p(pos_i), _p(neg_i), _p(pos_d),
-                                   _p(neg_d), _p(asq), _p(csq), _p(order), _p(seg), _p(contrib), _p(ga), _p(gc), I64(n),
-                                   I64(m), I64(d), METRIC_CODES[metric]), "hard_mining_bwd")
-    if self_mining:
-        assert_matches((ga.to(acc) + gc.to(acc)).to(dtype), ar.grad.to(dtype), dtype, "grad")
-    else:
-        assert_matches(ga, ar.grad.to(dtype), dtype, "grad anchors")
-        assert_matches(gc, cr.grad.to(dtype), dtype, "grad candidates")
+
+def _split_cases(n, m, d):
+    """sms values that force 1 split, 2 splits and one split per candidate tile (the most there are)."""
+    g = _mining_grid(n, m, d, 1)
+    cases = {"1": 1, "2": 2 * g["anchor_blocks"], "many": 1 << 20}
+    splits = {k: _mining_grid(n, m, d, v)["splits"] for k, v in cases.items()}
+    assert splits == {"1": 1, "2": min(2, g["tiles"]), "many": g["tiles"]}, splits
+    return cases
+
+
+@pytest.mark.parametrize("rules", [("any", "any"), ("cross", "same"), ("same", "cross")])
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_hard_mining_splits_agree_bitwise(dtype, metric, rules):
+    """1, 2 and many candidate splits give bitwise the same results (a pair's distance does not depend on
+    the split that computes it), equal to reference; duplicate rows sit in different splits."""
+    n, m, d = 35, 130, 33
+    gen = torch.Generator().manual_seed(5)
+    a = _features(n, d, dtype, gen)
+    c = _features(m, d, dtype, gen)
+    la = torch.randint(0, 3, (n,), generator=gen)
+    la[0] = 99
+    lc = torch.randint(0, 3, (m,), generator=gen)
+    ma = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int32)
+    mc = torch.randint(0, 2, (m,), generator=gen, dtype=torch.int32)
+    # Exact ties across split boundaries (tiles 0, 1, 4, 6, 8): a far row, the hardest positive of its
+    # identity, five times; an anchor's own row, its nearest negative at distance 0, three times.
+    c[3] = c[3] * 8
+    for j in (17, 64, 97, 129):
+        c[j], lc[j], mc[j] = c[3], lc[3], mc[3]
+    for j in (10, 50, 90):
+        c[j], lc[j], mc[j] = a[4], (la[4] + 1) % 3, ma[4]
+    results = {k: _mine(a, c, la, lc, ma, mc, metric, rules, False, sms)
+               for k, sms in _split_cases(n, m, d).items()}
+    for k, got in results.items():
+        for x, y in zip(got, results["1"]):
+            assert torch.equal(x, y), f"splits {k} differ from one split"
+    want, ar, cr = _reference_mining(a, c, la, lc, ma, mc, metric, rules, False)
+    _check_forward(results["many"], want, dtype)
+    _check_backward(a, c, results["many"], want, ar, cr, metric, False, gen)
+
+
+@pytest.mark.parametrize("splits", ["1", "2", "many"])
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_hard_mining_exact_ties_pick_lowest_index(dtype, metric, splits):
+    """Small-integer features: every dot product is exact in any order, so the reference and the kernels
+    see the same exact ties (many of them, across split boundaries); the lowest index must win."""
+    n, m, d = 20, 130, 5
+    gen = torch.Generator().manual_seed(11)
+    a = torch.randint(-1, 2, (n, d), generator=gen).to(dtype)
+    c = torch.randint(-1, 2, (m, d), generator=gen).to(dtype)
+    la, lc = torch.randint(0, 3, (n,), generator=gen), torch.randint(0, 3, (m,), generator=gen)
+    ma = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int32)
+    mc = torch.randint(0, 2, (m,), generator=gen, dtype=torch.int32)
+    for rules in (("any", "any"), ("cross", "cross")):
+        got = _mine(a, c, la, lc, ma, mc, metric, rules, False, _split_cases(n, m, d)[splits])
+        want, _, _ = _reference_mining(a, c, la, lc, ma, mc, metric, rules, False)
+        _check_forward(got, want, dtype)
+        # Independently of the reference: no lower index reaches the chosen distance.
+        dist = reference.distance_matrix(a.to(_acc(dtype)), c.to(_acc(dtype)), metric)
+        for i in range(n):
+            if got[4][i]:
+                p, q = int(got[1][i]), int(got[3][i])
+                assert not ((dist[i, :p] == dist[i, p]) & (lc[:p] == la[i]) & _allowed(rules[0], ma[i], mc[:p])).any()
+                assert not ((dist[i, :q] == dist[i, q]) & (lc[:q] != la[i]) & _allowed(rules[1], ma[i], mc[:q])).any()
+
+
+def _allowed(rule, am, cm):
+    return torch.ones_like(cm, dtype=torch.bool) if rule == "any" else (cm != am) if rule == "cross" else (cm == am)
+
+
+@pytest.mark.parametrize("splits", ["1", "2", "many"])
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_hard_mining_nan_and_inf_rows_across_splits(dtype, metric, splits):
+    """NaN rows in different splits: a NaN distance beats every number and the lowest-index NaN wins
+    wherever the splits cut; an anchor with a NaN row mines NaN from its lowest allowed candidates."""
+    n, m, d = 19, 70, 9
+    gen = torch.Generator().manual_seed(3)
+    a, c = _features(n, d, dtype, gen), _features(m, d, dtype, gen)
+    c[[23, 45, 66]] = float("nan")      # tiles 1, 2 and 4
+    c[[30, 50]] = float("inf")          # an infinite row: inf or NaN distances, a real candidate either way
+    a[5] = float("nan")
+    la, lc = torch.randint(0, 3, (n,), generator=gen), torch.randint(0, 3, (m,), generator=gen)
+    lc[[23, 45, 66]] = torch.tensor([0, 1, 2])  # every identity has a NaN positive and NaN negatives
+    la[0] = 99
+    ma = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int32)
+    mc = torch.randint(0, 2, (m,), generator=gen, dtype=torch.int32)
+    rules = ("any", "any")
+    got = _mine(a, c, la, lc, ma, mc, metric, rules, False, _split_cases(n, m, d)[splits])
+    want, _, _ = _reference_mining(a, c, la, lc, ma, mc, metric, rules, False)
+    _check_forward(got, want, dtype)
+    assert got[0][got[4]].isnan().all() and got[2][got[4]].isnan().all()
+
+
+@pytest.mark.parametrize("splits", ["1", "2", "many"])
+@pytest.mark.parametrize("rules", [("any", "any"), ("cross", "same")])
+def test_hard_mining_invalid_anchors(rules, splits):
+    """Anchors without a positive or without a negative (in every split) are invalid: index -1, distance 0."""
+    n, m, d = 6, 40, 7
+    gen = torch.Generator().manual_seed(2)
+    a, c = _features(n, d, torch.float32, gen), _features(m, d, torch.float32, gen)
+    lc = torch.full((m,), 5)
+    lc[33] = 6                                  # the only other identity, in the last split
+    la = torch.tensor([5, 6, 7, 5, 6, 5])       # 7: no positive; 6: one positive at 33
+    mc = torch.zeros(m, dtype=torch.int32)
+    mc[33] = 1
+    ma = torch.tensor([0, 0, 1, 1, 1, 0], dtype=torch.int32)
+    got = _mine(a, c, la, lc, ma, mc, "euclidean", rules, False, _split_cases(n, m, d)[splits])
+    want, _, _ = _reference_mining(a, c, la, lc, ma, mc, "euclidean", rules, False)
+    _check_forward(got, want, torch.float32)
+    assert not got[4][2]
+    assert got[1][~got[4]].eq(-1).all() and got[3][~got[4]].eq(-1).all()
+    assert got[0][~got[4]].eq(0).all() and got[2][~got[4]].eq(0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_hard_mining_runs_are_bitwise_reproducible(dtype):
+    n, m, d = 40, 97, 65
+    gen = torch.Generator().manual_seed(9)
+    a, c, la, lc, ma, mc = _mining_inputs(n, m, d, dtype, gen, False)
+    lc[:40] = 1  # many anchors choose the same candidates: several terms per candidate gradient
+    runs = []
+    for _ in range(2):
+        got = _mine(a, c, la, lc, ma, mc, "euclidean", ("any", "any"), False)
+        gp = torch.linspace(0.5, 1.5, n)
+        runs.append((*got, *_mine_bwd(gp, gp.flip(0), a, c, got, "euclidean")))
+    for x, y in zip(*runs):
+        assert torch.equal(x, y)
+
+
+def test_hard_mining_grid_fills_a_wave_at_training_shapes():
+    """N = M = 256, D = 2048 on a 132-SM GPU: at least one block per SM, a combine launch at most."""
+    g = _mining_grid(256, 256, 2048, WAVE_SMS)
+    assert g["anchor_blocks"] * g["splits"] >= WAVE_SMS, g
+    assert g["launches"] <= 2
+    # A large batch needs no split (one launch), and the split count never exceeds the candidate tiles.
+    big = _mining_grid(8192, 8192, 2048, WAVE_SMS)
+    assert big["splits"] == 1 and big["launches"] == 1
+    assert _mining_grid(256, 20, 2048, WAVE_SMS)["splits"] == _mining_grid(256, 20, 2048, WAVE_SMS)["tiles"]
 
 
 # --- hetero_center ------------------------------------------------------------------------------------
@@ -262,9 +443,9 @@ def test_grid_limits_large_row_counts(dry_run):
         assert LIB.emu_pairwise_distance_bwd_side(dtype, null, null, null, null, null, null, null, I64(n), I64(m),
                                                   I64(d), I64(m), I64(1), I64(m), I64(1), 0) == 0
         assert LIB.emu_hard_mining_fwd(dtype, null, null, null, null, null, null, null, null, null, null, null, null,
-                                       null, I64(n), I64(m), I64(d), 0, 0, 0, 0) == 0
+                                       null, null, I64(n), I64(m), I64(d), 0, 0, 0, 0, WAVE_SMS) == 0
         assert LIB.emu_hard_mining_bwd(dtype, null, null, null, null, null, null, null, null, null, null, null, null,
-                                       null, null, null, I64(n), I64(m), I64(d), 0) == 0
+                                       I64(n), I64(m), I64(d), 0) == 0
         assert LIB.emu_hetero_center_fwd(dtype, null, null, null, null, null, null, null, null, null, I64(2), I64(n),
                                          I64(d), 1, 1, ctypes.c_double(0.0)) == 0
         assert LIB.emu_hetero_center_bwd(dtype, null, null, null, null, null, null, null, null, null, null, null,
@@ -276,7 +457,7 @@ def test_zero_feature_dimension_launches_nothing(dry_run):
     null = ctypes.c_void_p(0)
     assert LIB.emu_pairwise_distance_bwd_side(0, null, null, null, null, null, null, null, I64(5), I64(3), I64(0),
                                               I64(3), I64(1), I64(3), I64(1), 0) == 0
-    assert LIB.emu_hard_mining_bwd(0, null, null, null, null, null, null, null, null, null, null, null, null, null,
-                                   null, null, I64(5), I64(3), I64(0), 0) == 0
+    assert LIB.emu_hard_mining_bwd(0, null, null, null, null, null, null, null, null, null, null, null, null,
+                                   I64(5), I64(3), I64(0), 0) == 0
     assert LIB.emu_hetero_center_bwd(0, null, null, null, null, null, null, null, null, null, null, null, I64(1),
                                      I64(5), I64(0), 1, 0) == 0
