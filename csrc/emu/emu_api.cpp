@@ -1,12 +1,26 @@
 // C entry points of the emulated CUDA launchers (csrc/cuda/launch.h), for tests/cuda_emu through ctypes.
 // Test-only: built by tests/cuda_emu/build.py together with csrc/cuda/*.cu compiled as C++.
 #include "cuda/launch.h"
+#include "emu/wmma_selftest.h"
 
 using vtreid::cuda::DType;
 
 extern "C" {
 
 void emu_set_dry_run(int on) { emu::dry_run = on != 0; }
+
+// What the emulated device queries answer (launchers that choose a kernel by SM count or architecture).
+void emu_set_device(int sms, int cc_major) {
+  emu::device_sms = sms;
+  emu::device_cc_major = cc_major;
+}
+
+// D [2, 16, 24] = 2 A B + C per warp of a 64-thread block (csrc/emu/wmma_selftest.h); dtype 1 half, 2 bfloat16.
+int emu_wmma_selftest(int dtype, int a_col, int b_col, const void* a, const void* b, const float* c, float* d,
+                      int c_col, int d_col, int sync) {
+  return dtype == 1 ? emu_selftest::run_layouts<__half>(a_col, b_col, a, b, c, d, c_col, d_col, sync)
+                    : emu_selftest::run_layouts<__nv_bfloat16>(a_col, b_col, a, b, c, d, c_col, d_col, sync);
+}
 
 int emu_pairwise_distance_fwd(int dtype, const void* x, const void* y, void* dist, void* xsq, void* ysq, int64_t n,
                               int64_t m, int64_t dim, int metric) {

@@ -66,17 +66,78 @@ def _check(rc, what):
 @pytest.mark.parametrize("n,m,d", SIZES)
 def test_pairwise_distance(n, m, d, dtype, metric):
     gen = torch.Generator().manual_seed(n * 1000 + m * 10 + d)
+    _check_pairwise(_features(n, d, dtype, gen), _features(m, d, dtype, gen), metric, gen)
+
+
+# The half / bfloat16 forward has three kernels (csrc/cuda/pairwise_distance.cu): tensor cores with a 64 x 64
+# tile (fewer 128 x 128 tiles than SMs), with a 128 x 128 tile, and SIMT before sm_80. The emulated device
+# (SM count, compute capability) picks each. Sizes: not multiples of 16 (zero padding), D a multiple of 8
+# (16-byte loads) or not, several 32-feature stages (the double buffer), more than 8 row tiles (the raster
+# groups' tail), several column tiles.
+TC_SIZES = [(1, 1, 1), (7, 15, 17), (15, 7, 16), (17, 129, 15), (129, 17, 129), (130, 65, 40), (577, 65, 7),
+            (3, 300, 64)]
+TC_KERNELS = {"tc64": (132, 9), "tc128": (1, 8), "simt": (132, 7)}
+
+
+@pytest.fixture
+def emulated_device(request):
+    LIB.emu_set_device(*TC_KERNELS[request.param])
+    yield request.param
+    LIB.emu_set_device(132, 9)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("emulated_device", list(TC_KERNELS), indirect=True)
+@pytest.mark.parametrize("n,m,d", TC_SIZES)
+def test_pairwise_distance_half_kernels(n, m, d, emulated_device, dtype, metric):
+    gen = torch.Generator().manual_seed(n * 1000 + m * 10 + d)
     x, y = _features(n, d, dtype, gen), _features(m, d, dtype, gen)
+    if n >= 6:
+        x[2] = x[3]          # a tie: two rows of x equally far from every row of y
+        x[4] = 2 * x[0]      # parallel to x[0] (cosine distance 0 up to rounding)
+    if m >= 2:
+        y[0] = x[0]          # the same row in x and y: distance exactly 0
+    _check_pairwise(x.contiguous(), y.contiguous(), metric, gen, backward=emulated_device == "tc64")
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("emulated_device", list(TC_KERNELS), indirect=True)
+def test_pairwise_distance_half_nan_inf_propagate(emulated_device, metric):
+    gen = torch.Generator().manual_seed(5)
+    x, y = _features(20, 33, torch.float16, gen), _features(9, 33, torch.float16, gen)
+    x[3, 5] = float("nan")
+    x[6, 32] = float("inf")
+    y[2, 0] = float("-inf")
+    dist = _pairwise_fwd(x, y, metric)[0]
+    want = reference.distance_matrix(x, y, metric).to(torch.float16)
+    assert torch.equal(dist.isnan(), want.isnan()) and torch.equal(dist.isinf(), want.isinf())
+    assert dist[3].isnan().all() and not dist[:, 2].isfinite().any() and not dist[6].isfinite().any()
+    assert_matches(dist, want, torch.float16, "dist")
+
+
+def _pairwise_fwd(x, y, metric):
+    acc = _acc(x.dtype)
+    dist = torch.empty(x.shape[0], y.shape[0], dtype=x.dtype)
+    xsq, ysq = torch.zeros(x.shape[0], dtype=acc), torch.zeros(y.shape[0], dtype=acc)
+    _check(LIB.emu_pairwise_distance_fwd(DTYPE_CODES[x.dtype], _p(x), _p(y), _p(dist), _p(xsq), _p(ysq),
+                                         I64(x.shape[0]), I64(y.shape[0]), I64(x.shape[1]), METRIC_CODES[metric]),
+           "pairwise_distance_fwd")
+    return dist, xsq, ysq
+
+
+def _check_pairwise(x, y, metric, gen, backward=True):
+    """Forward (distances and norms) and both backward sides of the emulated kernels against reference."""
+    dtype, (n, d), m = x.dtype, x.shape, y.shape[0]
     acc = _acc(dtype)
-    dist = torch.empty(n, m, dtype=dtype)
-    xsq, ysq = torch.zeros(n, dtype=acc), torch.zeros(m, dtype=acc)
-    _check(LIB.emu_pairwise_distance_fwd(DTYPE_CODES[dtype], _p(x), _p(y), _p(dist), _p(xsq), _p(ysq), I64(n), I64(m),
-                                         I64(d), METRIC_CODES[metric]), "pairwise_distance_fwd")
+    dist, xsq, ysq = _pairwise_fwd(x, y, metric)
     xr, yr = x.to(acc).requires_grad_(), y.to(acc).requires_grad_()
     want = reference.distance_matrix(xr, yr, metric)
     assert_matches(dist, want.to(dtype), dtype, "dist")
     assert_matches(xsq, (x.to(acc) ** 2).sum(1), dtype, "xsq")
     assert_matches(ysq, (y.to(acc) ** 2).sum(1), dtype, "ysq")
+    if not backward:
+        return
 
     grad = torch.randn(n, m, generator=gen, dtype=acc)
     want.backward(grad)
@@ -97,6 +158,49 @@ def test_pairwise_distance(n, m, d, dtype, metric):
         sy = grad.abs().sum(0)[:, None] * 3 / (ny[:, None] * nx.min())
     assert_matches(gx, xr.grad.to(dtype), dtype, "grad x", scale=sx)
     assert_matches(gy, yr.grad.to(dtype), dtype, "grad y", scale=sy)
+
+
+# --- the emulation itself: nvcuda::wmma (csrc/emu/include/mma.h) -----------------------------------------
+
+WMMA_LD = 24  # elements per row of every matrix of the self-test kernel (csrc/emu/wmma_selftest.h)
+
+
+def _tile(buf, col_major):
+    """The 16 x 16 matrix a wmma call reads from (or writes to) buf [16, WMMA_LD] with that layout."""
+    return buf[:, :16].T if col_major else buf[:, :16]
+
+
+def _wmma_run(dtype, a_col, b_col, c_col, d_col, sync, seed):
+    gen = torch.Generator().manual_seed(seed)
+    a, b = (torch.randn(16, WMMA_LD, generator=gen).to(dtype) for _ in range(2))
+    c = torch.randn(16, WMMA_LD, generator=gen)
+    d = torch.full((2, 16, WMMA_LD), float("nan"))
+    _check(LIB.emu_wmma_selftest(DTYPE_CODES[dtype], a_col, b_col, _p(a), _p(b), _p(c), _p(d), c_col, d_col, sync),
+           "wmma self-test")
+    want = 2 * (_tile(a, a_col).double() @ _tile(b, b_col).double()) + _tile(c, c_col).double()
+    return d, want
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layouts", [(a, b, c, d) for a in (0, 1) for b in (0, 1) for c in (0, 1) for d in (0, 1)],
+                         ids=lambda t: "".join("rc"[v] for v in t))
+def test_wmma_emulation(dtype, layouts):
+    """D = 2 A B + C through load / mma / elementwise x[] / store, every layout, both warps of the block; the
+    padding of D (outside the 16 x 16 tile) stays untouched."""
+    d, want = _wmma_run(dtype, *layouts, sync=1, seed=sum(v << i for i, v in enumerate(layouts)))
+    for w in range(2):
+        torch.testing.assert_close(_tile(d[w], layouts[3]).double(), want, rtol=1e-6, atol=1e-5)
+        assert d[w][:, 16:].isnan().all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_wmma_emulation_sees_a_missing_barrier(dtype):
+    """Without the __syncthreads() between staging A, B in shared memory and the fragment loads, warp 0 reads
+    shared memory the other threads have not written yet: the emulation must show wrong results (the stale
+    values are those of the previous call, made with other inputs)."""
+    _wmma_run(dtype, 0, 1, 0, 0, sync=1, seed=1)
+    d, want = _wmma_run(dtype, 0, 1, 0, 0, sync=0, seed=2)
+    assert not torch.allclose(_tile(d[0], 0).double(), want, rtol=1e-3, atol=1e-3)
 
 
 # --- hard_mining --------------------------------------------------------------------------------------
