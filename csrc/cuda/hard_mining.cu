@@ -14,12 +14,16 @@
 // With one split the block writes the results; with several it writes its partial (best, index) pairs to
 // a [splits, N] workspace and mining_combine_kernel folds them in split order with the same rule
 // (mining_beats is a strict total order on (value, index), so the fold gives the single-pass result).
-// No N x M buffer exists. Launches: 1 (one split) or 2.
+// Half / bfloat16 on sm_80+: the tile's dot products come from tensor cores instead (tc_tile: 8 warps,
+// one m16n16k16 wmma per warp and 128-feature stage, float accumulators, warp tiles added in warp order);
+// the epilogue and the split structure are the same. No N x M buffer exists. Launches: 1 (one split) or 2.
 //
 // Backward, one launch, no float atomics (bitwise reproducible), no sort: the grid's first blocks own
 // 8 anchors x 128 features each and write grad_a = alpha a + beta_p c_p + beta_n c_n; the others own
 // 8 candidates x 128 features and scan every anchor's chosen pair in anchor order (positive, then
 // negative), adding gamma c_j + beta a_i for each pair that chose their candidate.
+#include <mma.h>
+
 #include "common.cuh"
 #include "launch.h"
 
@@ -41,7 +45,13 @@ constexpr int kGradPer = 4;      // features per lane
 constexpr int kGradCols = kGradLanes * kGradPer;
 constexpr int kGradThreads = kGradRows * kGradLanes;
 
+constexpr int kTcStage = 128;    // tensor-core path: one 16-feature wmma step per warp and stage
+constexpr int kTcLd = kTcStage + 8;  // staged row stride in elements (16-byte multiple, rows off-bank)
+constexpr int kTcParts = kThreads / (kRows + kCols);  // threads per norm row (16 features each)
+constexpr int kTcLoads = kRows * kTcStage / kThreads;
+
 static_assert(kRows == kCols && kRows == kSub * kSub, "the 4 x 4 thread grid of a team covers the tile");
+static_assert(kTcStage == 16 * (kThreads / 32) && kTcParts * 16 == kTcStage, "tensor-core staging layout");
 static_assert(kStage % kTeams == 0 && (kRows * kStage) % kThreads == 0, "staging layout");
 
 __device__ __forceinline__ bool rule_allows(int rule, int32_t a, int32_t c) {
@@ -67,6 +77,18 @@ struct FwdShared {
   acc_t asq[kRows], csq[kCols];
 };
 
+template <typename scalar_t>
+struct TcShared {
+  union {
+    struct {
+      alignas(32) scalar_t a[kRows][kTcLd];  // wmma loads: 32-byte aligned tiles, ldm a 16-byte multiple
+      alignas(32) scalar_t c[kCols][kTcLd];
+    } stage;
+    alignas(32) float partial[kThreads / 32][kRows * kCols];  // warp w's tile, row major
+  } u;
+  float norm[kTcParts][kRows + kCols];
+};
+
 // Where the results go: the outputs (one split) or this split's rows of the workspace.
 template <typename acc_t>
 struct MiningOut {
@@ -76,34 +98,186 @@ struct MiningOut {
 };
 
 // The next stage, in the storage type (half the registers for 16-bit features); 0 outside the matrices.
-template <typename scalar_t>
-__device__ __forceinline__ void load_stage(scalar_t (&ra)[kLoads], scalar_t (&rc)[kLoads], const scalar_t* a,
-                                           const scalar_t* c, int64_t row0, int64_t col0, int64_t k0, int64_t n,
-                                           int64_t m, int64_t dim) {
+template <int kWidth, int kCount, typename scalar_t>
+__device__ __forceinline__ void load_stage_of(scalar_t (&ra)[kCount], scalar_t (&rc)[kCount], const scalar_t* a,
+                                              const scalar_t* c, int64_t row0, int64_t col0, int64_t k0, int64_t n,
+                                              int64_t m, int64_t dim) {
   const scalar_t zero = from_acc<scalar_t>(0.0f);
 #pragma unroll
-  for (int q = 0; q < kLoads; ++q) {
+  for (int q = 0; q < kCount; ++q) {
     const int e = threadIdx.x + q * kThreads;  // a warp reads 32 consecutive features of one row
-    const int row = e / kStage, kk = e % kStage;
+    const int row = e / kWidth, kk = e % kWidth;
     const int64_t k = k0 + kk, ar = row0 + row, cr = col0 + row;
     ra[q] = (ar < n && k < dim) ? a[ar * dim + k] : zero;
     rc[q] = (cr < m && k < dim) ? c[cr * dim + k] : zero;
   }
 }
 
-// Two blocks per SM (<= 128 registers) for float accumulation; float64 gets the registers it needs.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads, sizeof(typename Acc<scalar_t>::type) == 4 ? 2 : 1)
+__device__ __forceinline__ void load_stage(scalar_t (&ra)[kLoads], scalar_t (&rc)[kLoads], const scalar_t* a,
+                                           const scalar_t* c, int64_t row0, int64_t col0, int64_t k0, int64_t n,
+                                           int64_t m, int64_t dim) {
+  load_stage_of<kStage, kLoads>(ra, rc, a, c, row0, col0, k0, n, m, dim);
+}
+
+template <typename scalar_t>
+__device__ __forceinline__ void load_stage_tc(scalar_t (&ra)[kTcLoads], scalar_t (&rc)[kTcLoads], const scalar_t* a,
+                                              const scalar_t* c, int64_t row0, int64_t col0, int64_t k0, int64_t n,
+                                              int64_t m, int64_t dim) {
+  load_stage_of<kTcStage, kTcLoads>(ra, rc, a, c, row0, col0, k0, n, m, dim);
+}
+
+// The SIMT tile (any dtype): this thread's dot product of (anchor ea, column eb), the 16 x 16 tile split over
+// 16 feature teams (team g: features k = g mod 16, its 4 x 4 sub-tile at rows 4 ty.., columns 4 tx..) whose
+// partial tiles are added in team order; norms[0..31] get the squared norms of the tile's anchors (when
+// anchor_norms) and candidates, added the same way.
+template <typename scalar_t>
+__device__ __forceinline__ typename Acc<scalar_t>::type simt_tile(
+    const scalar_t* __restrict__ a, const scalar_t* __restrict__ c, int64_t row0, int64_t col0, int64_t n, int64_t m,
+    int64_t dim, bool anchor_norms, typename Acc<scalar_t>::type* norms) {
+  using acc_t = typename Acc<scalar_t>::type;
+  __shared__ FwdShared<acc_t> sm;
+  const int tid = threadIdx.x;
+  const int team = tid / 16, lane16 = tid % 16, ty = lane16 / kSub, tx = lane16 % kSub;
+  const int ea = tid / kCols, eb = tid % kCols;
+  const int my_slot = (ea % kSub) * kSub + eb % kSub, my_lane = (ea / kSub) * kSub + eb / kSub;
+  acc_t acc[kSub][kSub] = {};
+  acc_t na[kSub] = {}, nc[kSub] = {};
+  scalar_t ra[kLoads], rc[kLoads];
+  if (dim > 0) load_stage(ra, rc, a, c, row0, col0, 0, n, m, dim);
+  for (int64_t k0 = 0; k0 < dim; k0 += kStage) {
+#pragma unroll
+    for (int q = 0; q < kLoads; ++q) {
+      const int e = tid + q * kThreads;
+      sm.u.stage.a[e / kStage][e % kStage] = to_acc(ra[q]);
+      sm.u.stage.c[e / kStage][e % kStage] = to_acc(rc[q]);
+    }
+    __syncthreads();
+    // The next stage's loads are in flight while this one is multiplied.
+    if (k0 + kStage < dim) load_stage(ra, rc, a, c, row0, col0, k0 + kStage, n, m, dim);
+#pragma unroll
+    for (int s = 0; s < kStage / kTeams; ++s) {
+      const int kk = team + kTeams * s;
+      acc_t av[kSub], cv[kSub];
+#pragma unroll
+      for (int i = 0; i < kSub; ++i) av[i] = sm.u.stage.a[ty * kSub + i][kk];
+#pragma unroll
+      for (int j = 0; j < kSub; ++j) cv[j] = sm.u.stage.c[tx * kSub + j][kk];
+#pragma unroll
+      for (int i = 0; i < kSub; ++i)
+#pragma unroll
+        for (int j = 0; j < kSub; ++j) acc[i][j] += av[i] * cv[j];
+      if (tx == 0 && anchor_norms) {
+#pragma unroll
+        for (int i = 0; i < kSub; ++i) na[i] += av[i] * av[i];
+      }
+      if (ty == 0) {
+#pragma unroll
+        for (int j = 0; j < kSub; ++j) nc[j] += cv[j] * cv[j];
+      }
+    }
+    __syncthreads();  // the stage is rewritten (or becomes the partials) next
+  }
+#pragma unroll
+  for (int i = 0; i < kSub; ++i)
+#pragma unroll
+    for (int j = 0; j < kSub; ++j) sm.u.partial[team][(i * kSub + j) * 16 + lane16] = acc[i][j];
+  if (tx == 0 && anchor_norms) {
+#pragma unroll
+    for (int i = 0; i < kSub; ++i) sm.norm[team][ty * kSub + i] = na[i];
+  }
+  if (ty == 0) {
+#pragma unroll
+    for (int j = 0; j < kSub; ++j) sm.norm[team][kRows + tx * kSub + j] = nc[j];
+  }
+  __syncthreads();
+  acc_t dot = 0;
+#pragma unroll
+  for (int g = 0; g < kTeams; ++g) dot += sm.u.partial[g][my_slot * 16 + my_lane];
+  if (tid < kRows + kCols && (tid >= kRows || anchor_norms)) {
+    acc_t s = 0;
+#pragma unroll
+    for (int g = 0; g < kTeams; ++g) s += sm.norm[g][tid];
+    norms[tid] = s;
+  }
+  return dot;
+}
+
+// The tensor-core tile (half / bfloat16 from sm_80 on): warp w multiplies the features 16 w .. 16 w + 15 of
+// each 128-feature stage with one m16n16k16 wmma (float accumulator); the 8 warps' tiles are added in warp
+// order, and the norms from the staged tiles in the same 8 feature parts and order. As on the SIMT path,
+// the arithmetic of a pair depends on neither the block nor the split.
+template <typename scalar_t>
+__device__ __forceinline__ float tc_tile(const scalar_t* __restrict__ a, const scalar_t* __restrict__ c,
+                                         int64_t row0, int64_t col0, int64_t n, int64_t m, int64_t dim,
+                                         bool anchor_norms, float* norms) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // the launcher takes the SIMT path before sm_80 (bfloat16 fragments need sm_80)
+  return 0.0f;
+#else
+  namespace wmma = nvcuda::wmma;
+  __shared__ TcShared<scalar_t> sm;
+  const int tid = threadIdx.x, warp = tid / 32;
+  const int norm_row = tid / kTcParts, part = tid % kTcParts;  // rows 0..15 anchors, 16..31 candidates
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+  wmma::fill_fragment(acc, 0.0f);
+  float nrm = 0.0f;
+  scalar_t ra[kTcLoads], rc[kTcLoads];
+  if (dim > 0) load_stage_tc(ra, rc, a, c, row0, col0, 0, n, m, dim);
+  for (int64_t k0 = 0; k0 < dim; k0 += kTcStage) {
+#pragma unroll
+    for (int q = 0; q < kTcLoads; ++q) {
+      const int e = tid + q * kThreads;
+      sm.u.stage.a[e / kTcStage][e % kTcStage] = ra[q];
+      sm.u.stage.c[e / kTcStage][e % kTcStage] = rc[q];
+    }
+    __syncthreads();
+    if (k0 + kTcStage < dim) load_stage_tc(ra, rc, a, c, row0, col0, k0 + kTcStage, n, m, dim);
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, scalar_t, wmma::row_major> fa;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, scalar_t, wmma::col_major> fb;  // candidate rows = columns
+    wmma::load_matrix_sync(fa, &sm.u.stage.a[0][16 * warp], kTcLd);
+    wmma::load_matrix_sync(fb, &sm.u.stage.c[0][16 * warp], kTcLd);
+    wmma::mma_sync(acc, fa, fb, acc);
+    if (norm_row >= kRows || anchor_norms) {
+      const scalar_t* row = norm_row < kRows ? sm.u.stage.a[norm_row] : sm.u.stage.c[norm_row - kRows];
+#pragma unroll
+      for (int kk = 0; kk < 16; ++kk) {
+        const float v = to_acc(row[16 * part + kk]);
+        nrm += v * v;
+      }
+    }
+    __syncthreads();
+  }
+  wmma::store_matrix_sync(sm.u.partial[warp], acc, kCols, wmma::mem_row_major);
+  sm.norm[part][norm_row] = nrm;
+  __syncthreads();
+  const int ea = tid / kCols, eb = tid % kCols;
+  float dot = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kThreads / 32; ++w) dot += sm.u.partial[w][ea * kCols + eb];
+  if (tid < kRows + kCols && (tid >= kRows || anchor_norms)) {
+    float s = 0.0f;
+#pragma unroll
+    for (int g = 0; g < kTcParts; ++g) s += sm.norm[g][tid];
+    norms[tid] = s;
+  }
+  return dot;
+#endif
+}
+
+// Two blocks per SM (<= 128 registers) for the SIMT float path (no spills); float64 and the tensor-core path
+// (which would spill at 128 on sm_80) get the registers they need.
+template <typename scalar_t, bool kTc>
+__global__ void __launch_bounds__(kThreads, (sizeof(typename Acc<scalar_t>::type) == 4 && !kTc) ? 2 : 1)
 mining_fwd_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ c, const int64_t* __restrict__ la,
                   const int64_t* __restrict__ lc, const int32_t* __restrict__ ma, const int32_t* __restrict__ mc,
                   MiningOut<typename Acc<scalar_t>::type> out, typename Acc<scalar_t>::type* __restrict__ asq_out,
                   typename Acc<scalar_t>::type* __restrict__ csq_out, int64_t n, int64_t m, int64_t dim, int metric,
                   int pos_rule, int neg_rule, bool self_mining, typename Acc<scalar_t>::type tau, int64_t tiles) {
   using acc_t = typename Acc<scalar_t>::type;
-  __shared__ FwdShared<acc_t> sm;
+  __shared__ acc_t tile_norms[kRows + kCols];  // this tile's squared norms: anchors, then candidates
 
   const int tid = threadIdx.x;
-  const int team = tid / 16, lane16 = tid % 16, ty = lane16 / kSub, tx = lane16 % kSub;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kRows;
   const int64_t split = blockIdx.y, splits = gridDim.y;
   const int64_t tile_begin = split * tiles / splits, tile_end = (split + 1) * tiles / splits;
@@ -116,76 +290,22 @@ mining_fwd_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ c
   const int32_t my_mod = (r < n && use_modality) ? ma[r] : 0;
   acc_t best_pos = 0, best_neg = 0;
   int64_t best_pos_i = -1, best_neg_i = -1;
-  // The tile partial this thread adds up in the epilogue: (ea, eb) = (4 ty + i, 4 tx + j).
-  const int my_slot = (ea % kSub) * kSub + eb % kSub, my_lane = (ea / kSub) * kSub + eb / kSub;
 
   for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
     const int64_t col0 = tile * kCols;
     const bool anchor_norms = tile == tile_begin;  // the same in every tile: computed once
-    acc_t acc[kSub][kSub] = {};
-    acc_t na[kSub] = {}, nc[kSub] = {};
-    scalar_t ra[kLoads], rc[kLoads];
-    if (dim > 0) load_stage(ra, rc, a, c, row0, col0, 0, n, m, dim);
-    for (int64_t k0 = 0; k0 < dim; k0 += kStage) {
-#pragma unroll
-      for (int q = 0; q < kLoads; ++q) {
-        const int e = tid + q * kThreads;
-        sm.u.stage.a[e / kStage][e % kStage] = to_acc(ra[q]);
-        sm.u.stage.c[e / kStage][e % kStage] = to_acc(rc[q]);
-      }
-      __syncthreads();
-      // The next stage's loads are in flight while this one is multiplied.
-      if (k0 + kStage < dim) load_stage(ra, rc, a, c, row0, col0, k0 + kStage, n, m, dim);
-#pragma unroll
-      for (int s = 0; s < kStage / kTeams; ++s) {
-        const int kk = team + kTeams * s;
-        acc_t av[kSub], cv[kSub];
-#pragma unroll
-        for (int i = 0; i < kSub; ++i) av[i] = sm.u.stage.a[ty * kSub + i][kk];
-#pragma unroll
-        for (int j = 0; j < kSub; ++j) cv[j] = sm.u.stage.c[tx * kSub + j][kk];
-#pragma unroll
-        for (int i = 0; i < kSub; ++i)
-#pragma unroll
-          for (int j = 0; j < kSub; ++j) acc[i][j] += av[i] * cv[j];
-        if (tx == 0 && anchor_norms) {
-#pragma unroll
-          for (int i = 0; i < kSub; ++i) na[i] += av[i] * av[i];
-        }
-        if (ty == 0) {
-#pragma unroll
-          for (int j = 0; j < kSub; ++j) nc[j] += cv[j] * cv[j];
-        }
-      }
-      __syncthreads();  // the stage is rewritten (or becomes the partials) next
+    acc_t dot;
+    if constexpr (kTc) {
+      dot = tc_tile(a, c, row0, col0, n, m, dim, anchor_norms, tile_norms);
+    } else {
+      dot = simt_tile(a, c, row0, col0, n, m, dim, anchor_norms, tile_norms);
     }
-#pragma unroll
-    for (int i = 0; i < kSub; ++i)
-#pragma unroll
-      for (int j = 0; j < kSub; ++j) sm.u.partial[team][(i * kSub + j) * 16 + lane16] = acc[i][j];
-    if (tx == 0 && anchor_norms) {
-#pragma unroll
-      for (int i = 0; i < kSub; ++i) sm.norm[team][ty * kSub + i] = na[i];
-    }
-    if (ty == 0) {
-#pragma unroll
-      for (int j = 0; j < kSub; ++j) sm.norm[team][kRows + tx * kSub + j] = nc[j];
-    }
-    __syncthreads();
-    acc_t dot = 0;
-#pragma unroll
-    for (int g = 0; g < kTeams; ++g) dot += sm.u.partial[g][my_slot * 16 + my_lane];
     if (tid < kRows + kCols && (tid >= kRows || anchor_norms)) {
-      acc_t s = 0;
-#pragma unroll
-      for (int g = 0; g < kTeams; ++g) s += sm.norm[g][tid];
+      // asq by the first split's blocks, csq by the first anchor block's: each written exactly once.
       if (tid < kRows) {
-        sm.asq[tid] = s;
-        // asq by the first split's blocks, csq by the first anchor block's: each written exactly once.
-        if (split == 0 && row0 + tid < n) asq_out[row0 + tid] = s;
-      } else {
-        sm.csq[tid - kRows] = s;
-        if (blockIdx.x == 0 && col0 + tid - kRows < m) csq_out[col0 + tid - kRows] = s;
+        if (split == 0 && row0 + tid < n) asq_out[row0 + tid] = tile_norms[tid];
+      } else if (blockIdx.x == 0 && col0 + tid - kRows < m) {
+        csq_out[col0 + tid - kRows] = tile_norms[tid];
       }
     }
     __syncthreads();  // norms visible; the partials are read before the next tile stages over them
@@ -198,7 +318,7 @@ mining_fwd_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ c
       const bool pos_ok = same_id && !(self_mining && r == col) && rule_allows(pos_rule, my_mod, cm);
       const bool neg_ok = !same_id && rule_allows(neg_rule, my_mod, cm);
       if (pos_ok || neg_ok) {
-        const acc_t d = distance_from_dot(dot, sm.asq[ea], sm.csq[eb], metric, tau);
+        const acc_t d = distance_from_dot(dot, tile_norms[ea], tile_norms[kRows + eb], metric, tau);
         if (pos_ok && mining_beats(d, col, best_pos, best_pos_i, true)) { best_pos = d; best_pos_i = col; }
         if (neg_ok && mining_beats(d, col, best_neg, best_neg_i, false)) { best_neg = d; best_neg_i = col; }
       }
@@ -360,6 +480,15 @@ cudaError_t fwd_typed(const void* a, const void* c, const int64_t* la, const int
                       void* asq, void* csq, void* workspace, int64_t n, int64_t m, int64_t dim, int metric,
                       int pos_rule, int neg_rule, bool self_mining, const MiningFwdGrid& grid, cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
+  // Tensor cores for half / bfloat16 from sm_80 on (a device query, no synchronisation).
+  bool tensor_cores = false;
+  if constexpr (sizeof(scalar_t) == 2) {
+    int device = 0, major = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    if (err != cudaSuccess) return err;
+    tensor_cores = major >= 8;
+  }
   const MiningOut<acc_t> out{static_cast<acc_t*>(pos_d), static_cast<acc_t*>(neg_d), pos_i, neg_i, valid};
   MiningOut<acc_t> part = out;
   if (grid.splits > 1) {
@@ -370,11 +499,20 @@ cudaError_t fwd_typed(const void* a, const void* c, const int64_t* la, const int
     acc_t* val = reinterpret_cast<acc_t*>(idx + 2 * rows);
     part = MiningOut<acc_t>{val, val + rows, idx, idx + rows, nullptr};
   }
-  mining_fwd_kernel<scalar_t><<<dim3(static_cast<unsigned>(grid.anchor_blocks), static_cast<unsigned>(grid.splits)),
-                                kThreads, 0, stream>>>(
-      static_cast<const scalar_t*>(a), static_cast<const scalar_t*>(c), la, lc, ma, mc, part, static_cast<acc_t*>(asq),
-      static_cast<acc_t*>(csq), n, m, dim, metric, pos_rule, neg_rule, self_mining,
-      static_cast<acc_t>(zero_tolerance(dim)), grid.tiles);
+  const dim3 blocks(static_cast<unsigned>(grid.anchor_blocks), static_cast<unsigned>(grid.splits));
+  const acc_t tau = static_cast<acc_t>(zero_tolerance(dim));
+  constexpr bool kHalf = sizeof(scalar_t) == 2;
+  if (kHalf && tensor_cores) {
+    mining_fwd_kernel<scalar_t, kHalf><<<blocks, kThreads, 0, stream>>>(
+        static_cast<const scalar_t*>(a), static_cast<const scalar_t*>(c), la, lc, ma, mc, part,
+        static_cast<acc_t*>(asq), static_cast<acc_t*>(csq), n, m, dim, metric, pos_rule, neg_rule, self_mining, tau,
+        grid.tiles);
+  } else {
+    mining_fwd_kernel<scalar_t, false><<<blocks, kThreads, 0, stream>>>(
+        static_cast<const scalar_t*>(a), static_cast<const scalar_t*>(c), la, lc, ma, mc, part,
+        static_cast<acc_t*>(asq), static_cast<acc_t*>(csq), n, m, dim, metric, pos_rule, neg_rule, self_mining, tau,
+        grid.tiles);
+  }
   if (grid.splits > 1) {
     mining_combine_kernel<acc_t><<<blocks_for(n, 256), 256, 0, stream>>>(part, out, n, grid.splits);
   }

@@ -209,6 +209,20 @@ WAVE_SMS = 132  # an H100
 LIB.emu_hard_mining_fwd_workspace_bytes.restype = ctypes.c_int64
 
 
+@pytest.fixture(params=["sm90", "sm75"])
+def mining_arch(request):
+    """The emulated compute capability: half / bfloat16 take the tensor-core (wmma) forward from sm_80 on,
+    the SIMT one before (float32 / float64 always the SIMT one)."""
+    LIB.emu_set_device(132, 9 if request.param == "sm90" else 7)
+    yield request.param
+    LIB.emu_set_device(132, 9)
+
+
+def _skip_same_path(dtype, arch):
+    if arch != "sm90" and dtype in (torch.float32, torch.float64):
+        pytest.skip("float32 / float64 run the same kernel on every architecture")
+
+
 def _mining_grid(n, m, d, sms):
     out = (ctypes.c_int64 * 5)()
     LIB.emu_hard_mining_fwd_grid(I64(n), I64(m), I64(d), ctypes.c_int(sms), out)
@@ -312,9 +326,10 @@ def _split_cases(n, m, d):
 @pytest.mark.parametrize("rules", [("any", "any"), ("cross", "same"), ("same", "cross")])
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_hard_mining_splits_agree_bitwise(dtype, metric, rules):
+def test_hard_mining_splits_agree_bitwise(dtype, metric, rules, mining_arch):
     """1, 2 and many candidate splits give bitwise the same results (a pair's distance does not depend on
     the split that computes it), equal to reference; duplicate rows sit in different splits."""
+    _skip_same_path(dtype, mining_arch)
     n, m, d = 35, 130, 33
     gen = torch.Generator().manual_seed(5)
     a = _features(n, d, dtype, gen)
@@ -344,9 +359,10 @@ def test_hard_mining_splits_agree_bitwise(dtype, metric, rules):
 @pytest.mark.parametrize("splits", ["1", "2", "many"])
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_hard_mining_exact_ties_pick_lowest_index(dtype, metric, splits):
+def test_hard_mining_exact_ties_pick_lowest_index(dtype, metric, splits, mining_arch):
     """Small-integer features: every dot product is exact in any order, so the reference and the kernels
     see the same exact ties (many of them, across split boundaries); the lowest index must win."""
+    _skip_same_path(dtype, mining_arch)
     n, m, d = 20, 130, 5
     gen = torch.Generator().manual_seed(11)
     a = torch.randint(-1, 2, (n, d), generator=gen).to(dtype)
@@ -374,9 +390,10 @@ def _allowed(rule, am, cm):
 @pytest.mark.parametrize("splits", ["1", "2", "many"])
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
-def test_hard_mining_nan_and_inf_rows_across_splits(dtype, metric, splits):
+def test_hard_mining_nan_and_inf_rows_across_splits(dtype, metric, splits, mining_arch):
     """NaN rows in different splits: a NaN distance beats every number and the lowest-index NaN wins
     wherever the splits cut; an anchor with a NaN row mines NaN from its lowest allowed candidates."""
+    _skip_same_path(dtype, mining_arch)
     n, m, d = 19, 70, 9
     gen = torch.Generator().manual_seed(3)
     a, c = _features(n, d, dtype, gen), _features(m, d, dtype, gen)
@@ -417,7 +434,8 @@ def test_hard_mining_invalid_anchors(rules, splits):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-def test_hard_mining_runs_are_bitwise_reproducible(dtype):
+def test_hard_mining_runs_are_bitwise_reproducible(dtype, mining_arch):
+    _skip_same_path(dtype, mining_arch)
     n, m, d = 40, 97, 65
     gen = torch.Generator().manual_seed(9)
     a, c, la, lc, ma, mc = _mining_inputs(n, m, d, dtype, gen, False)
