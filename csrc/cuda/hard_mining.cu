@@ -74,7 +74,6 @@ struct FwdShared {
     acc_t partial[kTeams][kPartialRow];  // team g's tile, [sub-tile slot][thread of the team]
   } u;
   acc_t norm[kTeams][kRows + kCols];     // team g's partial squared norms (anchors, then candidates)
-  acc_t asq[kRows], csq[kCols];
 };
 
 template <typename scalar_t>
