@@ -4,6 +4,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/types.h>
 
+#include <array>
+#include <atomic>
 #include <optional>
 
 #include "cuda/launch.h"
@@ -23,6 +25,20 @@ DType dtype_of(const at::Tensor& t) {
     case at::kDouble: return DType::kFloat64;
     default: TORCH_CHECK_TYPE(false, "vtreid CUDA kernels take float32/float16/bfloat16/float64, got ", t.scalar_type());
   }
+}
+
+// SMs of the device (hard_mining_fwd splits its grid to fill them once), queried once per device: the
+// attribute query does not synchronise, and the cache keeps it off every later call.
+int multiprocessor_count(const at::Device& device) {
+  static std::array<std::atomic<int>, 64> cache{};
+  const int index = device.index();
+  if (index >= 0 && index < static_cast<int>(cache.size())) {
+    if (const int known = cache[index].load(std::memory_order_relaxed); known > 0) return known;
+  }
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, index));
+  if (index >= 0 && index < static_cast<int>(cache.size())) cache[index].store(sms, std::memory_order_relaxed);
+  return sms;
 }
 
 void check_launch(cudaError_t err, const char* op) {
@@ -101,13 +117,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor valid = at::zeros({n}, la.options().dtype(at::kBool));
   at::Tensor asq = at::zeros({n}, acc_options), csq = at::zeros({m}, acc_options);
   if (m > 0) {
+    const int sms = multiprocessor_count(a.device());
+    // Per-split partial bests when the candidates are split (see launch.h); uninitialised is fine.
+    at::Tensor workspace = at::empty(
+        {static_cast<int64_t>(hard_mining_fwd_workspace_bytes(dtype_of(a), n, m, dim, sms))},
+        a.options().dtype(at::kByte));
     check_launch(vtreid::cuda::hard_mining_fwd(
                      dtype_of(a), a.const_data_ptr(), c.const_data_ptr(), la.const_data_ptr<int64_t>(),
                      lc.const_data_ptr<int64_t>(), use_modality ? ma.const_data_ptr<int32_t>() : nullptr,
                      use_modality ? mc.const_data_ptr<int32_t>() : nullptr, pos_d.mutable_data_ptr(),
                      pos_i.mutable_data_ptr<int64_t>(), neg_d.mutable_data_ptr(), neg_i.mutable_data_ptr<int64_t>(),
-                     valid.mutable_data_ptr<bool>(), asq.mutable_data_ptr(), csq.mutable_data_ptr(), n, m, dim, metric,
-                     ids.pos_rule, ids.neg_rule, self_mining, c10::cuda::getCurrentCUDAStream()),
+                     valid.mutable_data_ptr<bool>(), asq.mutable_data_ptr(), csq.mutable_data_ptr(),
+                     workspace.numel() > 0 ? workspace.mutable_data_ptr() : nullptr, n, m, dim, metric, ids.pos_rule,
+                     ids.neg_rule, self_mining, sms, c10::cuda::getCurrentCUDAStream()),
                  "hard_mining_fwd");
   }
   return {pos_d, pos_i, neg_d, neg_i, valid, asq, csq};
@@ -129,14 +151,11 @@ std::tuple<at::Tensor, at::Tensor> hard_mining_bwd_cuda(
   const at::Tensor pi = pos_index.to(at::kLong).contiguous(), ni = neg_index.to(at::kLong).contiguous();
   const int64_t n = a.size(0), m = c.size(0), dim = a.size(1);
   at::Tensor grad_a = at::empty_like(a), grad_c = at::empty_like(c);
-  at::Tensor contrib = at::empty({2 * n, dim}, a.options().dtype(acc));
-  const auto [order, seg] = segment_layout(pi, ni, m);
   check_launch(vtreid::cuda::hard_mining_bwd(
                    dtype_of(a), gp.const_data_ptr(), gn.const_data_ptr(), a.const_data_ptr(), c.const_data_ptr(),
                    pi.const_data_ptr<int64_t>(), ni.const_data_ptr<int64_t>(), pd.const_data_ptr(), nd.const_data_ptr(),
-                   as.const_data_ptr(), cs.const_data_ptr(), order.const_data_ptr<int64_t>(),
-                   seg.const_data_ptr<int64_t>(), contrib.mutable_data_ptr(), grad_a.mutable_data_ptr(),
-                   grad_c.mutable_data_ptr(), n, m, dim, metric, c10::cuda::getCurrentCUDAStream()),
+                   as.const_data_ptr(), cs.const_data_ptr(), grad_a.mutable_data_ptr(), grad_c.mutable_data_ptr(), n,
+                   m, dim, metric, c10::cuda::getCurrentCUDAStream()),
                "hard_mining_bwd");
   return {grad_a, grad_c};
 }

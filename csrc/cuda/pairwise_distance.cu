@@ -1,19 +1,40 @@
-// CUDA kernels of vtreid.ops.pairwise_distance: shared-memory tiled products with the metric fused
-// into the epilogue (forward) and the coefficient matrix built on the fly (backward). Formulas in
-// kernels/pairwise_distance.py. Each 256-thread block owns a 64 x 64 output tile, each thread a 4 x 4
-// sub-tile at stride 16 so that shared-memory reads are conflict-free and global stores coalesce.
-// Half and bfloat16 inputs accumulate in float32; float64 in float64. Tiles are numbered on grid
-// dimension x (up to 2^31 - 1 blocks; y and z stop at 65535), row-tile major.
+// CUDA kernels of vtreid.ops.pairwise_distance. Formulas in kernels/pairwise_distance.py; the distance of a
+// pair from its dot product and the two squared norms is csrc/pair_math.h:distance_from_dot.
+//
+// Forward, half and bfloat16 on sm_80 and later: tensor cores (nvcuda::wmma, m16n16k16, float
+// accumulators). A block owns a 128 x 128 output tile (8 warps, each 32 x 64 = 2 x 4 fragments) or, when
+// that gives fewer blocks than SMs, a 64 x 64 tile (4 warps of 32 x 32). Features stream in slices of 32
+// through two shared-memory stages: the next slice is loaded into registers (16-byte loads) while the
+// tensor cores work on the current one, then stored to the other stage, so each slice costs one
+// __syncthreads(). The squared row norms are summed in float from the same staged half values. The
+// epilogue stages the accumulators in shared memory (reusing the operand stages), applies the distance
+// formula and stores rows of the tile with consecutive threads on consecutive columns.
+// No cp.async / ldmatrix (inline PTX): the kernels also run on the CPU emulation (csrc/emu).
+//
+// Forward, float32 and float64 (and half / bfloat16 before sm_80): SIMT. Each 256-thread block owns a
+// 64 x 64 output tile, each thread a 4 x 4 sub-tile at stride 16 so that shared-memory reads are
+// conflict-free and global stores coalesce; float32 accumulates in IEEE float32 (no TF32), float64 in
+// float64.
+//
+// Backward: grad_a = rowcoef * a - B b with the coefficient matrix B built on the fly, SIMT, 64 x 64 tiles
+// of (rows of a) x features. grad and dist tiles are read with consecutive threads along whichever index
+// has unit stride (the y side reads them transposed) and transposed through shared memory.
+//
+// Tiles are numbered on grid dimension x (up to 2^31 - 1 blocks; y and z stop at 65535).
+#include <mma.h>
+
+#include <cstring>
+
 #include "common.cuh"
 #include "launch.h"
 
 namespace vtreid::cuda {
 namespace {
 
-constexpr int kTile = 64;   // rows of each operand per block (forward), rows x features (backward)
-constexpr int kStep = 16;   // reduction slice held in shared memory
+constexpr int kTile = 64;   // SIMT: rows of each operand per block (forward), rows x features (backward)
+constexpr int kStep = 16;   // SIMT: reduction slice held in shared memory
 constexpr int kThreads = 256;
-constexpr int kSub = 4;     // per-thread sub-tile side
+constexpr int kSub = 4;     // SIMT: per-thread sub-tile side
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
@@ -91,17 +112,208 @@ pairwise_fwd_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__
   }
 }
 
+// --- tensor-core forward (half, bfloat16) ---------------------------------------------------------------
+
+constexpr int kTcK = 32;         // features per stage
+constexpr int kTcLd = kTcK + 8;  // stage row stride (elements): 80 bytes keeps rows 16-byte aligned and
+                                 // spreads the 8 rows a fragment load touches over all banks
+constexpr int kTcGroup = 8;      // row tiles per raster group: blocks in flight share y tiles in L2
+
+template <int BM_, int BN_, int WARPS_M_, int WARPS_N_>
+struct TcConfig {
+  static constexpr int BM = BM_, BN = BN_, WARPS_M = WARPS_M_, WARPS_N = WARPS_N_;
+  static constexpr int kThreads = WARPS_M * WARPS_N * 32;
+  static constexpr int FM = BM / WARPS_M / 16, FN = BN / WARPS_N / 16;  // fragments per warp
+  static constexpr int kChunks = BM * kTcK / 8 / kThreads;               // 16-byte loads per thread and operand
+  static constexpr int kStageRows = WARPS_M * 16;                        // epilogue: one fragment row per warp
+  static constexpr int kStageLd = BN + 4;
+  static_assert(BM == BN && BM + BN == kThreads, "one norm row per thread, equal chunk counts for x and y");
+  static_assert(kChunks * kThreads * 8 == BM * kTcK, "stages split evenly into 16-byte chunks");
+};
+using TcLarge = TcConfig<128, 128, 4, 2>;
+using TcSmall = TcConfig<64, 64, 2, 2>;
+
+template <typename T, typename C>
+struct alignas(128) TcShared {
+  static constexpr int kOperands = 2 * (C::BM + C::BN) * kTcLd * static_cast<int>(sizeof(T));  // two stages
+  static constexpr int kStaging = C::kStageRows * C::kStageLd * static_cast<int>(sizeof(float));
+  unsigned char raw[kOperands > kStaging ? kOperands : kStaging];  // operand stages, then the epilogue's staging
+  float xsq[C::BM];
+  float ysq[C::BN];
+};
+
+// Features k .. k + 7 of row `row` (16-bit elements), zero outside [0, rows) x [0, dim).
+template <typename T>
+__device__ __forceinline__ uint4 load_chunk(const T* __restrict__ src, int64_t row, int64_t rows, int64_t k,
+                                            int64_t dim, bool vec) {
+  if (row < rows && vec && k + 8 <= dim) return *reinterpret_cast<const uint4*>(src + row * dim + k);
+  const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
+  unsigned v[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) v[i] = (row < rows && k + i < dim) ? bits[row * dim + k + i] : 0u;
+  uint4 out;
+  out.x = v[0] | (v[1] << 16);
+  out.y = v[2] | (v[3] << 16);
+  out.z = v[4] | (v[5] << 16);
+  out.w = v[6] | (v[7] << 16);
+  return out;
+}
+
+// norm += sum of squares of one staged row (kTcK values), in float, 16-byte shared-memory reads.
+template <typename T>
+__device__ __forceinline__ void add_squares(const T* row, float& norm) {
+#pragma unroll
+  for (int q = 0; q < kTcK / 8; ++q) {
+    const uint4 u = *reinterpret_cast<const uint4*>(row + 8 * q);
+    T v[8];
+    memcpy(v, &u, sizeof(u));
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const float f = to_acc(v[i]);
+      norm += f * f;
+    }
+  }
+}
+
+template <typename T, typename C>
+__global__ void __launch_bounds__(C::kThreads)
+pairwise_fwd_tc_kernel(const T* __restrict__ x, const T* __restrict__ y, T* __restrict__ out,
+                       float* __restrict__ xsq_out, float* __restrict__ ysq_out, int64_t n, int64_t m, int64_t dim,
+                       int metric, float tau, bool vec) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // the launcher takes the SIMT kernel before sm_80 (bfloat16 fragments need sm_80)
+#else
+  namespace wmma = nvcuda::wmma;
+  constexpr int kStageElems = (C::BM + C::BN) * kTcLd;
+  __shared__ TcShared<T, C> s;
+  T* const stages = reinterpret_cast<T*>(s.raw);
+
+  const int tid = threadIdx.x;
+  const int warp = tid / 32, wr = warp / C::WARPS_N, wc = warp % C::WARPS_N;
+  // Grouped raster: kTcGroup row tiles share their column tiles while they are in flight.
+  const int64_t row_tiles = (n + C::BM - 1) / C::BM, col_tiles = (m + C::BN - 1) / C::BN;
+  const int64_t per_group = kTcGroup * col_tiles;
+  const int64_t first = (blockIdx.x / per_group) * kTcGroup, in_group = blockIdx.x % per_group;
+  const int64_t group_rows = row_tiles - first < kTcGroup ? row_tiles - first : kTcGroup;
+  const int64_t row_tile = first + in_group % group_rows, col_tile = in_group / group_rows;
+  const int64_t row0 = row_tile * C::BM, col0 = col_tile * C::BN;
+
+  uint4 xr[C::kChunks], yr[C::kChunks];  // the next slice, in flight while the current one is multiplied
+  auto fetch = [&](int64_t k0) {
+#pragma unroll
+    for (int c = 0; c < C::kChunks; ++c) {
+      const int e = tid + c * C::kThreads, r = e / (kTcK / 8), k = (e % (kTcK / 8)) * 8;
+      xr[c] = load_chunk(x, row0 + r, n, k0 + k, dim, vec);
+      yr[c] = load_chunk(y, col0 + r, m, k0 + k, dim, vec);
+    }
+  };
+  auto stash = [&](int stage) {
+    T* const xs = stages + stage * kStageElems;
+    T* const ys = xs + C::BM * kTcLd;
+#pragma unroll
+    for (int c = 0; c < C::kChunks; ++c) {
+      const int e = tid + c * C::kThreads, r = e / (kTcK / 8), k = (e % (kTcK / 8)) * 8;
+      *reinterpret_cast<uint4*>(xs + r * kTcLd + k) = xr[c];
+      *reinterpret_cast<uint4*>(ys + r * kTcLd + k) = yr[c];
+    }
+  };
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[C::FM][C::FN];
+#pragma unroll
+  for (int i = 0; i < C::FM; ++i)
+#pragma unroll
+    for (int j = 0; j < C::FN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+  float norm = 0;  // thread t < BM: |x_{row0 + t}|^2, else |y_{col0 + t - BM}|^2
+
+  const int64_t steps = (dim + kTcK - 1) / kTcK;
+  if (steps > 0) {
+    fetch(0);
+    stash(0);
+  }
+  __syncthreads();
+  for (int64_t step = 0; step < steps; ++step) {
+    const int stage = static_cast<int>(step & 1);
+    if (step + 1 < steps) fetch((step + 1) * kTcK);
+    const T* const xs = stages + stage * kStageElems;
+    const T* const ys = xs + C::BM * kTcLd;
+    add_squares(tid < C::BM ? xs + tid * kTcLd : ys + (tid - C::BM) * kTcLd, norm);
+#pragma unroll
+    for (int kk = 0; kk < kTcK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa[C::FM];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb[C::FN];  // y rows = columns of y^T
+#pragma unroll
+      for (int i = 0; i < C::FM; ++i) wmma::load_matrix_sync(fa[i], xs + ((wr * C::FM + i) * 16) * kTcLd + kk, kTcLd);
+#pragma unroll
+      for (int j = 0; j < C::FN; ++j) wmma::load_matrix_sync(fb[j], ys + ((wc * C::FN + j) * 16) * kTcLd + kk, kTcLd);
+#pragma unroll
+      for (int i = 0; i < C::FM; ++i)
+#pragma unroll
+        for (int j = 0; j < C::FN; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+    }
+    // The other stage was last read before the previous iteration's barrier: safe to overwrite now.
+    if (step + 1 < steps) stash(stage ^ 1);
+    __syncthreads();
+  }
+
+  if (tid < C::BM) {
+    s.xsq[tid] = norm;
+    if (col_tile == 0 && row0 + tid < n) xsq_out[row0 + tid] = norm;
+  } else {
+    s.ysq[tid - C::BM] = norm;
+    if (row_tile == 0 && col0 + tid - C::BM < m) ysq_out[col0 + tid - C::BM] = norm;
+  }
+  // Epilogue in FM passes; pass i stages fragment row i of every warp. The loop's last barrier ended every
+  // read of the operand stages, so the staging area may overwrite them.
+  float* const staged = reinterpret_cast<float*>(s.raw);
+#pragma unroll
+  for (int i = 0; i < C::FM; ++i) {
+#pragma unroll
+    for (int j = 0; j < C::FN; ++j) {
+      wmma::store_matrix_sync(staged + wr * 16 * C::kStageLd + (wc * C::FN + j) * 16, acc[i][j], C::kStageLd,
+                              wmma::mem_row_major);
+    }
+    __syncthreads();
+    for (int e = tid; e < C::kStageRows * C::BN; e += C::kThreads) {
+      const int sr = e / C::BN, c = e % C::BN;
+      const int tr = (sr / 16) * (C::FM * 16) + i * 16 + sr % 16;  // row within the block tile
+      const int64_t r = row0 + tr, col = col0 + c;
+      if (r < n && col < m) {
+        out[r * m + col] =
+            from_acc<T, float>(distance_from_dot(staged[sr * C::kStageLd + c], s.xsq[tr], s.ysq[c], metric, tau));
+      }
+    }
+    if (i + 1 < C::FM) __syncthreads();  // every thread has read the staging area before the next pass
+  }
+#endif
+}
+
+// One [kTile rows i] x [kStep columns j] tile of a matrix read at i * sn + j * sk, zero outside [0, n) x
+// [0, k), into dst[j][i]. Consecutive threads walk i when i has unit stride (the y side of a row-major
+// [n, m] grad: a transposed read), else j, so global reads coalesce either way.
+template <typename acc_t>
+__device__ __forceinline__ void load_coef_tile(const acc_t* __restrict__ src, int64_t sn, int64_t sk, int64_t row0,
+                                               int64_t k0, int64_t n, int64_t k, acc_t (*dst)[kTile + 1]) {
+  const bool along_rows = sn == 1 && sk != 1;
+#pragma unroll
+  for (int r = 0; r < kTile * kStep / kThreads; ++r) {
+    const int e = threadIdx.x + r * kThreads;
+    const int row = along_rows ? e % kTile : e / kStep, kk = along_rows ? e / kTile : e % kStep;
+    const int64_t i = row0 + row, j = k0 + kk;
+    dst[kk][row] = (i < n && j < k) ? src[i * sn + j * sk] : acc_t(0);
+  }
+}
+
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
 pairwise_bwd_side_kernel(const typename Acc<scalar_t>::type* __restrict__ grad,
-                         const typename Acc<scalar_t>::type* __restrict__ dist, const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
-                         const typename Acc<scalar_t>::type* __restrict__ asq,
+                         const typename Acc<scalar_t>::type* __restrict__ dist, const scalar_t* __restrict__ a,
+                         const scalar_t* __restrict__ b, const typename Acc<scalar_t>::type* __restrict__ asq,
                          const typename Acc<scalar_t>::type* __restrict__ bsq, scalar_t* __restrict__ grad_a,
-                         int64_t n, int64_t k, int64_t dim, int64_t gsn, int64_t gsk, int64_t dsn,
-                         int64_t dsk, int metric) {
+                         int64_t n, int64_t k, int64_t dim, int64_t gsn, int64_t gsk, int64_t dsn, int64_t dsk,
+                         int metric) {
   using acc_t = typename Acc<scalar_t>::type;
-  __shared__ acc_t coef_s[kStep][kTile + 1];  // B_ij for this block's rows i and slice j
-  __shared__ acc_t term_s[kStep][kTile + 1];  // what a_i sums over j
+  __shared__ acc_t coef_s[kStep][kTile + 1];  // grad, then B_ij for this block's rows i and slice j
+  __shared__ acc_t term_s[kStep][kTile + 1];  // dist, then what a_i sums over j
   __shared__ acc_t bs[kStep][kTile];          // b rows of the slice, this block's feature columns
   __shared__ acc_t row_coef_s[kTile];
 
@@ -115,15 +327,26 @@ pairwise_bwd_side_kernel(const typename Acc<scalar_t>::type* __restrict__ grad,
   acc_t row_coef = 0;  // threads 0..63 own row tid
 
   for (int64_t k0 = 0; k0 < k; k0 += kStep) {
+    load_coef_tile(grad, gsn, gsk, row0, k0, n, k, coef_s);
+    load_coef_tile(dist, dsn, dsk, row0, k0, n, k, term_s);
+#pragma unroll
+    for (int r = 0; r < kTile * kStep / kThreads; ++r) {
+      // The b slice: kStep rows x kTile features, 4 per thread, contiguous along features.
+      const int e = tid + r * kThreads;
+      const int brow = e / kTile, bcol = e % kTile;
+      const int64_t bj = k0 + brow, bf = f0 + bcol;
+      bs[brow][bcol] = (bj < k && bf < dim) ? to_acc(b[bj * dim + bf]) : acc_t(0);
+    }
+    __syncthreads();
+    // grad and dist -> coefficients, in place: each element is read and rewritten by the same thread.
 #pragma unroll
     for (int r = 0; r < kTile * kStep / kThreads; ++r) {
       const int e = tid + r * kThreads;
-      const int row = e / kStep, kk = e % kStep;
+      const int row = e % kTile, kk = e / kTile;
       const int64_t i = row0 + row, j = k0 + kk;
       acc_t c = 0, t = 0;
       if (i < n && j < k) {
-        const acc_t g = grad[i * gsn + j * gsk];
-        const acc_t d = dist[i * dsn + j * dsk];
+        const acc_t g = coef_s[kk][row], d = term_s[kk][row];
         if (metric == kCosine) {
           const acc_t na = max(sqrt(asq[i]), acc_t(kCosineEps)), nb = max(sqrt(bsq[j]), acc_t(kCosineEps));
           c = g / (na * nb);
@@ -135,10 +358,6 @@ pairwise_bwd_side_kernel(const typename Acc<scalar_t>::type* __restrict__ grad,
       }
       coef_s[kk][row] = c;
       term_s[kk][row] = t;
-      // The b slice: kStep rows x kTile features, 4 per thread, contiguous along features.
-      const int brow = e / kTile, bcol = e % kTile;
-      const int64_t bj = k0 + brow, bf = f0 + bcol;
-      bs[brow][bcol] = (bj < k && bf < dim) ? to_acc(b[bj * dim + bf]) : acc_t(0);
     }
     __syncthreads();
     if (tid < kTile) {
@@ -184,14 +403,14 @@ pairwise_bwd_side_kernel(const typename Acc<scalar_t>::type* __restrict__ grad,
 }
 
 // Row tiles x column tiles, flattened onto grid dimension x; 0 when the count exceeds its limit.
-unsigned tiles(int64_t rows, int64_t cols) {
-  const int64_t count = ((rows + kTile - 1) / kTile) * ((cols + kTile - 1) / kTile);
+unsigned tiles(int64_t rows, int64_t cols, int64_t tile_rows = kTile, int64_t tile_cols = kTile) {
+  const int64_t count = ((rows + tile_rows - 1) / tile_rows) * ((cols + tile_cols - 1) / tile_cols);
   return count <= kMaxGridX ? static_cast<unsigned>(count) : 0u;
 }
 
 template <typename scalar_t>
-cudaError_t fwd_typed(const void* x, const void* y, void* dist, void* xsq, void* ysq, int64_t n, int64_t m, int64_t dim,
-               int metric, cudaStream_t stream) {
+cudaError_t fwd_simt(const void* x, const void* y, void* dist, void* xsq, void* ysq, int64_t n, int64_t m,
+                     int64_t dim, int metric, cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
   const unsigned blocks = tiles(n, m);
   if (blocks == 0) return cudaErrorInvalidConfiguration;
@@ -200,6 +419,34 @@ cudaError_t fwd_typed(const void* x, const void* y, void* dist, void* xsq, void*
       static_cast<acc_t*>(xsq), static_cast<acc_t*>(ysq), n, m, dim, metric,
       static_cast<acc_t>(zero_tolerance(dim)));
   return cudaGetLastError();
+}
+
+template <typename T, typename C>
+cudaError_t fwd_tc(const void* x, const void* y, void* dist, void* xsq, void* ysq, int64_t n, int64_t m, int64_t dim,
+                   int metric, cudaStream_t stream) {
+  const unsigned blocks = tiles(n, m, C::BM, C::BN);
+  if (blocks == 0) return cudaErrorInvalidConfiguration;
+  const bool vec = dim % 8 == 0 && (reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(y)) % 16 == 0;
+  pairwise_fwd_tc_kernel<T, C><<<blocks, C::kThreads, 0, stream>>>(
+      static_cast<const T*>(x), static_cast<const T*>(y), static_cast<T*>(dist), static_cast<float*>(xsq),
+      static_cast<float*>(ysq), n, m, dim, metric, static_cast<float>(zero_tolerance(dim)), vec);
+  return cudaGetLastError();
+}
+
+// The half / bfloat16 forward: tensor cores from sm_80 on, with the 128 x 128 tile when it gives every SM
+// a block, else the 64 x 64 one (4x the blocks on small problems).
+template <typename T>
+cudaError_t fwd_half(const void* x, const void* y, void* dist, void* xsq, void* ysq, int64_t n, int64_t m,
+                     int64_t dim, int metric, cudaStream_t stream) {
+  int device = 0, sms = 0, major = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  if (err != cudaSuccess) return err;
+  if (major < 8) return fwd_simt<T>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
+  const int64_t large_tiles = ((n + TcLarge::BM - 1) / TcLarge::BM) * ((m + TcLarge::BN - 1) / TcLarge::BN);
+  if (large_tiles >= sms) return fwd_tc<T, TcLarge>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
+  return fwd_tc<T, TcSmall>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
 }
 
 template <typename scalar_t>
@@ -222,10 +469,10 @@ cudaError_t pairwise_distance_fwd(DType dtype, const void* x, const void* y, voi
                            int64_t m, int64_t dim, int metric, cudaStream_t stream) {
   if (n == 0 || m == 0) return cudaSuccess;
   switch (dtype) {
-    case DType::kFloat32: return fwd_typed<float>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
-    case DType::kFloat16: return fwd_typed<__half>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
-    case DType::kBFloat16: return fwd_typed<__nv_bfloat16>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
-    case DType::kFloat64: return fwd_typed<double>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
+    case DType::kFloat32: return fwd_simt<float>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
+    case DType::kFloat16: return fwd_half<__half>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
+    case DType::kBFloat16: return fwd_half<__nv_bfloat16>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
+    case DType::kFloat64: return fwd_simt<double>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
   }
   return cudaErrorInvalidValue;
 }

@@ -10,7 +10,11 @@
 // __shared__ arrays are function statics (one block runs at a time). Launches check their configuration
 // against the hardware limits (grid x <= 2^31 - 1, y and z <= 65535, every dimension >= 1, at most 1024
 // threads); a bad one sets the error cudaGetLastError() returns, as the CUDA runtime does.
-// What it cannot run: inline PTX, cooperative groups, tensor-core intrinsics other than what is emulated.
+// nvcuda::wmma (<mma.h>, csrc/emu/include/mma.h) is emulated for the m16n16k16 half / bfloat16 shapes.
+// Device queries (cudaGetDevice, cudaDeviceGetAttribute) answer for an emulated device, 132 SMs and compute
+// capability 9.0 unless emu::set_device() says otherwise, so launchers that pick a kernel by device can
+// have every choice tested.
+// What it cannot run: inline PTX (cp.async, ldmatrix, mma), cooperative groups.
 #pragma once
 #include <ucontext.h>
 
@@ -46,11 +50,32 @@ struct dim3 {
   constexpr dim3(unsigned vx = 1, unsigned vy = 1, unsigned vz = 1) : x(vx), y(vy), z(vz) {}
 };
 struct uint3 { unsigned x = 0, y = 0, z = 0; };
+struct alignas(16) uint4 { unsigned x = 0, y = 0, z = 0, w = 0; };
 
 namespace emu {
 inline cudaError_t last_error = cudaSuccess;
 inline bool dry_run = false;  // check launch configurations only (grid-limit tests with huge sizes)
+inline int device_sms = 132, device_cc_major = 9, device_cc_minor = 0;  // what device queries answer
 }  // namespace emu
+
+enum cudaDeviceAttr : int {
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrComputeCapabilityMajor = 75,
+  cudaDevAttrComputeCapabilityMinor = 76,
+};
+inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (device != 0) return emu::last_error = cudaErrorInvalidValue;
+  switch (attr) {
+    case cudaDevAttrMultiProcessorCount: *value = emu::device_sms; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *value = emu::device_cc_major; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = emu::device_cc_minor; return cudaSuccess;
+  }
+  return emu::last_error = cudaErrorInvalidValue;
+}
 
 inline cudaError_t cudaGetLastError() {
   const cudaError_t e = emu::last_error;
@@ -72,6 +97,7 @@ inline dim3 blockDim, gridDim;
 // --- half and bfloat16 (storage + correctly rounded conversions) ----------------------------------------
 struct __half { uint16_t bits; };
 struct __nv_bfloat16 { uint16_t bits; };
+using half = __half;
 
 inline float __half2float(__half h) {
   const uint32_t sign = (h.bits & 0x8000u) << 16, exp = (h.bits >> 10) & 0x1fu, mant = h.bits & 0x3ffu;
@@ -138,6 +164,7 @@ struct Fibre {
   ucontext_t ctx;
   State state = State::kRun;
   int tid = 0;
+  uint64_t collectives = 0;  // warp-collective calls (wmma) this thread has reached
 };
 
 struct Block {
@@ -312,6 +339,7 @@ inline int lane_id() { return block->current % kWarp; }
 }  // namespace emu
 
 inline void __syncthreads() { emu::yield(emu::State::kBlockBarrier); }
+inline void __syncwarp(unsigned /*mask: the full warp*/ = 0xffffffffu) { emu::yield(emu::State::kWarpBarrier); }
 
 template <typename T>
 T __shfl_xor_sync(unsigned /*mask: the full warp*/, T value, int lane_mask) {

@@ -1,12 +1,26 @@
 // C entry points of the emulated CUDA launchers (csrc/cuda/launch.h), for tests/cuda_emu through ctypes.
 // Test-only: built by tests/cuda_emu/build.py together with csrc/cuda/*.cu compiled as C++.
 #include "cuda/launch.h"
+#include "emu/wmma_selftest.h"
 
 using vtreid::cuda::DType;
 
 extern "C" {
 
 void emu_set_dry_run(int on) { emu::dry_run = on != 0; }
+
+// What the emulated device queries answer (launchers that choose a kernel by SM count or architecture).
+void emu_set_device(int sms, int cc_major) {
+  emu::device_sms = sms;
+  emu::device_cc_major = cc_major;
+}
+
+// D [2, 16, 24] = 2 A B + C per warp of a 64-thread block (csrc/emu/wmma_selftest.h); dtype 1 half, 2 bfloat16.
+int emu_wmma_selftest(int dtype, int a_col, int b_col, const void* a, const void* b, const float* c, float* d,
+                      int c_col, int d_col, int sync) {
+  return dtype == 1 ? emu_selftest::run_layouts<__half>(a_col, b_col, a, b, c, d, c_col, d_col, sync)
+                    : emu_selftest::run_layouts<__nv_bfloat16>(a_col, b_col, a, b, c, d, c_col, d_col, sync);
+}
 
 int emu_pairwise_distance_fwd(int dtype, const void* x, const void* y, void* dist, void* xsq, void* ysq, int64_t n,
                               int64_t m, int64_t dim, int metric) {
@@ -24,22 +38,33 @@ int emu_pairwise_distance_bwd_side(int dtype, const void* grad, const void* dist
 int emu_hard_mining_fwd(int dtype, const void* anchors, const void* candidates, const int64_t* anchor_labels,
                         const int64_t* candidate_labels, const int32_t* anchor_modality,
                         const int32_t* candidate_modality, void* pos_dist, int64_t* pos_index, void* neg_dist,
-                        int64_t* neg_index, bool* valid, void* asq, void* csq, int64_t n, int64_t m, int64_t dim,
-                        int metric, int pos_rule, int neg_rule, int self_mining) {
+                        int64_t* neg_index, bool* valid, void* asq, void* csq, void* workspace, int64_t n, int64_t m,
+                        int64_t dim, int metric, int pos_rule, int neg_rule, int self_mining, int sms) {
   return vtreid::cuda::hard_mining_fwd(static_cast<DType>(dtype), anchors, candidates, anchor_labels, candidate_labels,
                                        anchor_modality, candidate_modality, pos_dist, pos_index, neg_dist, neg_index,
-                                       valid, asq, csq, n, m, dim, metric, pos_rule, neg_rule, self_mining != 0,
-                                       nullptr);
+                                       valid, asq, csq, workspace, n, m, dim, metric, pos_rule, neg_rule,
+                                       self_mining != 0, sms, nullptr);
+}
+
+// out[5]: anchor_blocks, splits, tiles, threads, launches (vtreid::cuda::MiningFwdGrid).
+void emu_hard_mining_fwd_grid(int64_t n, int64_t m, int64_t dim, int sms, int64_t* out) {
+  const vtreid::cuda::MiningFwdGrid g = vtreid::cuda::hard_mining_fwd_grid(n, m, dim, sms);
+  const int64_t fields[] = {g.anchor_blocks, g.splits, g.tiles, g.threads, g.launches};
+  for (int k = 0; k < 5; ++k) out[k] = fields[k];
+}
+
+int64_t emu_hard_mining_fwd_workspace_bytes(int dtype, int64_t n, int64_t m, int64_t dim, int sms) {
+  return static_cast<int64_t>(
+      vtreid::cuda::hard_mining_fwd_workspace_bytes(static_cast<DType>(dtype), n, m, dim, sms));
 }
 
 int emu_hard_mining_bwd(int dtype, const void* grad_pos, const void* grad_neg, const void* anchors,
                         const void* candidates, const int64_t* pos_index, const int64_t* neg_index,
                         const void* pos_dist, const void* neg_dist, const void* asq, const void* csq,
-                        const int64_t* order, const int64_t* seg, void* contrib, void* grad_anchors,
-                        void* grad_candidates, int64_t n, int64_t m, int64_t dim, int metric) {
+                        void* grad_anchors, void* grad_candidates, int64_t n, int64_t m, int64_t dim, int metric) {
   return vtreid::cuda::hard_mining_bwd(static_cast<DType>(dtype), grad_pos, grad_neg, anchors, candidates, pos_index,
-                                       neg_index, pos_dist, neg_dist, asq, csq, order, seg, contrib, grad_anchors,
-                                       grad_candidates, n, m, dim, metric, nullptr);
+                                       neg_index, pos_dist, neg_dist, asq, csq, grad_anchors, grad_candidates, n, m,
+                                       dim, metric, nullptr);
 }
 
 int emu_hetero_center_fwd(int dtype, const void* x, const int64_t* order, const int64_t* seg, const int32_t* modality,

@@ -66,17 +66,78 @@ def _check(rc, what):
 @pytest.mark.parametrize("n,m,d", SIZES)
 def test_pairwise_distance(n, m, d, dtype, metric):
     gen = torch.Generator().manual_seed(n * 1000 + m * 10 + d)
+    _check_pairwise(_features(n, d, dtype, gen), _features(m, d, dtype, gen), metric, gen)
+
+
+# The half / bfloat16 forward has three kernels (csrc/cuda/pairwise_distance.cu): tensor cores with a 64 x 64
+# tile (fewer 128 x 128 tiles than SMs), with a 128 x 128 tile, and SIMT before sm_80. The emulated device
+# (SM count, compute capability) picks each. Sizes: not multiples of 16 (zero padding), D a multiple of 8
+# (16-byte loads) or not, several 32-feature stages (the double buffer), more than 8 row tiles (the raster
+# groups' tail), several column tiles.
+TC_SIZES = [(1, 1, 1), (7, 15, 17), (15, 7, 16), (17, 129, 15), (129, 17, 129), (130, 65, 40), (577, 65, 7),
+            (3, 300, 64)]
+TC_KERNELS = {"tc64": (132, 9), "tc128": (1, 8), "simt": (132, 7)}
+
+
+@pytest.fixture
+def emulated_device(request):
+    LIB.emu_set_device(*TC_KERNELS[request.param])
+    yield request.param
+    LIB.emu_set_device(132, 9)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("emulated_device", list(TC_KERNELS), indirect=True)
+@pytest.mark.parametrize("n,m,d", TC_SIZES)
+def test_pairwise_distance_half_kernels(n, m, d, emulated_device, dtype, metric):
+    gen = torch.Generator().manual_seed(n * 1000 + m * 10 + d)
     x, y = _features(n, d, dtype, gen), _features(m, d, dtype, gen)
+    if n >= 6:
+        x[2] = x[3]          # a tie: two rows of x equally far from every row of y
+        x[4] = 2 * x[0]      # parallel to x[0] (cosine distance 0 up to rounding)
+    if m >= 2:
+        y[0] = x[0]          # the same row in x and y: distance exactly 0
+    _check_pairwise(x.contiguous(), y.contiguous(), metric, gen, backward=emulated_device == "tc64")
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("emulated_device", list(TC_KERNELS), indirect=True)
+def test_pairwise_distance_half_nan_inf_propagate(emulated_device, metric):
+    gen = torch.Generator().manual_seed(5)
+    x, y = _features(20, 33, torch.float16, gen), _features(9, 33, torch.float16, gen)
+    x[3, 5] = float("nan")
+    x[6, 32] = float("inf")
+    y[2, 0] = float("-inf")
+    dist = _pairwise_fwd(x, y, metric)[0]
+    want = reference.distance_matrix(x, y, metric).to(torch.float16)
+    assert torch.equal(dist.isnan(), want.isnan()) and torch.equal(dist.isinf(), want.isinf())
+    assert dist[3].isnan().all() and not dist[:, 2].isfinite().any() and not dist[6].isfinite().any()
+    assert_matches(dist, want, torch.float16, "dist")
+
+
+def _pairwise_fwd(x, y, metric):
+    acc = _acc(x.dtype)
+    dist = torch.empty(x.shape[0], y.shape[0], dtype=x.dtype)
+    xsq, ysq = torch.zeros(x.shape[0], dtype=acc), torch.zeros(y.shape[0], dtype=acc)
+    _check(LIB.emu_pairwise_distance_fwd(DTYPE_CODES[x.dtype], _p(x), _p(y), _p(dist), _p(xsq), _p(ysq),
+                                         I64(x.shape[0]), I64(y.shape[0]), I64(x.shape[1]), METRIC_CODES[metric]),
+           "pairwise_distance_fwd")
+    return dist, xsq, ysq
+
+
+def _check_pairwise(x, y, metric, gen, backward=True):
+    """Forward (distances and norms) and both backward sides of the emulated kernels against reference."""
+    dtype, (n, d), m = x.dtype, x.shape, y.shape[0]
     acc = _acc(dtype)
-    dist = torch.empty(n, m, dtype=dtype)
-    xsq, ysq = torch.zeros(n, dtype=acc), torch.zeros(m, dtype=acc)
-    _check(LIB.emu_pairwise_distance_fwd(DTYPE_CODES[dtype], _p(x), _p(y), _p(dist), _p(xsq), _p(ysq), I64(n), I64(m),
-                                         I64(d), METRIC_CODES[metric]), "pairwise_distance_fwd")
+    dist, xsq, ysq = _pairwise_fwd(x, y, metric)
     xr, yr = x.to(acc).requires_grad_(), y.to(acc).requires_grad_()
     want = reference.distance_matrix(xr, yr, metric)
     assert_matches(dist, want.to(dtype), dtype, "dist")
     assert_matches(xsq, (x.to(acc) ** 2).sum(1), dtype, "xsq")
     assert_matches(ysq, (y.to(acc) ** 2).sum(1), dtype, "ysq")
+    if not backward:
+        return
 
     grad = torch.randn(n, m, generator=gen, dtype=acc)
     want.backward(grad)
@@ -99,13 +160,144 @@ def test_pairwise_distance(n, m, d, dtype, metric):
     assert_matches(gy, yr.grad.to(dtype), dtype, "grad y", scale=sy)
 
 
+# --- the emulation itself: nvcuda::wmma (csrc/emu/include/mma.h) -----------------------------------------
+
+WMMA_LD = 24  # elements per row of every matrix of the self-test kernel (csrc/emu/wmma_selftest.h)
+
+
+def _tile(buf, col_major):
+    """The 16 x 16 matrix a wmma call reads from (or writes to) buf [16, WMMA_LD] with that layout."""
+    return buf[:, :16].T if col_major else buf[:, :16]
+
+
+def _wmma_run(dtype, a_col, b_col, c_col, d_col, sync, seed):
+    gen = torch.Generator().manual_seed(seed)
+    a, b = (torch.randn(16, WMMA_LD, generator=gen).to(dtype) for _ in range(2))
+    c = torch.randn(16, WMMA_LD, generator=gen)
+    d = torch.full((2, 16, WMMA_LD), float("nan"))
+    _check(LIB.emu_wmma_selftest(DTYPE_CODES[dtype], a_col, b_col, _p(a), _p(b), _p(c), _p(d), c_col, d_col, sync),
+           "wmma self-test")
+    want = 2 * (_tile(a, a_col).double() @ _tile(b, b_col).double()) + _tile(c, c_col).double()
+    return d, want
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layouts", [(a, b, c, d) for a in (0, 1) for b in (0, 1) for c in (0, 1) for d in (0, 1)],
+                         ids=lambda t: "".join("rc"[v] for v in t))
+def test_wmma_emulation(dtype, layouts):
+    """D = 2 A B + C through load / mma / elementwise x[] / store, every layout, both warps of the block; the
+    padding of D (outside the 16 x 16 tile) stays untouched."""
+    d, want = _wmma_run(dtype, *layouts, sync=1, seed=sum(v << i for i, v in enumerate(layouts)))
+    for w in range(2):
+        torch.testing.assert_close(_tile(d[w], layouts[3]).double(), want, rtol=1e-6, atol=1e-5)
+        assert d[w][:, 16:].isnan().all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_wmma_emulation_sees_a_missing_barrier(dtype):
+    """Without the __syncthreads() between staging A, B in shared memory and the fragment loads, warp 0 reads
+    shared memory the other threads have not written yet: the emulation must show wrong results (the stale
+    values are those of the previous call, made with other inputs)."""
+    _wmma_run(dtype, 0, 1, 0, 0, sync=1, seed=1)
+    d, want = _wmma_run(dtype, 0, 1, 0, 0, sync=0, seed=2)
+    assert not torch.allclose(_tile(d[0], 0).double(), want, rtol=1e-3, atol=1e-3)
+
+
 # --- hard_mining --------------------------------------------------------------------------------------
 
-def _segment_layout(pos_i, neg_i, m):
-    idx = torch.cat([pos_i, neg_i])
-    idx = torch.where(idx < 0, torch.full_like(idx, m), idx)
-    sorted_idx, order = torch.sort(idx, stable=True)
-    return order.contiguous(), torch.searchsorted(sorted_idx, torch.arange(m + 1)).contiguous()
+WAVE_SMS = 132  # an H100
+LIB.emu_hard_mining_fwd_workspace_bytes.restype = ctypes.c_int64
+
+
+@pytest.fixture(params=["sm90", "sm75"])
+def mining_arch(request):
+    """The emulated compute capability: half / bfloat16 take the tensor-core (wmma) forward from sm_80 on,
+    the SIMT one before (float32 / float64 always the SIMT one)."""
+    LIB.emu_set_device(132, 9 if request.param == "sm90" else 7)
+    yield request.param
+    LIB.emu_set_device(132, 9)
+
+
+def _skip_same_path(dtype, arch):
+    if arch != "sm90" and dtype in (torch.float32, torch.float64):
+        pytest.skip("float32 / float64 run the same kernel on every architecture")
+
+
+def _mining_grid(n, m, d, sms):
+    out = (ctypes.c_int64 * 5)()
+    LIB.emu_hard_mining_fwd_grid(I64(n), I64(m), I64(d), ctypes.c_int(sms), out)
+    return dict(zip(("anchor_blocks", "splits", "tiles", "threads", "launches"), out))
+
+
+def _mine(a, c, la, lc, ma, mc, metric, rules, self_mining, sms=WAVE_SMS):
+    """hard_mining_fwd through the emulated launcher: (pos_d, pos_i, neg_d, neg_i, valid, asq, csq)."""
+    n, m, d = a.shape[0], c.shape[0], a.shape[1]
+    acc = _acc(a.dtype)
+    pos_d, neg_d = torch.zeros(n, dtype=acc), torch.zeros(n, dtype=acc)
+    pos_i, neg_i = torch.full((n,), -1), torch.full((n,), -1)
+    valid = torch.zeros(n, dtype=torch.bool)
+    asq, csq = torch.zeros(n, dtype=acc), torch.zeros(m, dtype=acc)
+    code = DTYPE_CODES[a.dtype]
+    nbytes = LIB.emu_hard_mining_fwd_workspace_bytes(code, I64(n), I64(m), I64(d), ctypes.c_int(sms))
+    # Garbage in the workspace: the kernels must not read what they did not write.
+    workspace = torch.full((max(nbytes, 1),), 0x7F, dtype=torch.uint8) if nbytes else None
+    _check(LIB.emu_hard_mining_fwd(code, _p(a), _p(c), _p(la), _p(lc), _p(ma), _p(mc), _p(pos_d), _p(pos_i), _p(neg_d),
+                                   _p(neg_i), _p(valid), _p(asq), _p(csq), _p(workspace), I64(n), I64(m), I64(d),
+                                   METRIC_CODES[metric], RULES[rules[0]], RULES[rules[1]], int(self_mining),
+                                   ctypes.c_int(sms)), "hard_mining_fwd")
+    return pos_d, pos_i, neg_d, neg_i, valid, asq, csq
+
+
+def _mine_bwd(gp, gn, a, c, got, metric):
+    pos_d, pos_i, neg_d, neg_i, _, asq, csq = got
+    ga, gc = torch.empty_like(a), torch.empty_like(c)
+    _check(LIB.emu_hard_mining_bwd(DTYPE_CODES[a.dtype], _p(gp), _p(gn), _p(a), _p(c), _p(pos_i), _p(neg_i), _p(pos_d),
+                                   _p(neg_d), _p(asq), _p(csq), _p(ga), _p(gc), I64(a.shape[0]), I64(c.shape[0]),
+                                   I64(a.shape[1]), METRIC_CODES[metric]), "hard_mining_bwd")
+    return ga, gc
+
+
+def _reference_mining(a, c, la, lc, ma, mc, metric, rules, self_mining):
+    acc = _acc(a.dtype)
+    ar = a.to(acc).requires_grad_()
+    cr = ar if self_mining else c.to(acc).requires_grad_()
+    want = reference.hard_mining(ar, la, None if self_mining else cr, None if self_mining else lc, metric=metric,
+                                 anchor_modality=ma, candidate_modality=None if self_mining else mc,
+                                 positive=rules[0], negative=rules[1])
+    return want, ar, cr
+
+
+def _check_forward(got, want, dtype):
+    pos_d, pos_i, neg_d, neg_i, valid = got[:5]
+    assert torch.equal(valid, want[4])
+    assert torch.equal(pos_i, want[1]), (pos_i, want[1])
+    assert torch.equal(neg_i, want[3]), (neg_i, want[3])
+    assert_matches(pos_d, want[0].detach(), dtype, "pos_dist")
+    assert_matches(neg_d, want[2].detach(), dtype, "neg_dist")
+
+
+def _check_backward(a, c, got, want, ar, cr, metric, self_mining, gen):
+    dtype, acc, n = a.dtype, _acc(a.dtype), a.shape[0]
+    gp, gn = torch.rand(n, dtype=acc, generator=gen), torch.rand(n, dtype=acc, generator=gen)
+    (want[0] * gp + want[2] * gn).sum().backward()
+    ga, gc = _mine_bwd(gp, gn, a, c, got, metric)
+    if self_mining:
+        assert_matches((ga.to(acc) + gc.to(acc)).to(dtype), ar.grad.to(dtype), dtype, "grad")
+    else:
+        assert_matches(ga, ar.grad.to(dtype), dtype, "grad anchors")
+        assert_matches(gc, cr.grad.to(dtype), dtype, "grad candidates")
+    return gp, gn, ga, gc
+
+
+def _mining_inputs(n, m, d, dtype, gen, self_mining):
+    a = _features(n, d, dtype, gen)
+    c = a if self_mining else _features(m, d, dtype, gen)
+    la = torch.randint(0, 4, (n,), generator=gen)
+    la[0] = 99  # an anchor with no positive
+    lc = la if self_mining else torch.randint(0, 4, (c.shape[0],), generator=gen)
+    ma = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int32)
+    mc = ma if self_mining else torch.randint(0, 2, (c.shape[0],), generator=gen, dtype=torch.int32)
+    return a, c, la, lc, ma, mc
 
 
 @pytest.mark.parametrize("rules", [("any", "any"), ("cross", "same")])
@@ -115,46 +307,157 @@ def _segment_layout(pos_i, neg_i, m):
 def test_hard_mining(n, m, d, dtype, metric, rules):
     gen = torch.Generator().manual_seed(n + 7 * m + d)
     self_mining = n == m or n <= 2
-    a = _features(n, d, dtype, gen)
-    c = a if self_mining else _features(m, d, dtype, gen)
-    m = c.shape[0]
-    la = torch.randint(0, 4, (n,), generator=gen)
-    la[0] = 99  # an anchor with no positive
-    lc = la if self_mining else torch.randint(0, 4, (m,), generator=gen)
-    ma = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int32)
-    mc = ma if self_mining else torch.randint(0, 2, (m,), generator=gen, dtype=torch.int32)
-    acc = _acc(dtype)
-    pos_d, neg_d = torch.zeros(n, dtype=acc), torch.zeros(n, dtype=acc)
-    pos_i, neg_i = torch.full((n,), -1), torch.full((n,), -1)
-    valid = torch.zeros(n, dtype=torch.bool)
-    asq, csq = torch.zeros(n, dtype=acc), torch.zeros(m, dtype=acc)
-    pr, nr = RULES[rules[0]], RULES[rules[1]]
-    _check(LIB.emu_hard_mining_fwd(DTYPE_CODES[dtype], _p(a), _p(c), _p(la), _p(lc), _p(ma), _p(mc), _p(pos_d),
-                                   _p(pos_i), _p(neg_d), _p(neg_i), _p(valid), _p(asq), _p(csq), I64(n), I64(m), I64(d),
-                                   METRIC_CODES[metric], pr, nr, int(self_mining)), "hard_mining_fwd")
-    ar = a.to(acc).requires_grad_()
-    cr = ar if self_mining else c.to(acc).requires_grad_()
-    want = reference.hard_mining(ar, la, None if self_mining else cr, None if self_mining else lc, metric=metric,
-                                 anchor_modality=ma, candidate_modality=None if self_mining else mc,
-                                 positive=rules[0], negative=rules[1])
-    assert torch.equal(valid, want[4])
-    assert torch.equal(pos_i, want[1]) and torch.equal(neg_i, want[3])
-    assert_matches(pos_d, want[0].detach(), dtype, "pos_dist")
-    assert_matches(neg_d, want[2].detach(), dtype, "neg_dist")
+    a, c, la, lc, ma, mc = _mining_inputs(n, m, d, dtype, gen, self_mining)
+    got = _mine(a, c, la, lc, ma, mc, metric, rules, self_mining)
+    want, ar, cr = _reference_mining(a, c, la, lc, ma, mc, metric, rules, self_mining)
+    _check_forward(got, want, dtype)
+    _check_backward(a, c, got, want, ar, cr, metric, self_mining, gen)
 
-    gp, gn = torch.rand(n, dtype=acc, generator=gen), torch.rand(n, dtype=acc, generator=gen)
-    (want[0] * gp + want[2] * gn).sum().backward()
-    order, seg = _segment_layout(pos_i, neg_i, m)
-    contrib = torch.empty(2 * n, d, dtype=acc)
-    ga, gc = torch.empty_like(a), torch.empty_like(c)
-    _check(LIB.emu_hard_mining_bwd(DTYPE_CODES[dtype], _p(gp), _p(gn), _p(a), _p(c), _p(pos_i), _p(neg_i), _p(pos_d),
-                                   _p(neg_d), _p(asq), _p(csq), _p(order), _p(seg), _p(contrib), _p(ga), _p(gc), I64(n),
-                                   I64(m), I64(d), METRIC_CODES[metric]), "hard_mining_bwd")
-    if self_mining:
-        assert_matches((ga.to(acc) + gc.to(acc)).to(dtype), ar.grad.to(dtype), dtype, "grad")
-    else:
-        assert_matches(ga, ar.grad.to(dtype), dtype, "grad anchors")
-        assert_matches(gc, cr.grad.to(dtype), dtype, "grad candidates")
+
+def _split_cases(n, m, d):
+    """sms values that force 1 split, 2 splits and one split per candidate tile (the most there are)."""
+    g = _mining_grid(n, m, d, 1)
+    cases = {"1": 1, "2": 2 * g["anchor_blocks"], "many": 1 << 20}
+    splits = {k: _mining_grid(n, m, d, v)["splits"] for k, v in cases.items()}
+    assert splits == {"1": 1, "2": min(2, g["tiles"]), "many": g["tiles"]}, splits
+    return cases
+
+
+@pytest.mark.parametrize("rules", [("any", "any"), ("cross", "same"), ("same", "cross")])
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_hard_mining_splits_agree_bitwise(dtype, metric, rules, mining_arch):
+    """1, 2 and many candidate splits give bitwise the same results (a pair's distance does not depend on
+    the split that computes it), equal to reference; duplicate rows sit in different splits."""
+    _skip_same_path(dtype, mining_arch)
+    n, m, d = 35, 130, 33
+    gen = torch.Generator().manual_seed(5)
+    a = _features(n, d, dtype, gen)
+    c = _features(m, d, dtype, gen)
+    la = torch.randint(0, 3, (n,), generator=gen)
+    la[0] = 99
+    lc = torch.randint(0, 3, (m,), generator=gen)
+    ma = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int32)
+    mc = torch.randint(0, 2, (m,), generator=gen, dtype=torch.int32)
+    # Exact ties across split boundaries (tiles 0, 1, 4, 6, 8): a far row, the hardest positive of its
+    # identity, five times; an anchor's own row, its nearest negative at distance 0, three times.
+    c[3] = c[3] * 8
+    for j in (17, 64, 97, 129):
+        c[j], lc[j], mc[j] = c[3], lc[3], mc[3]
+    for j in (10, 50, 90):
+        c[j], lc[j], mc[j] = a[4], (la[4] + 1) % 3, ma[4]
+    results = {k: _mine(a, c, la, lc, ma, mc, metric, rules, False, sms)
+               for k, sms in _split_cases(n, m, d).items()}
+    for k, got in results.items():
+        for x, y in zip(got, results["1"]):
+            assert torch.equal(x, y), f"splits {k} differ from one split"
+    want, ar, cr = _reference_mining(a, c, la, lc, ma, mc, metric, rules, False)
+    _check_forward(results["many"], want, dtype)
+    _check_backward(a, c, results["many"], want, ar, cr, metric, False, gen)
+
+
+@pytest.mark.parametrize("splits", ["1", "2", "many"])
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_hard_mining_exact_ties_pick_lowest_index(dtype, metric, splits, mining_arch):
+    """Small-integer features: every dot product is exact in any order, so the reference and the kernels
+    see the same exact ties (many of them, across split boundaries); the lowest index must win."""
+    _skip_same_path(dtype, mining_arch)
+    n, m, d = 20, 130, 5
+    gen = torch.Generator().manual_seed(11)
+    a = torch.randint(-1, 2, (n, d), generator=gen).to(dtype)
+    c = torch.randint(-1, 2, (m, d), generator=gen).to(dtype)
+    la, lc = torch.randint(0, 3, (n,), generator=gen), torch.randint(0, 3, (m,), generator=gen)
+    ma = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int32)
+    mc = torch.randint(0, 2, (m,), generator=gen, dtype=torch.int32)
+    for rules in (("any", "any"), ("cross", "cross")):
+        got = _mine(a, c, la, lc, ma, mc, metric, rules, False, _split_cases(n, m, d)[splits])
+        want, _, _ = _reference_mining(a, c, la, lc, ma, mc, metric, rules, False)
+        _check_forward(got, want, dtype)
+        # Independently of the reference: no lower index reaches the chosen distance.
+        dist = reference.distance_matrix(a.to(_acc(dtype)), c.to(_acc(dtype)), metric)
+        for i in range(n):
+            if got[4][i]:
+                p, q = int(got[1][i]), int(got[3][i])
+                assert not ((dist[i, :p] == dist[i, p]) & (lc[:p] == la[i]) & _allowed(rules[0], ma[i], mc[:p])).any()
+                assert not ((dist[i, :q] == dist[i, q]) & (lc[:q] != la[i]) & _allowed(rules[1], ma[i], mc[:q])).any()
+
+
+def _allowed(rule, am, cm):
+    return torch.ones_like(cm, dtype=torch.bool) if rule == "any" else (cm != am) if rule == "cross" else (cm == am)
+
+
+@pytest.mark.parametrize("splits", ["1", "2", "many"])
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_hard_mining_nan_and_inf_rows_across_splits(dtype, metric, splits, mining_arch):
+    """NaN rows in different splits: a NaN distance beats every number and the lowest-index NaN wins
+    wherever the splits cut; an anchor with a NaN row mines NaN from its lowest allowed candidates."""
+    _skip_same_path(dtype, mining_arch)
+    n, m, d = 19, 70, 9
+    gen = torch.Generator().manual_seed(3)
+    a, c = _features(n, d, dtype, gen), _features(m, d, dtype, gen)
+    c[[23, 45, 66]] = float("nan")      # tiles 1, 2 and 4
+    c[[30, 50]] = float("inf")          # an infinite row: inf or NaN distances, a real candidate either way
+    a[5] = float("nan")
+    la, lc = torch.randint(0, 3, (n,), generator=gen), torch.randint(0, 3, (m,), generator=gen)
+    lc[[23, 45, 66]] = torch.tensor([0, 1, 2])  # every identity has a NaN positive and NaN negatives
+    la[0] = 99
+    ma = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int32)
+    mc = torch.randint(0, 2, (m,), generator=gen, dtype=torch.int32)
+    rules = ("any", "any")
+    got = _mine(a, c, la, lc, ma, mc, metric, rules, False, _split_cases(n, m, d)[splits])
+    want, _, _ = _reference_mining(a, c, la, lc, ma, mc, metric, rules, False)
+    _check_forward(got, want, dtype)
+    assert got[0][got[4]].isnan().all() and got[2][got[4]].isnan().all()
+
+
+@pytest.mark.parametrize("splits", ["1", "2", "many"])
+@pytest.mark.parametrize("rules", [("any", "any"), ("cross", "same")])
+def test_hard_mining_invalid_anchors(rules, splits):
+    """Anchors without a positive or without a negative (in every split) are invalid: index -1, distance 0."""
+    n, m, d = 6, 40, 7
+    gen = torch.Generator().manual_seed(2)
+    a, c = _features(n, d, torch.float32, gen), _features(m, d, torch.float32, gen)
+    lc = torch.full((m,), 5)
+    lc[33] = 6                                  # the only other identity, in the last split
+    la = torch.tensor([5, 6, 7, 5, 6, 5])       # 7: no positive; 6: one positive at 33
+    mc = torch.zeros(m, dtype=torch.int32)
+    mc[33] = 1
+    ma = torch.tensor([0, 0, 1, 1, 1, 0], dtype=torch.int32)
+    got = _mine(a, c, la, lc, ma, mc, "euclidean", rules, False, _split_cases(n, m, d)[splits])
+    want, _, _ = _reference_mining(a, c, la, lc, ma, mc, "euclidean", rules, False)
+    _check_forward(got, want, torch.float32)
+    assert not got[4][2]
+    assert got[1][~got[4]].eq(-1).all() and got[3][~got[4]].eq(-1).all()
+    assert got[0][~got[4]].eq(0).all() and got[2][~got[4]].eq(0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_hard_mining_runs_are_bitwise_reproducible(dtype, mining_arch):
+    _skip_same_path(dtype, mining_arch)
+    n, m, d = 40, 97, 65
+    gen = torch.Generator().manual_seed(9)
+    a, c, la, lc, ma, mc = _mining_inputs(n, m, d, dtype, gen, False)
+    lc[:40] = 1  # many anchors choose the same candidates: several terms per candidate gradient
+    runs = []
+    for _ in range(2):
+        got = _mine(a, c, la, lc, ma, mc, "euclidean", ("any", "any"), False)
+        gp = torch.linspace(0.5, 1.5, n)
+        runs.append((*got, *_mine_bwd(gp, gp.flip(0), a, c, got, "euclidean")))
+    for x, y in zip(*runs):
+        assert torch.equal(x, y)
+
+
+def test_hard_mining_grid_fills_a_wave_at_training_shapes():
+    """N = M = 256, D = 2048 on a 132-SM GPU: at least one block per SM, a combine launch at most."""
+    g = _mining_grid(256, 256, 2048, WAVE_SMS)
+    assert g["anchor_blocks"] * g["splits"] >= WAVE_SMS, g
+    assert g["launches"] <= 2
+    # A large batch needs no split (one launch), and the split count never exceeds the candidate tiles.
+    big = _mining_grid(8192, 8192, 2048, WAVE_SMS)
+    assert big["splits"] == 1 and big["launches"] == 1
+    assert _mining_grid(256, 20, 2048, WAVE_SMS)["splits"] == _mining_grid(256, 20, 2048, WAVE_SMS)["tiles"]
 
 
 # --- hetero_center ------------------------------------------------------------------------------------
@@ -262,9 +565,9 @@ def test_grid_limits_large_row_counts(dry_run):
         assert LIB.emu_pairwise_distance_bwd_side(dtype, null, null, null, null, null, null, null, I64(n), I64(m),
                                                   I64(d), I64(m), I64(1), I64(m), I64(1), 0) == 0
         assert LIB.emu_hard_mining_fwd(dtype, null, null, null, null, null, null, null, null, null, null, null, null,
-                                       null, I64(n), I64(m), I64(d), 0, 0, 0, 0) == 0
+                                       null, null, I64(n), I64(m), I64(d), 0, 0, 0, 0, WAVE_SMS) == 0
         assert LIB.emu_hard_mining_bwd(dtype, null, null, null, null, null, null, null, null, null, null, null, null,
-                                       null, null, null, I64(n), I64(m), I64(d), 0) == 0
+                                       I64(n), I64(m), I64(d), 0) == 0
         assert LIB.emu_hetero_center_fwd(dtype, null, null, null, null, null, null, null, null, null, I64(2), I64(n),
                                          I64(d), 1, 1, ctypes.c_double(0.0)) == 0
         assert LIB.emu_hetero_center_bwd(dtype, null, null, null, null, null, null, null, null, null, null, null,
@@ -276,7 +579,7 @@ def test_zero_feature_dimension_launches_nothing(dry_run):
     null = ctypes.c_void_p(0)
     assert LIB.emu_pairwise_distance_bwd_side(0, null, null, null, null, null, null, null, I64(5), I64(3), I64(0),
                                               I64(3), I64(1), I64(3), I64(1), 0) == 0
-    assert LIB.emu_hard_mining_bwd(0, null, null, null, null, null, null, null, null, null, null, null, null, null,
-                                   null, null, I64(5), I64(3), I64(0), 0) == 0
+    assert LIB.emu_hard_mining_bwd(0, null, null, null, null, null, null, null, null, null, null, null, null,
+                                   I64(5), I64(3), I64(0), 0) == 0
     assert LIB.emu_hetero_center_bwd(0, null, null, null, null, null, null, null, null, null, null, null, I64(1),
                                      I64(5), I64(0), 1, 0) == 0
