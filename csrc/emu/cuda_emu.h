@@ -342,6 +342,7 @@ inline int lane_id() { return block->current % kWarp; }
 }  // namespace emu
 
 inline void __syncthreads() { emu::yield(emu::State::kBlockBarrier); }
+[[noreturn]] inline void __trap() { emu::fail("__trap()"); }
 inline void __syncwarp(unsigned /*mask: the full warp*/ = 0xffffffffu) { emu::yield(emu::State::kWarpBarrier); }
 
 template <typename T>
