@@ -359,8 +359,9 @@ pairwise_bwd_side_kernel(const typename Acc<scalar_t>::type* __restrict__ grad,
       bs[brow][bcol] = (bj < k && bf < dim) ? to_acc(b[bj * dim + bf]) : acc_t(0);
     }
     __syncthreads();
-    // grad and dist -> coefficients, in place: each element is read and rewritten by the same thread.
-#pragma unroll
+    // grad and dist -> coefficients, in place: each element is read and rewritten by the same thread. Not
+    // unrolled: float64 divisions and square roots are subroutines whose registers would add up.
+#pragma unroll 1
     for (int r = 0; r < kTile * kStep / kThreads; ++r) {
       const int e = tid + r * kThreads;
       const int row = e % kTile, kk = e / kTile;
