@@ -1,7 +1,7 @@
 // CUDA kernels of vtreid.ops.pairwise_distance. Formulas in kernels/pairwise_distance.py; the distance of a
 // pair from its dot product and the two squared norms is csrc/pair_math.h:distance_from_dot.
 //
-// Forward, half and bfloat16 on sm_80 and later: tensor cores (nvcuda::wmma, m16n16k16, float
+// Forward, half (sm_70 and later) and bfloat16 (sm_80 and later): tensor cores (nvcuda::wmma, m16n16k16, float
 // accumulators). A block owns a 128 x 128 output tile (8 warps, each 32 x 64 = 2 x 4 fragments) or, when
 // that gives fewer blocks than SMs, a 64 x 64 tile (4 warps of 32 x 32). Features stream in slices of 32
 // through two shared-memory stages: the next slice is loaded into registers (16-byte loads) while the
@@ -11,7 +11,7 @@
 // formula and stores rows of the tile with consecutive threads on consecutive columns.
 // No cp.async / ldmatrix (inline PTX): the kernels also run on the CPU emulation (csrc/emu).
 //
-// Forward, float32 and float64 (and half / bfloat16 before sm_80): SIMT. Each 256-thread block owns a
+// Forward, float32 and float64 (and half / bfloat16 on older devices): SIMT. Each 256-thread block owns a
 // 64 x 64 output tile, each thread a 4 x 4 sub-tile at stride 16 so that shared-memory reads are
 // conflict-free and global stores coalesce; float32 accumulates in IEEE float32 (no TF32), float64 in
 // float64.
@@ -24,6 +24,7 @@
 #include <mma.h>
 
 #include <cstring>
+#include <type_traits>
 
 #include "common.cuh"
 #include "launch.h"
@@ -175,14 +176,11 @@ __device__ __forceinline__ void add_squares(const T* row, float& norm) {
   }
 }
 
+// One block tile of the tensor-core forward (the kernel's body).
 template <typename T, typename C>
-__global__ void __launch_bounds__(C::kThreads)
-pairwise_fwd_tc_kernel(const T* __restrict__ x, const T* __restrict__ y, T* __restrict__ out,
-                       float* __restrict__ xsq_out, float* __restrict__ ysq_out, int64_t n, int64_t m, int64_t dim,
-                       int metric, float tau, bool vec) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  __trap();  // the launcher takes the SIMT kernel before sm_80 (bfloat16 fragments need sm_80)
-#else
+__device__ __forceinline__ void fwd_tc_tile(const T* __restrict__ x, const T* __restrict__ y, T* __restrict__ out,
+                                            float* __restrict__ xsq_out, float* __restrict__ ysq_out, int64_t n,
+                                            int64_t m, int64_t dim, int metric, float tau, bool vec) {
   namespace wmma = nvcuda::wmma;
   constexpr int kStageElems = (C::BM + C::BN) * kTcLd;
   __shared__ TcShared<T, C> s;
@@ -284,7 +282,30 @@ pairwise_fwd_tc_kernel(const T* __restrict__ x, const T* __restrict__ y, T* __re
     }
     if (i + 1 < C::FM) __syncthreads();  // every thread has read the staging area before the next pass
   }
+}
+
+#if defined(__CUDA_ARCH__)
+constexpr int kArch = __CUDA_ARCH__;
+#else
+constexpr int kArch = 1000;  // the host pass (and the CPU emulation): no device code to generate
 #endif
+
+// Tensor-core fragments of half exist from sm_70, of bfloat16 from sm_80.
+template <typename T>
+__host__ __device__ constexpr bool tc_supported(int arch) {
+  return arch >= (std::is_same_v<T, __nv_bfloat16> ? 800 : 700);
+}
+
+template <typename T, typename C>
+__global__ void __launch_bounds__(C::kThreads)
+pairwise_fwd_tc_kernel(const T* __restrict__ x, const T* __restrict__ y, T* __restrict__ out,
+                       float* __restrict__ xsq_out, float* __restrict__ ysq_out, int64_t n, int64_t m, int64_t dim,
+                       int metric, float tau, bool vec) {
+  if constexpr (tc_supported<T>(kArch)) {
+    fwd_tc_tile<T, C>(x, y, out, xsq_out, ysq_out, n, m, dim, metric, tau, vec);
+  } else {
+    __trap();  // not launched: the launcher takes the SIMT kernel on such a device
+  }
 }
 
 // One [kTile rows i] x [kStep columns j] tile of a matrix read at i * sn + j * sk, zero outside [0, n) x
@@ -338,8 +359,9 @@ pairwise_bwd_side_kernel(const typename Acc<scalar_t>::type* __restrict__ grad,
       bs[brow][bcol] = (bj < k && bf < dim) ? to_acc(b[bj * dim + bf]) : acc_t(0);
     }
     __syncthreads();
-    // grad and dist -> coefficients, in place: each element is read and rewritten by the same thread.
-#pragma unroll
+    // grad and dist -> coefficients, in place: each element is read and rewritten by the same thread. Not
+    // unrolled: float64 divisions and square roots are subroutines whose registers would add up.
+#pragma unroll 1
     for (int r = 0; r < kTile * kStep / kThreads; ++r) {
       const int e = tid + r * kThreads;
       const int row = e % kTile, kk = e / kTile;
@@ -433,7 +455,7 @@ cudaError_t fwd_tc(const void* x, const void* y, void* dist, void* xsq, void* ys
   return cudaGetLastError();
 }
 
-// The half / bfloat16 forward: tensor cores from sm_80 on, with the 128 x 128 tile when it gives every SM
+// The half / bfloat16 forward: tensor cores where the device has them for T, with the 128 x 128 tile when it gives every SM
 // a block, else the 64 x 64 one (4x the blocks on small problems).
 template <typename T>
 cudaError_t fwd_half(const void* x, const void* y, void* dist, void* xsq, void* ysq, int64_t n, int64_t m,
@@ -443,7 +465,7 @@ cudaError_t fwd_half(const void* x, const void* y, void* dist, void* xsq, void* 
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   if (err != cudaSuccess) return err;
-  if (major < 8) return fwd_simt<T>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
+  if (!tc_supported<T>(major * 100)) return fwd_simt<T>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
   const int64_t large_tiles = ((n + TcLarge::BM - 1) / TcLarge::BM) * ((m + TcLarge::BN - 1) / TcLarge::BN);
   if (large_tiles >= sms) return fwd_tc<T, TcLarge>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
   return fwd_tc<T, TcSmall>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);

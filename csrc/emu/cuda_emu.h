@@ -2,11 +2,14 @@
 // tests/cuda_emu/) so that every launcher runs against `reference` under AddressSanitizer.
 //
 // Each block runs on its own, one after another. Each CUDA thread of the block is a fibre (ucontext) on
-// the calling OS thread: a fibre runs until it reaches __syncthreads() or a warp shuffle, or returns; the
-// scheduler then runs the next one, and releases a barrier when every live thread of the block (or of the
-// warp, for a shuffle) has arrived. So a thread reads shared memory before the others have written it
-// unless a __syncthreads() separates them, as on a GPU, and a missing barrier changes the results.
-// VTREID_EMU_ORDER=reverse runs the fibres in reverse thread order (a second interleaving).
+// the calling OS thread: a fibre runs until it reaches __syncthreads(), a warp-collective call (shuffle,
+// __syncwarp, wmma) or returns. Warps run one after another: the lanes of a warp run in turn, and once
+// every live lane of the warp waits at a warp-collective call the warp goes on at once, so each warp runs
+// ahead of the later ones up to its next __syncthreads(), which is released when every live thread of the
+// block has arrived. So a thread reads shared memory before other warps have written it unless a
+// __syncthreads() separates them, as on a GPU, and a missing barrier changes the results.
+// VTREID_EMU_ORDER=reverse runs the warps, and the lanes in each, in reverse order (the last warp runs
+// ahead: a second interleaving).
 // __shared__ arrays are function statics (one block runs at a time). Launches check their configuration
 // against the hardware limits (grid x <= 2^31 - 1, y and z <= 65535, every dimension >= 1, at most 1024
 // threads); a bad one sets the error cudaGetLastError() returns, as the CUDA runtime does.
@@ -255,11 +258,26 @@ inline void run_block(Block& b, int threads) {
     f.ctx.uc_link = nullptr;
     makecontext(&f.ctx, fibre_entry, 0);
   }
-  std::vector<int> order(threads);
-  for (int t = 0; t < threads; ++t) order[t] = reverse ? threads - 1 - t : t;
+  const int warps = (threads + kWarp - 1) / kWarp;
   for (;;) {
-    for (int t : order) {
-      if (b.fibres[t].state == State::kRun) resume(t);
+    for (int wi = 0; wi < warps; ++wi) {
+      const int w = reverse ? warps - 1 - wi : wi;
+      const int lo = w * kWarp, hi = std::min(threads, lo + kWarp);
+      for (;;) {  // this warp runs ahead until its lanes wait at __syncthreads() or end
+        for (int li = 0; li < hi - lo; ++li) {
+          const int t = reverse ? hi - 1 - li : lo + li;
+          if (b.fibres[t].state == State::kRun) resume(t);
+        }
+        int lanes = 0, waiting = 0;
+        for (int t = lo; t < hi; ++t) {
+          lanes += b.fibres[t].state != State::kDone;
+          waiting += b.fibres[t].state == State::kWarpBarrier;
+        }
+        if (waiting == 0 || waiting != lanes) break;
+        for (int t = lo; t < hi; ++t) {
+          if (b.fibres[t].state == State::kWarpBarrier) b.fibres[t].state = State::kRun;
+        }
+      }
     }
     int live = 0, at_block = 0;
     for (const Fibre& f : b.fibres) {
@@ -267,21 +285,6 @@ inline void run_block(Block& b, int threads) {
       at_block += f.state == State::kBlockBarrier;
     }
     if (live == 0) break;
-    bool released = false;
-    for (int w = 0; w < threads; w += kWarp) {  // a warp whose live lanes all wait at a shuffle goes on
-      int lanes = 0, waiting = 0;
-      for (int t = w; t < std::min(threads, w + kWarp); ++t) {
-        lanes += b.fibres[t].state != State::kDone;
-        waiting += b.fibres[t].state == State::kWarpBarrier;
-      }
-      if (waiting > 0 && waiting == lanes) {
-        for (int t = w; t < std::min(threads, w + kWarp); ++t) {
-          if (b.fibres[t].state == State::kWarpBarrier) b.fibres[t].state = State::kRun;
-        }
-        released = true;
-      }
-    }
-    if (released) continue;
     if (at_block == live) {
       for (Fibre& f : b.fibres) {
         if (f.state == State::kBlockBarrier) f.state = State::kRun;
@@ -339,6 +342,7 @@ inline int lane_id() { return block->current % kWarp; }
 }  // namespace emu
 
 inline void __syncthreads() { emu::yield(emu::State::kBlockBarrier); }
+[[noreturn]] inline void __trap() { emu::fail("__trap()"); }
 inline void __syncwarp(unsigned /*mask: the full warp*/ = 0xffffffffu) { emu::yield(emu::State::kWarpBarrier); }
 
 template <typename T>
