@@ -8,6 +8,7 @@
                        reduction="sum", backend=None)
     normalized_logits(x, weight, *, scale=1.0, backend=None)
     normalized_cross_entropy(x, weight, target, *, scale, label_smoothing=0.0, reduction="mean", backend=None)
+    warmup(*, batch, dim, classes=None, galleries=(), device="cuda", dtype=torch.float32, backend=None)
 
 ``backend`` is "reference" (eager PyTorch), "triton" (kernels/) or "native" (the C++/CUDA extension);
 None picks the fastest available for the input's device. ``use_backend(name)`` and the
@@ -19,5 +20,6 @@ from .hard_mining import Mined, hard_mining
 from .hetero_center import Centers, hetero_center_loss, modality_centers
 from .normalized_softmax import normalized_cross_entropy, normalized_logits
 from .pairwise_distance import pairwise_distance
+from ._warmup import warmup
 
-__all__ = ["BACKENDS", "Centers", "Mined", "hetero_center_loss", "modality_centers", "normalized_cross_entropy", "normalized_logits", "availability", "hard_mining", "pairwise_distance", "reference", "use_backend"]
+__all__ = ["BACKENDS", "Centers", "Mined", "hetero_center_loss", "modality_centers", "normalized_cross_entropy", "normalized_logits", "availability", "hard_mining", "pairwise_distance", "reference", "use_backend", "warmup"]
