@@ -28,19 +28,25 @@ def check_features(t, name: str, ndim: int = 2) -> torch.Tensor:
 
 
 def check_same_device(tensors: dict[str, torch.Tensor]) -> torch.device:
-    items = [(k, v) for k, v in tensors.items() if v is not None]
-    first_name, first = items[0]
-    for name, t in items[1:]:
-        if t.device != first.device:
+    first_name = first = None
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if first is None:
+            first_name, first = name, t
+        elif t.device != first.device:
             raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}")
     return first.device
 
 
 def check_same_dtype(tensors: dict[str, torch.Tensor]) -> torch.dtype:
-    items = [(k, v) for k, v in tensors.items() if v is not None]
-    first_name, first = items[0]
-    for name, t in items[1:]:
-        if t.dtype != first.dtype:
+    first_name = first = None
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if first is None:
+            first_name, first = name, t
+        elif t.dtype != first.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has dtype {first.dtype}")
     return first.dtype
 
