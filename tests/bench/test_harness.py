@@ -126,3 +126,19 @@ def test_help_lists_modes_providers_and_explains_the_columns(name, capsys):
     for p in module.providers():
         assert p.name in text
     assert "x ref" in text and "peak MiB" in text and "'-' on CPU" in text
+
+
+def test_overhead_bench_writes_one_record_per_op_and_mode(tmp_path, monkeypatch):
+    """python -m bench.overhead: public / dispatch / eager microseconds per call for every op (CPU native)."""
+    import json
+
+    from bench import overhead
+    from tests.support import require_backend
+    require_backend("native", "cpu")
+    monkeypatch.setattr(overhead, "_time", lambda fn, args, full: 1.0 if fn is None else (fn(*args), 2.0)[1])
+    out = tmp_path / "o.jsonl"
+    overhead.main(["--out", str(out)])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {(r["op"], r["mode"]) for r in rows} == {(op, mode) for op in overhead.cases("native")
+                                                     for mode in ("forward", "full")}
+    assert all(r["us_public"] == 2.0 and r["device"] for r in rows)
