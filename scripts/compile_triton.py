@@ -39,6 +39,8 @@ I64_PTRS = {"AL", "CL", "TARGET", "ORDER", "SEG", "SLOT", "POS_I", "NEG_I", "PI"
 I32_PTRS = {"AM", "CM", "MOD"}
 FLOAT_SCALARS = {"tau", "scale", "smoothing", "margin"}
 INT_SCALARS = {"PARTS", "SPLITS"}
+# pointers whose dtype is not the input's in one kernel (Gq is float32 whatever the features' dtype)
+PTR_OVERRIDES = {"_gq_mm_kernel": {"A": "*fp32"}}
 
 # Constexpr variants the ops can launch, per kernel (BLOCK_* of autotuned kernels come from their configs).
 VARIANTS = {
@@ -53,6 +55,9 @@ VARIANTS = {
     "_centers_bwd_kernel": {"METRIC": (1, 2), "STRONG": (False, True), "HAS_G_CENTERS": (False, True),
                             "BLOCK_D": (1, 32, 256)},
     "_nce_fwd_kernel": {"SAVE_DOTS": (False, True)},
+    "_nce_combine_kernel": {"BLOCK_R": (128,)},
+    "_gq_mm_kernel": {"HAS_ROW_SCALE": (False, True), "ACCUMULATE": (False, True), "HAS_E": (True, False),
+                      "BLOCK_M": (32,), "BLOCK_K": (32,), "BLOCK_D": (64,)},
     "_nce_grad_kernel": {"SAVE_DOTS": (False, True)},
 }
 
@@ -112,10 +117,13 @@ def variants(name: str, subset: bool):
 
 def signature(fn, dtype: str, constexprs: dict):
     sig = {}
-    sizes = {"N", "M", "D", "K"} | ({"C"} if "W" in fn.arg_names else set())  # C: classes (nce) or candidates
+    overrides = PTR_OVERRIDES.get(fn.__name__, {})
+    sizes = {"N", "M", "D", "K"} | ({"C"} if fn.__name__.startswith("_nce") else set())  # C: classes (nce), else candidates
     for arg in fn.arg_names:
         if arg in constexprs:
             sig[arg] = "constexpr"
+        elif arg in overrides:
+            sig[arg] = overrides[arg]
         elif arg in sizes or arg in INT_SCALARS or arg.endswith("_BUCKET"):  # sizes, counts, autotune buckets
             sig[arg] = "i32"
         elif arg.isupper():
