@@ -1,7 +1,9 @@
 """Triton kernels for vtreid.ops.normalized_logits and vtreid.ops.normalized_cross_entropy.
 
-z_ic = s (x_i . w_c) r_i q_c with r_i = 1 / max(|x_i|, eps), q_c = 1 / max(|w_c|, eps): the norms are
-folded into the epilogue of the x.W^T tile, so no normalised copy of W is ever written.
+z_ic = s (x_i . w_c) r_i q_c with r_i = 1 / max(|x_i|, eps), q_c = 1 / max(|w_c|, eps): the squared norms
+come from a pre-pass (pairwise_distance.row_norms, one launch over x and W) and are folded into the
+epilogue of the x.W^T tile, so no normalised copy of W is ever written and the feature loop holds only
+the dot (norm sums in that loop made most configs spill on sm_90).
 
 Cross-entropy forward, split over classes. The grid is (row blocks, class splits); split k of S owns the
 class tiles [k T / S, (k + 1) T / S) (T = cdiv(C, BLOCK_C): never empty while S <= T) and runs an online
@@ -37,8 +39,10 @@ also writes the raw x.W^T tiles to DOTS [N, C] and the backward reads them inste
 
 Autotune keys are size buckets (kernels/_launch.bucket). The configs hold large tiles (large C: fewer
 reloads of x and W tiles) and small ones (the training shapes N = 256, C = 395, where a large tile
-gives 16 programs for 132 SMs); ``_prune_to_waves`` drops, per shape, the configs whose grid does not
-fill one wave when another config's does. forward_grid / grad_grid are the grids as pure functions.
+gives 16 programs for 132 SMs), per input precision (_FWD_BY_DTYPE, _GRAD_BY_DTYPE: every config
+compiles without spills on sm_90); ``_waves`` keeps the launch's precision and drops, per shape, the
+configs whose grid does not fill one wave when another config's does. forward_grid / grad_grid are the
+grids as pure functions.
 """
 from __future__ import annotations
 
@@ -47,31 +51,34 @@ import triton
 import triton.language as tl
 
 from ._launch import INTERPRET, GRID_LIMITS, autotune, bucket, num_sms, on_device_of, splits_for
-from .pairwise_distance import dot_and_norms
+from .pairwise_distance import _dot_f32, _union, prune_to_waves, row_norms
 
-_FWD_CONFIGS = (
-    [
-        triton.Config({"BLOCK_N": 64, "BLOCK_C": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_N": 32, "BLOCK_C": 128, "BLOCK_D": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_N": 64, "BLOCK_C": 64, "BLOCK_D": 64}, num_warps=4, num_stages=3),
-        # small tiles: one wave at N = 256, C = 395 (16 x 13 = 208, 8 x 25 = 200 programs)
-        triton.Config({"BLOCK_N": 16, "BLOCK_C": 32, "BLOCK_D": 128}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_N": 32, "BLOCK_C": 16, "BLOCK_D": 128}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_N": 16, "BLOCK_C": 32, "BLOCK_D": 64}, num_warps=2, num_stages=4),
-    ],
-    {"BLOCK_N": 16, "BLOCK_C": 256, "BLOCK_D": 32},  # the interpreter pays per tile, not per element
-)
-_GRAD_CONFIGS = (
-    [
-        triton.Config({"BLOCK_N": 64, "BLOCK_C": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_N": 32, "BLOCK_C": 64, "BLOCK_D": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_N": 64, "BLOCK_C": 32, "BLOCK_D": 128}, num_warps=4, num_stages=3),
-        # small tiles: one wave at N = 256, C = 395 (13 x 11 = 143, 25 x 6 = 150 programs)
-        triton.Config({"BLOCK_N": 16, "BLOCK_C": 32, "BLOCK_D": 128}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_N": 32, "BLOCK_C": 16, "BLOCK_D": 128}, num_warps=4, num_stages=3),
-    ],
-    {"BLOCK_N": 16, "BLOCK_C": 256, "BLOCK_D": 32},
-)
+def _cfg(bn, bc, bd, warps, stages):
+    return triton.Config({"BLOCK_N": bn, "BLOCK_C": bc, "BLOCK_D": bd}, num_warps=warps, num_stages=stages)
+
+
+# Configs per input precision (float32: IEEE FMA dots; float16 / bfloat16: tensor-core dots). Each list
+# holds only configs that compile without register spills on sm_90 for both SAVE_DOTS values and every
+# dtype of the list (scripts/compile_triton.py compiles each list with its own dtypes). The large tiles
+# are for large C (fewer reloads of the x and W tiles), the small ones give one wave at the training
+# shapes N = 256, C = 395.
+_FWD_BY_DTYPE = {
+    # FMA dots hold a K slice of every operand row in registers: BLOCK_D 32 (64 with 2 stages at most)
+    "fp32": [_cfg(64, 32, 32, 8, 3), _cfg(32, 64, 32, 8, 3), _cfg(32, 32, 32, 4, 3),
+             # one wave at N = 256, C = 395: 16 x 9 = 144, 8 x 17 = 136 programs
+             _cfg(16, 32, 32, 4, 3), _cfg(32, 16, 32, 4, 3), _cfg(16, 32, 64, 4, 2)],
+    # 64 x 128 tiles spill 80-650 bytes with SAVE_DOTS (the DOTS store's layout conversion)
+    "half": [_cfg(32, 256, 64, 8, 3), _cfg(64, 64, 32, 8, 3), _cfg(32, 128, 64, 4, 3),
+             _cfg(16, 32, 64, 4, 3), _cfg(32, 16, 64, 4, 3), _cfg(32, 16, 128, 4, 3)],
+}
+_GRAD_BY_DTYPE = {
+    "fp32": [_cfg(64, 64, 32, 8, 3), _cfg(32, 64, 32, 8, 3), _cfg(64, 32, 32, 8, 3),
+             # one wave at N = 256, C = 395: 13 x 11 = 143, 25 x 6 = 150 programs
+             _cfg(16, 32, 32, 4, 3), _cfg(16, 32, 64, 4, 2), _cfg(32, 16, 128, 4, 3)],
+    "half": [_cfg(64, 64, 64, 8, 3), _cfg(32, 64, 64, 4, 3), _cfg(16, 32, 128, 4, 3), _cfg(32, 16, 128, 4, 3)],
+}
+_FWD_CONFIGS = (_union(_FWD_BY_DTYPE), {"BLOCK_N": 16, "BLOCK_C": 256, "BLOCK_D": 32})  # interpreter: per tile
+_GRAD_CONFIGS = (_union(_GRAD_BY_DTYPE), {"BLOCK_N": 16, "BLOCK_C": 256, "BLOCK_D": 32})
 
 #: Largest number of N x C elements the backward holds at once (rows are processed in chunks).
 MAX_CHUNK_ELEMENTS = 1 << 25
@@ -117,15 +124,13 @@ def grad_grid(n: int, c: int, meta: dict, sms: int, splits: int | None = None) -
     return tiles, s
 
 
-def _prune_to_waves(grid_fn):
-    """early_config_prune: keep the configs whose grid fills every SM once when at least one does (at
-    large sizes all do and the tuner picks among all); otherwise keep them all."""
-    def prune(configs, nargs, **kwargs):
-        args = {**nargs, **kwargs}
-        sms = num_sms(args["X"].device)
-        full = [cfg for cfg in configs if _programs(grid_fn(args["N"], args["C"], cfg.kwargs, sms)) >= sms]
-        return full or list(configs)
-    return prune
+def _waves(grid_fn, by_dtype):
+    """early_config_prune: the configs of the launch's precision (by X's dtype), then those whose grid
+    fills every SM once when at least one does (at large sizes all do and the tuner picks among all);
+    otherwise all of that precision (kernels/pairwise_distance.prune_to_waves)."""
+    def programs(meta, args):
+        return _programs(grid_fn(args["N"], args["C"], meta, num_sms(args["X"].device)))
+    return prune_to_waves(programs, by_dtype, "X")
 
 
 def _programs(grid) -> int:
@@ -146,8 +151,31 @@ def _inv_norm(sq):
     return 1.0 / tl.maximum(tl.sqrt_rn(sq), 1e-12)
 
 
-@autotune(*_FWD_CONFIGS, key=["N_BUCKET", "C_BUCKET", "D_BUCKET", "SAVE_DOTS"],
-          prune_configs_by={"early_config_prune": _prune_to_waves(lambda n, c, meta, sms: forward_grid(n, c, meta, sms))})
+@triton.jit
+def _dot_tile(X, W, rn, rc, mask_n, mask_c, D, stride_xn, stride_xd, stride_wc, stride_wd,
+              IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
+    """x[rn].W[rc]^T [BN, BC] in float32, streaming D in BLOCK_D slices; entries of rows past N or classes
+    past C are garbage (they read row 0) and must be masked by the caller.
+
+    Only the feature mask and the two pointer tiles are live across the loop: 2-D row masks, per-step
+    pointer rebuilds and the norm sums in the loop made most configs spill on sm_90 (Step 14); the norms
+    come from a pre-pass. Offsets are 64-bit: a transposed view has a feature stride of N."""
+    rd = tl.arange(0, BLOCK_D)
+    x_ptrs = X + tl.where(mask_n, rn, 0).to(tl.int64)[:, None] * stride_xn + rd.to(tl.int64)[None, :] * stride_xd
+    w_ptrs = W + tl.where(mask_c, rc, 0).to(tl.int64)[None, :] * stride_wc + rd.to(tl.int64)[:, None] * stride_wd
+    acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        mask_d = rd < D - d0
+        xt = tl.load(x_ptrs, mask=mask_d[None, :], other=0.0)
+        wt = tl.load(w_ptrs, mask=mask_d[:, None], other=0.0)
+        acc = acc + _dot_f32(xt, wt, IEEE)
+        x_ptrs += BLOCK_D * stride_xd
+        w_ptrs += BLOCK_D * stride_wd
+    return acc
+
+
+@autotune(*_FWD_CONFIGS, key=["N_BUCKET", "C_BUCKET", "D_BUCKET", "SAVE_DOTS", "IEEE"],
+          prune_configs_by={"early_config_prune": _waves(forward_grid, _FWD_BY_DTYPE)})
 @triton.jit
 def _nce_fwd_kernel(
     X, W, TARGET, PART, XSQ, WSQ, DOTS,
@@ -155,8 +183,8 @@ def _nce_fwd_kernel(
     scale, N_BUCKET, C_BUCKET, D_BUCKET,
     SAVE_DOTS: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """PART[k, s, i] (k = max, sum, E-sum, target z, total z) of split s for row i; XSQ from the split
-    owning tile 0; WSQ from the first row block; DOTS when SAVE_DOTS."""
+    """PART[k, s, i] (k = max, sum, E-sum, target z, total z) of split s for row i, from the squared norms
+    XSQ [N] and WSQ [C] of the pre-pass; DOTS when SAVE_DOTS."""
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     splits = tl.num_programs(1)
@@ -166,22 +194,21 @@ def _nce_fwd_kernel(
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = rn < N
     y = tl.load(TARGET + rn, mask=mask_n, other=0)
+    row_scale = scale * _inv_norm(tl.load(XSQ + rn, mask=mask_n, other=1.0))
     run_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     run_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     run_ez = tl.zeros((BLOCK_N,), dtype=tl.float32)
     z_target = tl.zeros((BLOCK_N,), dtype=tl.float32)
     z_total = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    xsq = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for t in range(t0, t1):
         rc = t * BLOCK_C + tl.arange(0, BLOCK_C)
         mask_c = rc < C
-        dot, xsq, wsq = dot_and_norms(X, W, rn, rc, mask_n, mask_c, D, stride_xn, stride_xd, stride_wc, stride_wd,
-                                      IEEE, BLOCK_N, BLOCK_C, BLOCK_D)
-        if pid_n == 0:
-            tl.store(WSQ + rc, wsq, mask=mask_c)
+        dot = _dot_tile(X, W, rn, rc, mask_n, mask_c, D, stride_xn, stride_xd, stride_wc, stride_wd,
+                        IEEE, BLOCK_N, BLOCK_C, BLOCK_D)
         if SAVE_DOTS:
             tl.store(DOTS + rn.to(tl.int64)[:, None] * C + rc[None, :], dot, mask=mask_n[:, None] & mask_c[None, :])
-        z = scale * dot * _inv_norm(xsq)[:, None] * _inv_norm(wsq)[None, :]
+        z = dot * row_scale[:, None] * _inv_norm(tl.load(WSQ + rc, mask=mask_c, other=1.0))[None, :]
+        # rows past N hold garbage (row 0's dots) but reduce only into their own, unstored, row
         z_live = tl.where(mask_c[None, :], z, 0.0)
         z = tl.where(mask_c[None, :], z, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(z, axis=1))  # a tile holds at least one class: finite
@@ -198,8 +225,6 @@ def _nce_fwd_kernel(
     tl.store(row + 2 * stride_part, run_ez, mask=mask_n)
     tl.store(row + 3 * stride_part, z_target, mask=mask_n)
     tl.store(row + 4 * stride_part, z_total, mask=mask_n)
-    if (t0 == 0) & (t1 > 0):  # exactly one split owns tile 0 and has seen every feature of these rows
-        tl.store(XSQ + rn, xsq, mask=mask_n)
 
 
 @triton.jit
@@ -237,8 +262,8 @@ def _nce_combine_kernel(PART, LOSS, LSE, EZ, TZ, N, C, SPLITS, stride_part, smoo
     tl.store(TZ + rn, tz, mask=mask)
 
 
-@autotune(*_GRAD_CONFIGS, key=["N_BUCKET", "C_BUCKET", "D_BUCKET", "SAVE_DOTS"],
-          prune_configs_by={"early_config_prune": _prune_to_waves(lambda n, c, meta, sms: grad_grid(n, c, meta, sms))})
+@autotune(*_GRAD_CONFIGS, key=["N_BUCKET", "C_BUCKET", "D_BUCKET", "SAVE_DOTS", "IEEE"],
+          prune_configs_by={"early_config_prune": _waves(grad_grid, _GRAD_BY_DTYPE)})
 @triton.jit
 def _nce_grad_kernel(
     X, W, TARGET, LSE, G_ROW, XSQ, WSQ, DOTS, GQ, COL_PART,
@@ -264,10 +289,10 @@ def _nce_grad_kernel(
         if SAVE_DOTS:
             dot = tl.load(DOTS + rn.to(tl.int64)[:, None] * C + rc[None, :], mask=mask_n[:, None] & mask_c[None, :],
                           other=0.0)
-            xsq = tl.load(XSQ + rn, mask=mask_n, other=1.0)
         else:
-            dot, xsq, _ = dot_and_norms(X, W, rn, rc, mask_n, mask_c, D, stride_xn, stride_xd, stride_wc,
-                                        stride_wd, IEEE, BLOCK_N, BLOCK_C, BLOCK_D)
+            dot = _dot_tile(X, W, rn, rc, mask_n, mask_c, D, stride_xn, stride_xd, stride_wc, stride_wd,
+                            IEEE, BLOCK_N, BLOCK_C, BLOCK_D)
+        xsq = tl.load(XSQ + rn, mask=mask_n, other=1.0)
         z = scale * dot * _inv_norm(xsq)[:, None] * inv_w[None, :]
         lse = tl.load(LSE + rn, mask=mask_n, other=0.0)
         g = tl.load(G_ROW + rn, mask=mask_n, other=0.0)
@@ -275,7 +300,8 @@ def _nce_grad_kernel(
         target = tl.where(rc[None, :] == y[:, None], 1.0 - smoothing, 0.0) + smoothing / C
         live = mask_n[:, None] & mask_c[None, :]
         grad = tl.where(live, g[:, None] * (tl.exp(z - lse[:, None]) - target), 0.0)
-        col_gz += tl.sum(grad * z, axis=0)
+        # dead entries' z is garbage (rows past N and classes past C read row 0, maybe non-finite): 0 * NaN
+        col_gz += tl.sum(tl.where(live, grad * z, 0.0), axis=0)
         tl.store(GQ + rn.to(tl.int64)[:, None] * stride_gn + rc[None, :], (grad * inv_w[None, :]).to(GQ.dtype.element_ty),
                  mask=live)
     tl.store(COL_PART + pid_s.to(tl.int64) * C + rc, col_gz, mask=mask_c)
@@ -325,6 +351,10 @@ def _gq_mm_kernel(
     tl.store(out, acc.to(OUT.dtype.element_ty), mask=mask)
 
 
+_nce_fwd_kernel.dtype_configs = _FWD_BY_DTYPE
+_nce_grad_kernel.dtype_configs = _GRAD_BY_DTYPE
+
+
 def mm_grid(m: int, d: int, meta: dict) -> tuple[int]:
     """Grid of _gq_mm_kernel: one program per [BLOCK_M, BLOCK_D] tile of the [m, d] output."""
     return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(d, meta["BLOCK_D"]),)
@@ -355,9 +385,11 @@ def cross_entropy_forward(x, weight, target, scale: float, smoothing: float, sav
     c = weight.shape[0]
     splits = FWD_SPLITS if splits is None else splits
     sms = num_sms(x.device)
-    out = [torch.empty(n, device=x.device, dtype=torch.float32) for _ in range(5)]
-    wsq = torch.empty(c, device=x.device, dtype=torch.float32)
+    out = [torch.empty(n, device=x.device, dtype=torch.float32) for _ in range(4)]
+    xsq, wsq = row_norms(x, weight)  # pre-pass: no norm sums in the kernel's feature loop
     dots = torch.empty((n, c) if save_dots else (0,), device=x.device, dtype=torch.float32)
+    if n == 0:
+        return (*out, xsq, wsq, dots)
     # The split count depends on the config the autotuner picks: size the partial states for the most
     # any config can launch, and let the grid function report the launched one (its last call is the
     # real launch, after any benchmarking).
@@ -369,15 +401,13 @@ def cross_entropy_forward(x, weight, target, scale: float, smoothing: float, sav
         launched["grid"] = forward_grid(n, c, meta, sms, splits)
         return launched["grid"]
 
-    _nce_fwd_kernel[grid](x, weight, target, part, out[4], wsq, dots, n, c, d, x.stride(0), x.stride(1),
+    _nce_fwd_kernel[grid](x, weight, target, part, xsq, wsq, dots, n, c, d, x.stride(0), x.stride(1),
                           weight.stride(0), weight.stride(1), part.stride(0), float(scale), bucket(n), bucket(c),
                           bucket(d), SAVE_DOTS=save_dots, IEEE=x.dtype == torch.float32)
-    if n > 0:
-        used = launched.get("grid", (1, most))[1]
-        _nce_combine_kernel[(triton.cdiv(n, COMBINE_BLOCK),)](part, out[0], out[1], out[2], out[3], n, c, used,
-                                                              part.stride(0), float(smoothing),
-                                                              BLOCK_R=COMBINE_BLOCK)
-    return (*out, wsq, dots)
+    used = launched.get("grid", (1, most))[1]
+    _nce_combine_kernel[(triton.cdiv(n, COMBINE_BLOCK),)](part, out[0], out[1], out[2], out[3], n, c, used,
+                                                          part.stride(0), float(smoothing), BLOCK_R=COMBINE_BLOCK)
+    return (*out, xsq, wsq, dots)
 
 
 def gradient_dtype(dtype: torch.dtype) -> torch.dtype:

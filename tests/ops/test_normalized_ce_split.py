@@ -14,6 +14,7 @@ import triton
 import vtreid.ops as ops
 from vtreid.kernels import _launch
 from vtreid.kernels import normalized_softmax as k
+from vtreid.kernels.pairwise_distance import configs_for
 from vtreid.ops import reference
 from vtreid.ops.normalized_softmax import FUSED
 
@@ -233,25 +234,29 @@ def _kept(configs, grid_fn, shape, sms):
     return full or list(configs)
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float16, torch.bfloat16), ids=str)
 @pytest.mark.parametrize("which", ("fwd", "grad"))
 @pytest.mark.parametrize("shape", TRAINING, ids=lambda s: f"C{s['c']}")
-def test_training_grids_fill_one_wave(which, shape):
-    """At N = 256 (D = 2048) every config the tuner may pick launches at least one program per SM of a
-    132-SM GPU: at C = 100000 every GPU config, at C = 395 the small-tile ones (the large tiles give 16
-    programs there and are pruned for that shape; at least two configs remain to tune over)."""
+def test_training_grids_fill_one_wave(which, shape, dtype):
+    """At N = 256 (D = 2048) every config the tuner may pick for the inputs' precision launches at least
+    one program per SM of a 132-SM GPU: at C = 100000 every config of that precision, at C = 395 the
+    small-tile ones (the large tiles give 16 programs there and are pruned for that shape; at least two
+    configs remain to tune over). A launch never gets the other precision's configs (not compiled for its
+    dtype in the spill table)."""
     kernel, grid_fn = (k._nce_fwd_kernel, k.forward_grid) if which == "fwd" else (k._nce_grad_kernel, k.grad_grid)
     sms = _launch.WAVE_SMS
-    kept = _kept(kernel.gpu_configs, grid_fn, shape, sms)
+    own = configs_for(kernel.dtype_configs, dtype)
+    kept = _kept(own, grid_fn, shape, sms)
     assert len(kept) >= 2
     if shape["c"] >= 100000:
-        assert len(kept) == len(kernel.gpu_configs)
+        assert len(kept) == len(own)
     for cfg in kept:
         grid = grid_fn(shape["n"], shape["c"], cfg.kwargs, sms)
         assert k._programs(grid) >= sms, (cfg, grid)
         for count, limit in zip(grid, _launch.GRID_LIMITS):
             assert 1 <= count <= limit
     # the prune the kernel really runs agrees with _kept
-    x = torch.empty(shape["n"], shape["d"])
+    x = torch.empty(shape["n"], shape["d"], dtype=dtype)
     prune = kernel.early_config_prune
     assert prune(kernel.gpu_configs, {"X": x, "N": shape["n"], "C": shape["c"]}) == kept
 
