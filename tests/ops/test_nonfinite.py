@@ -58,3 +58,30 @@ def test_hard_mining_propagates_nan(backend, metric):
         assert torch.equal(getattr(mined, field), getattr(ref, field)), field
     for field in ("pos_dist", "neg_dist"):
         torch.testing.assert_close(getattr(mined, field), getattr(ref, field), equal_nan=True, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_a_non_finite_first_row_stays_in_its_row(backend):
+    """The Triton loops read row 0 in place of the rows past a partial tile (only the feature mask stays
+    live): a NaN or inf in row 0 must still reach only the outputs of row 0, for sizes that end in a
+    partial tile on both sides."""
+    require_backend(backend, "cpu", torch.float32)
+    x, y, w = torch.randn(37, 9), torch.randn(21, 9), torch.randn(19, 9)
+    x[0, 2] = float("nan")
+    y[0, 5] = float("inf")
+    d = ops.pairwise_distance(x, y, backend=backend)
+    want = ops.pairwise_distance(x, y, backend="reference")
+    torch.testing.assert_close(d, want, equal_nan=True, atol=2e-5, rtol=2e-5)
+    assert d[1:, 1:].isfinite().all()
+    # classes past a partial class tile read class 0, rows past a partial row tile read row 0
+    w[0, 1] = 0.5
+    x = x.requires_grad_()
+    target = torch.arange(37) % 19
+    loss = ops.normalized_cross_entropy(x, w, target, scale=14.0, reduction="none", backend=backend)
+    want = ops.normalized_cross_entropy(x, w, target, scale=14.0, reduction="none", backend="reference")
+    torch.testing.assert_close(loss, want, equal_nan=True, atol=1e-4, rtol=1e-4)
+    assert loss[0].isnan() and loss[1:].isfinite().all()
+    (grad,) = torch.autograd.grad(loss[1:].sum(), x)
+    (want_grad,) = torch.autograd.grad(want[1:].sum(), x)
+    assert grad[1:].isfinite().all()
+    torch.testing.assert_close(grad[1:], want_grad[1:], atol=1e-4, rtol=1e-4)
