@@ -49,14 +49,23 @@ constexpr int kThreads = 256;
 constexpr int kSub = 4;     // SIMT: per-thread sub-tile side
 constexpr int kSplitK = 64; // split-K granule (features): a whole number of SIMT slices and tensor-core stages
 
-// Features [begin, end) of split `s` of `splits`: whole granules, balanced, none empty while splits <= granules.
-__host__ __device__ inline void split_range(int64_t dim, int64_t splits, int64_t s, int64_t& begin, int64_t& end) {
-  const int64_t granules = (dim + kSplitK - 1) / kSplitK;
-  begin = s * granules / splits * kSplitK;
-  end = (s + 1) * granules / splits * kSplitK;
-  begin = begin < dim ? begin : dim;
-  end = end < dim ? end : dim;
-}
+// The feature splits: `count` ranges of whole granules, the first `extra` of them one granule longer than
+// `per`, none empty while count <= granules. Built on the host: a 64-bit division by the split count in
+// the kernels made ptxas spill the SIMT half forward (sm_90) and the 64 x 64 tensor-core one (sm_80).
+struct SplitK {
+  int64_t count, per, extra;
+  static SplitK make(int64_t dim, int64_t count) {
+    const int64_t granules = (dim + kSplitK - 1) / kSplitK;
+    return {count, granules / count, granules % count};
+  }
+  // Features [begin, end) of split s.
+  __device__ void range(int64_t s, int64_t dim, int64_t& begin, int64_t& end) const {
+    begin = (s * per + (s < extra ? s : extra)) * kSplitK;
+    end = begin + (per + (s < extra ? 1 : 0)) * kSplitK;
+    begin = begin < dim ? begin : dim;
+    end = end < dim ? end : dim;
+  }
+};
 
 // The split-K workspace: dots [splits, n, m], then xsq [splits, n], then ysq [splits, m].
 template <typename acc_t>
@@ -73,7 +82,7 @@ __global__ void __launch_bounds__(kThreads)
 pairwise_fwd_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y, scalar_t* __restrict__ out,
                     typename Acc<scalar_t>::type* __restrict__ xsq_out,
                     typename Acc<scalar_t>::type* __restrict__ ysq_out, void* __restrict__ workspace, int64_t n,
-                    int64_t m, int64_t dim, int64_t splits, int metric, typename Acc<scalar_t>::type tau) {
+                    int64_t m, int64_t dim, SplitK split_k, int metric, typename Acc<scalar_t>::type tau) {
   using acc_t = typename Acc<scalar_t>::type;
   __shared__ acc_t xs[kStep][kTile + 1];
   __shared__ acc_t ys[kStep][kTile + 1];
@@ -87,7 +96,8 @@ pairwise_fwd_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__
   const int64_t row0 = row_tile * kTile;
   const int64_t col0 = col_tile * kTile;
   int64_t kb, ke;  // this split's features
-  split_range(dim, splits, blockIdx.y, kb, ke);
+  split_k.range(blockIdx.y, dim, kb, ke);
+  const int64_t splits = split_k.count;
 
   acc_t acc[kSub][kSub] = {};
   acc_t norm_part = 0;  // threads 0..63: |x_row|^2, threads 64..127: |y_row|^2
@@ -255,7 +265,7 @@ template <typename T, typename C>
 __device__ __forceinline__ void fwd_tc_tile(const T* __restrict__ x, const T* __restrict__ y, T* __restrict__ out,
                                             float* __restrict__ xsq_out, float* __restrict__ ysq_out,
                                             void* __restrict__ workspace, int64_t n, int64_t m, int64_t dim,
-                                            int64_t splits, int metric, float tau, bool vec) {
+                                            SplitK split_k, int metric, float tau, bool vec) {
   namespace wmma = nvcuda::wmma;
   constexpr int kStageElems = (C::BM + C::BN) * kTcLd;
   __shared__ TcShared<T, C> s;
@@ -271,7 +281,8 @@ __device__ __forceinline__ void fwd_tc_tile(const T* __restrict__ x, const T* __
   const int64_t row_tile = first + in_group % group_rows, col_tile = in_group / group_rows;
   const int64_t row0 = row_tile * C::BM, col0 = col_tile * C::BN;
   int64_t kb, ke;  // this split's features
-  split_range(dim, splits, blockIdx.y, kb, ke);
+  split_k.range(blockIdx.y, dim, kb, ke);
+  const int64_t splits = split_k.count;
 
   uint4 xr[C::kChunks], yr[C::kChunks];  // the next slice, in flight while the current one is multiplied
   auto fetch = [&](int64_t k0) {
@@ -389,9 +400,9 @@ template <typename T, typename C>
 __global__ void __launch_bounds__(C::kThreads)
 pairwise_fwd_tc_kernel(const T* __restrict__ x, const T* __restrict__ y, T* __restrict__ out,
                        float* __restrict__ xsq_out, float* __restrict__ ysq_out, void* __restrict__ workspace,
-                       int64_t n, int64_t m, int64_t dim, int64_t splits, int metric, float tau, bool vec) {
+                       int64_t n, int64_t m, int64_t dim, SplitK split_k, int metric, float tau, bool vec) {
   if constexpr (tc_supported<T>(kArch)) {
-    fwd_tc_tile<T, C>(x, y, out, xsq_out, ysq_out, workspace, n, m, dim, splits, metric, tau, vec);
+    fwd_tc_tile<T, C>(x, y, out, xsq_out, ysq_out, workspace, n, m, dim, split_k, metric, tau, vec);
   } else {
     __trap();  // not launched: the launcher takes the SIMT kernel on such a device
   }
@@ -529,7 +540,7 @@ cudaError_t fwd_simt(const void* x, const void* y, void* dist, void* xsq, void* 
   pairwise_fwd_kernel<scalar_t><<<dim3(static_cast<unsigned>(g.tiles), static_cast<unsigned>(g.splits)), kThreads,
                                   0, stream>>>(
       static_cast<const scalar_t*>(x), static_cast<const scalar_t*>(y), static_cast<scalar_t*>(dist),
-      static_cast<acc_t*>(xsq), static_cast<acc_t*>(ysq), workspace, n, m, dim, g.splits, metric,
+      static_cast<acc_t*>(xsq), static_cast<acc_t*>(ysq), workspace, n, m, dim, SplitK::make(dim, g.splits), metric,
       static_cast<acc_t>(zero_tolerance(dim)));
   return cudaGetLastError();
 }
@@ -541,7 +552,8 @@ cudaError_t fwd_tc(const void* x, const void* y, void* dist, void* xsq, void* ys
   pairwise_fwd_tc_kernel<T, C><<<dim3(static_cast<unsigned>(g.tiles), static_cast<unsigned>(g.splits)), C::kThreads,
                                  0, stream>>>(
       static_cast<const T*>(x), static_cast<const T*>(y), static_cast<T*>(dist), static_cast<float*>(xsq),
-      static_cast<float*>(ysq), workspace, n, m, dim, g.splits, metric, static_cast<float>(zero_tolerance(dim)), vec);
+      static_cast<float*>(ysq), workspace, n, m, dim, SplitK::make(dim, g.splits), metric,
+      static_cast<float>(zero_tolerance(dim)), vec);
   return cudaGetLastError();
 }
 
