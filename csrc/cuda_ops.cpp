@@ -27,8 +27,9 @@ DType dtype_of(const at::Tensor& t) {
   }
 }
 
-// SMs of the device (hard_mining_fwd splits its grid to fill them once), queried once per device: the
-// attribute query does not synchronise, and the cache keeps it off every later call.
+// SMs of the device (hard_mining_fwd and the pairwise_distance launchers size their grids to fill them
+// once), queried once per device: the attribute query does not synchronise, and the cache keeps it off
+// every later call.
 int multiprocessor_count(const at::Device& device) {
   static std::array<std::atomic<int>, 64> cache{};
   const int index = device.index();
