@@ -27,8 +27,9 @@ DType dtype_of(const at::Tensor& t) {
   }
 }
 
-// SMs of the device (hard_mining_fwd splits its grid to fill them once), queried once per device: the
-// attribute query does not synchronise, and the cache keeps it off every later call.
+// SMs of the device (hard_mining_fwd and the pairwise_distance launchers size their grids to fill them
+// once), queried once per device: the attribute query does not synchronise, and the cache keeps it off
+// every later call.
 int multiprocessor_count(const at::Device& device) {
   static std::array<std::atomic<int>, 64> cache{};
   const int index = device.index();
@@ -57,10 +58,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_distance_fwd_cuda(const 
   at::Tensor dist = at::empty({n, m}, xc.options());
   // Norms are written by the first tile column/row; zero-filled so that empty inputs stay defined.
   at::Tensor xsq = at::zeros({n}, norm_options), ysq = at::zeros({m}, norm_options);
+  // Small N x M: the features are split over the SMs, partial sums in a workspace (pairwise_distance_fwd_grid).
+  const int sms = multiprocessor_count(x.device());
+  at::Tensor workspace = at::empty(
+      {static_cast<int64_t>(pairwise_distance_fwd_workspace_bytes(dtype_of(xc), n, m, d, sms))},
+      xc.options().dtype(at::kByte));
   check_launch(vtreid::cuda::pairwise_distance_fwd(dtype_of(xc), xc.const_data_ptr(), yc.const_data_ptr(),
                                                    dist.mutable_data_ptr(), xsq.mutable_data_ptr(),
-                                                   ysq.mutable_data_ptr(), n, m, d, metric,
-                                                   c10::cuda::getCurrentCUDAStream()),
+                                                   ysq.mutable_data_ptr(),
+                                                   workspace.numel() > 0 ? workspace.mutable_data_ptr() : nullptr, n,
+                                                   m, d, metric, sms, c10::cuda::getCurrentCUDAStream()),
                "pairwise_distance_fwd");
   return {dist, xsq, ysq};
 }
@@ -83,15 +90,16 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_bwd_cuda(const at::Tensor& 
   const int64_t n = xc.size(0), m = yc.size(0), d = xc.size(1);
   at::Tensor grad_x = at::empty_like(xc), grad_y = at::empty_like(yc);
   const auto stream = c10::cuda::getCurrentCUDAStream();
+  const int sms = multiprocessor_count(x.device());
   check_launch(pairwise_distance_bwd_side(dtype_of(xc), g.const_data_ptr(), dc.const_data_ptr(), xc.const_data_ptr(),
                                           yc.const_data_ptr(), xs.const_data_ptr(), ys.const_data_ptr(),
                                           grad_x.mutable_data_ptr(), n, m, d, g.stride(0), g.stride(1),
-                                          dc.stride(0), dc.stride(1), metric, stream),
+                                          dc.stride(0), dc.stride(1), metric, sms, stream),
                "pairwise_distance_bwd");
   check_launch(pairwise_distance_bwd_side(dtype_of(xc), g.const_data_ptr(), dc.const_data_ptr(), yc.const_data_ptr(),
                                           xc.const_data_ptr(), ys.const_data_ptr(), xs.const_data_ptr(),
                                           grad_y.mutable_data_ptr(), m, n, d, g.stride(1), g.stride(0),
-                                          dc.stride(1), dc.stride(0), metric, stream),
+                                          dc.stride(1), dc.stride(0), metric, sms, stream),
                "pairwise_distance_bwd");
   return {grad_x, grad_y};
 }

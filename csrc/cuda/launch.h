@@ -9,18 +9,40 @@ namespace vtreid::cuda {
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
 
-// Feature inputs are row-major contiguous [rows, dim]; norms are float32 (float64 for kFloat64).
+// Feature inputs are row-major contiguous [rows, dim]; norms are float32 (float64 for kFloat64). When the
+// output tiles alone do not fill `sms` SMs once, the features are split (pairwise_distance_fwd_grid) and
+// `workspace` must hold pairwise_distance_fwd_workspace_bytes(dtype, n, m, dim, sms) bytes (256-byte aligned,
+// any contents; null is fine when that is 0). Deterministic; results may differ in the last bits between
+// SM counts (the split changes the summation order), never between runs.
 cudaError_t pairwise_distance_fwd(DType dtype, const void* x, const void* y, void* dist, void* xsq, void* ysq,
-                                  int64_t n, int64_t m, int64_t dim, int metric, cudaStream_t stream);
+                                  void* workspace, int64_t n, int64_t m, int64_t dim, int metric, int sms,
+                                  cudaStream_t stream);
+
+// The launch configuration pairwise_distance_fwd uses for compute capability cc_major: `tiles` output tiles of
+// tile x tile on grid dimension x, `splits` feature ranges on y (blocks = tiles * splits, `threads` each), and
+// `launches` kernels (a combine when splits > 1). kernel: kFwdSimt, kFwdTc64 or kFwdTc128 (tensor cores).
+constexpr int64_t kFwdSimt = 0, kFwdTc64 = 1, kFwdTc128 = 2;
+struct PairwiseFwdGrid {
+  int64_t kernel, tile, tiles, splits, blocks, threads, launches;
+};
+PairwiseFwdGrid pairwise_distance_fwd_grid(DType dtype, int64_t n, int64_t m, int64_t dim, int sms, int cc_major);
+size_t pairwise_distance_fwd_workspace_bytes(DType dtype, int64_t n, int64_t m, int64_t dim, int sms);
 
 // grad_a [n, dim] of sum_ij g_ij dist(a_i, b_j), b is [k, dim]. grad and dist are in the accumulation
 // type (float32, float64 for kFloat64) and read at (i, j) -> i * stride_n + j * stride_k, so passing
-// swapped strides gives the other operand's side.
+// swapped strides gives the other operand's side. The row tile shrinks until the grid fills `sms` SMs
+// (pairwise_distance_bwd_grid); results do not depend on it.
 cudaError_t pairwise_distance_bwd_side(DType dtype, const void* grad, const void* dist, const void* a,
                                 const void* b, const void* asq, const void* bsq, void* grad_a, int64_t n,
                                 int64_t k, int64_t dim, int64_t grad_stride_n, int64_t grad_stride_k,
-                                int64_t dist_stride_n, int64_t dist_stride_k, int metric,
+                                int64_t dist_stride_n, int64_t dist_stride_k, int metric, int sms,
                                 cudaStream_t stream);
+
+// pairwise_distance_bwd_side's grid: `blocks` of `threads` threads, each tile_rows rows x 64 features.
+struct PairwiseBwdGrid {
+  int64_t tile_rows, blocks, threads;
+};
+PairwiseBwdGrid pairwise_distance_bwd_grid(int64_t n, int64_t dim, int sms);
 
 // Hardest positive / negative per anchor (rules: 0 any, 1 cross, 2 same). Features row-major
 // contiguous; labels int64; modality int32 (may be null when both rules are 0); distances and norms in

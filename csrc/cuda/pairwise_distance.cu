@@ -20,6 +20,17 @@
 // of (rows of a) x features. grad and dist tiles are read with consecutive threads along whichever index
 // has unit stride (the y side reads them transposed) and transposed through shared memory.
 //
+// Split-K (pairwise_distance_fwd_grid): when the 64 x 64 tiles alone give fewer blocks than SMs (the training
+// shape N = M = 256 has 16), the features are also split into `splits` contiguous ranges of whole 64-feature
+// granules on grid dimension y. Each block then writes its raw dot products and partial squared norms to a
+// [splits, N, M] + [splits, N] + [splits, M] workspace in the accumulation type, and a combine kernel adds the
+// splits in index order (dots and norms alike) and applies the distance epilogue: no atomics, so a given
+// device (SM count) gives bitwise-identical results on every run. The 128 x 128 tensor-core path and every
+// problem with enough tiles never split.
+//
+// Backward tiles have 64 rows, or 32 / 16 when that is what it takes to give every SM a block
+// (pairwise_distance_bwd_grid); the summation order over the other operand does not depend on the tile.
+//
 // Tiles are numbered on grid dimension x (up to 2^31 - 1 blocks; y and z stop at 65535).
 #include <mma.h>
 
@@ -36,13 +47,42 @@ constexpr int kTile = 64;   // SIMT: rows of each operand per block (forward), r
 constexpr int kStep = 16;   // SIMT: reduction slice held in shared memory
 constexpr int kThreads = 256;
 constexpr int kSub = 4;     // SIMT: per-thread sub-tile side
+constexpr int kSplitK = 64; // split-K granule (features): a whole number of SIMT slices and tensor-core stages
+
+// The feature splits: `count` ranges of whole granules, the first `extra` of them one granule longer than
+// `per`, none empty while count <= granules. Built on the host: a 64-bit division by the split count in
+// the kernels made ptxas spill the SIMT half forward (sm_90) and the 64 x 64 tensor-core one (sm_80).
+struct SplitK {
+  int64_t count, per, extra;
+  static SplitK make(int64_t dim, int64_t count) {
+    const int64_t granules = (dim + kSplitK - 1) / kSplitK;
+    return {count, granules / count, granules % count};
+  }
+  // Features [begin, end) of split s.
+  __device__ void range(int64_t s, int64_t dim, int64_t& begin, int64_t& end) const {
+    begin = (s * per + (s < extra ? s : extra)) * kSplitK;
+    end = begin + (per + (s < extra ? 1 : 0)) * kSplitK;
+    begin = begin < dim ? begin : dim;
+    end = end < dim ? end : dim;
+  }
+};
+
+// The split-K workspace: dots [splits, n, m], then xsq [splits, n], then ysq [splits, m].
+template <typename acc_t>
+struct Partials {
+  acc_t* dot;
+  acc_t* xsq;
+  acc_t* ysq;
+  __host__ __device__ Partials(void* base, int64_t splits, int64_t n, int64_t m)
+      : dot(static_cast<acc_t*>(base)), xsq(dot + splits * n * m), ysq(xsq + splits * n) {}
+};
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
 pairwise_fwd_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ y, scalar_t* __restrict__ out,
                     typename Acc<scalar_t>::type* __restrict__ xsq_out,
-                    typename Acc<scalar_t>::type* __restrict__ ysq_out, int64_t n, int64_t m, int64_t dim,
-                    int metric, typename Acc<scalar_t>::type tau) {
+                    typename Acc<scalar_t>::type* __restrict__ ysq_out, void* __restrict__ workspace, int64_t n,
+                    int64_t m, int64_t dim, SplitK split_k, int metric, typename Acc<scalar_t>::type tau) {
   using acc_t = typename Acc<scalar_t>::type;
   __shared__ acc_t xs[kStep][kTile + 1];
   __shared__ acc_t ys[kStep][kTile + 1];
@@ -55,19 +95,22 @@ pairwise_fwd_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__
   const int64_t row_tile = blockIdx.x / col_tiles, col_tile = blockIdx.x % col_tiles;
   const int64_t row0 = row_tile * kTile;
   const int64_t col0 = col_tile * kTile;
+  int64_t kb, ke;  // this split's features
+  split_k.range(blockIdx.y, dim, kb, ke);
+  const int64_t splits = split_k.count;
 
   acc_t acc[kSub][kSub] = {};
   acc_t norm_part = 0;  // threads 0..63: |x_row|^2, threads 64..127: |y_row|^2
 
-  for (int64_t k0 = 0; k0 < dim; k0 += kStep) {
+  for (int64_t k0 = kb; k0 < ke; k0 += kStep) {
 #pragma unroll
     for (int r = 0; r < kTile * kStep / kThreads; ++r) {
       const int e = tid + r * kThreads;
       const int row = e / kStep, kk = e % kStep;
       const int64_t k = k0 + kk;
       const int64_t xr = row0 + row, yr = col0 + row;
-      xs[kk][row] = (xr < n && k < dim) ? to_acc(x[xr * dim + k]) : acc_t(0);
-      ys[kk][row] = (yr < m && k < dim) ? to_acc(y[yr * dim + k]) : acc_t(0);
+      xs[kk][row] = (xr < n && k < ke) ? to_acc(x[xr * dim + k]) : acc_t(0);
+      ys[kk][row] = (yr < m && k < ke) ? to_acc(y[yr * dim + k]) : acc_t(0);
     }
     __syncthreads();
     if (tid < kTile) {
@@ -91,6 +134,24 @@ pairwise_fwd_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__
     }
     __syncthreads();
   }
+  if (splits > 1) {  // partial sums for the combine kernel
+    const Partials<acc_t> part(workspace, splits, n, m);
+    const int64_t s = blockIdx.y;
+    if (col_tile == 0 && tid < kTile && row0 + tid < n) part.xsq[s * n + row0 + tid] = norm_part;
+    if (row_tile == 0 && tid >= kTile && tid < 2 * kTile && col0 + tid - kTile < m)
+      part.ysq[s * m + col0 + tid - kTile] = norm_part;
+#pragma unroll
+    for (int i = 0; i < kSub; ++i) {
+      const int64_t r = row0 + ty + 16 * i;
+      if (r >= n) continue;
+#pragma unroll
+      for (int j = 0; j < kSub; ++j) {
+        const int64_t c = col0 + tx + 16 * j;
+        if (c < m) part.dot[(s * n + r) * m + c] = acc[i][j];
+      }
+    }
+    return;
+  }
   if (tid < kTile) xsq_s[tid] = norm_part;
   else if (tid < 2 * kTile) ysq_s[tid - kTile] = norm_part;
   __syncthreads();
@@ -111,6 +172,29 @@ pairwise_fwd_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__
       out[r * m + c] = from_acc<scalar_t, acc_t>(distance_from_dot(acc[i][j], xq, yq, metric, tau));
     }
   }
+}
+
+// Split-K combine: one thread per output element adds the splits' dots and norms in split order.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads)
+pairwise_combine_kernel(const void* __restrict__ workspace, scalar_t* __restrict__ out,
+                        typename Acc<scalar_t>::type* __restrict__ xsq_out,
+                        typename Acc<scalar_t>::type* __restrict__ ysq_out, int64_t n, int64_t m, int64_t splits,
+                        int metric, typename Acc<scalar_t>::type tau) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const Partials<acc_t> part(const_cast<void*>(workspace), splits, n, m);
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (e >= n * m) return;
+  const int64_t i = e / m, j = e % m;
+  acc_t dot = 0, xq = 0, yq = 0;
+  for (int64_t s = 0; s < splits; ++s) {
+    dot += part.dot[s * n * m + e];
+    xq += part.xsq[s * n + i];
+    yq += part.ysq[s * m + j];
+  }
+  out[e] = from_acc<scalar_t, acc_t>(distance_from_dot(dot, xq, yq, metric, tau));
+  if (j == 0) xsq_out[i] = xq;
+  if (i == 0) ysq_out[j] = yq;
 }
 
 // --- tensor-core forward (half, bfloat16) ---------------------------------------------------------------
@@ -143,15 +227,15 @@ struct alignas(128) TcShared {
   float ysq[C::BN];
 };
 
-// Features k .. k + 7 of row `row` (16-bit elements), zero outside [0, rows) x [0, dim).
+// Features k .. k + 7 of row `row` (16-bit elements, row stride dim), zero outside [0, rows) x [0, end).
 template <typename T>
 __device__ __forceinline__ uint4 load_chunk(const T* __restrict__ src, int64_t row, int64_t rows, int64_t k,
-                                            int64_t dim, bool vec) {
-  if (row < rows && vec && k + 8 <= dim) return *reinterpret_cast<const uint4*>(src + row * dim + k);
+                                            int64_t end, int64_t dim, bool vec) {
+  if (row < rows && vec && k + 8 <= end) return *reinterpret_cast<const uint4*>(src + row * dim + k);
   const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
   unsigned v[8];
 #pragma unroll
-  for (int i = 0; i < 8; ++i) v[i] = (row < rows && k + i < dim) ? bits[row * dim + k + i] : 0u;
+  for (int i = 0; i < 8; ++i) v[i] = (row < rows && k + i < end) ? bits[row * dim + k + i] : 0u;
   uint4 out;
   out.x = v[0] | (v[1] << 16);
   out.y = v[2] | (v[3] << 16);
@@ -179,8 +263,9 @@ __device__ __forceinline__ void add_squares(const T* row, float& norm) {
 // One block tile of the tensor-core forward (the kernel's body).
 template <typename T, typename C>
 __device__ __forceinline__ void fwd_tc_tile(const T* __restrict__ x, const T* __restrict__ y, T* __restrict__ out,
-                                            float* __restrict__ xsq_out, float* __restrict__ ysq_out, int64_t n,
-                                            int64_t m, int64_t dim, int metric, float tau, bool vec) {
+                                            float* __restrict__ xsq_out, float* __restrict__ ysq_out,
+                                            void* __restrict__ workspace, int64_t n, int64_t m, int64_t dim,
+                                            SplitK split_k, int metric, float tau, bool vec) {
   namespace wmma = nvcuda::wmma;
   constexpr int kStageElems = (C::BM + C::BN) * kTcLd;
   __shared__ TcShared<T, C> s;
@@ -195,14 +280,17 @@ __device__ __forceinline__ void fwd_tc_tile(const T* __restrict__ x, const T* __
   const int64_t group_rows = row_tiles - first < kTcGroup ? row_tiles - first : kTcGroup;
   const int64_t row_tile = first + in_group % group_rows, col_tile = in_group / group_rows;
   const int64_t row0 = row_tile * C::BM, col0 = col_tile * C::BN;
+  int64_t kb, ke;  // this split's features
+  split_k.range(blockIdx.y, dim, kb, ke);
+  const int64_t splits = split_k.count;
 
   uint4 xr[C::kChunks], yr[C::kChunks];  // the next slice, in flight while the current one is multiplied
   auto fetch = [&](int64_t k0) {
 #pragma unroll
     for (int c = 0; c < C::kChunks; ++c) {
       const int e = tid + c * C::kThreads, r = e / (kTcK / 8), k = (e % (kTcK / 8)) * 8;
-      xr[c] = load_chunk(x, row0 + r, n, k0 + k, dim, vec);
-      yr[c] = load_chunk(y, col0 + r, m, k0 + k, dim, vec);
+      xr[c] = load_chunk(x, row0 + r, n, k0 + k, ke, dim, vec);
+      yr[c] = load_chunk(y, col0 + r, m, k0 + k, ke, dim, vec);
     }
   };
   auto stash = [&](int stage) {
@@ -223,15 +311,15 @@ __device__ __forceinline__ void fwd_tc_tile(const T* __restrict__ x, const T* __
     for (int j = 0; j < C::FN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
   float norm = 0;  // thread t < BM: |x_{row0 + t}|^2, else |y_{col0 + t - BM}|^2
 
-  const int64_t steps = (dim + kTcK - 1) / kTcK;
+  const int64_t steps = (ke - kb + kTcK - 1) / kTcK;
   if (steps > 0) {
-    fetch(0);
+    fetch(kb);
     stash(0);
   }
   __syncthreads();
   for (int64_t step = 0; step < steps; ++step) {
     const int stage = static_cast<int>(step & 1);
-    if (step + 1 < steps) fetch((step + 1) * kTcK);
+    if (step + 1 < steps) fetch(kb + (step + 1) * kTcK);
     const T* const xs = stages + stage * kStageElems;
     const T* const ys = xs + C::BM * kTcLd;
     add_squares(tid < C::BM ? xs + tid * kTcLd : ys + (tid - C::BM) * kTcLd, norm);
@@ -253,7 +341,15 @@ __device__ __forceinline__ void fwd_tc_tile(const T* __restrict__ x, const T* __
     __syncthreads();
   }
 
-  if (tid < C::BM) {
+  const int64_t split = blockIdx.y;
+  const Partials<float> part(workspace, splits, n, m);  // used only when splits > 1
+  if (splits > 1) {
+    if (tid < C::BM) {
+      if (col_tile == 0 && row0 + tid < n) part.xsq[split * n + row0 + tid] = norm;
+    } else if (row_tile == 0 && col0 + tid - C::BM < m) {
+      part.ysq[split * m + col0 + tid - C::BM] = norm;
+    }
+  } else if (tid < C::BM) {
     s.xsq[tid] = norm;
     if (col_tile == 0 && row0 + tid < n) xsq_out[row0 + tid] = norm;
   } else {
@@ -276,8 +372,12 @@ __device__ __forceinline__ void fwd_tc_tile(const T* __restrict__ x, const T* __
       const int tr = (sr / 16) * (C::FM * 16) + i * 16 + sr % 16;  // row within the block tile
       const int64_t r = row0 + tr, col = col0 + c;
       if (r < n && col < m) {
-        out[r * m + col] =
-            from_acc<T, float>(distance_from_dot(staged[sr * C::kStageLd + c], s.xsq[tr], s.ysq[c], metric, tau));
+        if (splits > 1) {
+          part.dot[(split * n + r) * m + col] = staged[sr * C::kStageLd + c];
+        } else {
+          out[r * m + col] =
+              from_acc<T, float>(distance_from_dot(staged[sr * C::kStageLd + c], s.xsq[tr], s.ysq[c], metric, tau));
+        }
       }
     }
     if (i + 1 < C::FM) __syncthreads();  // every thread has read the staging area before the next pass
@@ -299,32 +399,33 @@ __host__ __device__ constexpr bool tc_supported(int arch) {
 template <typename T, typename C>
 __global__ void __launch_bounds__(C::kThreads)
 pairwise_fwd_tc_kernel(const T* __restrict__ x, const T* __restrict__ y, T* __restrict__ out,
-                       float* __restrict__ xsq_out, float* __restrict__ ysq_out, int64_t n, int64_t m, int64_t dim,
-                       int metric, float tau, bool vec) {
+                       float* __restrict__ xsq_out, float* __restrict__ ysq_out, void* __restrict__ workspace,
+                       int64_t n, int64_t m, int64_t dim, SplitK split_k, int metric, float tau, bool vec) {
   if constexpr (tc_supported<T>(kArch)) {
-    fwd_tc_tile<T, C>(x, y, out, xsq_out, ysq_out, n, m, dim, metric, tau, vec);
+    fwd_tc_tile<T, C>(x, y, out, xsq_out, ysq_out, workspace, n, m, dim, split_k, metric, tau, vec);
   } else {
     __trap();  // not launched: the launcher takes the SIMT kernel on such a device
   }
 }
 
-// One [kTile rows i] x [kStep columns j] tile of a matrix read at i * sn + j * sk, zero outside [0, n) x
+// One [R rows i] x [kStep columns j] tile of a matrix read at i * sn + j * sk, zero outside [0, n) x
 // [0, k), into dst[j][i]. Consecutive threads walk i when i has unit stride (the y side of a row-major
 // [n, m] grad: a transposed read), else j, so global reads coalesce either way.
-template <typename acc_t>
+template <int R, typename acc_t>
 __device__ __forceinline__ void load_coef_tile(const acc_t* __restrict__ src, int64_t sn, int64_t sk, int64_t row0,
-                                               int64_t k0, int64_t n, int64_t k, acc_t (*dst)[kTile + 1]) {
+                                               int64_t k0, int64_t n, int64_t k, acc_t (*dst)[R + 1]) {
   const bool along_rows = sn == 1 && sk != 1;
 #pragma unroll
-  for (int r = 0; r < kTile * kStep / kThreads; ++r) {
+  for (int r = 0; r < R * kStep / kThreads; ++r) {
     const int e = threadIdx.x + r * kThreads;
-    const int row = along_rows ? e % kTile : e / kStep, kk = along_rows ? e / kTile : e % kStep;
+    const int row = along_rows ? e % R : e / kStep, kk = along_rows ? e / R : e % kStep;
     const int64_t i = row0 + row, j = k0 + kk;
     dst[kk][row] = (i < n && j < k) ? src[i * sn + j * sk] : acc_t(0);
   }
 }
 
-template <typename scalar_t>
+// R rows of a per block (64, 32 or 16), each thread kSub features x R / 16 rows.
+template <typename scalar_t, int R>
 __global__ void __launch_bounds__(kThreads)
 pairwise_bwd_side_kernel(const typename Acc<scalar_t>::type* __restrict__ grad,
                          const typename Acc<scalar_t>::type* __restrict__ dist, const scalar_t* __restrict__ a,
@@ -333,23 +434,25 @@ pairwise_bwd_side_kernel(const typename Acc<scalar_t>::type* __restrict__ grad,
                          int64_t n, int64_t k, int64_t dim, int64_t gsn, int64_t gsk, int64_t dsn, int64_t dsk,
                          int metric) {
   using acc_t = typename Acc<scalar_t>::type;
-  __shared__ acc_t coef_s[kStep][kTile + 1];  // grad, then B_ij for this block's rows i and slice j
-  __shared__ acc_t term_s[kStep][kTile + 1];  // dist, then what a_i sums over j
-  __shared__ acc_t bs[kStep][kTile];          // b rows of the slice, this block's feature columns
-  __shared__ acc_t row_coef_s[kTile];
+  constexpr int kSubR = R / 16;
+  static_assert(R % 16 == 0 && R * kStep % kThreads == 0, "whole rows per thread, whole loads per thread");
+  __shared__ acc_t coef_s[kStep][R + 1];  // grad, then B_ij for this block's rows i and slice j
+  __shared__ acc_t term_s[kStep][R + 1];  // dist, then what a_i sums over j
+  __shared__ acc_t bs[kStep][kTile];      // b rows of the slice, this block's feature columns
+  __shared__ acc_t row_coef_s[R];
 
   const int tid = threadIdx.x;
   const int tx = tid % 16, ty = tid / 16;
   const int64_t f_tiles = (dim + kTile - 1) / kTile;
-  const int64_t row0 = (blockIdx.x / f_tiles) * kTile;
+  const int64_t row0 = (blockIdx.x / f_tiles) * R;
   const int64_t f0 = (blockIdx.x % f_tiles) * kTile;
 
-  acc_t acc[kSub][kSub] = {};
-  acc_t row_coef = 0;  // threads 0..63 own row tid
+  acc_t acc[kSubR][kSub] = {};
+  acc_t row_coef = 0;  // threads 0..R-1 own row tid
 
   for (int64_t k0 = 0; k0 < k; k0 += kStep) {
-    load_coef_tile(grad, gsn, gsk, row0, k0, n, k, coef_s);
-    load_coef_tile(dist, dsn, dsk, row0, k0, n, k, term_s);
+    load_coef_tile<R>(grad, gsn, gsk, row0, k0, n, k, coef_s);
+    load_coef_tile<R>(dist, dsn, dsk, row0, k0, n, k, term_s);
 #pragma unroll
     for (int r = 0; r < kTile * kStep / kThreads; ++r) {
       // The b slice: kStep rows x kTile features, 4 per thread, contiguous along features.
@@ -362,9 +465,9 @@ pairwise_bwd_side_kernel(const typename Acc<scalar_t>::type* __restrict__ grad,
     // grad and dist -> coefficients, in place: each element is read and rewritten by the same thread. Not
     // unrolled: float64 divisions and square roots are subroutines whose registers would add up.
 #pragma unroll 1
-    for (int r = 0; r < kTile * kStep / kThreads; ++r) {
+    for (int r = 0; r < R * kStep / kThreads; ++r) {
       const int e = tid + r * kThreads;
-      const int row = e % kTile, kk = e / kTile;
+      const int row = e % R, kk = e / R;
       const int64_t i = row0 + row, j = k0 + kk;
       acc_t c = 0, t = 0;
       if (i < n && j < k) {
@@ -382,25 +485,25 @@ pairwise_bwd_side_kernel(const typename Acc<scalar_t>::type* __restrict__ grad,
       term_s[kk][row] = t;
     }
     __syncthreads();
-    if (tid < kTile) {
+    if (tid < R) {
 #pragma unroll
       for (int kk = 0; kk < kStep; ++kk) row_coef += term_s[kk][tid];
     }
 #pragma unroll
     for (int kk = 0; kk < kStep; ++kk) {
-      acc_t cv[kSub], bv[kSub];
+      acc_t cv[kSubR], bv[kSub];
 #pragma unroll
-      for (int i = 0; i < kSub; ++i) cv[i] = coef_s[kk][ty + 16 * i];
+      for (int i = 0; i < kSubR; ++i) cv[i] = coef_s[kk][ty + 16 * i];
 #pragma unroll
       for (int j = 0; j < kSub; ++j) bv[j] = bs[kk][tx + 16 * j];
 #pragma unroll
-      for (int i = 0; i < kSub; ++i)
+      for (int i = 0; i < kSubR; ++i)
 #pragma unroll
         for (int j = 0; j < kSub; ++j) acc[i][j] += cv[i] * bv[j];
     }
     __syncthreads();
   }
-  if (tid < kTile) {
+  if (tid < R) {
     const int64_t i = row0 + tid;
     if (metric == kCosine && i < n) {
       const acc_t na = sqrt(asq[i]);
@@ -411,7 +514,7 @@ pairwise_bwd_side_kernel(const typename Acc<scalar_t>::type* __restrict__ grad,
   __syncthreads();
 
 #pragma unroll
-  for (int i = 0; i < kSub; ++i) {
+  for (int i = 0; i < kSubR; ++i) {
     const int64_t r = row0 + ty + 16 * i;
     if (r >= n) continue;
     const acc_t rc = row_coef_s[ty + 16 * i];
@@ -424,96 +527,175 @@ pairwise_bwd_side_kernel(const typename Acc<scalar_t>::type* __restrict__ grad,
   }
 }
 
-// Row tiles x column tiles, flattened onto grid dimension x; 0 when the count exceeds its limit.
-unsigned tiles(int64_t rows, int64_t cols, int64_t tile_rows = kTile, int64_t tile_cols = kTile) {
+// Row tiles x column tiles; 0 when the count exceeds grid dimension x.
+int64_t tiles(int64_t rows, int64_t cols, int64_t tile_rows, int64_t tile_cols) {
   const int64_t count = ((rows + tile_rows - 1) / tile_rows) * ((cols + tile_cols - 1) / tile_cols);
-  return count <= kMaxGridX ? static_cast<unsigned>(count) : 0u;
+  return count <= kMaxGridX ? count : 0;
 }
 
 template <typename scalar_t>
-cudaError_t fwd_simt(const void* x, const void* y, void* dist, void* xsq, void* ysq, int64_t n, int64_t m,
-                     int64_t dim, int metric, cudaStream_t stream) {
+cudaError_t fwd_simt(const void* x, const void* y, void* dist, void* xsq, void* ysq, void* workspace, int64_t n,
+                     int64_t m, int64_t dim, int metric, const PairwiseFwdGrid& g, cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
-  const unsigned blocks = tiles(n, m);
-  if (blocks == 0) return cudaErrorInvalidConfiguration;
-  pairwise_fwd_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+  pairwise_fwd_kernel<scalar_t><<<dim3(static_cast<unsigned>(g.tiles), static_cast<unsigned>(g.splits)), kThreads,
+                                  0, stream>>>(
       static_cast<const scalar_t*>(x), static_cast<const scalar_t*>(y), static_cast<scalar_t*>(dist),
-      static_cast<acc_t*>(xsq), static_cast<acc_t*>(ysq), n, m, dim, metric,
+      static_cast<acc_t*>(xsq), static_cast<acc_t*>(ysq), workspace, n, m, dim, SplitK::make(dim, g.splits), metric,
       static_cast<acc_t>(zero_tolerance(dim)));
   return cudaGetLastError();
 }
 
 template <typename T, typename C>
-cudaError_t fwd_tc(const void* x, const void* y, void* dist, void* xsq, void* ysq, int64_t n, int64_t m, int64_t dim,
-                   int metric, cudaStream_t stream) {
-  const unsigned blocks = tiles(n, m, C::BM, C::BN);
-  if (blocks == 0) return cudaErrorInvalidConfiguration;
+cudaError_t fwd_tc(const void* x, const void* y, void* dist, void* xsq, void* ysq, void* workspace, int64_t n,
+                   int64_t m, int64_t dim, int metric, const PairwiseFwdGrid& g, cudaStream_t stream) {
   const bool vec = dim % 8 == 0 && (reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(y)) % 16 == 0;
-  pairwise_fwd_tc_kernel<T, C><<<blocks, C::kThreads, 0, stream>>>(
+  pairwise_fwd_tc_kernel<T, C><<<dim3(static_cast<unsigned>(g.tiles), static_cast<unsigned>(g.splits)), C::kThreads,
+                                 0, stream>>>(
       static_cast<const T*>(x), static_cast<const T*>(y), static_cast<T*>(dist), static_cast<float*>(xsq),
-      static_cast<float*>(ysq), n, m, dim, metric, static_cast<float>(zero_tolerance(dim)), vec);
+      static_cast<float*>(ysq), workspace, n, m, dim, SplitK::make(dim, g.splits), metric,
+      static_cast<float>(zero_tolerance(dim)), vec);
   return cudaGetLastError();
 }
 
-// The half / bfloat16 forward: tensor cores where the device has them for T, with the 128 x 128 tile when it gives every SM
-// a block, else the 64 x 64 one (4x the blocks on small problems).
-template <typename T>
-cudaError_t fwd_half(const void* x, const void* y, void* dist, void* xsq, void* ysq, int64_t n, int64_t m,
-                     int64_t dim, int metric, cudaStream_t stream) {
-  int device = 0, sms = 0, major = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  if (err != cudaSuccess) return err;
-  if (!tc_supported<T>(major * 100)) return fwd_simt<T>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
-  const int64_t large_tiles = ((n + TcLarge::BM - 1) / TcLarge::BM) * ((m + TcLarge::BN - 1) / TcLarge::BN);
-  if (large_tiles >= sms) return fwd_tc<T, TcLarge>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
-  return fwd_tc<T, TcSmall>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
+template <typename scalar_t>
+cudaError_t fwd_typed(const void* x, const void* y, void* dist, void* xsq, void* ysq, void* workspace, int64_t n,
+                      int64_t m, int64_t dim, int metric, const PairwiseFwdGrid& g, cudaStream_t stream) {
+  using acc_t = typename Acc<scalar_t>::type;
+  cudaError_t err = cudaSuccess;
+  if constexpr (std::is_same_v<scalar_t, __half> || std::is_same_v<scalar_t, __nv_bfloat16>) {
+    if (g.kernel == kFwdTc128) err = fwd_tc<scalar_t, TcLarge>(x, y, dist, xsq, ysq, workspace, n, m, dim, metric, g, stream);
+    else if (g.kernel == kFwdTc64) err = fwd_tc<scalar_t, TcSmall>(x, y, dist, xsq, ysq, workspace, n, m, dim, metric, g, stream);
+    else err = fwd_simt<scalar_t>(x, y, dist, xsq, ysq, workspace, n, m, dim, metric, g, stream);
+  } else {
+    err = fwd_simt<scalar_t>(x, y, dist, xsq, ysq, workspace, n, m, dim, metric, g, stream);
+  }
+  if (err != cudaSuccess || g.splits <= 1) return err;
+  pairwise_combine_kernel<scalar_t><<<static_cast<unsigned>(blocks_for(n * m, kThreads)), kThreads, 0, stream>>>(
+      workspace, static_cast<scalar_t*>(dist), static_cast<acc_t*>(xsq), static_cast<acc_t*>(ysq), n, m, g.splits,
+      metric, static_cast<acc_t>(zero_tolerance(dim)));
+  return cudaGetLastError();
 }
 
-template <typename scalar_t>
-cudaError_t bwd_typed(const void* grad, const void* dist, const void* a, const void* b, const void* asq, const void* bsq,
-               void* grad_a, int64_t n, int64_t k, int64_t dim, int64_t gsn, int64_t gsk, int64_t dsn, int64_t dsk,
-               int metric, cudaStream_t stream) {
+template <typename scalar_t, int R>
+cudaError_t bwd_launch(const void* grad, const void* dist, const void* a, const void* b, const void* asq,
+                       const void* bsq, void* grad_a, int64_t n, int64_t k, int64_t dim, int64_t gsn, int64_t gsk,
+                       int64_t dsn, int64_t dsk, int metric, unsigned blocks, cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
-  const unsigned blocks = tiles(n, dim);
-  if (blocks == 0) return cudaErrorInvalidConfiguration;
-  pairwise_bwd_side_kernel<scalar_t><<<blocks, kThreads, 0, stream>>>(
+  pairwise_bwd_side_kernel<scalar_t, R><<<blocks, kThreads, 0, stream>>>(
       static_cast<const acc_t*>(grad), static_cast<const acc_t*>(dist), static_cast<const scalar_t*>(a),
       static_cast<const scalar_t*>(b), static_cast<const acc_t*>(asq), static_cast<const acc_t*>(bsq),
       static_cast<scalar_t*>(grad_a), n, k, dim, gsn, gsk, dsn, dsk, metric);
   return cudaGetLastError();
 }
 
+template <typename scalar_t>
+cudaError_t bwd_typed(const void* grad, const void* dist, const void* a, const void* b, const void* asq, const void* bsq,
+               void* grad_a, int64_t n, int64_t k, int64_t dim, int64_t gsn, int64_t gsk, int64_t dsn, int64_t dsk,
+               int metric, const PairwiseBwdGrid& g, cudaStream_t stream) {
+  const unsigned blocks = static_cast<unsigned>(g.blocks);
+  switch (g.tile_rows) {
+    case 64: return bwd_launch<scalar_t, 64>(grad, dist, a, b, asq, bsq, grad_a, n, k, dim, gsn, gsk, dsn, dsk, metric, blocks, stream);
+    case 32: return bwd_launch<scalar_t, 32>(grad, dist, a, b, asq, bsq, grad_a, n, k, dim, gsn, gsk, dsn, dsk, metric, blocks, stream);
+    default: return bwd_launch<scalar_t, 16>(grad, dist, a, b, asq, bsq, grad_a, n, k, dim, gsn, gsk, dsn, dsk, metric, blocks, stream);
+  }
+}
+
+size_t acc_bytes(DType dtype) { return dtype == DType::kFloat64 ? sizeof(double) : sizeof(float); }
+
 }  // namespace
 
-cudaError_t pairwise_distance_fwd(DType dtype, const void* x, const void* y, void* dist, void* xsq, void* ysq, int64_t n,
-                           int64_t m, int64_t dim, int metric, cudaStream_t stream) {
+PairwiseFwdGrid pairwise_distance_fwd_grid(DType dtype, int64_t n, int64_t m, int64_t dim, int sms, int cc_major) {
+  PairwiseFwdGrid g{};
+  g.kernel = kFwdSimt;
+  g.tile = kTile;
+  g.threads = kThreads;
+  g.splits = 1;
+  const bool tc = (dtype == DType::kFloat16 && tc_supported<__half>(cc_major * 100)) ||
+                  (dtype == DType::kBFloat16 && tc_supported<__nv_bfloat16>(cc_major * 100));
+  const int64_t want = sms > 0 ? sms : 1;
+  const int64_t large = tiles(n, m, TcLarge::BM, TcLarge::BN);
+  if (tc && large >= want) {  // a full wave of 128 x 128 tiles: the large path, never split
+    g.kernel = kFwdTc128;
+    g.tile = TcLarge::BM;
+    g.threads = TcLarge::kThreads;
+    g.tiles = large;
+  } else {
+    if (tc) {
+      g.kernel = kFwdTc64;
+      g.threads = TcSmall::kThreads;
+    }
+    g.tiles = tiles(n, m, kTile, kTile);
+    if (g.tiles > 0 && g.tiles < want) {
+      // Enough feature splits to fill the SMs once, at most one per granule (kernels/_launch.py: splits_for).
+      const int64_t granules = (dim + kSplitK - 1) / kSplitK;
+      int64_t splits = (want + g.tiles - 1) / g.tiles;
+      splits = splits < granules ? splits : granules;
+      splits = splits < kMaxGridYZ ? splits : kMaxGridYZ;
+      g.splits = splits > 1 ? splits : 1;
+    }
+  }
+  g.blocks = g.tiles * g.splits;
+  g.launches = n == 0 || m == 0 ? 0 : (g.splits > 1 ? 2 : 1);
+  return g;
+}
+
+size_t pairwise_distance_fwd_workspace_bytes(DType dtype, int64_t n, int64_t m, int64_t dim, int sms) {
+  // The 128 x 128 path never splits and the others split alike: the architecture does not matter.
+  const PairwiseFwdGrid g = pairwise_distance_fwd_grid(dtype, n, m, dim, sms, 0);
+  if (g.splits <= 1 || n == 0 || m == 0) return 0;
+  return static_cast<size_t>(g.splits * (n * m + n + m)) * acc_bytes(dtype);
+}
+
+PairwiseBwdGrid pairwise_distance_bwd_grid(int64_t n, int64_t dim, int sms) {
+  PairwiseBwdGrid g{};
+  g.threads = kThreads;
+  // The largest row tile that gives every SM a block (the smallest one if none does).
+  for (const int64_t rows : {64, 32, 16}) {
+    g.tile_rows = rows;
+    g.blocks = tiles(n, dim, rows, kTile);
+    if (g.blocks >= sms) break;
+  }
+  return g;
+}
+
+cudaError_t pairwise_distance_fwd(DType dtype, const void* x, const void* y, void* dist, void* xsq, void* ysq,
+                                  void* workspace, int64_t n, int64_t m, int64_t dim, int metric, int sms,
+                                  cudaStream_t stream) {
   if (n == 0 || m == 0) return cudaSuccess;
+  int major = 0;
+  if (dtype == DType::kFloat16 || dtype == DType::kBFloat16) {
+    int device = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    if (err != cudaSuccess) return err;
+  }
+  const PairwiseFwdGrid g = pairwise_distance_fwd_grid(dtype, n, m, dim, sms, major);
+  if (g.tiles == 0 || (g.splits > 1 && n * m > kMaxGridX * kThreads)) return cudaErrorInvalidConfiguration;
   switch (dtype) {
-    case DType::kFloat32: return fwd_simt<float>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
-    case DType::kFloat16: return fwd_half<__half>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
-    case DType::kBFloat16: return fwd_half<__nv_bfloat16>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
-    case DType::kFloat64: return fwd_simt<double>(x, y, dist, xsq, ysq, n, m, dim, metric, stream);
+    case DType::kFloat32: return fwd_typed<float>(x, y, dist, xsq, ysq, workspace, n, m, dim, metric, g, stream);
+    case DType::kFloat16: return fwd_typed<__half>(x, y, dist, xsq, ysq, workspace, n, m, dim, metric, g, stream);
+    case DType::kBFloat16:
+      return fwd_typed<__nv_bfloat16>(x, y, dist, xsq, ysq, workspace, n, m, dim, metric, g, stream);
+    case DType::kFloat64: return fwd_typed<double>(x, y, dist, xsq, ysq, workspace, n, m, dim, metric, g, stream);
   }
   return cudaErrorInvalidValue;
 }
 
 cudaError_t pairwise_distance_bwd_side(DType dtype, const void* grad, const void* dist, const void* a, const void* b,
                                 const void* asq, const void* bsq, void* grad_a, int64_t n, int64_t k, int64_t dim,
-                                int64_t gsn, int64_t gsk, int64_t dsn, int64_t dsk, int metric, cudaStream_t stream) {
+                                int64_t gsn, int64_t gsk, int64_t dsn, int64_t dsk, int metric, int sms,
+                                cudaStream_t stream) {
   if (n == 0 || dim == 0) return cudaSuccess;
+  const PairwiseBwdGrid g = pairwise_distance_bwd_grid(n, dim, sms);
+  if (g.blocks == 0) return cudaErrorInvalidConfiguration;
+#define VTREID_PAIR_BWD(T) bwd_typed<T>(grad, dist, a, b, asq, bsq, grad_a, n, k, dim, gsn, gsk, dsn, dsk, metric, g, stream)
   switch (dtype) {
-    case DType::kFloat32:
-      return bwd_typed<float>(grad, dist, a, b, asq, bsq, grad_a, n, k, dim, gsn, gsk, dsn, dsk, metric, stream);
-    case DType::kFloat16:
-      return bwd_typed<__half>(grad, dist, a, b, asq, bsq, grad_a, n, k, dim, gsn, gsk, dsn, dsk, metric, stream);
-    case DType::kBFloat16:
-      return bwd_typed<__nv_bfloat16>(grad, dist, a, b, asq, bsq, grad_a, n, k, dim, gsn, gsk, dsn, dsk, metric,
-                                      stream);
-    case DType::kFloat64:
-      return bwd_typed<double>(grad, dist, a, b, asq, bsq, grad_a, n, k, dim, gsn, gsk, dsn, dsk, metric, stream);
+    case DType::kFloat32: return VTREID_PAIR_BWD(float);
+    case DType::kFloat16: return VTREID_PAIR_BWD(__half);
+    case DType::kBFloat16: return VTREID_PAIR_BWD(__nv_bfloat16);
+    case DType::kFloat64: return VTREID_PAIR_BWD(double);
   }
+#undef VTREID_PAIR_BWD
   return cudaErrorInvalidValue;
 }
 

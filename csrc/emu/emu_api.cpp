@@ -22,17 +22,38 @@ int emu_wmma_selftest(int dtype, int a_col, int b_col, const void* a, const void
                     : emu_selftest::run_layouts<__nv_bfloat16>(a_col, b_col, a, b, c, d, c_col, d_col, sync);
 }
 
-int emu_pairwise_distance_fwd(int dtype, const void* x, const void* y, void* dist, void* xsq, void* ysq, int64_t n,
-                              int64_t m, int64_t dim, int metric) {
-  return vtreid::cuda::pairwise_distance_fwd(static_cast<DType>(dtype), x, y, dist, xsq, ysq, n, m, dim, metric,
-                                             nullptr);
+int emu_pairwise_distance_fwd(int dtype, const void* x, const void* y, void* dist, void* xsq, void* ysq,
+                              void* workspace, int64_t n, int64_t m, int64_t dim, int metric, int sms) {
+  return vtreid::cuda::pairwise_distance_fwd(static_cast<DType>(dtype), x, y, dist, xsq, ysq, workspace, n, m, dim,
+                                             metric, sms, nullptr);
+}
+
+// out[7]: kernel, tile, tiles, splits, blocks, threads, launches (vtreid::cuda::PairwiseFwdGrid).
+void emu_pairwise_distance_fwd_grid(int dtype, int64_t n, int64_t m, int64_t dim, int sms, int cc_major,
+                                    int64_t* out) {
+  const vtreid::cuda::PairwiseFwdGrid g =
+      vtreid::cuda::pairwise_distance_fwd_grid(static_cast<DType>(dtype), n, m, dim, sms, cc_major);
+  const int64_t fields[] = {g.kernel, g.tile, g.tiles, g.splits, g.blocks, g.threads, g.launches};
+  for (int k = 0; k < 7; ++k) out[k] = fields[k];
+}
+
+int64_t emu_pairwise_distance_fwd_workspace_bytes(int dtype, int64_t n, int64_t m, int64_t dim, int sms) {
+  return static_cast<int64_t>(
+      vtreid::cuda::pairwise_distance_fwd_workspace_bytes(static_cast<DType>(dtype), n, m, dim, sms));
 }
 
 int emu_pairwise_distance_bwd_side(int dtype, const void* grad, const void* dist, const void* a, const void* b,
                                    const void* asq, const void* bsq, void* grad_a, int64_t n, int64_t k, int64_t dim,
-                                   int64_t gsn, int64_t gsk, int64_t dsn, int64_t dsk, int metric) {
+                                   int64_t gsn, int64_t gsk, int64_t dsn, int64_t dsk, int metric, int sms) {
   return vtreid::cuda::pairwise_distance_bwd_side(static_cast<DType>(dtype), grad, dist, a, b, asq, bsq, grad_a, n, k,
-                                                  dim, gsn, gsk, dsn, dsk, metric, nullptr);
+                                                  dim, gsn, gsk, dsn, dsk, metric, sms, nullptr);
+}
+
+// out[3]: tile_rows, blocks, threads (vtreid::cuda::PairwiseBwdGrid).
+void emu_pairwise_distance_bwd_grid(int64_t n, int64_t dim, int sms, int64_t* out) {
+  const vtreid::cuda::PairwiseBwdGrid g = vtreid::cuda::pairwise_distance_bwd_grid(n, dim, sms);
+  const int64_t fields[] = {g.tile_rows, g.blocks, g.threads};
+  for (int k = 0; k < 3; ++k) out[k] = fields[k];
 }
 
 int emu_hard_mining_fwd(int dtype, const void* anchors, const void* candidates, const int64_t* anchor_labels,

@@ -77,13 +77,19 @@ def test_pairwise_distance(n, m, d, dtype, metric):
 TC_SIZES = [(1, 1, 1), (7, 15, 17), (15, 7, 16), (17, 129, 15), (129, 17, 129), (130, 65, 40), (577, 65, 7),
             (3, 300, 64)]
 TC_KERNELS = {"tc64": (132, 9), "tc128": (1, 8), "simt": (132, 6)}
+DEVICE = {"sms": 132}  # the SM count the pairwise launchers are given (the emulated device's)
+
+
+def _set_device(sms, cc_major):
+    LIB.emu_set_device(sms, cc_major)
+    DEVICE["sms"] = sms
 
 
 @pytest.fixture
 def emulated_device(request):
-    LIB.emu_set_device(*TC_KERNELS[request.param])
+    _set_device(*TC_KERNELS[request.param])
     yield request.param
-    LIB.emu_set_device(132, 9)
+    _set_device(132, 9)
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
@@ -116,21 +122,38 @@ def test_pairwise_distance_half_nan_inf_propagate(emulated_device, metric):
     assert_matches(dist, want, torch.float16, "dist")
 
 
-def _pairwise_fwd(x, y, metric):
+LIB.emu_pairwise_distance_fwd_workspace_bytes.restype = ctypes.c_int64
+
+
+def _pairwise_fwd(x, y, metric, sms=None):
     acc = _acc(x.dtype)
-    dist = torch.empty(x.shape[0], y.shape[0], dtype=x.dtype)
-    xsq, ysq = torch.zeros(x.shape[0], dtype=acc), torch.zeros(y.shape[0], dtype=acc)
-    _check(LIB.emu_pairwise_distance_fwd(DTYPE_CODES[x.dtype], _p(x), _p(y), _p(dist), _p(xsq), _p(ysq),
-                                         I64(x.shape[0]), I64(y.shape[0]), I64(x.shape[1]), METRIC_CODES[metric]),
+    n, m, d = x.shape[0], y.shape[0], x.shape[1]
+    sms = DEVICE["sms"] if sms is None else sms
+    code = DTYPE_CODES[x.dtype]
+    dist = torch.empty(n, m, dtype=x.dtype)
+    xsq, ysq = torch.zeros(n, dtype=acc), torch.zeros(m, dtype=acc)
+    nbytes = LIB.emu_pairwise_distance_fwd_workspace_bytes(code, I64(n), I64(m), I64(d), ctypes.c_int(sms))
+    # Garbage in the workspace (NaN as float32 and float64): the kernels must not read what they did not write.
+    workspace = torch.full((nbytes,), 0x7F, dtype=torch.uint8) if nbytes else None
+    _check(LIB.emu_pairwise_distance_fwd(code, _p(x), _p(y), _p(dist), _p(xsq), _p(ysq), _p(workspace), I64(n), I64(m),
+                                         I64(d), METRIC_CODES[metric], ctypes.c_int(sms)),
            "pairwise_distance_fwd")
     return dist, xsq, ysq
 
 
-def _check_pairwise(x, y, metric, gen, backward=True):
+def _pairwise_bwd_side(grad, d_acc, a, b, asq, bsq, out, rows, k, strides, metric, sms=None):
+    sms = DEVICE["sms"] if sms is None else sms
+    _check(LIB.emu_pairwise_distance_bwd_side(DTYPE_CODES[a.dtype], _p(grad), _p(d_acc), _p(a), _p(b), _p(asq),
+                                              _p(bsq), _p(out), I64(rows), I64(k), I64(a.shape[1]), I64(strides[0]),
+                                              I64(strides[1]), I64(strides[0]), I64(strides[1]),
+                                              METRIC_CODES[metric], ctypes.c_int(sms)), "pairwise_distance_bwd_side")
+
+
+def _check_pairwise(x, y, metric, gen, backward=True, sms=None):
     """Forward (distances and norms) and both backward sides of the emulated kernels against reference."""
     dtype, (n, d), m = x.dtype, x.shape, y.shape[0]
     acc = _acc(dtype)
-    dist, xsq, ysq = _pairwise_fwd(x, y, metric)
+    dist, xsq, ysq = _pairwise_fwd(x, y, metric, sms)
     xr, yr = x.to(acc).requires_grad_(), y.to(acc).requires_grad_()
     want = reference.distance_matrix(xr, yr, metric)
     assert_matches(dist, want.to(dtype), dtype, "dist")
@@ -144,10 +167,7 @@ def _check_pairwise(x, y, metric, gen, backward=True):
     d_acc = dist.to(acc)  # the backward reads the forward's distances, as the glue passes them
     gx, gy = torch.empty_like(x), torch.empty_like(y)
     for out, a, b, asq, bsq, rows, k, strides in ((gx, x, y, xsq, ysq, n, m, (m, 1)), (gy, y, x, ysq, xsq, m, n, (1, m))):
-        _check(LIB.emu_pairwise_distance_bwd_side(DTYPE_CODES[dtype], _p(grad), _p(d_acc), _p(a), _p(b), _p(asq),
-                                                  _p(bsq), _p(out), I64(rows), I64(k), I64(d), I64(strides[0]),
-                                                  I64(strides[1]), I64(strides[0]), I64(strides[1]),
-                                                  METRIC_CODES[metric]), "pairwise_distance_bwd_side")
+        _pairwise_bwd_side(grad, d_acc, a, b, asq, bsq, out, rows, k, strides, metric, sms)
     # The size of the terms each gradient row adds up (its rounding error scales with it): sum_j |g_ij| times
     # |x| + |y| (euclidean: / d, which reads the rounded d), cosine: times 3 / (n_i min_j n_j), n = max(|row|, eps).
     big = x.to(acc).abs().max() + y.to(acc).abs().max() + 1
@@ -158,6 +178,116 @@ def _check_pairwise(x, y, metric, gen, backward=True):
         sy = grad.abs().sum(0)[:, None] * 3 / (ny[:, None] * nx.min())
     assert_matches(gx, xr.grad.to(dtype), dtype, "grad x", scale=sx)
     assert_matches(gy, yr.grad.to(dtype), dtype, "grad y", scale=sy)
+
+
+# --- pairwise_distance: filling the SMs at small N x M (split-K forward, short backward tiles) -----------
+
+PAIR_TRAIN = (256, 256, 2048)  # the training shape N = M, D
+
+
+def _pair_fwd_grid(dtype, n, m, d, sms, cc_major=9):
+    out = (ctypes.c_int64 * 7)()
+    LIB.emu_pairwise_distance_fwd_grid(DTYPE_CODES[dtype], I64(n), I64(m), I64(d), ctypes.c_int(sms),
+                                       ctypes.c_int(cc_major), out)
+    return dict(zip(("kernel", "tile", "tiles", "splits", "blocks", "threads", "launches"), out))
+
+
+def _pair_bwd_grid(n, d, sms):
+    out = (ctypes.c_int64 * 3)()
+    LIB.emu_pairwise_distance_bwd_grid(I64(n), I64(d), ctypes.c_int(sms), out)
+    return dict(zip(("tile_rows", "blocks", "threads"), out))
+
+
+@pytest.mark.parametrize("cc_major", [9, 8, 7, 6])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_pairwise_grid_fills_the_sms_at_the_training_shape(dtype, cc_major):
+    """At N = M = 256, D = 2048 both launches give a 132-SM GPU at least one block per SM (one full wave)."""
+    n, m, d = PAIR_TRAIN
+    fwd = _pair_fwd_grid(dtype, n, m, d, WAVE_SMS, cc_major)
+    assert fwd["blocks"] >= WAVE_SMS and fwd["blocks"] == fwd["tiles"] * fwd["splits"]
+    assert fwd["splits"] > 1 and fwd["launches"] == 2
+    tc = dtype in (torch.float16, torch.bfloat16) and cc_major >= (8 if dtype == torch.bfloat16 else 7)
+    assert fwd["kernel"] == (1 if tc else 0)
+    nbytes = LIB.emu_pairwise_distance_fwd_workspace_bytes(DTYPE_CODES[dtype], I64(n), I64(m), I64(d),
+                                                           ctypes.c_int(WAVE_SMS))
+    assert nbytes == fwd["splits"] * (n * m + n + m) * (8 if dtype == torch.float64 else 4)
+    for rows in (n, m):  # the x side and the y side
+        assert _pair_bwd_grid(rows, d, WAVE_SMS)["blocks"] >= WAVE_SMS
+
+
+def test_pairwise_grid_large_sizes_unchanged():
+    """Problems with a full wave of tiles keep one launch of 64 x 64 (or 128 x 128 tensor-core) tiles."""
+    assert _pair_fwd_grid(torch.float32, 1024, 1024, 2048, WAVE_SMS) == dict(
+        kernel=0, tile=64, tiles=256, splits=1, blocks=256, threads=256, launches=1)
+    assert _pair_fwd_grid(torch.float16, 2048, 2048, 2048, WAVE_SMS) == dict(
+        kernel=2, tile=128, tiles=256, splits=1, blocks=256, threads=256, launches=1)
+    assert _pair_fwd_grid(torch.float32, 256, 256, 7, WAVE_SMS)["splits"] == 1  # one feature granule
+    assert _pair_fwd_grid(torch.float32, 256, 256, 129, WAVE_SMS)["splits"] == 3  # at most one split per granule
+    assert LIB.emu_pairwise_distance_fwd_workspace_bytes(0, I64(1024), I64(1024), I64(2048), WAVE_SMS) == 0
+    assert _pair_bwd_grid(1024, 2048, WAVE_SMS) == dict(tile_rows=64, blocks=512, threads=256)
+    assert _pair_bwd_grid(256, 512, WAVE_SMS) == dict(tile_rows=16, blocks=128, threads=256)
+
+
+# (n, m, d, sms): sizes with several splits, uneven splits and splits shorter than a tensor-core stage pair;
+# sms = 132 (the training shape), and more SMs than tiles x granules (one split per granule).
+SPLIT_SIZES = [(1, 1, 129, 132), (7, 17, 129, 132), (17, 7, 200, 132), (129, 1, 17, 132), (1, 256, 2048, 132),
+               (256, 256, 2048, 132), (129, 129, 256, 1000), (7, 7, 130, 5)]
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n,m,d,sms", SPLIT_SIZES)
+def test_pairwise_split_k(n, m, d, sms, dtype, metric):
+    """The split-K forward (and the short-tile backward) against reference, ties, zero rows, parallel rows."""
+    if (n, m, d) == PAIR_TRAIN and (metric != "euclidean" or dtype == torch.float64):
+        pytest.skip("the training shape once per dtype is enough (about a minute each under ASan)")
+    gen = torch.Generator().manual_seed(n * 1000 + m * 10 + d)
+    x, y = _features(n, d, dtype, gen), _features(m, d, dtype, gen)
+    if n >= 6:
+        x[2] = x[3]
+        x[4] = 2 * x[0]
+    if m >= 2:
+        y[0] = x[0]
+    _check_pairwise(x.contiguous(), y.contiguous(), metric, gen, sms=sms)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_pairwise_split_k_nan_inf_propagate(dtype):
+    gen = torch.Generator().manual_seed(7)
+    x, y = _features(20, 300, dtype, gen), _features(9, 300, dtype, gen)
+    x[3, 5] = float("nan")      # in the first split
+    x[6, 290] = float("inf")    # in the last one
+    y[2, 100] = float("-inf")
+    assert _pair_fwd_grid(dtype, 20, 9, 300, WAVE_SMS)["splits"] == 5
+    for metric in METRIC_CODES:
+        dist = _pairwise_fwd(x, y, metric, WAVE_SMS)[0]
+        want = reference.distance_matrix(x.to(_acc(dtype)), y.to(_acc(dtype)), metric).to(dtype)
+        assert torch.equal(dist.isnan(), want.isnan()) and torch.equal(dist.isinf(), want.isinf())
+        assert dist[3].isnan().all() and not dist[:, 2].isfinite().any() and not dist[6].isfinite().any()
+        assert_matches(dist, want, dtype, "dist")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_pairwise_split_k_bitwise_reproducible(dtype):
+    """Two runs of the split forward and the short-tile backward give the same bits (no atomics); the backward
+    does not depend on the SM count at all."""
+    gen = torch.Generator().manual_seed(11)
+    n, m, d = 40, 70, 1000
+    x, y = _features(n, d, dtype, gen), _features(m, d, dtype, gen)
+    assert _pair_fwd_grid(dtype, n, m, d, WAVE_SMS)["splits"] > 1
+    runs = [_pairwise_fwd(x, y, "euclidean", WAVE_SMS) for _ in range(2)]
+    for a, b in zip(*runs):
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+    dist, xsq, ysq = runs[0]
+    acc = _acc(dtype)
+    grad = torch.randn(n, m, generator=gen, dtype=acc)
+    grads = []
+    for sms in (WAVE_SMS, WAVE_SMS, 1):  # tiles of 16 rows twice, then of 64 rows
+        gx = torch.empty_like(x)
+        _pairwise_bwd_side(grad, dist.to(acc), x, y, xsq, ysq, gx, n, m, (m, 1), "euclidean", sms)
+        grads.append(gx.view(torch.uint8))
+    assert _pair_bwd_grid(n, d, WAVE_SMS)["tile_rows"] == 16 and _pair_bwd_grid(n, d, 1)["tile_rows"] == 64
+    assert torch.equal(grads[0], grads[1]) and torch.equal(grads[0], grads[2])
 
 
 # --- the emulation itself: nvcuda::wmma (csrc/emu/include/mma.h) -----------------------------------------
@@ -561,9 +691,10 @@ def test_grid_limits_large_row_counts(dry_run):
     n, m, d = 64 * 65536 + 1, 130, 7
     null = ctypes.c_void_p(0)
     for dtype in (0, 1):
-        assert LIB.emu_pairwise_distance_fwd(dtype, null, null, null, null, null, I64(n), I64(m), I64(d), 0) == 0
+        assert LIB.emu_pairwise_distance_fwd(dtype, null, null, null, null, null, null, I64(n), I64(m), I64(d), 0,
+                                             WAVE_SMS) == 0
         assert LIB.emu_pairwise_distance_bwd_side(dtype, null, null, null, null, null, null, null, I64(n), I64(m),
-                                                  I64(d), I64(m), I64(1), I64(m), I64(1), 0) == 0
+                                                  I64(d), I64(m), I64(1), I64(m), I64(1), 0, WAVE_SMS) == 0
         assert LIB.emu_hard_mining_fwd(dtype, null, null, null, null, null, null, null, null, null, null, null, null,
                                        null, null, I64(n), I64(m), I64(d), 0, 0, 0, 0, WAVE_SMS) == 0
         assert LIB.emu_hard_mining_bwd(dtype, null, null, null, null, null, null, null, null, null, null, null, null,
@@ -578,7 +709,7 @@ def test_zero_feature_dimension_launches_nothing(dry_run):
     """D = 0: no zero-sized grid (an invalid launch on a GPU)."""
     null = ctypes.c_void_p(0)
     assert LIB.emu_pairwise_distance_bwd_side(0, null, null, null, null, null, null, null, I64(5), I64(3), I64(0),
-                                              I64(3), I64(1), I64(3), I64(1), 0) == 0
+                                              I64(3), I64(1), I64(3), I64(1), 0, WAVE_SMS) == 0
     assert LIB.emu_hard_mining_bwd(0, null, null, null, null, null, null, null, null, null, null, null, null,
                                    I64(5), I64(3), I64(0), 0) == 0
     assert LIB.emu_hetero_center_bwd(0, null, null, null, null, null, null, null, null, null, null, null, I64(1),
