@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 
 from ._launch import INTERPRET, GRID_LIMITS, autotune, bucket, num_sms, on_device_of, splits_for
-from .pairwise_distance import _dot_f32, _union, prune_to_waves, row_norms
+from .pairwise_distance import _union, dot_tile, prune_to_waves, row_norms
 
 def _cfg(bn, bc, bd, warps, stages):
     return triton.Config({"BLOCK_N": bn, "BLOCK_C": bc, "BLOCK_D": bd}, num_warps=warps, num_stages=stages)
@@ -153,29 +153,6 @@ def _inv_norm(sq):
     return 1.0 / tl.maximum(tl.sqrt_rn(sq), 1e-12)
 
 
-@triton.jit
-def _dot_tile(X, W, rn, rc, mask_n, mask_c, D, stride_xn, stride_xd, stride_wc, stride_wd,
-              IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
-    """x[rn].W[rc]^T [BN, BC] in float32, streaming D in BLOCK_D slices; entries of rows past N or classes
-    past C are garbage (they read row 0) and must be masked by the caller.
-
-    Only the feature mask and the two pointer tiles are live across the loop: 2-D row masks, per-step
-    pointer rebuilds and the norm sums in the loop made most configs spill on sm_90 (Step 14); the norms
-    come from a pre-pass. Offsets are 64-bit: a transposed view has a feature stride of N."""
-    rd = tl.arange(0, BLOCK_D)
-    x_ptrs = X + tl.where(mask_n, rn, 0).to(tl.int64)[:, None] * stride_xn + rd.to(tl.int64)[None, :] * stride_xd
-    w_ptrs = W + tl.where(mask_c, rc, 0).to(tl.int64)[None, :] * stride_wc + rd.to(tl.int64)[:, None] * stride_wd
-    acc = tl.zeros((BLOCK_N, BLOCK_C), dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        mask_d = rd < D - d0
-        xt = tl.load(x_ptrs, mask=mask_d[None, :], other=0.0)
-        wt = tl.load(w_ptrs, mask=mask_d[:, None], other=0.0)
-        acc = acc + _dot_f32(xt, wt, IEEE)
-        x_ptrs += BLOCK_D * stride_xd
-        w_ptrs += BLOCK_D * stride_wd
-    return acc
-
-
 @autotune(*_FWD_CONFIGS, key=["N_BUCKET", "C_BUCKET", "D_BUCKET", "SAVE_DOTS", "IEEE"],
           prune_configs_by={"early_config_prune": _waves(forward_grid, _FWD_BY_DTYPE)})
 @triton.jit
@@ -205,7 +182,7 @@ def _nce_fwd_kernel(
     for t in range(t0, t1):
         rc = t * BLOCK_C + tl.arange(0, BLOCK_C)
         mask_c = rc < C
-        dot = _dot_tile(X, W, rn, rc, mask_n, mask_c, D, stride_xn, stride_xd, stride_wc, stride_wd,
+        dot = dot_tile(X, W, rn, rc, mask_n, mask_c, D, stride_xn, stride_xd, stride_wc, stride_wd,
                         IEEE, BLOCK_N, BLOCK_C, BLOCK_D)
         if SAVE_DOTS:
             tl.store(DOTS + rn.to(tl.int64)[:, None] * C + rc[None, :], dot, mask=mask_n[:, None] & mask_c[None, :])
@@ -292,7 +269,7 @@ def _nce_grad_kernel(
             dot = tl.load(DOTS + rn.to(tl.int64)[:, None] * C + rc[None, :], mask=mask_n[:, None] & mask_c[None, :],
                           other=0.0)
         else:
-            dot = _dot_tile(X, W, rn, rc, mask_n, mask_c, D, stride_xn, stride_xd, stride_wc, stride_wd,
+            dot = dot_tile(X, W, rn, rc, mask_n, mask_c, D, stride_xn, stride_xd, stride_wc, stride_wd,
                             IEEE, BLOCK_N, BLOCK_C, BLOCK_D)
         xsq = tl.load(XSQ + rn, mask=mask_n, other=1.0)
         z = scale * dot * _inv_norm(xsq)[:, None] * inv_w[None, :]

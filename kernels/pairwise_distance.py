@@ -179,6 +179,30 @@ def dot_and_norms(X, Y, rn, rm, mask_n, mask_m, D, stride_xn, stride_xd, stride_
 
 
 @triton.jit
+def dot_tile(X, Y, rn, rm, mask_n, mask_m, D, stride_xn, stride_xd, stride_yn, stride_yd,
+             IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """x[rn].y[rm]^T [BN, BM] in float32, streaming D in BLOCK_D slices. Entries of rows past N (M) are
+    garbage (those rows read row 0) and must be masked by the caller.
+
+    Only the feature mask and the two pointer tiles are live across the loop: 2-D row masks, per-step
+    pointer rebuilds and norm sums in the loop made most large tiles spill on sm_90 (Step 14); callers
+    take the norms from a pre-pass (row_norms). Offsets are 64-bit: a transposed view has a feature
+    stride of N."""
+    rd = tl.arange(0, BLOCK_D)
+    x_ptrs = X + tl.where(mask_n, rn, 0).to(tl.int64)[:, None] * stride_xn + rd.to(tl.int64)[None, :] * stride_xd
+    y_ptrs = Y + tl.where(mask_m, rm, 0).to(tl.int64)[None, :] * stride_yn + rd.to(tl.int64)[:, None] * stride_yd
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        mask_d = rd < D - d0
+        xt = tl.load(x_ptrs, mask=mask_d[None, :], other=0.0)
+        yt = tl.load(y_ptrs, mask=mask_d[:, None], other=0.0)
+        acc = acc + _dot_f32(xt, yt, IEEE)
+        x_ptrs += BLOCK_D * stride_xd
+        y_ptrs += BLOCK_D * stride_yd
+    return acc
+
+
+@triton.jit
 def _row_norms(X, OUT, tile, N, D, stride_n, stride_d, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tile * BLOCK_R + tl.arange(0, BLOCK_R)
     mask_r = rows < N
@@ -233,21 +257,8 @@ def _pairwise_fwd_kernel(
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_n = rn < N
     mask_m = rm < M
-    # Rows past N (M) read row 0 instead of being masked, and the pointers step by BLOCK_D: only the
-    # feature mask is live across the loop (2-D row masks and per-step pointer rebuilds made the 128 x 128
-    # and larger tiles spill, Step 14's compile table). Offsets are 64-bit: a transposed view has a
-    # feature stride of N.
-    rd = tl.arange(0, BLOCK_D)
-    x_ptrs = X + tl.where(mask_n, rn, 0).to(tl.int64)[:, None] * stride_xn + rd.to(tl.int64)[None, :] * stride_xd
-    y_ptrs = Y + tl.where(mask_m, rm, 0).to(tl.int64)[None, :] * stride_yn + rd.to(tl.int64)[:, None] * stride_yd
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        mask_d = rd < D - d0
-        xt = tl.load(x_ptrs, mask=mask_d[None, :], other=0.0)
-        yt = tl.load(y_ptrs, mask=mask_d[:, None], other=0.0)
-        acc = acc + _dot_f32(xt, yt, IEEE)
-        x_ptrs += BLOCK_D * stride_xd
-        y_ptrs += BLOCK_D * stride_yd
+    acc = dot_tile(X, Y, rn, rm, mask_n, mask_m, D, stride_xn, stride_xd, stride_yn, stride_yd,
+                   IEEE, BLOCK_N, BLOCK_M, BLOCK_D)
 
     xsq = tl.load(XSQ + rn, mask=mask_n, other=0.0)
     ysq = tl.load(YSQ + rm, mask=mask_m, other=0.0)

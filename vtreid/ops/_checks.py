@@ -27,27 +27,30 @@ def check_features(t, name: str, ndim: int = 2) -> torch.Tensor:
     return t
 
 
-def check_same_device(tensors: dict[str, torch.Tensor]) -> torch.device:
+def _first_and_mismatch(tensors: dict[str, torch.Tensor], attr: str):
+    """(name, tensor) of the first non-None tensor, and of the first whose ``attr`` differs from it."""
     first_name = first = None
     for name, t in tensors.items():
         if t is None:
             continue
         if first is None:
             first_name, first = name, t
-        elif t.device != first.device:
-            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}")
+        elif getattr(t, attr) != getattr(first, attr):
+            return (first_name, first), (name, t)
+    return (first_name, first), None
+
+
+def check_same_device(tensors: dict[str, torch.Tensor]) -> torch.device:
+    (first_name, first), bad = _first_and_mismatch(tensors, "device")
+    if bad:
+        raise ValueError(f"{bad[0]} is on {bad[1].device} but {first_name} is on {first.device}")
     return first.device
 
 
 def check_same_dtype(tensors: dict[str, torch.Tensor]) -> torch.dtype:
-    first_name = first = None
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if first is None:
-            first_name, first = name, t
-        elif t.dtype != first.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has dtype {first.dtype}")
+    (first_name, first), bad = _first_and_mismatch(tensors, "dtype")
+    if bad:
+        raise TypeError(f"{bad[0]} has dtype {bad[1].dtype} but {first_name} has dtype {first.dtype}")
     return first.dtype
 
 
