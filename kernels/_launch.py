@@ -61,6 +61,36 @@ def splits_for(blocks: int, tiles: int, sms: int) -> int:
     return max(1, min(tiles, -(-sms // max(1, blocks))))
 
 
+def configs_union(by_dtype: dict) -> list:
+    """Every config of a {precision: configs} table once, in table order (the autotuner's full list)."""
+    out = []
+    for configs in by_dtype.values():
+        out += [c for c in configs if all(c is not o for o in out)]
+    return out
+
+
+def configs_for(by_dtype: dict, dtype: torch.dtype) -> list:
+    """The configs of ``by_dtype`` for inputs of ``dtype``: float32 runs IEEE dots, fp16/bf16 tensor cores."""
+    return by_dtype["fp32" if dtype == torch.float32 else "half"]
+
+
+def prune_to_waves(programs, by_dtype=None, operand=None):
+    """An autotune ``early_config_prune``: first the configs of the launch's precision (``by_dtype``,
+    chosen by the dtype of argument ``operand``), then those whose grid, ``programs(meta, args)``, gives
+    every SM of the device a program, when at least one does (at large sizes all do, and the tuner picks
+    among all of them); otherwise it keeps them all."""
+    def prune(configs, nargs, **kwargs):
+        args = {**nargs, **kwargs}
+        if by_dtype is not None and isinstance(args.get(operand), torch.Tensor):
+            allowed = configs_for(by_dtype, args[operand].dtype)
+            configs = [c for c in configs if any(c is a for a in allowed)] or list(configs)
+        tensor = next(v for v in args.values() if isinstance(v, torch.Tensor))
+        sms = num_sms(tensor.device)
+        full = [c for c in configs if programs(c.kwargs, args) >= sms]
+        return full or list(configs)
+    return prune
+
+
 def autotune(gpu_configs, interpreter_config, key, **kwargs):
     configs = [triton.Config(interpreter_config, num_warps=4)] if INTERPRET else list(gpu_configs)
 

@@ -20,7 +20,7 @@ Backward touches only the chosen pairs. With g_p, g_n the upstream gradients of 
     sqeuclidean k = 2 g   (same masks)
     cosine      beta = -g / (|a| |c|),  alpha = [|a| > eps] sum g cos / |a|^2,  gamma = [|c| > eps] g cos / |c|^2
 Two launches: _mining_pair_grad_kernel writes grad_a and the per-anchor (beta, gamma); then
-_segment_sum_kernel, one program per (candidate block, feature slice), scans the anchors' chosen indices
+_candidate_grad_kernel, one program per (candidate block, feature slice), scans the anchors' chosen indices
 in anchor order, builds B's [candidates, anchors] tile in registers and accumulates tile @ a (IEEE
 float32). No float atomics, no sort and no per-pair buffer: bitwise reproducible.
 """
@@ -32,8 +32,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import GRID_LIMITS, autotune, bucket, num_sms, on_device_of, splits_for
-from .pairwise_distance import METRIC_CODES, distance_epilogue, dot_and_norms, prune_to_waves
+from ._launch import GRID_LIMITS, autotune, bucket, num_sms, on_device_of, prune_to_waves, splits_for
+from ._launch import configs_for as _configs_for
+from .pairwise_distance import METRIC_CODES, distance_epilogue, dot_and_norms
 
 RULE_CODES = {"any": 0, "cross": 1, "same": 2}
 
@@ -46,7 +47,7 @@ def _cfg(bn, bm, bd, warps, stages):
     return triton.Config({"BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_D": bd}, num_warps=warps, num_stages=stages)
 
 
-# Configs per input precision (pairwise_distance.prune_to_waves keeps the launch's list, then those that
+# Configs per input precision (_launch.prune_to_waves keeps the launch's list, then those that
 # fill a wave when any does). The 16-row tiles give the training shapes (N = M = 256) a full wave through
 # the candidate splits (forward_grid); the 64 x 64 ones feed fp16/bf16 tensor cores at large N, where the
 # anchor blocks alone fill the GPU. float32 stays IEEE (no TF32; the distances cancel), and an IEEE dot is
@@ -59,7 +60,7 @@ _FWD_BY_DTYPE = {"fp32": _SMALL, "half": _SMALL + [_cfg(64, 64, 32, 8, 2), _cfg(
 _FWD_CONFIGS = (_FWD_BY_DTYPE["half"], {"BLOCK_N": 16, "BLOCK_M": 32, "BLOCK_D": 32})
 
 COMBINE_BLOCK = 128  # anchors per program of _mining_combine_kernel
-# _segment_sum_kernel's tile: candidates per program and anchors per step (fixed: the kernel is not tuned).
+# _candidate_grad_kernel's tile: candidates per program and anchors per step (fixed: the kernel is not tuned).
 CAND_BLOCK = tl.constexpr(32)
 ANCHOR_CHUNK = tl.constexpr(32)
 
@@ -257,7 +258,7 @@ def _mining_pair_grad_kernel(
     stride_gp, stride_gn, stride_an, stride_ad, stride_cn, stride_cd,
     METRIC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """grad_a [N, D], and COEF [4, N] = (beta_p, beta_n, gamma_p, gamma_n) for _segment_sum_kernel."""
+    """grad_a [N, D], and COEF [4, N] = (beta_p, beta_n, gamma_p, gamma_n) for _candidate_grad_kernel."""
     pid_n = tl.program_id(0)
     pid_d = tl.program_id(1)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -298,17 +299,15 @@ def _mining_pair_grad_kernel(
 
 
 @triton.jit
-def _segment_sum_kernel(A, C, PI, NI, COEF, OUT, N, M, D, stride_an, stride_ad, stride_cn, stride_cd,
-                        BLOCK_D: tl.constexpr):
+def _candidate_grad_kernel(A, C, PI, NI, COEF, OUT, N, M, D, stride_an, stride_ad, stride_cn, stride_cd,
+                           BLOCK_D: tl.constexpr):
     """OUT[j] = grad_c[j] = gamma_sum_j c_j + sum_i B_ij a_i: each candidate's segment of pair
     contributions (the pairs that chose it), summed as a one-hot-weighted product over anchors in anchor
     order. Program (candidate block, feature slice); candidates nobody chose get exact zeros.
 
     A zero weight times a non-finite feature is NaN in a product, so a NaN anchor row would reach
     candidates it never chose: the product sees only the finite features, and a chunk holding a
-    non-finite one adds those per anchor to the candidates that anchor chose (rare).
-    (The name is the earlier sort-and-segment kernel's: scripts/compile_triton.py and the launch tests
-    know the kernels by name.)"""
+    non-finite one adds those per anchor to the candidates that anchor chose (rare)."""
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
     rm = pid_m * CAND_BLOCK + tl.arange(0, CAND_BLOCK)
@@ -378,18 +377,18 @@ def combine_grid(n: int) -> tuple[int]:
 
 def backward_grids(n: int, m: int, d: int) -> dict:
     """{kernel name: (grid, meta)} of the two backward launches: _mining_pair_grad_kernel on (anchor
-    blocks, feature slices), _segment_sum_kernel on (candidate blocks, feature slices)."""
+    blocks, feature slices), _candidate_grad_kernel on (candidate blocks, feature slices)."""
     pair_d = min(64, triton.next_power_of_2(d))  # 128 spills (sm_90, cosine)
     seg_d = 64 if d >= 16 else triton.next_power_of_2(d)
     return {
         "_mining_pair_grad_kernel": ((triton.cdiv(n, 16), triton.cdiv(d, pair_d)), {"BLOCK_N": 16, "BLOCK_D": pair_d}),
-        "_segment_sum_kernel": ((triton.cdiv(m, CAND_BLOCK.value), triton.cdiv(d, seg_d)), {"BLOCK_D": seg_d}),
+        "_candidate_grad_kernel": ((triton.cdiv(m, CAND_BLOCK.value), triton.cdiv(d, seg_d)), {"BLOCK_D": seg_d}),
     }
 
 
 def configs_for(dtype: torch.dtype) -> list:
     """The forward configs the autotuner may run for inputs of ``dtype``."""
-    return _FWD_BY_DTYPE["fp32" if dtype == torch.float32 else "half"]
+    return _configs_for(_FWD_BY_DTYPE, dtype)
 
 
 def _fwd_metas():
@@ -464,7 +463,7 @@ def backward(grad_pos, grad_neg, anchors, candidates, pos_index, neg_index, pos_
         anchors.stride(0), anchors.stride(1), candidates.stride(0), candidates.stride(1),
         METRIC=METRIC_CODES[metric], **meta1,
     )
-    _segment_sum_kernel[grid2](
+    _candidate_grad_kernel[grid2](
         anchors, candidates, pos_index, neg_index, coef, grad_c, n, m, d,
         anchors.stride(0), anchors.stride(1), candidates.stride(0), candidates.stride(1), **meta2,
     )

@@ -50,8 +50,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import INTERPRET, GRID_LIMITS, autotune, bucket, num_sms, on_device_of, splits_for
-from .pairwise_distance import _union, dot_tile, prune_to_waves, row_norms
+from ._launch import (INTERPRET, GRID_LIMITS, autotune, bucket, configs_union, num_sms, on_device_of, prune_to_waves,
+                      splits_for)
+from .pairwise_distance import dot_tile, row_norms
 
 def _cfg(bn, bc, bd, warps, stages):
     return triton.Config({"BLOCK_N": bn, "BLOCK_C": bc, "BLOCK_D": bd}, num_warps=warps, num_stages=stages)
@@ -79,8 +80,8 @@ _GRAD_BY_DTYPE = {
              _cfg(16, 32, 32, 4, 3), _cfg(16, 32, 64, 4, 2), _cfg(32, 16, 32, 4, 3)],
     "half": [_cfg(64, 64, 64, 8, 3), _cfg(32, 64, 32, 4, 3), _cfg(16, 32, 128, 4, 3), _cfg(32, 16, 128, 4, 3)],
 }
-_FWD_CONFIGS = (_union(_FWD_BY_DTYPE), {"BLOCK_N": 16, "BLOCK_C": 256, "BLOCK_D": 32})  # interpreter: per tile
-_GRAD_CONFIGS = (_union(_GRAD_BY_DTYPE), {"BLOCK_N": 16, "BLOCK_C": 256, "BLOCK_D": 32})
+_FWD_CONFIGS = (configs_union(_FWD_BY_DTYPE), {"BLOCK_N": 16, "BLOCK_C": 256, "BLOCK_D": 32})  # interpreter: per tile
+_GRAD_CONFIGS = (configs_union(_GRAD_BY_DTYPE), {"BLOCK_N": 16, "BLOCK_C": 256, "BLOCK_D": 32})
 
 #: Largest number of N x C elements the backward holds at once (rows are processed in chunks).
 MAX_CHUNK_ELEMENTS = 1 << 25
@@ -129,7 +130,7 @@ def grad_grid(n: int, c: int, meta: dict, sms: int, splits: int | None = None) -
 def _waves(grid_fn, by_dtype):
     """early_config_prune: the configs of the launch's precision (by X's dtype), then those whose grid
     fills every SM once when at least one does (at large sizes all do and the tuner picks among all);
-    otherwise all of that precision (kernels/pairwise_distance.prune_to_waves)."""
+    otherwise all of that precision (kernels/_launch.prune_to_waves)."""
     def programs(meta, args):
         return _programs(grid_fn(args["N"], args["C"], meta, num_sms(args["X"].device)))
     return prune_to_waves(programs, by_dtype, "X")

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import autotune, bucket, num_sms, on_device_of
+from ._launch import autotune, bucket, configs_union, num_sms, on_device_of, prune_to_waves
 
 METRIC_CODES = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
 
@@ -63,38 +63,10 @@ _BWD_BY_DTYPE = {
 _BWD_INTERPRETER = {"BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_D": 32}
 
 
-def _union(by_dtype):
-    out = []
-    for configs in by_dtype.values():
-        out += [c for c in configs if all(c is not o for o in out)]
-    return out
-
-
-def configs_for(by_dtype, dtype: torch.dtype):
-    return by_dtype["fp32" if dtype == torch.float32 else "half"]
-
-
 #: Tiles of the norm pre-pass and of the coefficient pass (memory-bound, not tuned): the largest that still
 #: gives every SM a program, down to one row (norms) or 16 x 16 (coefficients).
 NORM_BLOCK_R, NORM_BLOCK_D = 16, 128
 COEF_BLOCKS = ((32, 64), (32, 32), (16, 32), (16, 16))
-
-
-def prune_to_waves(programs, by_dtype=None, operand=None):
-    """An autotune ``early_config_prune``: first the configs of the launch's precision (``by_dtype``,
-    chosen by the dtype of argument ``operand``), then those whose grid, ``programs(meta, args)``, gives
-    every SM of the device a program, when at least one does (at large sizes all do, and the tuner picks
-    among all of them); otherwise it keeps them all."""
-    def prune(configs, nargs, **kwargs):
-        args = {**nargs, **kwargs}
-        if by_dtype is not None and isinstance(args.get(operand), torch.Tensor):
-            allowed = configs_for(by_dtype, args[operand].dtype)
-            configs = [c for c in configs if any(c is a for a in allowed)] or list(configs)
-        tensor = next(v for v in args.values() if isinstance(v, torch.Tensor))
-        sms = num_sms(tensor.device)
-        full = [c for c in configs if programs(c.kwargs, args) >= sms]
-        return full or list(configs)
-    return prune
 
 
 def forward_grid(n: int, m: int, meta: dict) -> tuple[int]:
@@ -232,7 +204,7 @@ def _forward_programs(meta, args):
     return forward_grid(args["N"], args["M"], meta)[0]
 
 
-@autotune(_union(_FWD_BY_DTYPE), _FWD_INTERPRETER, key=["N_BUCKET", "M_BUCKET", "D_BUCKET", "METRIC", "IEEE"],
+@autotune(configs_union(_FWD_BY_DTYPE), _FWD_INTERPRETER, key=["N_BUCKET", "M_BUCKET", "D_BUCKET", "METRIC", "IEEE"],
           prune_configs_by={"early_config_prune": prune_to_waves(_forward_programs, _FWD_BY_DTYPE, "X")})
 @triton.jit
 def _pairwise_fwd_kernel(
@@ -310,7 +282,7 @@ def _side_programs(meta, args):
     return side_grid(args["N"], args["D"], meta)[0] * side_grid(args["N"], args["D"], meta)[1]
 
 
-@autotune(_union(_BWD_BY_DTYPE), _BWD_INTERPRETER, key=["N_BUCKET", "K_BUCKET", "D_BUCKET", "METRIC"],
+@autotune(configs_union(_BWD_BY_DTYPE), _BWD_INTERPRETER, key=["N_BUCKET", "K_BUCKET", "D_BUCKET", "METRIC"],
           prune_configs_by={"early_config_prune": prune_to_waves(_side_programs, _BWD_BY_DTYPE, "B")})
 @triton.jit
 def _pairwise_bwd_kernel(

@@ -50,7 +50,7 @@ VARIANTS = {
     "_pairwise_coef_kernel": {"METRIC": (0, 1, 2), "BLOCK_N": (16, 32), "BLOCK_M": (16, 64)},
     "_mining_fwd_kernel": {"METRIC": (0, 1, 2), "POS_RULE": (0, 1, 2), "NEG_RULE": (0, 1, 2), "SELF": (False, True)},
     "_mining_pair_grad_kernel": {"METRIC": (0, 1, 2), "BLOCK_N": (16,), "BLOCK_D": (16, 32, 64)},
-    "_segment_sum_kernel": {"BLOCK_D": (1, 8, 64)},
+    "_candidate_grad_kernel": {"BLOCK_D": (1, 8, 64)},
     "_mining_combine_kernel": {"BLOCK_N": (128,)},
     "_centers_fwd_kernel": {"METRIC": (1, 2), "STRONG": (False, True), "BLOCK_D": (1, 32, 256)},
     "_centers_bwd_kernel": {"METRIC": (1, 2), "STRONG": (False, True), "HAS_G_CENTERS": (False, True),

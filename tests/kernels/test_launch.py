@@ -90,7 +90,7 @@ def test_triton_grids_respect_hardware_limits(monkeypatch):
     w = torch.randn(5, d)
     k_nce.cross_entropy_forward(x, w, labels % 5, 1.0, 0.0, True)
     assert {g[0] for g in grids} >= {"_pairwise_fwd_kernel", "_pairwise_bwd_kernel", "_mining_fwd_kernel",
-                                     "_mining_pair_grad_kernel", "_segment_sum_kernel", "_centers_fwd_kernel",
+                                     "_mining_pair_grad_kernel", "_candidate_grad_kernel", "_centers_fwd_kernel",
                                      "_centers_bwd_kernel", "_nce_fwd_kernel"}, grids
     for name, grid in grids:
         for axis, (count, limit) in enumerate(zip(grid, _launch.GRID_LIMITS)):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from vtreid.kernels import _launch
+from vtreid.kernels._launch import configs_for
 from vtreid.kernels import pairwise_distance as k_pair
 
 SMS = 132
@@ -69,10 +70,10 @@ def test_large_products_keep_every_config_of_their_precision(dtype):
     configs (those were not compiled for its dtype in the spill table)."""
     for kernel, args in ((k_pair._pairwise_fwd_kernel, {"N": 8192, "M": 8192, "D": D}),
                          (k_pair._pairwise_bwd_kernel, {"N": 8192, "K": 8192, "D": D})):
-        own = k_pair.configs_for(kernel.dtype_configs, dtype)
+        own = configs_for(kernel.dtype_configs, dtype)
         kept = _kept(kernel, args, dtype)
         assert len(kept) == len(own) and all(any(c is o for o in own) for c in kept)
-    half = k_pair.configs_for(k_pair._pairwise_fwd_kernel.dtype_configs, torch.float16)
+    half = configs_for(k_pair._pairwise_fwd_kernel.dtype_configs, torch.float16)
     assert any(c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_M"] >= 64 * 128 for c in half)
 
 

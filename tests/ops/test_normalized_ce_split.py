@@ -14,7 +14,7 @@ import triton
 import vtreid.ops as ops
 from vtreid.kernels import _launch
 from vtreid.kernels import normalized_softmax as k
-from vtreid.kernels.pairwise_distance import configs_for
+from vtreid.kernels._launch import configs_for
 from vtreid.ops import reference
 from vtreid.ops.normalized_softmax import FUSED
 
