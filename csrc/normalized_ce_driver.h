@@ -29,6 +29,17 @@ using NormalizedCeForward =
 
 inline at::Tensor inverse_norms(const at::Tensor& sq) { return sq.sqrt().clamp_min(kCosineEps).reciprocal(); }
 
+// a @ b in the accumulation dtype `acc`, from operands in the input dtype. fp16/bf16 operands stay in
+// their dtype on CUDA: cuBLAS runs them on tensor cores with float32 accumulation and output
+// (aten::mm.dtype), so W is never copied to float32. Elsewhere (CPU BLAS has no such GEMM) they are
+// widened first, which multiplies the same half values exactly and sums them in float32: one numeric
+// design on every device, so the CPU tests check the precision of the CUDA path.
+inline at::Tensor mm_acc(const at::Tensor& a, const at::Tensor& b, at::ScalarType acc) {
+  const auto t = a.scalar_type();
+  if (a.is_cuda() && t == b.scalar_type() && (t == at::kHalf || t == at::kBFloat16)) return at::mm(a, b, acc);
+  return at::mm(a.to(acc), b.to(acc));
+}
+
 template <class Epilogue>
 NormalizedCeForward normalized_ce_forward(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& target, double scale, double smoothing) {
@@ -39,7 +50,7 @@ NormalizedCeForward normalized_ce_forward(
   TORCH_CHECK_VALUE(weight.size(0) > 0, "weight must have at least one class row");
   check_aux(target, "target", x, "x", {x.size(0)});
   const auto acc = accumulation_type(x.scalar_type());
-  const at::Tensor xa = x.to(acc).contiguous();
+  const at::Tensor xh = x.contiguous(), xa = xh.to(acc);
   const at::Tensor tg = target.to(at::kLong).contiguous();
   const int64_t n = xa.size(0), classes = weight.size(0);
   // Norms reduce in the accumulation dtype without an upcast copy of W (C x D floats at C = 100000).
@@ -53,7 +64,7 @@ NormalizedCeForward normalized_ce_forward(
   at::Tensor saved = keep_dots ? at::empty({n, classes}, xa.options()) : at::empty({0}, xa.options());
   for (int64_t c0 = 0; c0 < classes && n > 0; c0 += kClassChunk) {
     const int64_t cc = std::min(kClassChunk, classes - c0);
-    at::Tensor dots = at::mm(xa, weight.narrow(0, c0, cc).to(acc).t()).contiguous();
+    at::Tensor dots = mm_acc(xh, weight.narrow(0, c0, cc).t(), acc).contiguous();
     if (keep_dots) saved = dots;
     AT_DISPATCH_FLOATING_TYPES(acc, "normalized_ce_merge", [&] {
       Epilogue::template merge<scalar_t>(
@@ -100,15 +111,18 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
   TORCH_CHECK_VALUE(!have_dots || (saved_dots.size(0) == n && saved_dots.size(1) == classes && classes <= kClassChunk),
                     "normalized_ce_bwd: dots must be [N, C] with C <= ", kClassChunk, " or empty");
   const at::Tensor inv_x = inverse_norms(xs).contiguous(), inv_w = inverse_norms(ws).contiguous();
-  const at::Tensor x_unit = xa * inv_x.unsqueeze(1);
+  // The two gradient GEMMs take G q and x / |x| in the input dtype, as eager autograd of a half
+  // linear layer takes its logit gradient; float32 and float64 inputs keep them exact.
+  const auto in = x.scalar_type();
+  const at::Tensor x_unit = (xa * inv_x.unsqueeze(1)).to(in);
   const bool one_chunk = classes <= kClassChunk;
   at::Tensor grad_x = one_chunk ? at::Tensor() : at::zeros({n, dim}, xa.options());
   at::Tensor grad_w = one_chunk ? at::Tensor() : at::empty({classes, dim}, xa.options());
   at::Tensor col_gz = at::zeros({classes}, xa.options());
   for (int64_t c0 = 0; c0 < classes; c0 += kClassChunk) {
     const int64_t cc = std::min(kClassChunk, classes - c0);
-    const at::Tensor wc = weight.narrow(0, c0, cc).to(acc).contiguous();
-    const at::Tensor dots = have_dots ? saved_dots.to(acc).contiguous() : at::mm(xa, wc.t()).contiguous();
+    const at::Tensor wc = weight.narrow(0, c0, cc);  // the input dtype: no float32 copy of W
+    const at::Tensor dots = have_dots ? saved_dots.to(acc).contiguous() : mm_acc(x.contiguous(), wc.t(), acc).contiguous();
     at::Tensor gq = at::empty({n, cc}, xa.options());
     if (n > 0) {
       AT_DISPATCH_FLOATING_TYPES(acc, "normalized_ce_grad", [&] {
@@ -122,12 +136,15 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
     // grad_w_c = s sum_i Gq_ic x_unit_i - [|w_c| > eps] q_c^2 (sum_i G_ic z_ic) w_c
     const at::Tensor iw = inv_w.narrow(0, c0, cc);
     const at::Tensor coef = (ws.narrow(0, c0, cc).sqrt() > kCosineEps).to(acc) * iw * iw * col_gz.narrow(0, c0, cc);
+    const at::Tensor gq_in = gq.to(in);
+    at::Tensor gw = mm_acc(gq_in.t(), x_unit, acc);
+    gw.mul_(scale).addcmul_(wc, coef.unsqueeze(1), -1.0);  // mixed dtypes are cast per element, no copy
     if (one_chunk) {  // no zero-filled accumulators and no copies when there is one chunk
-      grad_x = at::mm(gq, wc);
-      grad_w = at::addmm(wc * coef.unsqueeze(1), gq.t(), x_unit, -1.0, scale);
+      grad_x = mm_acc(gq_in, wc, acc);
+      grad_w = gw;
     } else {
-      grad_x.addmm_(gq, wc);
-      grad_w.narrow(0, c0, cc).copy_(at::addmm(wc * coef.unsqueeze(1), gq.t(), x_unit, -1.0, scale));
+      grad_x.add_(mm_acc(gq_in, wc, acc));
+      grad_w.narrow(0, c0, cc).copy_(gw);
     }
   }
   // grad_x_i = s r_i sum_c Gq_ic w_c - [|x_i| > eps] r_i^2 g_i (E_p[z]_i - T_i) x_i
