@@ -29,14 +29,20 @@ using NormalizedCeForward =
 
 inline at::Tensor inverse_norms(const at::Tensor& sq) { return sq.sqrt().clamp_min(kCosineEps).reciprocal(); }
 
-// a @ b in the accumulation dtype `acc`, from operands in the input dtype. fp16/bf16 operands stay in
-// their dtype on CUDA: cuBLAS runs them on tensor cores with float32 accumulation and output
-// (aten::mm.dtype), so W is never copied to float32. Elsewhere (CPU BLAS has no such GEMM) they are
-// widened first, which multiplies the same half values exactly and sums them in float32: one numeric
-// design on every device, so the CPU tests check the precision of the CUDA path.
+// The GEMMs read fp16/bf16 operands in their dtype on CUDA: cuBLAS runs them on tensor cores with
+// float32 accumulation and output (aten::mm.dtype), so W is never copied to float32. Elsewhere (CPU
+// BLAS has no such GEMM) an operand is widened once, gemm_operand, which multiplies the same half
+// values exactly and sums them in float32: one numeric design on every device, so the CPU tests check
+// the precision of the CUDA path.
+inline bool half_gemm(const at::Tensor& t) {
+  return t.is_cuda() && (t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16);
+}
+
+inline at::Tensor gemm_operand(const at::Tensor& t, at::ScalarType acc) { return half_gemm(t) ? t : t.to(acc); }
+
+// a @ b in the accumulation dtype `acc`, from operands made by gemm_operand (or in the input dtype).
 inline at::Tensor mm_acc(const at::Tensor& a, const at::Tensor& b, at::ScalarType acc) {
-  const auto t = a.scalar_type();
-  if (a.is_cuda() && t == b.scalar_type() && (t == at::kHalf || t == at::kBFloat16)) return at::mm(a, b, acc);
+  if (half_gemm(a) && a.scalar_type() == b.scalar_type()) return at::mm(a, b, acc);
   return at::mm(a.to(acc), b.to(acc));
 }
 
@@ -50,7 +56,7 @@ NormalizedCeForward normalized_ce_forward(
   TORCH_CHECK_VALUE(weight.size(0) > 0, "weight must have at least one class row");
   check_aux(target, "target", x, "x", {x.size(0)});
   const auto acc = accumulation_type(x.scalar_type());
-  const at::Tensor xh = x.contiguous(), xa = xh.to(acc);
+  const at::Tensor xa = x.to(acc).contiguous(), x_gemm = half_gemm(x) ? x.contiguous() : xa;
   const at::Tensor tg = target.to(at::kLong).contiguous();
   const int64_t n = xa.size(0), classes = weight.size(0);
   // Norms reduce in the accumulation dtype without an upcast copy of W (C x D floats at C = 100000).
@@ -64,7 +70,7 @@ NormalizedCeForward normalized_ce_forward(
   at::Tensor saved = keep_dots ? at::empty({n, classes}, xa.options()) : at::empty({0}, xa.options());
   for (int64_t c0 = 0; c0 < classes && n > 0; c0 += kClassChunk) {
     const int64_t cc = std::min(kClassChunk, classes - c0);
-    at::Tensor dots = mm_acc(xh, weight.narrow(0, c0, cc).t(), acc).contiguous();
+    at::Tensor dots = mm_acc(x_gemm, weight.narrow(0, c0, cc).t(), acc).contiguous();
     if (keep_dots) saved = dots;
     AT_DISPATCH_FLOATING_TYPES(acc, "normalized_ce_merge", [&] {
       Epilogue::template merge<scalar_t>(
@@ -114,15 +120,16 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
   // The two gradient GEMMs take G q and x / |x| in the input dtype, as eager autograd of a half
   // linear layer takes its logit gradient; float32 and float64 inputs keep them exact.
   const auto in = x.scalar_type();
-  const at::Tensor x_unit = (xa * inv_x.unsqueeze(1)).to(in);
+  const at::Tensor x_unit = gemm_operand((xa * inv_x.unsqueeze(1)).to(in), acc);
+  const at::Tensor x_gemm = half_gemm(x) ? x.contiguous() : xa;
   const bool one_chunk = classes <= kClassChunk;
   at::Tensor grad_x = one_chunk ? at::Tensor() : at::zeros({n, dim}, xa.options());
   at::Tensor grad_w = one_chunk ? at::Tensor() : at::empty({classes, dim}, xa.options());
   at::Tensor col_gz = at::zeros({classes}, xa.options());
   for (int64_t c0 = 0; c0 < classes; c0 += kClassChunk) {
     const int64_t cc = std::min(kClassChunk, classes - c0);
-    const at::Tensor wc = weight.narrow(0, c0, cc);  // the input dtype: no float32 copy of W
-    const at::Tensor dots = have_dots ? saved_dots.to(acc).contiguous() : mm_acc(x.contiguous(), wc.t(), acc).contiguous();
+    const at::Tensor wc = gemm_operand(weight.narrow(0, c0, cc), acc);  // a float32 chunk only off CUDA
+    const at::Tensor dots = have_dots ? saved_dots.to(acc).contiguous() : mm_acc(x_gemm, wc.t(), acc).contiguous();
     at::Tensor gq = at::empty({n, cc}, xa.options());
     if (n > 0) {
       AT_DISPATCH_FLOATING_TYPES(acc, "normalized_ce_grad", [&] {
@@ -136,7 +143,7 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
     // grad_w_c = s sum_i Gq_ic x_unit_i - [|w_c| > eps] q_c^2 (sum_i G_ic z_ic) w_c
     const at::Tensor iw = inv_w.narrow(0, c0, cc);
     const at::Tensor coef = (ws.narrow(0, c0, cc).sqrt() > kCosineEps).to(acc) * iw * iw * col_gz.narrow(0, c0, cc);
-    const at::Tensor gq_in = gq.to(in);
+    const at::Tensor gq_in = gemm_operand(gq.to(in), acc);
     at::Tensor gw = mm_acc(gq_in.t(), x_unit, acc);
     gw.mul_(scale).addcmul_(wc, coef.unsqueeze(1), -1.0);  // mixed dtypes are cast per element, no copy
     if (one_chunk) {  // no zero-filled accumulators and no copies when there is one chunk
