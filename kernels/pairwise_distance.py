@@ -39,15 +39,16 @@ def _cfg(bn, bm, bd, warps, stages, **extra):
 
 # Configs per input precision: float32 runs IEEE FMA dots (no TF32), whose large tiles spill on sm_90;
 # half inputs run tensor-core dots. Each list holds only configs that compile without register spills
-# on sm_90 for every metric (scripts/compile_triton.py, which compiles each list with its dtypes). The
-# small tiles give one wave at training sizes (256 x 256 -> 256 programs); the large ones are for
-# 8192^2 x 2048.
+# on sm_90 for every metric with Triton 3.9 (pinned) and 3.6 (the GPU image's): scripts/compile_triton.py
+# compiles each list with its dtypes. The small tiles give one wave at training sizes (256 x 256 -> 256
+# programs); the large ones are for 8192^2 x 2048.
 _FWD_BY_DTYPE = {
     "fp32": [_cfg(64, 32, 64, 4, 3, GROUP=8), _cfg(32, 16, 128, 4, 3, GROUP=8), _cfg(16, 16, 128, 2, 3, GROUP=8)],
-    # 128 x 256, 64 x 256, 128 x 128 and 128 x 64 tiles spill 64-840 bytes in the euclidean/cosine
-    # epilogue (sqrt.rn); 64 x 128 is the largest clean one (Triton 3.9, sm_90)
-    "half": [_cfg(64, 128, 64, 4, 3, GROUP=8), _cfg(64, 32, 64, 4, 3, GROUP=8), _cfg(32, 16, 128, 4, 3, GROUP=8),
-             _cfg(16, 16, 128, 2, 3, GROUP=8)],
+    # 128 x 128 and larger spill 128-1272 bytes (every metric with 4 warps; euclidean's epilogue with 8),
+    # and 64 x 128 with BLOCK_D 64 spills 176-240 bytes under Triton 3.6; 8192-element tiles with
+    # BLOCK_D 32 are the largest clean ones
+    "half": [_cfg(64, 128, 32, 4, 4, GROUP=8), _cfg(128, 64, 32, 8, 3, GROUP=8), _cfg(64, 32, 64, 4, 3, GROUP=8),
+             _cfg(32, 16, 128, 4, 3, GROUP=8), _cfg(16, 16, 128, 2, 3, GROUP=8)],
 }
 _FWD_INTERPRETER = {"BLOCK_N": 32, "BLOCK_M": 32, "BLOCK_D": 32, "GROUP": 4}
 
@@ -58,7 +59,8 @@ def _bcfg(bn, bk, bd, warps, stages):
 
 _BWD_BY_DTYPE = {
     "fp32": [_bcfg(64, 64, 128, 8, 3), _bcfg(32, 64, 64, 4, 3), _bcfg(16, 64, 64, 4, 3), _bcfg(16, 32, 128, 4, 3)],
-    "half": [_bcfg(32, 32, 128, 8, 3), _bcfg(16, 32, 64, 4, 3), _bcfg(16, 32, 128, 4, 3)],
+    # 16 x 32 x 128 with 4 warps spills 104 bytes under Triton 3.6
+    "half": [_bcfg(32, 32, 128, 8, 3), _bcfg(16, 32, 64, 4, 3), _bcfg(16, 32, 128, 8, 3)],
 }
 _BWD_INTERPRETER = {"BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_D": 32}
 
