@@ -5,13 +5,14 @@ constexpr variant the ops launch, compiles for sm_80 and sm_90 (``GPUTarget("cud
 writes one row per variant: registers, spilled bytes, local (stack) bytes, shared memory. Fails (exit 1)
 on a compile error, on shared memory above the architecture's per-block limit (sm_80: 163 KB, sm_90:
 227 KB, both with opt-in), or when the PTX uses an approximate square root (sqrt.approx: distances are
-compared exactly; the kernels use tl.sqrt_rn).
+compared exactly; the kernels use tl.sqrt_rn). With ``--no-spills 90`` a register spill on sm_90 fails too:
+every config list is kept spill-free there (CI checks it with the pinned Triton and the GPU image's 3.6).
 
     python scripts/compile_triton.py                 full sweep, both architectures
     python scripts/compile_triton.py --subset        every kernel and every config at least once per arch (CI)
     python scripts/compile_triton.py --python PY     run the sweep with another interpreter (another Triton,
                                                      e.g. the GPU image's 3.6 in its own venv)
-Options: --arch 80 90, --kernel NAME (repeatable), --out table.tsv, --jobs N.
+Options: --arch 80 90, --kernel NAME (repeatable), --out table.tsv, --jobs N, --no-spills ARCH [ARCH ...].
 Registers and spills come from cuobjdump --dump-resource-usage on the cubin (Triton's bundled one; no GPU).
 Spilled bytes are the per-thread stack frame (STACK), not LOCAL, which cuobjdump leaves at 0: a Triton
 kernel has no local arrays and no calls, so its stack frame is spill space (ptxas -v on the same PTX
@@ -178,6 +179,13 @@ def compile_one(job):
                 shared=shared, error="; ".join(problems))
 
 
+def mark_spills(rows: list[dict], archs) -> None:
+    """Make a spill on one of ``archs`` a failure of its row (--no-spills)."""
+    for r in rows:
+        if r.get("spill_bytes") and r["arch"] in {f"sm_{a}" for a in archs}:
+            r["error"] = "; ".join(filter(None, [r.get("error"), f"spills {r['spill_bytes']} B (--no-spills)"]))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], choices=sorted(SHARED_LIMIT))
@@ -186,6 +194,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="also write the table here (tab-separated)")
     parser.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     parser.add_argument("--python", help="run with this interpreter instead (e.g. a venv with another Triton)")
+    parser.add_argument("--no-spills", type=int, nargs="+", default=[], choices=sorted(SHARED_LIMIT), metavar="ARCH",
+                        help="also fail on any register spill for these architectures (CI: 90)")
     args = parser.parse_args(argv)
     if args.python:
         rest = [a for a in (argv if argv is not None else sys.argv[1:])]
@@ -199,6 +209,7 @@ def main(argv=None) -> int:
     jobs = [(name, arch, *v) for name in names for arch in args.arch for v in variants(name, args.subset)]
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(compile_one, jobs))
+    mark_spills(rows, args.no_spills)
     header = ["kernel", "arch", "dtype", "warps", "stages", "regs", "spill_bytes", "stack", "shared", "variant", "error"]
     lines = ["\t".join(header)] + ["\t".join(str(r.get(h, "")) for h in header) for r in rows]
     if args.out:
