@@ -117,9 +117,11 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
   TORCH_CHECK_VALUE(!have_dots || (saved_dots.size(0) == n && saved_dots.size(1) == classes && classes <= kClassChunk),
                     "normalized_ce_bwd: dots must be [N, C] with C <= ", kClassChunk, " or empty");
   const at::Tensor inv_x = inverse_norms(xs).contiguous(), inv_w = inverse_norms(ws).contiguous();
-  // The two gradient GEMMs take G q and x / |x| in the input dtype, as eager autograd of a half
-  // linear layer takes its logit gradient; float32 and float64 inputs keep them exact.
-  const auto in = x.scalar_type();
+  // The two gradient GEMMs take G q and x / |x| in fp16 for fp16 inputs, as eager autograd of a half
+  // linear layer takes its logit gradient. bf16 keeps them in float32 (and widens W per chunk): its
+  // 8-bit mantissa in G q moved the bias gradient below the head by up to 7.6% of its largest entry
+  // under autocast (tests/methods/test_methods.py, Sphere); fp16's 11 bits stay within tolerance.
+  const auto in = x.scalar_type() == at::kHalf ? at::kHalf : acc;
   const at::Tensor x_unit = gemm_operand((xa * inv_x.unsqueeze(1)).to(in), acc);
   const at::Tensor x_gemm = half_gemm(x) ? x.contiguous() : xa;
   const bool one_chunk = classes <= kClassChunk;
@@ -144,13 +146,14 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
     const at::Tensor iw = inv_w.narrow(0, c0, cc);
     const at::Tensor coef = (ws.narrow(0, c0, cc).sqrt() > kCosineEps).to(acc) * iw * iw * col_gz.narrow(0, c0, cc);
     const at::Tensor gq_in = gemm_operand(gq.to(in), acc);
+    const at::Tensor w_grad = in == acc ? wc.to(acc) : wc;  // bf16 on CUDA: float32 chunk (see above)
     at::Tensor gw = mm_acc(gq_in.t(), x_unit, acc);
     gw.mul_(scale).addcmul_(wc, coef.unsqueeze(1), -1.0);  // mixed dtypes are cast per element, no copy
     if (one_chunk) {  // no zero-filled accumulators and no copies when there is one chunk
-      grad_x = mm_acc(gq_in, wc, acc);
+      grad_x = mm_acc(gq_in, w_grad, acc);
       grad_w = gw;
     } else {
-      grad_x.add_(mm_acc(gq_in, wc, acc));
+      grad_x.add_(mm_acc(gq_in, w_grad, acc));
       grad_w.narrow(0, c0, cc).copy_(gw);
     }
   }
