@@ -40,10 +40,19 @@ inline bool half_gemm(const at::Tensor& t) {
 
 inline at::Tensor gemm_operand(const at::Tensor& t, at::ScalarType acc) { return half_gemm(t) ? t : t.to(acc); }
 
+inline bool half_pair(const at::Tensor& a, const at::Tensor& b) {
+  return half_gemm(a) && a.scalar_type() == b.scalar_type();
+}
+
 // a @ b in the accumulation dtype `acc`, from operands made by gemm_operand (or in the input dtype).
 inline at::Tensor mm_acc(const at::Tensor& a, const at::Tensor& b, at::ScalarType acc) {
-  if (half_gemm(a) && a.scalar_type() == b.scalar_type()) return at::mm(a, b, acc);
-  return at::mm(a.to(acc), b.to(acc));
+  return half_pair(a, b) ? at::mm(a, b, acc) : at::mm(a.to(acc), b.to(acc));
+}
+
+// beta bias + alpha a @ b in one GEMM with its epilogue (bias in `acc`), operands as for mm_acc.
+inline at::Tensor addmm_acc(const at::Tensor& bias, const at::Tensor& a, const at::Tensor& b, at::ScalarType acc,
+                            double beta, double alpha) {
+  return half_pair(a, b) ? at::addmm(bias, a, b, acc, beta, alpha) : at::addmm(bias, a.to(acc), b.to(acc), beta, alpha);
 }
 
 template <class Epilogue>
@@ -147,8 +156,7 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
     const at::Tensor coef = (ws.narrow(0, c0, cc).sqrt() > kCosineEps).to(acc) * iw * iw * col_gz.narrow(0, c0, cc);
     const at::Tensor gq_in = gemm_operand(gq.to(in), acc);
     const at::Tensor w_grad = in == acc ? wc.to(acc) : wc;  // bf16 on CUDA: float32 chunk (see above)
-    at::Tensor gw = mm_acc(gq_in.t(), x_unit, acc);
-    gw.mul_(scale).addcmul_(wc, coef.unsqueeze(1), -1.0);  // mixed dtypes are cast per element, no copy
+    const at::Tensor gw = addmm_acc(wc * coef.unsqueeze(1), gq_in.t(), x_unit, acc, -1.0, scale);
     if (one_chunk) {  // no zero-filled accumulators and no copies when there is one chunk
       grad_x = mm_acc(gq_in, w_grad, acc);
       grad_w = gw;
