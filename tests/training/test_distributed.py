@@ -1,7 +1,9 @@
 """Training on 2 processes (gloo, CPU), started by the tests as torchrun would: RANK, WORLD_SIZE, ..."""
+import faulthandler
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from vtreid.data.samplers import IdentityBalancedSampler, PairSampler, PKSampler
 from vtreid.methods import VARIANTS, Batch, get_method
 from vtreid.training.config import ConfigError, resolve
 
-TIMEOUT = 300
+TIMEOUT = 120      # one rank process, start to exit; these runs take 5-10 s alone on 2 cores
 
 
 def free_port() -> int:
@@ -27,18 +29,25 @@ def torchrun_env(rank: int, world: int, port: int) -> None:
                       MASTER_PORT=str(port))
 
 
+def rank_main(fn, *args):
+    """A hung rank prints every thread's stack to stderr and exits, so a failure says where it hung."""
+    faulthandler.dump_traceback_later(TIMEOUT - 20, exit=True)
+    fn(*args)
+
+
 def spawn(fn, *args, world=2):
     port = free_port()
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=fn, args=(rank, world, port, *args)) for rank in range(world)]
+    procs = [ctx.Process(target=rank_main, args=(fn, rank, world, port, *args)) for rank in range(world)]
     for p in procs:
         p.start()
+    deadline = time.monotonic() + TIMEOUT
     for p in procs:
-        p.join(TIMEOUT)
-    for p in procs:
-        if p.is_alive():
+        p.join(max(0.0, deadline - time.monotonic()))
+    if any(p.is_alive() for p in procs):
+        for p in procs:
             p.kill()
-            pytest.fail(f"rank process still running after {TIMEOUT}s")
+        pytest.fail(f"rank process still running after {TIMEOUT}s")
     assert [p.exitcode for p in procs] == [0] * world, [p.exitcode for p in procs]
 
 
@@ -94,6 +103,9 @@ def ddp_step(rank, world, port, method, out):
     sum(terms.values()).backward()
     if rank == 0:
         torch.save({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, out)
+    # As vtreid.training.distributed.teardown does: meet at a barrier before leaving. Without it, a rank that
+    # destroyed its group while the other was still finishing left that one hanging (seen in CI, 1 run in 3 here).
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
