@@ -14,7 +14,9 @@ Backward (three launches):
                 b_j = [|y_j| > eps] sum_i g_ij (1 - d_ij) / n_j^2,  n = max(|row|, eps)
 A coefficient pass reads grad and dist once and writes B (float32, [N, M]) and, per tile, the partial
 row and column sums of a and b; the two side kernels (grad_x over [BLOCK_N, BLOCK_D] tiles of x, grad_y
-over tiles of y reading B through transposed strides) are then plain GEMMs on B plus the summed partials.
+over tiles of y reading B through transposed strides) are then plain GEMMs on B plus the summed partials:
+IEEE FMA dots for float32 inputs, and for half inputs two TF32 tensor-core dots (B = hi + lo, the input
+exact in TF32: _dot_2xtf32), ~2^-20 relative per product where a single TF32 dot would give 2^-10.
 The earlier design rebuilt B from grad and dist in every D slice of both sides: 2 x D / BLOCK_D reads of
 two N x M matrices (~8 GB at 8192^2 x 2048) where this reads them once and B from L2.
 
@@ -59,8 +61,13 @@ def _bcfg(bn, bk, bd, warps, stages):
 
 _BWD_BY_DTYPE = {
     "fp32": [_bcfg(64, 64, 128, 8, 3), _bcfg(32, 64, 64, 4, 3), _bcfg(16, 64, 64, 4, 3), _bcfg(16, 32, 128, 4, 3)],
-    # 16 x 32 x 128 with 4 warps spills 104 bytes under Triton 3.6
-    "half": [_bcfg(32, 32, 128, 8, 3), _bcfg(16, 32, 64, 4, 3), _bcfg(16, 32, 128, 8, 3)],
+    # Half inputs multiply B (float32) by the widened input as two TF32 tensor-core GEMMs (_dot_2xtf32):
+    # wgmma on sm_90 from BLOCK_N 64, mma.sync below. Spilling and left out: 128 x 32 x 128 and
+    # 64 x 32 x 128 with 4 warps (~100 bytes), 64 x 64 x 128 with 8 warps (88 bytes, Triton 3.6),
+    # 16 x 32 x 128 with 4 warps (104 bytes, Triton 3.6). The 16- and 32-row tiles are for the training
+    # shape (256 x 2048: 256 programs of 16 x 128), the 128-row ones for 8192^2 x 2048.
+    "half": [_bcfg(128, 64, 64, 8, 3), _bcfg(128, 32, 64, 8, 3), _bcfg(64, 32, 64, 4, 4),
+             _bcfg(32, 32, 128, 8, 3), _bcfg(16, 32, 64, 4, 3), _bcfg(16, 32, 128, 8, 3)],
 }
 _BWD_INTERPRETER = {"BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_D": 32}
 
@@ -108,6 +115,20 @@ def _dot_f32(a, b, IEEE: tl.constexpr):
         return tl.dot(a, b, input_precision="ieee")
     else:
         return tl.dot(a, b)
+
+
+@triton.jit
+def _dot_2xtf32(a, b, acc):
+    """acc + a @ b on tensor cores at ~float32 precision, for float32 ``a`` and a ``b`` that is exact in TF32
+    (widened float16 or bfloat16: 10 and 7 mantissa bits, TF32 keeps 10). a = hi + lo, hi = a with its low
+    13 mantissa bits cleared (exact in TF32), lo = a - hi (exact, below one TF32 ulp of a); lo then loses
+    at most one TF32 ulp of itself, so each product is good to ~2^-20 relative where one TF32 dot would be
+    2^-10. Two TF32 GEMMs where tf32x3 would spend three (its hi_a * lo_b term is zero here). inf keeps
+    lo = 0, NaN stays NaN."""
+    hi = (a.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+    lo = tl.where(hi == a, 0.0, a - hi)
+    acc = tl.dot(lo, b, acc, input_precision="tf32")
+    return tl.dot(hi, b, acc, input_precision="tf32")
 
 
 @triton.jit
@@ -315,7 +336,10 @@ def _pairwise_bwd_kernel(
                        mask=mask_n[:, None] & mask_k[None, :], other=0.0)
         bt = tl.load(B + rk64[:, None] * stride_bk + rd64[None, :] * stride_bd,
                      mask=mask_k[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
-        acc = acc + _dot_f32(coef, bt, True)
+        if B.dtype.element_ty == tl.float32:
+            acc = acc + _dot_f32(coef, bt, True)
+        else:
+            acc = _dot_2xtf32(coef, bt, acc)
 
     row_coef = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for t in range(0, PARTS):  # in tile order: the same sum for every D slice and every run

@@ -2,10 +2,12 @@
 
 For each kernel, every autotune config (the GPU list, ``kernel.gpu_configs``), every input dtype and every
 constexpr variant the ops launch, compiles for sm_80 and sm_90 (``GPUTarget("cuda", arch, 32)``) and
-writes one row per variant: registers, spilled bytes, local (stack) bytes, shared memory. Fails (exit 1)
+writes one row per variant: registers, spilled bytes, local (stack) bytes, shared memory, and the
+tensor-core instruction the PTX issues (wgmma, mma.sync, or none). Fails (exit 1)
 on a compile error, on shared memory above the architecture's per-block limit (sm_80: 163 KB, sm_90:
 227 KB, both with opt-in), or when the PTX uses an approximate square root (sqrt.approx: distances are
-compared exactly; the kernels use tl.sqrt_rn). With ``--no-spills 90`` a register spill on sm_90 fails too:
+compared exactly; the kernels use tl.sqrt_rn), or when a half variant of a GEMM kernel issues no
+tensor-core instruction (TENSOR_CORE_KERNELS). With ``--no-spills 90`` a register spill on sm_90 fails too:
 every config list is kept spill-free there (CI checks it with the pinned Triton and the GPU image's 3.6).
 
     python scripts/compile_triton.py                 full sweep, both architectures
@@ -40,6 +42,11 @@ I64_PTRS = {"AL", "CL", "TARGET", "ORDER", "SEG", "SLOT", "POS_I", "NEG_I", "PI"
 I32_PTRS = {"AM", "CM", "MOD"}
 FLOAT_SCALARS = {"tau", "scale", "smoothing", "margin"}
 INT_SCALARS = {"PARTS", "SPLITS"}
+# Kernels whose half (fp16/bf16) variants multiply on tensor cores, with the constexprs under which they
+# run a GEMM at all (the NCE gradient kernel reloads saved dot products when SAVE_DOTS): such a variant
+# without mma/wgmma in its PTX fails the sweep. float32 runs IEEE FMA dots by design (no TF32).
+TENSOR_CORE_KERNELS = {"_pairwise_fwd_kernel": {}, "_pairwise_bwd_kernel": {}, "_mining_fwd_kernel": {},
+                       "_nce_fwd_kernel": {}, "_nce_grad_kernel": {"SAVE_DOTS": False}, "_gq_mm_kernel": {}}
 # pointers whose dtype is not the input's in one kernel (Gq is float32 whatever the features' dtype)
 PTR_OVERRIDES = {"_gq_mm_kernel": {"A": "*fp32"}}
 
@@ -174,9 +181,22 @@ def compile_one(job):
         problems.append(f"shared {shared} B > sm_{arch} limit {SHARED_LIMIT[arch]} B")
     if "sqrt.approx" in compiled.asm["ptx"]:
         problems.append("approximate sqrt (sqrt.approx) in the PTX")
+    mma = tensor_core_instruction(compiled.asm["ptx"])
+    if mma == "-" and dtype != "fp32" and runs_a_gemm(name, constexprs):
+        problems.append("no tensor-core instruction (mma/wgmma) in a half variant")
     spill = max(usage.get("LOCAL", 0), usage.get("STACK", 0))
     return dict(row, regs=usage.get("REG", -1), spill_bytes=spill, stack=usage.get("STACK", 0),
-                shared=shared, error="; ".join(problems))
+                shared=shared, mma=mma, error="; ".join(problems))
+
+
+def runs_a_gemm(name: str, constexprs: dict) -> bool:
+    when = TENSOR_CORE_KERNELS.get(name)
+    return when is not None and all(constexprs.get(k) == v for k, v in when.items())
+
+
+def tensor_core_instruction(ptx: str) -> str:
+    """The tensor-core instruction a kernel's PTX issues: wgmma (sm_90 warpgroup), mma (mma.sync), or -."""
+    return "wgmma" if "wgmma.mma_async" in ptx else "mma" if re.search(r"\bmma\.sync\.", ptx) else "-"
 
 
 def mark_spills(rows: list[dict], archs) -> None:
@@ -210,19 +230,20 @@ def main(argv=None) -> int:
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(compile_one, jobs))
     mark_spills(rows, args.no_spills)
-    header = ["kernel", "arch", "dtype", "warps", "stages", "regs", "spill_bytes", "stack", "shared", "variant", "error"]
+    header = ["kernel", "arch", "dtype", "warps", "stages", "regs", "spill_bytes", "stack", "shared", "mma", "variant",
+              "error"]
     lines = ["\t".join(header)] + ["\t".join(str(r.get(h, "")) for h in header) for r in rows]
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
     print(f"Triton {triton.__version__}: {len(rows)} variants of {len(names)} kernels")
-    print(f"{'kernel':<26} {'arch':<6} {'dtype':<5} {'w/s':<5} {'regs':>4} {'spill':>6} {'shared':>7}  variant")
+    print(f"{'kernel':<26} {'arch':<6} {'dtype':<5} {'w/s':<5} {'regs':>4} {'spill':>6} {'shared':>7} {'mma':<5}  variant")
     for r in rows:
         if r.get("error") and "regs" not in r:
             print(f"{r['kernel']:<26} {r['arch']:<6} {r['dtype']:<5} FAILED: {r['error']}")
             continue
         mark = f"  !! {r['error']}" if r["error"] else ""
         print(f"{r['kernel']:<26} {r['arch']:<6} {r['dtype']:<5} {r['warps']}/{r['stages']:<3} {r['regs']:>4} "
-              f"{r['spill_bytes']:>6} {r['shared']:>7}  {r['variant']}{mark}")
+              f"{r['spill_bytes']:>6} {r['shared']:>7} {r['mma']:<5}  {r['variant']}{mark}")
     failures = [r for r in rows if r.get("error")]
     for arch in args.arch:
         per = [r for r in rows if r["arch"] == f"sm_{arch}"]

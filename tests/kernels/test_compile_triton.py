@@ -42,3 +42,14 @@ def test_no_spills_fails_only_the_named_architectures():
 def test_ci_keeps_sm90_spill_free_with_both_tritons():
     ci = (ROOT / ".ci/run").read_text()
     assert ci.count("compile_triton.py --subset --no-spills 90") == 2, "the pinned Triton and the GPU image's 3.6"
+
+
+def test_tensor_core_instruction_and_which_half_variants_need_one():
+    script = _script()
+    assert script.tensor_core_instruction("wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32 {") == "wgmma"
+    assert script.tensor_core_instruction("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {") == "mma"
+    assert script.tensor_core_instruction("fma.rn.f32 %f1, %f2, %f3, %f4;") == "-"
+    assert script.runs_a_gemm("_pairwise_bwd_kernel", {"METRIC": 0})
+    assert script.runs_a_gemm("_nce_grad_kernel", {"SAVE_DOTS": False})
+    assert not script.runs_a_gemm("_nce_grad_kernel", {"SAVE_DOTS": True})   # reloads the forward's dots
+    assert not script.runs_a_gemm("_pairwise_coef_kernel", {"METRIC": 0})
