@@ -38,11 +38,12 @@ cudaError_t pairwise_distance_bwd_side(DType dtype, const void* grad, const void
                                 int64_t dist_stride_n, int64_t dist_stride_k, int metric, int sms,
                                 cudaStream_t stream);
 
-// pairwise_distance_bwd_side's grid: `blocks` of `threads` threads, each tile_rows rows x 64 features.
+// pairwise_distance_bwd_side's grid: `blocks` of `threads` threads, each tile_rows rows x 64 features;
+// tensor_cores: the half / bfloat16 kernel with TF32 tensor cores (compute capability 8 and later).
 struct PairwiseBwdGrid {
-  int64_t tile_rows, blocks, threads;
+  int64_t tile_rows, blocks, threads, tensor_cores;
 };
-PairwiseBwdGrid pairwise_distance_bwd_grid(int64_t n, int64_t dim, int sms);
+PairwiseBwdGrid pairwise_distance_bwd_grid(DType dtype, int64_t n, int64_t dim, int sms, int cc_major);
 
 // Hardest positive / negative per anchor (rules: 0 any, 1 cross, 2 same). Features row-major
 // contiguous; labels int64; modality int32 (may be null when both rules are 0); distances and norms in

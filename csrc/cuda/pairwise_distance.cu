@@ -16,9 +16,11 @@
 // conflict-free and global stores coalesce; float32 accumulates in IEEE float32 (no TF32), float64 in
 // float64.
 //
-// Backward: grad_a = rowcoef * a - B b with the coefficient matrix B built on the fly, SIMT, 64 x 64 tiles
-// of (rows of a) x features. grad and dist tiles are read with consecutive threads along whichever index
-// has unit stride (the y side reads them transposed) and transposed through shared memory.
+// Backward: grad_a = rowcoef * a - B b with the coefficient matrix B built on the fly per 16-column slice,
+// 64 x 64 tiles of (rows of a) x features. grad and dist tiles are read with consecutive threads along
+// whichever index has unit stride (the y side reads them transposed) and transposed through shared memory.
+// B b: half / bfloat16 on sm_80 and later on tensor cores (wmma m16n16k8, TF32, B split into two TF32
+// parts: pairwise_bwd_tc_kernel), float32 / float64 and older devices SIMT.
 //
 // Split-K (pairwise_distance_fwd_grid): when the 64 x 64 tiles alone give fewer blocks than SMs (the training
 // shape N = M = 256 has 16), the features are also split into `splits` contiguous ranges of whole 64-feature
@@ -409,11 +411,11 @@ pairwise_fwd_tc_kernel(const T* __restrict__ x, const T* __restrict__ y, T* __re
 }
 
 // One [R rows i] x [kStep columns j] tile of a matrix read at i * sn + j * sk, zero outside [0, n) x
-// [0, k), into dst[j][i]. Consecutive threads walk i when i has unit stride (the y side of a row-major
-// [n, m] grad: a transposed read), else j, so global reads coalesce either way.
-template <int R, typename acc_t>
+// [0, k), into dst[j][i] (rows of LD elements). Consecutive threads walk i when i has unit stride (the y side
+// of a row-major [n, m] grad: a transposed read), else j, so global reads coalesce either way.
+template <int R, int LD, typename acc_t>
 __device__ __forceinline__ void load_coef_tile(const acc_t* __restrict__ src, int64_t sn, int64_t sk, int64_t row0,
-                                               int64_t k0, int64_t n, int64_t k, acc_t (*dst)[R + 1]) {
+                                               int64_t k0, int64_t n, int64_t k, acc_t (*dst)[LD]) {
   const bool along_rows = sn == 1 && sk != 1;
 #pragma unroll
   for (int r = 0; r < R * kStep / kThreads; ++r) {
@@ -422,6 +424,70 @@ __device__ __forceinline__ void load_coef_tile(const acc_t* __restrict__ src, in
     const int64_t i = row0 + row, j = k0 + kk;
     dst[kk][row] = (i < n && j < k) ? src[i * sn + j * sk] : acc_t(0);
   }
+}
+
+// The backward's shared-memory slice j in [k0, k0 + kStep): coef[j][i] = B_ij and term[j][i] = what a_i sums
+// (rows of LD), bs[j][f] = b_{k0 + j, f0 + f} widened (rows of BLD). Ends with a barrier; the thread that owns
+// row tid < R then adds this slice's terms to its row_coef.
+template <typename scalar_t, int R, int LD, int BLD>
+__device__ __forceinline__ void bwd_stage_slice(
+    const typename Acc<scalar_t>::type* __restrict__ grad, const typename Acc<scalar_t>::type* __restrict__ dist,
+    const scalar_t* __restrict__ b, const typename Acc<scalar_t>::type* __restrict__ asq,
+    const typename Acc<scalar_t>::type* __restrict__ bsq, int64_t n, int64_t k, int64_t dim, int64_t gsn, int64_t gsk,
+    int64_t dsn, int64_t dsk, int metric, int64_t row0, int64_t f0, int64_t k0,
+    typename Acc<scalar_t>::type (*coef_s)[LD], typename Acc<scalar_t>::type (*term_s)[LD],
+    typename Acc<scalar_t>::type (*bs)[BLD], typename Acc<scalar_t>::type& row_coef) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int tid = threadIdx.x;
+  load_coef_tile<R, LD>(grad, gsn, gsk, row0, k0, n, k, coef_s);
+  load_coef_tile<R, LD>(dist, dsn, dsk, row0, k0, n, k, term_s);
+#pragma unroll
+  for (int r = 0; r < kTile * kStep / kThreads; ++r) {
+    // The b slice: kStep rows x kTile features, 4 per thread, contiguous along features.
+    const int e = tid + r * kThreads;
+    const int brow = e / kTile, bcol = e % kTile;
+    const int64_t bj = k0 + brow, bf = f0 + bcol;
+    bs[brow][bcol] = (bj < k && bf < dim) ? to_acc(b[bj * dim + bf]) : acc_t(0);
+  }
+  __syncthreads();
+  // grad and dist -> coefficients, in place: each element is read and rewritten by the same thread. Not
+  // unrolled: float64 divisions and square roots are subroutines whose registers would add up.
+#pragma unroll 1
+  for (int r = 0; r < R * kStep / kThreads; ++r) {
+    const int e = tid + r * kThreads;
+    const int row = e % R, kk = e / R;
+    const int64_t i = row0 + row, j = k0 + kk;
+    acc_t c = 0, t = 0;
+    if (i < n && j < k) {
+      const acc_t g = coef_s[kk][row], d = term_s[kk][row];
+      if (metric == kCosine) {
+        const acc_t na = max(sqrt(asq[i]), acc_t(kCosineEps)), nb = max(sqrt(bsq[j]), acc_t(kCosineEps));
+        c = g / (na * nb);
+        t = g * (acc_t(1) - d);
+      } else {
+        c = d > acc_t(0) ? (metric == kEuclidean ? g / d : acc_t(2) * g) : acc_t(0);
+        t = c;
+      }
+    }
+    coef_s[kk][row] = c;
+    term_s[kk][row] = t;
+  }
+  __syncthreads();
+  if (tid < R) {
+#pragma unroll
+    for (int kk = 0; kk < kStep; ++kk) row_coef += term_s[kk][tid];
+  }
+}
+
+// a_i: the summed terms, over n_i^2 for the cosine (0 for a row of norm <= eps).
+template <typename acc_t>
+__device__ __forceinline__ acc_t finish_row_coef(acc_t row_coef, const acc_t* __restrict__ asq, int64_t i, int64_t n,
+                                                 int metric) {
+  if (metric == kCosine && i < n) {
+    const acc_t na = sqrt(asq[i]);
+    return na > acc_t(kCosineEps) ? row_coef / (na * na) : acc_t(0);
+  }
+  return row_coef;
 }
 
 // R rows of a per block (64, 32 or 16), each thread kSub features x R / 16 rows.
@@ -451,44 +517,8 @@ pairwise_bwd_side_kernel(const typename Acc<scalar_t>::type* __restrict__ grad,
   acc_t row_coef = 0;  // threads 0..R-1 own row tid
 
   for (int64_t k0 = 0; k0 < k; k0 += kStep) {
-    load_coef_tile<R>(grad, gsn, gsk, row0, k0, n, k, coef_s);
-    load_coef_tile<R>(dist, dsn, dsk, row0, k0, n, k, term_s);
-#pragma unroll
-    for (int r = 0; r < kTile * kStep / kThreads; ++r) {
-      // The b slice: kStep rows x kTile features, 4 per thread, contiguous along features.
-      const int e = tid + r * kThreads;
-      const int brow = e / kTile, bcol = e % kTile;
-      const int64_t bj = k0 + brow, bf = f0 + bcol;
-      bs[brow][bcol] = (bj < k && bf < dim) ? to_acc(b[bj * dim + bf]) : acc_t(0);
-    }
-    __syncthreads();
-    // grad and dist -> coefficients, in place: each element is read and rewritten by the same thread. Not
-    // unrolled: float64 divisions and square roots are subroutines whose registers would add up.
-#pragma unroll 1
-    for (int r = 0; r < R * kStep / kThreads; ++r) {
-      const int e = tid + r * kThreads;
-      const int row = e % R, kk = e / R;
-      const int64_t i = row0 + row, j = k0 + kk;
-      acc_t c = 0, t = 0;
-      if (i < n && j < k) {
-        const acc_t g = coef_s[kk][row], d = term_s[kk][row];
-        if (metric == kCosine) {
-          const acc_t na = max(sqrt(asq[i]), acc_t(kCosineEps)), nb = max(sqrt(bsq[j]), acc_t(kCosineEps));
-          c = g / (na * nb);
-          t = g * (acc_t(1) - d);
-        } else {
-          c = d > acc_t(0) ? (metric == kEuclidean ? g / d : acc_t(2) * g) : acc_t(0);
-          t = c;
-        }
-      }
-      coef_s[kk][row] = c;
-      term_s[kk][row] = t;
-    }
-    __syncthreads();
-    if (tid < R) {
-#pragma unroll
-      for (int kk = 0; kk < kStep; ++kk) row_coef += term_s[kk][tid];
-    }
+    bwd_stage_slice<scalar_t, R, R + 1, kTile>(grad, dist, b, asq, bsq, n, k, dim, gsn, gsk, dsn, dsk, metric, row0,
+                                               f0, k0, coef_s, term_s, bs, row_coef);
 #pragma unroll
     for (int kk = 0; kk < kStep; ++kk) {
       acc_t cv[kSubR], bv[kSub];
@@ -503,14 +533,7 @@ pairwise_bwd_side_kernel(const typename Acc<scalar_t>::type* __restrict__ grad,
     }
     __syncthreads();
   }
-  if (tid < R) {
-    const int64_t i = row0 + tid;
-    if (metric == kCosine && i < n) {
-      const acc_t na = sqrt(asq[i]);
-      row_coef = na > acc_t(kCosineEps) ? row_coef / (na * na) : acc_t(0);
-    }
-    row_coef_s[tid] = row_coef;
-  }
+  if (tid < R) row_coef_s[tid] = finish_row_coef(row_coef, asq, row0 + tid, n, metric);
   __syncthreads();
 
 #pragma unroll
@@ -524,6 +547,111 @@ pairwise_bwd_side_kernel(const typename Acc<scalar_t>::type* __restrict__ grad,
       if (f >= dim) continue;
       grad_a[r * dim + f] = from_acc<scalar_t, acc_t>(rc * to_acc(a[r * dim + f]) - acc[i][j]);
     }
+  }
+}
+
+// The same backward for half / bfloat16 on sm_80 and later, B @ b on tensor cores: wmma m16n16k8 with TF32
+// operands. b's values (fp16 / bf16, widened) are exact in TF32; B is float, so each fragment of it is split
+// into hi = B rounded to TF32 and lo = B - hi (exact), and both are multiplied: ~2^-21 relative per product
+// where a single TF32 product would keep 2^-11 (kernels/pairwise_distance.py: _dot_2xtf32, the same idea).
+// The R x 64 block tile is (R / 16) x 4 fragments of 16 x 16, dealt to the 8 warps in order (R = 16: warps
+// 4-7 only stage); the accumulators are staged through shared memory for the epilogue, which stores rows
+// with consecutive threads on consecutive features.
+constexpr int kBwdTcPad = 4;  // floats: rows of a multiple of 16 bytes (wmma's ldm), fragments 32-byte aligned
+
+template <int R>
+struct alignas(32) BwdTcShared {
+  static constexpr int LD = R + kBwdTcPad, BLD = kTile + kBwdTcPad;
+  float coef[kStep][LD];  // B_ij at [j][i]: matrix_a (i, j) col_major
+  float term[kStep][LD];
+  float bs[kStep][BLD];   // matrix_b (j, f) row_major
+  float staged[R][BLD];   // the accumulators, row major
+  float row_coef[R];
+};
+
+template <typename T, int R>
+__device__ __forceinline__ void bwd_tc_tile(const float* __restrict__ grad, const float* __restrict__ dist,
+                                            const T* __restrict__ a, const T* __restrict__ b,
+                                            const float* __restrict__ asq, const float* __restrict__ bsq,
+                                            T* __restrict__ grad_a, int64_t n, int64_t k, int64_t dim, int64_t gsn,
+                                            int64_t gsk, int64_t dsn, int64_t dsk, int metric) {
+  namespace wmma = nvcuda::wmma;
+  using S = BwdTcShared<R>;
+  constexpr int kFrags = (R / 16) * (kTile / 16), kWarps = kThreads / 32;
+  constexpr int kPerWarp = kFrags >= kWarps ? kFrags / kWarps : 1;
+  static_assert(kFrags % kWarps == 0 || kFrags < kWarps, "fragments dealt evenly");
+  __shared__ S s;
+
+  const int tid = threadIdx.x, warp = tid / 32;
+  const int64_t f_tiles = (dim + kTile - 1) / kTile;
+  const int64_t row0 = (blockIdx.x / f_tiles) * R;
+  const int64_t f0 = (blockIdx.x % f_tiles) * kTile;
+  const bool computes = warp * kPerWarp < kFrags;
+
+  wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[kPerWarp];
+#pragma unroll
+  for (int q = 0; q < kPerWarp; ++q) wmma::fill_fragment(acc[q], 0.0f);
+  float row_coef = 0;
+
+  for (int64_t k0 = 0; k0 < k; k0 += kStep) {
+    bwd_stage_slice<T, R, S::LD, S::BLD>(grad, dist, b, asq, bsq, n, k, dim, gsn, gsk, dsn, dsk, metric, row0, f0, k0,
+                                         s.coef, s.term, s.bs, row_coef);
+    if (computes) {
+#pragma unroll
+      for (int kk = 0; kk < kStep; kk += 8) {
+#pragma unroll
+        for (int q = 0; q < kPerWarp; ++q) {
+          const int frag = warp * kPerWarp + q, fr = frag / (kTile / 16), fc = frag % (kTile / 16);
+          wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> hi, lo;
+          wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb;
+          wmma::load_matrix_sync(hi, &s.coef[kk][fr * 16], S::LD);
+          wmma::load_matrix_sync(fb, &s.bs[kk][fc * 16], S::BLD);
+#pragma unroll
+          for (int e = 0; e < hi.num_elements; ++e) {
+            const float v = hi.x[e], h = wmma::__float_to_tf32(v);
+            hi.x[e] = h;
+            lo.x[e] = h == v ? 0.0f : wmma::__float_to_tf32(v - h);  // inf: lo 0, not inf - inf
+          }
+#pragma unroll
+          for (int e = 0; e < fb.num_elements; ++e) fb.x[e] = wmma::__float_to_tf32(fb.x[e]);  // exact
+          wmma::mma_sync(acc[q], lo, fb, acc[q]);
+          wmma::mma_sync(acc[q], hi, fb, acc[q]);
+        }
+      }
+    }
+    __syncthreads();  // every warp has read the slice before the next one overwrites it
+  }
+  if (tid < R) s.row_coef[tid] = finish_row_coef(row_coef, asq, row0 + tid, n, metric);
+  if (computes) {
+#pragma unroll
+    for (int q = 0; q < kPerWarp; ++q) {
+      const int frag = warp * kPerWarp + q, fr = frag / (kTile / 16), fc = frag % (kTile / 16);
+      wmma::store_matrix_sync(&s.staged[fr * 16][fc * 16], acc[q], S::BLD, wmma::mem_row_major);
+    }
+  }
+  __syncthreads();
+  for (int e = tid; e < R * kTile; e += kThreads) {
+    const int row = e / kTile, col = e % kTile;
+    const int64_t r = row0 + row, f = f0 + col;
+    if (r < n && f < dim) {
+      grad_a[r * dim + f] = from_acc<T, float>(s.row_coef[row] * to_acc(a[r * dim + f]) - s.staged[row][col]);
+    }
+  }
+}
+
+// TF32 fragments exist from sm_80.
+__host__ __device__ constexpr bool tf32_supported(int arch) { return arch >= 800; }
+
+template <typename T, int R>
+__global__ void __launch_bounds__(kThreads)
+pairwise_bwd_tc_kernel(const float* __restrict__ grad, const float* __restrict__ dist, const T* __restrict__ a,
+                       const T* __restrict__ b, const float* __restrict__ asq, const float* __restrict__ bsq,
+                       T* __restrict__ grad_a, int64_t n, int64_t k, int64_t dim, int64_t gsn, int64_t gsk,
+                       int64_t dsn, int64_t dsk, int metric) {
+  if constexpr (tf32_supported(kArch)) {
+    bwd_tc_tile<T, R>(grad, dist, a, b, asq, bsq, grad_a, n, k, dim, gsn, gsk, dsn, dsk, metric);
+  } else {
+    __trap();  // not launched: the launcher takes the SIMT kernel on such a device
   }
 }
 
@@ -579,8 +707,17 @@ cudaError_t fwd_typed(const void* x, const void* y, void* dist, void* xsq, void*
 template <typename scalar_t, int R>
 cudaError_t bwd_launch(const void* grad, const void* dist, const void* a, const void* b, const void* asq,
                        const void* bsq, void* grad_a, int64_t n, int64_t k, int64_t dim, int64_t gsn, int64_t gsk,
-                       int64_t dsn, int64_t dsk, int metric, unsigned blocks, cudaStream_t stream) {
+                       int64_t dsn, int64_t dsk, int metric, unsigned blocks, bool tc, cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
+  if constexpr (std::is_same_v<scalar_t, __half> || std::is_same_v<scalar_t, __nv_bfloat16>) {
+    if (tc) {
+      pairwise_bwd_tc_kernel<scalar_t, R><<<blocks, kThreads, 0, stream>>>(
+          static_cast<const float*>(grad), static_cast<const float*>(dist), static_cast<const scalar_t*>(a),
+          static_cast<const scalar_t*>(b), static_cast<const float*>(asq), static_cast<const float*>(bsq),
+          static_cast<scalar_t*>(grad_a), n, k, dim, gsn, gsk, dsn, dsk, metric);
+      return cudaGetLastError();
+    }
+  }
   pairwise_bwd_side_kernel<scalar_t, R><<<blocks, kThreads, 0, stream>>>(
       static_cast<const acc_t*>(grad), static_cast<const acc_t*>(dist), static_cast<const scalar_t*>(a),
       static_cast<const scalar_t*>(b), static_cast<const acc_t*>(asq), static_cast<const acc_t*>(bsq),
@@ -593,10 +730,11 @@ cudaError_t bwd_typed(const void* grad, const void* dist, const void* a, const v
                void* grad_a, int64_t n, int64_t k, int64_t dim, int64_t gsn, int64_t gsk, int64_t dsn, int64_t dsk,
                int metric, const PairwiseBwdGrid& g, cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>(g.blocks);
+  const bool tc = g.tensor_cores;
   switch (g.tile_rows) {
-    case 64: return bwd_launch<scalar_t, 64>(grad, dist, a, b, asq, bsq, grad_a, n, k, dim, gsn, gsk, dsn, dsk, metric, blocks, stream);
-    case 32: return bwd_launch<scalar_t, 32>(grad, dist, a, b, asq, bsq, grad_a, n, k, dim, gsn, gsk, dsn, dsk, metric, blocks, stream);
-    default: return bwd_launch<scalar_t, 16>(grad, dist, a, b, asq, bsq, grad_a, n, k, dim, gsn, gsk, dsn, dsk, metric, blocks, stream);
+    case 64: return bwd_launch<scalar_t, 64>(grad, dist, a, b, asq, bsq, grad_a, n, k, dim, gsn, gsk, dsn, dsk, metric, blocks, tc, stream);
+    case 32: return bwd_launch<scalar_t, 32>(grad, dist, a, b, asq, bsq, grad_a, n, k, dim, gsn, gsk, dsn, dsk, metric, blocks, tc, stream);
+    default: return bwd_launch<scalar_t, 16>(grad, dist, a, b, asq, bsq, grad_a, n, k, dim, gsn, gsk, dsn, dsk, metric, blocks, tc, stream);
   }
 }
 
@@ -646,9 +784,10 @@ size_t pairwise_distance_fwd_workspace_bytes(DType dtype, int64_t n, int64_t m, 
   return static_cast<size_t>(g.splits * (n * m + n + m)) * acc_bytes(dtype);
 }
 
-PairwiseBwdGrid pairwise_distance_bwd_grid(int64_t n, int64_t dim, int sms) {
+PairwiseBwdGrid pairwise_distance_bwd_grid(DType dtype, int64_t n, int64_t dim, int sms, int cc_major) {
   PairwiseBwdGrid g{};
   g.threads = kThreads;
+  g.tensor_cores = (dtype == DType::kFloat16 || dtype == DType::kBFloat16) && tf32_supported(cc_major * 100);
   // The largest row tile that gives every SM a block (the smallest one if none does).
   for (const int64_t rows : {64, 32, 16}) {
     g.tile_rows = rows;
@@ -686,7 +825,14 @@ cudaError_t pairwise_distance_bwd_side(DType dtype, const void* grad, const void
                                 int64_t gsn, int64_t gsk, int64_t dsn, int64_t dsk, int metric, int sms,
                                 cudaStream_t stream) {
   if (n == 0 || dim == 0) return cudaSuccess;
-  const PairwiseBwdGrid g = pairwise_distance_bwd_grid(n, dim, sms);
+  int major = 0;
+  if (dtype == DType::kFloat16 || dtype == DType::kBFloat16) {
+    int device = 0;
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+    if (err != cudaSuccess) return err;
+  }
+  const PairwiseBwdGrid g = pairwise_distance_bwd_grid(dtype, n, dim, sms, major);
   if (g.blocks == 0) return cudaErrorInvalidConfiguration;
 #define VTREID_PAIR_BWD(T) bwd_typed<T>(grad, dist, a, b, asq, bsq, grad_a, n, k, dim, gsn, gsk, dsn, dsk, metric, g, stream)
   switch (dtype) {

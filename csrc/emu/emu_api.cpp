@@ -49,11 +49,12 @@ int emu_pairwise_distance_bwd_side(int dtype, const void* grad, const void* dist
                                                   dim, gsn, gsk, dsn, dsk, metric, sms, nullptr);
 }
 
-// out[3]: tile_rows, blocks, threads (vtreid::cuda::PairwiseBwdGrid).
-void emu_pairwise_distance_bwd_grid(int64_t n, int64_t dim, int sms, int64_t* out) {
-  const vtreid::cuda::PairwiseBwdGrid g = vtreid::cuda::pairwise_distance_bwd_grid(n, dim, sms);
-  const int64_t fields[] = {g.tile_rows, g.blocks, g.threads};
-  for (int k = 0; k < 3; ++k) out[k] = fields[k];
+// out[4]: tile_rows, blocks, threads, tensor_cores (vtreid::cuda::PairwiseBwdGrid).
+void emu_pairwise_distance_bwd_grid(int dtype, int64_t n, int64_t dim, int sms, int cc_major, int64_t* out) {
+  const vtreid::cuda::PairwiseBwdGrid g =
+      vtreid::cuda::pairwise_distance_bwd_grid(static_cast<DType>(dtype), n, dim, sms, cc_major);
+  const int64_t fields[] = {g.tile_rows, g.blocks, g.threads, g.tensor_cores};
+  for (int k = 0; k < 4; ++k) out[k] = fields[k];
 }
 
 int emu_hard_mining_fwd(int dtype, const void* anchors, const void* candidates, const int64_t* anchor_labels,

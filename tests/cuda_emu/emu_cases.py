@@ -104,7 +104,9 @@ def test_pairwise_distance_half_kernels(n, m, d, emulated_device, dtype, metric)
         x[4] = 2 * x[0]      # parallel to x[0] (cosine distance 0 up to rounding)
     if m >= 2:
         y[0] = x[0]          # the same row in x and y: distance exactly 0
-    _check_pairwise(x.contiguous(), y.contiguous(), metric, gen, backward=emulated_device == "tc64")
+    # The backward: TF32 tensor cores on the tc64 (sm_90, tiles of 16 rows here) and tc128 (sm_80, 64 rows)
+    # devices, SIMT on the sm_60 one.
+    _check_pairwise(x.contiguous(), y.contiguous(), metric, gen)
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
@@ -120,6 +122,48 @@ def test_pairwise_distance_half_nan_inf_propagate(emulated_device, metric):
     assert torch.equal(dist.isnan(), want.isnan()) and torch.equal(dist.isinf(), want.isinf())
     assert dist[3].isnan().all() and not dist[:, 2].isfinite().any() and not dist[6].isfinite().any()
     assert_matches(dist, want, torch.float16, "dist")
+
+
+def _side_reference(grad, dist, a, b, metric):
+    """grad_a in float64 from the formulas of kernels/pairwise_distance.py, for the given dist (as the kernels
+    read it): rounding in the kernels is then the only difference."""
+    g, d, a, b = grad.double(), dist.double(), a.double(), b.double()
+    if metric == "cosine":
+        na, nb = a.norm(dim=1).clamp_min(1e-12), b.norm(dim=1).clamp_min(1e-12)
+        coef = g / (na[:, None] * nb[None, :])
+        row = (g * (1 - d)).sum(1) / na ** 2 * (a.norm(dim=1) > 1e-12)
+    else:
+        coef = torch.where(d > 0, g / d.clamp_min(1e-300) if metric == "euclidean" else 2 * g, 0.0)
+        row = coef.sum(1)
+    return row[:, None] * a - coef @ b, (coef.abs() @ b.abs()) + row.abs()[:, None] * a.abs()
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("emulated_device", list(TC_KERNELS), indirect=True)
+def test_pairwise_backward_half_close_pairs(emulated_device, dtype, metric):
+    """Each row of x has a near twin in y (distance ~0.1 against norms ~8): the coefficients B_ij = g / d
+    are large and grad_x = a x - B y cancels them. B must enter the product at float32 precision, as in the
+    row sums a: the TF32 kernels split it into two TF32 parts; one TF32 product (10 bits of B) leaves an
+    error of ~2^-11 |B| |y|, here 14-41 times the bound (checked by dropping the low part); SIMT passes."""
+    gen = torch.Generator().manual_seed(17)
+    n, m, d = 37, 40, 64
+    x = torch.randn(n, d, generator=gen)
+    y = torch.randn(m, d, generator=gen)
+    y[:n] = x + 0.0125 * torch.randn(n, d, generator=gen)
+    x, y = x.to(dtype), y.to(dtype)
+    acc = torch.float32
+    dist = reference.distance_matrix(x.double(), y.double(), metric).to(acc)   # what the forward would pass
+    grad = torch.randn(n, m, generator=gen, dtype=acc)
+    xsq, ysq = (x.double() ** 2).sum(1).to(acc), (y.double() ** 2).sum(1).to(acc)
+    gx = torch.empty_like(x)
+    _pairwise_bwd_side(grad, dist, x, y, xsq, ysq, gx, n, m, (m, 1), metric)
+    want, size = _side_reference(grad, dist, x, y, metric)
+    ulp = 2.0 ** -(11 if dtype == torch.float16 else 8)
+    err = (gx.double() - want).abs()
+    bound = 1.1 * ulp * want.abs() + 4e-6 * size   # the output's rounding + float32 products and sums
+    assert (err <= bound).all(), f"max error / bound {(err / bound).max():.2f}"
+    assert (dist[:n].diagonal() < 0.25).all()
 
 
 LIB.emu_pairwise_distance_fwd_workspace_bytes.restype = ctypes.c_int64
@@ -192,10 +236,11 @@ def _pair_fwd_grid(dtype, n, m, d, sms, cc_major=9):
     return dict(zip(("kernel", "tile", "tiles", "splits", "blocks", "threads", "launches"), out))
 
 
-def _pair_bwd_grid(n, d, sms):
-    out = (ctypes.c_int64 * 3)()
-    LIB.emu_pairwise_distance_bwd_grid(I64(n), I64(d), ctypes.c_int(sms), out)
-    return dict(zip(("tile_rows", "blocks", "threads"), out))
+def _pair_bwd_grid(n, d, sms, dtype=torch.float32, cc_major=9):
+    out = (ctypes.c_int64 * 4)()
+    LIB.emu_pairwise_distance_bwd_grid(DTYPE_CODES[dtype], I64(n), I64(d), ctypes.c_int(sms), ctypes.c_int(cc_major),
+                                       out)
+    return dict(zip(("tile_rows", "blocks", "threads", "tensor_cores"), out))
 
 
 @pytest.mark.parametrize("cc_major", [9, 8, 7, 6])
@@ -212,7 +257,9 @@ def test_pairwise_grid_fills_the_sms_at_the_training_shape(dtype, cc_major):
                                                            ctypes.c_int(WAVE_SMS))
     assert nbytes == fwd["splits"] * (n * m + n + m) * (8 if dtype == torch.float64 else 4)
     for rows in (n, m):  # the x side and the y side
-        assert _pair_bwd_grid(rows, d, WAVE_SMS)["blocks"] >= WAVE_SMS
+        bwd = _pair_bwd_grid(rows, d, WAVE_SMS, dtype, cc_major)
+        assert bwd["blocks"] >= WAVE_SMS
+        assert bwd["tensor_cores"] == (dtype in (torch.float16, torch.bfloat16) and cc_major >= 8)  # TF32: sm_80
 
 
 def test_pairwise_grid_large_sizes_unchanged():
@@ -224,20 +271,20 @@ def test_pairwise_grid_large_sizes_unchanged():
     assert _pair_fwd_grid(torch.float32, 256, 256, 7, WAVE_SMS)["splits"] == 1  # one feature granule
     assert _pair_fwd_grid(torch.float32, 256, 256, 129, WAVE_SMS)["splits"] == 3  # at most one split per granule
     assert LIB.emu_pairwise_distance_fwd_workspace_bytes(0, I64(1024), I64(1024), I64(2048), WAVE_SMS) == 0
-    assert _pair_bwd_grid(1024, 2048, WAVE_SMS) == dict(tile_rows=64, blocks=512, threads=256)
-    assert _pair_bwd_grid(256, 512, WAVE_SMS) == dict(tile_rows=16, blocks=128, threads=256)
+    assert _pair_bwd_grid(1024, 2048, WAVE_SMS) == dict(tile_rows=64, blocks=512, threads=256, tensor_cores=0)
+    assert _pair_bwd_grid(256, 512, WAVE_SMS) == dict(tile_rows=16, blocks=128, threads=256, tensor_cores=0)
 
 
 # (n, m, d, sms): sizes with several splits, uneven splits and splits shorter than a tensor-core stage pair;
 # sms = 132 (the training shape), and more SMs than tiles x granules (one split per granule).
 SPLIT_SIZES = [(1, 1, 129, 132), (7, 17, 129, 132), (17, 7, 200, 132), (129, 1, 17, 132), (1, 256, 2048, 132),
                (256, 256, 2048, 132), (129, 129, 256, 1000), (7, 7, 130, 5)]
-# Every size x dtype x metric, except that the training shape runs once per dtype (euclidean, not float64):
-# about a minute each under ASan, and the other metrics and float64 take the same split path at the
-# smaller sizes.
+# Every size x dtype x metric, except that the training shape runs euclidean in float32 and float16 only:
+# about a minute each under ASan (float16 longer: its backward runs the emulated TF32 tensor cores), and the
+# other metrics, bfloat16 (the same templates as float16) and float64 take the same paths at the smaller sizes.
 SPLIT_CASES = [(*size, dtype, metric) for size in SPLIT_SIZES for dtype in DTYPES
                for metric in ("euclidean", "sqeuclidean", "cosine")
-               if size[:3] != PAIR_TRAIN or (metric == "euclidean" and dtype != torch.float64)]
+               if size[:3] != PAIR_TRAIN or (metric == "euclidean" and dtype in (torch.float32, torch.float16))]
 
 
 @pytest.mark.parametrize("n,m,d,sms,dtype,metric", SPLIT_CASES, ids=str)
