@@ -579,7 +579,8 @@ __device__ __forceinline__ void bwd_tc_tile(const float* __restrict__ grad, cons
   using S = BwdTcShared<R>;
   constexpr int kFrags = (R / 16) * (kTile / 16), kWarps = kThreads / 32;
   constexpr int kPerWarp = kFrags >= kWarps ? kFrags / kWarps : 1;
-  static_assert(kFrags % kWarps == 0 || kFrags < kWarps, "fragments dealt evenly");
+  static_assert((kFrags % kWarps == 0 || kFrags < kWarps) && (kTile / 16) % kPerWarp == 0,
+                "fragments dealt evenly, a warp's within one row block");
   __shared__ S s;
 
   const int tid = threadIdx.x, warp = tid / 32;
@@ -599,19 +600,21 @@ __device__ __forceinline__ void bwd_tc_tile(const float* __restrict__ grad, cons
     if (computes) {
 #pragma unroll
       for (int kk = 0; kk < kStep; kk += 8) {
+        // A warp's fragments share their row block (kPerWarp divides the 4 column blocks): split B once.
+        const int fr = warp * kPerWarp / (kTile / 16);
+        wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> hi, lo;
+        wmma::load_matrix_sync(hi, &s.coef[kk][fr * 16], S::LD);
+#pragma unroll
+        for (int e = 0; e < hi.num_elements; ++e) {
+          const float v = hi.x[e], h = wmma::__float_to_tf32(v);
+          hi.x[e] = h;
+          lo.x[e] = h == v ? 0.0f : wmma::__float_to_tf32(v - h);  // inf: lo 0, not inf - inf
+        }
 #pragma unroll
         for (int q = 0; q < kPerWarp; ++q) {
-          const int frag = warp * kPerWarp + q, fr = frag / (kTile / 16), fc = frag % (kTile / 16);
-          wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major> hi, lo;
+          const int fc = (warp * kPerWarp + q) % (kTile / 16);
           wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> fb;
-          wmma::load_matrix_sync(hi, &s.coef[kk][fr * 16], S::LD);
           wmma::load_matrix_sync(fb, &s.bs[kk][fc * 16], S::BLD);
-#pragma unroll
-          for (int e = 0; e < hi.num_elements; ++e) {
-            const float v = hi.x[e], h = wmma::__float_to_tf32(v);
-            hi.x[e] = h;
-            lo.x[e] = h == v ? 0.0f : wmma::__float_to_tf32(v - h);  // inf: lo 0, not inf - inf
-          }
 #pragma unroll
           for (int e = 0; e < fb.num_elements; ++e) fb.x[e] = wmma::__float_to_tf32(fb.x[e]);  // exact
           wmma::mma_sync(acc[q], lo, fb, acc[q]);
