@@ -220,11 +220,10 @@ at::Tensor hetero_center_bwd_cuda(const at::Tensor& x, const at::Tensor& slot, c
 
 struct CudaEpilogue {
   template <typename acc_t>
-  static void merge(const acc_t* dots, int64_t n, int64_t cc, int64_t c0, int64_t /*classes*/, const acc_t* inv_x,
-                    const acc_t* inv_w, const int64_t* target, acc_t scale, acc_t /*smoothing*/, acc_t* run_max,
-                    acc_t* run_sum, acc_t* run_ez, acc_t* z_target, acc_t* z_total) {
-    check_launch(normalized_ce_merge<acc_t>(dots, n, cc, c0, inv_x, inv_w, target, scale, run_max, run_sum, run_ez,
-                                            z_target, z_total, c10::cuda::getCurrentCUDAStream()),
+  static void merge(const acc_t* dots, int64_t n, int64_t cc, int64_t c0, int64_t classes, const acc_t* inv_x,
+                    const acc_t* inv_w, const int64_t* target, acc_t scale, acc_t smoothing, LseRows<acc_t> rows) {
+    check_launch(normalized_ce_merge<acc_t>(dots, n, cc, c0, classes, inv_x, inv_w, target, scale, smoothing, rows,
+                                            c10::cuda::getCurrentCUDAStream()),
                  "normalized_ce_fwd");
   }
   template <typename acc_t>

@@ -8,8 +8,8 @@
 // N x C logits too, so this costs no memory over eager. Otherwise `dots` is empty ([0]).
 //
 // Epilogue must provide, for acc_t in {float, double} (raw contiguous pointers on the tensors' device):
-//   merge(dots, n, cc, c0, classes, inv_x, inv_w, target, scale, smoothing,
-//         run_max, run_sum, run_ez, z_target, z_total)
+//   merge(dots, n, cc, c0, classes, inv_x, inv_w, target, scale, smoothing, LseRows rows)
+//     (the first chunk starts the state, the last writes loss, lse, E_p[z] and the target term)
 //   grad(dots, n, cc, c0, classes, inv_x, inv_w, target, lse, grad_row, scale, smoothing, gq, col_gz)
 #pragma once
 #include <torch/types.h>
@@ -17,6 +17,7 @@
 #include <limits>
 #include <tuple>
 
+#include "online_lse.h"
 #include "op_checks.h"
 
 namespace vtreid {
@@ -72,9 +73,10 @@ NormalizedCeForward normalized_ce_forward(
   const at::Tensor xsq = at::linalg_vector_norm(xa, 2, {1}).square();
   const at::Tensor wsq = at::linalg_vector_norm(weight, 2, {1}, false, acc).square();
   const at::Tensor inv_x = inverse_norms(xsq), inv_w = inverse_norms(wsq);
-  at::Tensor run_max = at::full({n}, -std::numeric_limits<double>::infinity(), xa.options());
-  at::Tensor run_sum = at::zeros({n}, xa.options()), run_ez = at::zeros({n}, xa.options());
-  at::Tensor z_target = at::zeros({n}, xa.options()), z_total = at::zeros({n}, xa.options());
+  // The chunks' state and the results: written by the merges, never filled (csrc/online_lse.h).
+  const at::Tensor state = at::empty({5, n}, xa.options());
+  const at::Tensor loss = at::empty({n}, xa.options()), lse = at::empty({n}, xa.options());
+  const at::Tensor mean_z = at::empty({n}, xa.options()), tz = at::empty({n}, xa.options());
   const bool keep_dots = classes <= kClassChunk;  // one chunk: its x.W^T goes to the backward
   at::Tensor saved = keep_dots ? at::empty({n, classes}, xa.options()) : at::empty({0}, xa.options());
   for (int64_t c0 = 0; c0 < classes && n > 0; c0 += kClassChunk) {
@@ -82,17 +84,17 @@ NormalizedCeForward normalized_ce_forward(
     at::Tensor dots = mm_acc(x_gemm, weight.narrow(0, c0, cc).t(), acc).contiguous();
     if (keep_dots) saved = dots;
     AT_DISPATCH_FLOATING_TYPES(acc, "normalized_ce_merge", [&] {
+      scalar_t* st = state.mutable_data_ptr<scalar_t>();
+      const LseRows<scalar_t> rows{st, st + n, st + 2 * n, st + 3 * n, st + 4 * n, loss.mutable_data_ptr<scalar_t>(),
+                                   lse.mutable_data_ptr<scalar_t>(), mean_z.mutable_data_ptr<scalar_t>(),
+                                   tz.mutable_data_ptr<scalar_t>()};
       Epilogue::template merge<scalar_t>(
           dots.const_data_ptr<scalar_t>(), n, cc, c0, classes, inv_x.const_data_ptr<scalar_t>(),
           inv_w.const_data_ptr<scalar_t>() + c0, tg.const_data_ptr<int64_t>(), static_cast<scalar_t>(scale),
-          static_cast<scalar_t>(smoothing), run_max.mutable_data_ptr<scalar_t>(), run_sum.mutable_data_ptr<scalar_t>(),
-          run_ez.mutable_data_ptr<scalar_t>(), z_target.mutable_data_ptr<scalar_t>(),
-          z_total.mutable_data_ptr<scalar_t>());
+          static_cast<scalar_t>(smoothing), rows);
     });
   }
-  const at::Tensor lse = run_max + run_sum.log();
-  const at::Tensor tz = z_target * (1.0 - smoothing) + z_total * (smoothing / static_cast<double>(classes));
-  return {lse - tz, lse, run_ez / run_sum, tz, xsq, wsq, saved};
+  return {loss, lse, mean_z, tz, xsq, wsq, saved};
 }
 
 template <class Epilogue>

@@ -13,11 +13,12 @@ namespace vtreid::cpu {
 namespace {
 
 struct CpuEpilogue {
-  // Fold one class chunk into each row's online log-sum-exp state.
+  // Fold one class chunk into each row's online log-sum-exp state (csrc/online_lse.h: the first chunk
+  // starts it, the last writes the results).
   template <typename acc_t>
   static void merge(const acc_t* dots, int64_t n, int64_t cc, int64_t c0, int64_t classes, const acc_t* inv_x,
-                    const acc_t* inv_w, const int64_t* target, acc_t scale, acc_t smoothing, acc_t* run_max,
-                    acc_t* run_sum, acc_t* run_ez, acc_t* z_target, acc_t* z_total) {
+                    const acc_t* inv_w, const int64_t* target, acc_t scale, acc_t smoothing, LseRows<acc_t> s) {
+    const bool first = c0 == 0, last = c0 + cc == classes;
     at::parallel_for(0, n, 8, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const acc_t* row = dots + i * cc;
@@ -28,7 +29,8 @@ struct CpuEpilogue {
           chunk_max = std::max(chunk_max, z);
           total += z;
         }
-        const acc_t new_max = std::max(run_max[i], chunk_max);
+        const acc_t old_max = first ? -std::numeric_limits<acc_t>::infinity() : s.run_max[i];
+        const acc_t new_max = std::max(old_max, chunk_max);
         acc_t sum = 0, ez = 0;
         for (int64_t j = 0; j < cc; ++j) {
           const acc_t z = row[j] * sx * inv_w[j];
@@ -36,13 +38,27 @@ struct CpuEpilogue {
           sum += p;
           ez += p * z;
         }
-        const acc_t rescale = std::exp(run_max[i] - new_max);
-        run_sum[i] = run_sum[i] * rescale + sum;
-        run_ez[i] = run_ez[i] * rescale + ez;
-        run_max[i] = new_max;
-        z_total[i] += total;
+        const acc_t rescale = std::exp(old_max - new_max);
         const int64_t y = target[i] - c0;
-        if (y >= 0 && y < cc) z_target[i] += row[y] * sx * inv_w[y];
+        const acc_t run_sum = (first ? acc_t(0) : s.run_sum[i] * rescale) + sum;
+        const acc_t run_ez = (first ? acc_t(0) : s.run_ez[i] * rescale) + ez;
+        const acc_t z_total = (first ? acc_t(0) : s.z_total[i]) + total;
+        const acc_t z_target =
+            (first ? acc_t(0) : s.z_target[i]) + (y >= 0 && y < cc ? row[y] * sx * inv_w[y] : acc_t(0));
+        if (last) {
+          const acc_t lse = new_max + std::log(run_sum);
+          const acc_t tz = z_target * (acc_t(1) - smoothing) + z_total * (smoothing / static_cast<acc_t>(classes));
+          s.lse[i] = lse;
+          s.tz[i] = tz;
+          s.loss[i] = lse - tz;
+          s.mean_z[i] = run_ez / run_sum;
+        } else {
+          s.run_max[i] = new_max;
+          s.run_sum[i] = run_sum;
+          s.run_ez[i] = run_ez;
+          s.z_total[i] = z_total;
+          s.z_target[i] = z_target;
+        }
       }
     });
   }

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "../online_lse.h"
+
 namespace vtreid::cuda {
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
@@ -90,12 +92,13 @@ cudaError_t hetero_center_bwd(DType dtype, const void* x, const int64_t* slot, c
                               int64_t sets, int64_t n, int64_t dim, int metric, bool strong, cudaStream_t stream);
 
 // Epilogues of the normalized cross-entropy driver (csrc/normalized_ce_driver.h), for acc_t float or
-// double: fold a class chunk's dot products [n, cc] into the per-row online log-sum-exp state, and
-// build G q [n, cc] and add its column sums of G z into col_gz [cc].
+// double: fold a class chunk's dot products [n, cc] into the per-row online log-sum-exp state (the first
+// chunk starts it, the last writes the results: csrc/online_lse.h), and build G q [n, cc] and add its
+// column sums of G z into col_gz [cc].
 template <typename acc_t>
-cudaError_t normalized_ce_merge(const acc_t* dots, int64_t n, int64_t cc, int64_t c0, const acc_t* inv_x,
-                                const acc_t* inv_w, const int64_t* target, acc_t scale, acc_t* run_max,
-                                acc_t* run_sum, acc_t* run_ez, acc_t* z_target, acc_t* z_total, cudaStream_t stream);
+cudaError_t normalized_ce_merge(const acc_t* dots, int64_t n, int64_t cc, int64_t c0, int64_t classes,
+                                const acc_t* inv_x, const acc_t* inv_w, const int64_t* target, acc_t scale,
+                                acc_t smoothing, LseRows<acc_t> rows, cudaStream_t stream);
 
 template <typename acc_t>
 cudaError_t normalized_ce_grad(const acc_t* dots, int64_t n, int64_t cc, int64_t c0, int64_t classes,

@@ -28,9 +28,9 @@ __device__ acc_t block_reduce(acc_t value, acc_t* scratch, bool take_max) {
 
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-merge_kernel(const acc_t* __restrict__ dots, int64_t cc, int64_t c0, const acc_t* __restrict__ inv_x,
-             const acc_t* __restrict__ inv_w, const int64_t* __restrict__ target, acc_t scale, acc_t* run_max,
-             acc_t* run_sum, acc_t* run_ez, acc_t* z_target, acc_t* z_total) {
+merge_kernel(const acc_t* __restrict__ dots, int64_t cc, int64_t c0, int64_t classes, const acc_t* __restrict__ inv_x,
+             const acc_t* __restrict__ inv_w, const int64_t* __restrict__ target, acc_t scale, acc_t smoothing,
+             LseRows<acc_t> s) {
   __shared__ acc_t scratch[kThreads];
   const int64_t i = blockIdx.x;
   const acc_t* row = dots + i * cc;
@@ -43,7 +43,9 @@ merge_kernel(const acc_t* __restrict__ dots, int64_t cc, int64_t c0, const acc_t
   }
   const acc_t chunk_max = block_reduce(local_max, scratch, true);
   const acc_t total = block_reduce(local_total, scratch, false);
-  const acc_t new_max = max(run_max[i], chunk_max);
+  const bool first = c0 == 0, last = c0 + cc == classes;
+  const acc_t old_max = first ? acc_t(-INFINITY) : s.run_max[i];
+  const acc_t new_max = max(old_max, chunk_max);
   acc_t local_sum = 0, local_ez = 0;
   for (int64_t j = threadIdx.x; j < cc; j += kThreads) {
     const acc_t z = row[j] * sx * inv_w[j];
@@ -54,13 +56,26 @@ merge_kernel(const acc_t* __restrict__ dots, int64_t cc, int64_t c0, const acc_t
   const acc_t sum = block_reduce(local_sum, scratch, false);
   const acc_t ez = block_reduce(local_ez, scratch, false);
   if (threadIdx.x == 0) {
-    const acc_t rescale = exp(run_max[i] - new_max);
-    run_sum[i] = run_sum[i] * rescale + sum;
-    run_ez[i] = run_ez[i] * rescale + ez;
-    run_max[i] = new_max;
-    z_total[i] += total;
+    const acc_t rescale = exp(old_max - new_max);
     const int64_t y = target[i] - c0;
-    if (y >= 0 && y < cc) z_target[i] += row[y] * sx * inv_w[y];
+    const acc_t run_sum = (first ? acc_t(0) : s.run_sum[i] * rescale) + sum;
+    const acc_t run_ez = (first ? acc_t(0) : s.run_ez[i] * rescale) + ez;
+    const acc_t z_total = (first ? acc_t(0) : s.z_total[i]) + total;
+    const acc_t z_target = (first ? acc_t(0) : s.z_target[i]) + (y >= 0 && y < cc ? row[y] * sx * inv_w[y] : acc_t(0));
+    if (last) {
+      const acc_t lse = new_max + log(run_sum);
+      const acc_t tz = z_target * (acc_t(1) - smoothing) + z_total * (smoothing / static_cast<acc_t>(classes));
+      s.lse[i] = lse;
+      s.tz[i] = tz;
+      s.loss[i] = lse - tz;
+      s.mean_z[i] = run_ez / run_sum;
+    } else {
+      s.run_max[i] = new_max;
+      s.run_sum[i] = run_sum;
+      s.run_ez[i] = run_ez;
+      s.z_total[i] = z_total;
+      s.z_target[i] = z_target;
+    }
   }
 }
 
@@ -92,12 +107,12 @@ column_kernel(const acc_t* __restrict__ dots, const acc_t* __restrict__ gq, int6
 }  // namespace
 
 template <typename acc_t>
-cudaError_t normalized_ce_merge(const acc_t* dots, int64_t n, int64_t cc, int64_t c0, const acc_t* inv_x,
-                                const acc_t* inv_w, const int64_t* target, acc_t scale, acc_t* run_max,
-                                acc_t* run_sum, acc_t* run_ez, acc_t* z_target, acc_t* z_total, cudaStream_t stream) {
+cudaError_t normalized_ce_merge(const acc_t* dots, int64_t n, int64_t cc, int64_t c0, int64_t classes,
+                                const acc_t* inv_x, const acc_t* inv_w, const int64_t* target, acc_t scale,
+                                acc_t smoothing, LseRows<acc_t> rows, cudaStream_t stream) {
   if (n == 0 || cc == 0) return cudaSuccess;
-  merge_kernel<acc_t><<<static_cast<unsigned>(n), kThreads, 0, stream>>>(dots, cc, c0, inv_x, inv_w, target, scale,
-                                                                         run_max, run_sum, run_ez, z_target, z_total);
+  merge_kernel<acc_t><<<static_cast<unsigned>(n), kThreads, 0, stream>>>(dots, cc, c0, classes, inv_x, inv_w, target,
+                                                                         scale, smoothing, rows);
   return cudaGetLastError();
 }
 
@@ -114,8 +129,8 @@ cudaError_t normalized_ce_grad(const acc_t* dots, int64_t n, int64_t cc, int64_t
 }
 
 #define VTREID_INSTANTIATE(T)                                                                                      \
-  template cudaError_t normalized_ce_merge<T>(const T*, int64_t, int64_t, int64_t, const T*, const T*,            \
-                                              const int64_t*, T, T*, T*, T*, T*, T*, cudaStream_t);                \
+  template cudaError_t normalized_ce_merge<T>(const T*, int64_t, int64_t, int64_t, int64_t, const T*, const T*,   \
+                                              const int64_t*, T, T, LseRows<T>, cudaStream_t);                     \
   template cudaError_t normalized_ce_grad<T>(const T*, int64_t, int64_t, int64_t, int64_t, const T*, const T*,     \
                                              const int64_t*, const T*, const T*, T, T, T*, T*, cudaStream_t);
 VTREID_INSTANTIATE(float)

@@ -106,11 +106,14 @@ int emu_hetero_center_bwd(int dtype, const void* x, const int64_t* slot, const i
 }
 
 #define VTREID_EMU_NCE(T, SUFFIX)                                                                                  \
-  int emu_normalized_ce_merge_##SUFFIX(const T* dots, int64_t n, int64_t cc, int64_t c0, const T* inv_x,           \
-                                       const T* inv_w, const int64_t* target, T scale, T* run_max, T* run_sum,     \
-                                       T* run_ez, T* z_target, T* z_total) {                                       \
-    return vtreid::cuda::normalized_ce_merge<T>(dots, n, cc, c0, inv_x, inv_w, target, scale, run_max, run_sum,   \
-                                                run_ez, z_target, z_total, nullptr);                               \
+  /* state [5, n]: run_max, run_sum, run_ez, z_target, z_total; out [4, n]: loss, lse, E_p[z], target term */    \
+  int emu_normalized_ce_merge_##SUFFIX(const T* dots, int64_t n, int64_t cc, int64_t c0, int64_t classes,          \
+                                       const T* inv_x, const T* inv_w, const int64_t* target, T scale, T smoothing, \
+                                       T* state, T* out) {                                                         \
+    const vtreid::LseRows<T> rows{state,   state + n,   state + 2 * n, state + 3 * n, state + 4 * n,              \
+                                  out,     out + n,     out + 2 * n,   out + 3 * n};                               \
+    return vtreid::cuda::normalized_ce_merge<T>(dots, n, cc, c0, classes, inv_x, inv_w, target, scale, smoothing,  \
+                                                rows, nullptr);                                                    \
   }                                                                                                                \
   int emu_normalized_ce_grad_##SUFFIX(const T* dots, int64_t n, int64_t cc, int64_t c0, int64_t classes,           \
                                       const T* inv_x, const T* inv_w, const int64_t* target, const T* lse,         \

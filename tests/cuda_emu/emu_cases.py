@@ -104,9 +104,9 @@ def test_pairwise_distance_half_kernels(n, m, d, emulated_device, dtype, metric)
         x[4] = 2 * x[0]      # parallel to x[0] (cosine distance 0 up to rounding)
     if m >= 2:
         y[0] = x[0]          # the same row in x and y: distance exactly 0
-    # The backward: TF32 tensor cores on the tc64 (sm_90, tiles of 16 rows here) and tc128 (sm_80, 64 rows)
-    # devices, SIMT on the sm_60 one.
-    _check_pairwise(x.contiguous(), y.contiguous(), metric, gen)
+    # The backward: TF32 tensor cores on the sm_90 device, SIMT on the sm_60 one; the sm_80 one would run the
+    # tensor-core kernel again with 64-row tiles (the bitwise test checks that tiles do not change results).
+    _check_pairwise(x.contiguous(), y.contiguous(), metric, gen, backward=emulated_device != "tc128")
 
 
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
@@ -693,22 +693,25 @@ def test_normalized_ce_epilogues(n, c, d, acc):
     inv_w = 1.0 / (w * w).sum(1).sqrt().clamp_min(1e-12)
     sfx = "f32" if acc == torch.float32 else "f64"
     ctype = ctypes.c_float if acc == torch.float32 else ctypes.c_double
-    run_max = torch.full((n,), float("-inf"), dtype=acc)
-    run_sum, run_ez, z_t, z_all = (torch.zeros(n, dtype=acc) for _ in range(4))
+    # NaN in the state and the results: the first chunk must start the state without reading it, and the last
+    # must write every result (the driver allocates both uninitialised)
+    state = torch.full((5, n), float("nan"), dtype=acc)
+    out = torch.full((4, n), float("nan"), dtype=acc)
     chunk = 128  # the launcher is called per class chunk, as the driver does
     for c0 in range(0, c, chunk):
         cc = min(chunk, c - c0)
         dots = (x @ w[c0:c0 + cc].T).contiguous()
         _check(getattr(LIB, f"emu_normalized_ce_merge_{sfx}")(
-            _p(dots), I64(n), I64(cc), I64(c0), _p(inv_x), _p(inv_w[c0:]), _p(target), ctype(scale), _p(run_max),
-            _p(run_sum), _p(run_ez), _p(z_t), _p(z_all)), "normalized_ce_merge")
+            _p(dots), I64(n), I64(cc), I64(c0), I64(c), _p(inv_x), _p(inv_w[c0:]), _p(target), ctype(scale),
+            ctype(smoothing), _p(state), _p(out)), "normalized_ce_merge")
     z = scale * (x @ w.T) * inv_x[:, None] * inv_w[None, :]
     lse = torch.logsumexp(z, 1)
+    tz = (1 - smoothing) * z.gather(1, target[:, None])[:, 0] + smoothing / c * z.sum(1)
     tol = TOLERANCES[acc]
-    torch.testing.assert_close(run_max + run_sum.log(), lse, atol=tol.atol * scale, rtol=tol.rtol)
-    torch.testing.assert_close(run_ez / run_sum, (torch.softmax(z, 1) * z).sum(1), atol=tol.atol * scale, rtol=tol.rtol)
-    torch.testing.assert_close(z_t, z.gather(1, target[:, None])[:, 0], atol=tol.atol * scale, rtol=tol.rtol)
-    torch.testing.assert_close(z_all, z.sum(1), atol=tol.atol * scale * c, rtol=tol.rtol)
+    torch.testing.assert_close(out[1], lse, atol=tol.atol * scale, rtol=tol.rtol)
+    torch.testing.assert_close(out[2], (torch.softmax(z, 1) * z).sum(1), atol=tol.atol * scale, rtol=tol.rtol)
+    torch.testing.assert_close(out[3], tz, atol=tol.atol * scale, rtol=tol.rtol)
+    torch.testing.assert_close(out[0], lse - tz, atol=2 * tol.atol * scale, rtol=tol.rtol)
 
     grad_row = torch.rand(n, dtype=acc, generator=gen)
     t = torch.full((n, c), smoothing / c, dtype=acc)
