@@ -6,6 +6,14 @@
 //   loss = lse - tz.
 // Plain C++: included by the CPU build, nvcc and the CUDA emulation alike.
 #pragma once
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define VTREID_HOST_DEVICE __host__ __device__
+#else
+#define VTREID_HOST_DEVICE
+#endif
 
 namespace vtreid {
 
@@ -20,6 +28,33 @@ struct LseRows {
   acc_t* lse;
   acc_t* mean_z;
   acc_t* tz;
+
+  // Row i after one more chunk, given the chunk's maximum-shifted sums: sum = sum_j exp(z_j - new_max),
+  // ez = sum_j exp(z_j - new_max) z_j, total = sum_j z_j, target_z = the target's z if in the chunk, else 0.
+  VTREID_HOST_DEVICE void fold(int64_t i, bool first, bool last, acc_t old_max, acc_t new_max, acc_t sum, acc_t ez,
+                               acc_t total, acc_t target_z, acc_t smoothing, int64_t classes) const {
+    using std::exp;
+    using std::log;
+    const acc_t rescale = exp(old_max - new_max);
+    const acc_t s = (first ? acc_t(0) : run_sum[i] * rescale) + sum;
+    const acc_t e = (first ? acc_t(0) : run_ez[i] * rescale) + ez;
+    const acc_t zt = (first ? acc_t(0) : z_target[i]) + target_z;
+    const acc_t za = (first ? acc_t(0) : z_total[i]) + total;
+    if (last) {
+      const acc_t l = new_max + log(s);
+      const acc_t t = zt * (acc_t(1) - smoothing) + za * (smoothing / static_cast<acc_t>(classes));
+      lse[i] = l;
+      tz[i] = t;
+      loss[i] = l - t;
+      mean_z[i] = e / s;
+    } else {
+      run_max[i] = new_max;
+      run_sum[i] = s;
+      run_ez[i] = e;
+      z_target[i] = zt;
+      z_total[i] = za;
+    }
+  }
 };
 
 }  // namespace vtreid

@@ -38,27 +38,9 @@ struct CpuEpilogue {
           sum += p;
           ez += p * z;
         }
-        const acc_t rescale = std::exp(old_max - new_max);
         const int64_t y = target[i] - c0;
-        const acc_t run_sum = (first ? acc_t(0) : s.run_sum[i] * rescale) + sum;
-        const acc_t run_ez = (first ? acc_t(0) : s.run_ez[i] * rescale) + ez;
-        const acc_t z_total = (first ? acc_t(0) : s.z_total[i]) + total;
-        const acc_t z_target =
-            (first ? acc_t(0) : s.z_target[i]) + (y >= 0 && y < cc ? row[y] * sx * inv_w[y] : acc_t(0));
-        if (last) {
-          const acc_t lse = new_max + std::log(run_sum);
-          const acc_t tz = z_target * (acc_t(1) - smoothing) + z_total * (smoothing / static_cast<acc_t>(classes));
-          s.lse[i] = lse;
-          s.tz[i] = tz;
-          s.loss[i] = lse - tz;
-          s.mean_z[i] = run_ez / run_sum;
-        } else {
-          s.run_max[i] = new_max;
-          s.run_sum[i] = run_sum;
-          s.run_ez[i] = run_ez;
-          s.z_total[i] = z_total;
-          s.z_target[i] = z_target;
-        }
+        s.fold(i, first, last, old_max, new_max, sum, ez, total, y >= 0 && y < cc ? row[y] * sx * inv_w[y] : acc_t(0),
+               smoothing, classes);
       }
     });
   }

@@ -743,6 +743,17 @@ cudaError_t bwd_typed(const void* grad, const void* dist, const void* a, const v
 
 size_t acc_bytes(DType dtype) { return dtype == DType::kFloat64 ? sizeof(double) : sizeof(float); }
 
+// The current device's compute capability (major) for half / bfloat16, which have tensor-core kernels; 0
+// for the other dtypes, which do not ask.
+cudaError_t tensor_core_arch(DType dtype, int& major) {
+  major = 0;
+  if (dtype != DType::kFloat16 && dtype != DType::kBFloat16) return cudaSuccess;
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  return err;
+}
+
 }  // namespace
 
 PairwiseFwdGrid pairwise_distance_fwd_grid(DType dtype, int64_t n, int64_t m, int64_t dim, int sms, int cc_major) {
@@ -805,12 +816,7 @@ cudaError_t pairwise_distance_fwd(DType dtype, const void* x, const void* y, voi
                                   cudaStream_t stream) {
   if (n == 0 || m == 0) return cudaSuccess;
   int major = 0;
-  if (dtype == DType::kFloat16 || dtype == DType::kBFloat16) {
-    int device = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    if (err != cudaSuccess) return err;
-  }
+  if (const cudaError_t err = tensor_core_arch(dtype, major); err != cudaSuccess) return err;
   const PairwiseFwdGrid g = pairwise_distance_fwd_grid(dtype, n, m, dim, sms, major);
   if (g.tiles == 0 || (g.splits > 1 && n * m > kMaxGridX * kThreads)) return cudaErrorInvalidConfiguration;
   switch (dtype) {
@@ -829,12 +835,7 @@ cudaError_t pairwise_distance_bwd_side(DType dtype, const void* grad, const void
                                 cudaStream_t stream) {
   if (n == 0 || dim == 0) return cudaSuccess;
   int major = 0;
-  if (dtype == DType::kFloat16 || dtype == DType::kBFloat16) {
-    int device = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-    if (err != cudaSuccess) return err;
-  }
+  if (const cudaError_t err = tensor_core_arch(dtype, major); err != cudaSuccess) return err;
   const PairwiseBwdGrid g = pairwise_distance_bwd_grid(dtype, n, dim, sms, major);
   if (g.blocks == 0) return cudaErrorInvalidConfiguration;
 #define VTREID_PAIR_BWD(T) bwd_typed<T>(grad, dist, a, b, asq, bsq, grad_a, n, k, dim, gsn, gsk, dsn, dsk, metric, g, stream)
