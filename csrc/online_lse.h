@@ -29,6 +29,9 @@ struct LseRows {
   acc_t* mean_z;
   acc_t* tz;
 
+  // The running maximum of row i before chunk c0 (-inf before the first: the state is not read).
+  VTREID_HOST_DEVICE acc_t max_before(int64_t i, bool first) const { return first ? acc_t(-INFINITY) : run_max[i]; }
+
   // Row i after one more chunk, given the chunk's maximum-shifted sums: sum = sum_j exp(z_j - new_max),
   // ez = sum_j exp(z_j - new_max) z_j, total = sum_j z_j, target_z = the target's z if in the chunk, else 0.
   VTREID_HOST_DEVICE void fold(int64_t i, bool first, bool last, acc_t old_max, acc_t new_max, acc_t sum, acc_t ez,

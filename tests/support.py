@@ -69,3 +69,38 @@ def assert_matches(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dt
         raise AssertionError(f"{what}: {int(bad.sum())} of {bad.numel()} elements out of tolerance "
                              f"{tol}; first at {idx}: actual {act[tuple(idx)].item()!r}, "
                              f"expected {exp[tuple(idx)].item()!r}, max error {err[bad].max().item():.3e}")
+
+
+# --- the pairwise backward of close pairs (tests/ops/test_pairwise_distance.py, tests/cuda_emu) -----------
+
+def close_pairs(dtype: torch.dtype, gen: torch.Generator, n: int = 37, m: int = 40, d: int = 64):
+    """(x [n, d], y [m, d]) where y's first n rows are x's at distance ~0.1 (norms ~8): the backward's
+    coefficients B_ij = g / d_ij are large, and a_i x_i - sum_j B_ij y_j cancels them."""
+    x = torch.randn(n, d, generator=gen)
+    y = torch.randn(m, d, generator=gen)
+    y[:n] = x + 0.0125 * torch.randn(n, d, generator=gen)
+    return x.to(dtype), y.to(dtype)
+
+
+def side_gradient_float64(grad: torch.Tensor, dist: torch.Tensor, a: torch.Tensor, b: torch.Tensor, metric: str):
+    """(grad_a, size): grad_a of sum_ij g_ij dist(a_i, b_j) = a_i a - B b in float64 with the formulas of
+    kernels/pairwise_distance.py, for the given distances (the rounded ones a backward reads), so that a
+    kernel's own rounding is the only difference; size: the magnitude of the terms each entry sums."""
+    g, d, a, b = grad.double(), dist.double(), a.double(), b.double()
+    if metric == "cosine":
+        na, nb = a.norm(dim=1).clamp_min(1e-12), b.norm(dim=1).clamp_min(1e-12)
+        coef = g / (na[:, None] * nb[None, :])
+        row = (g * (1 - d)).sum(1) / na ** 2 * (a.norm(dim=1) > 1e-12)
+    else:
+        coef = torch.where(d > 0, g / d.clamp_min(1e-300) if metric == "euclidean" else 2 * g, 0.0)
+        row = coef.sum(1)
+    return row[:, None] * a - coef @ b, coef.abs() @ b.abs() + row.abs()[:, None] * a.abs()
+
+
+def assert_half_gradient_within_rounding(got: torch.Tensor, want: torch.Tensor, size: torch.Tensor) -> None:
+    """|got - want| <= 1.1 ulp(want) + 4e-6 size: the half output's rounding plus float32-sized error on the
+    terms (a B that entered the GEMM with TF32's 10 bits misses this many times over)."""
+    ulp = 2.0 ** -(11 if got.dtype == torch.float16 else 8)
+    err = (got.double() - want).abs()
+    bound = 1.1 * ulp * want.abs() + 4e-6 * size
+    assert (err <= bound).all(), f"{got.dtype}: max error / bound {(err / bound).max():.2f}"

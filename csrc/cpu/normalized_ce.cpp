@@ -29,7 +29,7 @@ struct CpuEpilogue {
           chunk_max = std::max(chunk_max, z);
           total += z;
         }
-        const acc_t old_max = first ? -std::numeric_limits<acc_t>::infinity() : s.run_max[i];
+        const acc_t old_max = s.max_before(i, first);
         const acc_t new_max = std::max(old_max, chunk_max);
         acc_t sum = 0, ez = 0;
         for (int64_t j = 0; j < cc; ++j) {

@@ -44,7 +44,7 @@ merge_kernel(const acc_t* __restrict__ dots, int64_t cc, int64_t c0, int64_t cla
   const acc_t chunk_max = block_reduce(local_max, scratch, true);
   const acc_t total = block_reduce(local_total, scratch, false);
   const bool first = c0 == 0, last = c0 + cc == classes;
-  const acc_t old_max = first ? acc_t(-INFINITY) : s.run_max[i];
+  const acc_t old_max = s.max_before(i, first);
   const acc_t new_max = max(old_max, chunk_max);
   acc_t local_sum = 0, local_ez = 0;
   for (int64_t j = threadIdx.x; j < cc; j += kThreads) {

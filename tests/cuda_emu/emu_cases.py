@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build  # noqa: E402
 
-from tests.support import TOLERANCES, assert_matches  # noqa: E402
+from tests.support import (TOLERANCES, assert_half_gradient_within_rounding, assert_matches,  # noqa: E402
+                           close_pairs, side_gradient_float64)
 from vtreid.ops import reference  # noqa: E402
 from vtreid.ops.hetero_center import class_slots  # noqa: E402
 
@@ -124,20 +125,6 @@ def test_pairwise_distance_half_nan_inf_propagate(emulated_device, metric):
     assert_matches(dist, want, torch.float16, "dist")
 
 
-def _side_reference(grad, dist, a, b, metric):
-    """grad_a in float64 from the formulas of kernels/pairwise_distance.py, for the given dist (as the kernels
-    read it): rounding in the kernels is then the only difference."""
-    g, d, a, b = grad.double(), dist.double(), a.double(), b.double()
-    if metric == "cosine":
-        na, nb = a.norm(dim=1).clamp_min(1e-12), b.norm(dim=1).clamp_min(1e-12)
-        coef = g / (na[:, None] * nb[None, :])
-        row = (g * (1 - d)).sum(1) / na ** 2 * (a.norm(dim=1) > 1e-12)
-    else:
-        coef = torch.where(d > 0, g / d.clamp_min(1e-300) if metric == "euclidean" else 2 * g, 0.0)
-        row = coef.sum(1)
-    return row[:, None] * a - coef @ b, (coef.abs() @ b.abs()) + row.abs()[:, None] * a.abs()
-
-
 @pytest.mark.parametrize("metric", ["euclidean", "cosine"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("emulated_device", list(TC_KERNELS), indirect=True)
@@ -147,22 +134,15 @@ def test_pairwise_backward_half_close_pairs(emulated_device, dtype, metric):
     row sums a: the TF32 kernels split it into two TF32 parts; one TF32 product (10 bits of B) leaves an
     error of ~2^-11 |B| |y|, here 14-41 times the bound (checked by dropping the low part); SIMT passes."""
     gen = torch.Generator().manual_seed(17)
-    n, m, d = 37, 40, 64
-    x = torch.randn(n, d, generator=gen)
-    y = torch.randn(m, d, generator=gen)
-    y[:n] = x + 0.0125 * torch.randn(n, d, generator=gen)
-    x, y = x.to(dtype), y.to(dtype)
+    x, y = close_pairs(dtype, gen)
+    n, m = x.shape[0], y.shape[0]
     acc = torch.float32
     dist = reference.distance_matrix(x.double(), y.double(), metric).to(acc)   # what the forward would pass
     grad = torch.randn(n, m, generator=gen, dtype=acc)
     xsq, ysq = (x.double() ** 2).sum(1).to(acc), (y.double() ** 2).sum(1).to(acc)
     gx = torch.empty_like(x)
     _pairwise_bwd_side(grad, dist, x, y, xsq, ysq, gx, n, m, (m, 1), metric)
-    want, size = _side_reference(grad, dist, x, y, metric)
-    ulp = 2.0 ** -(11 if dtype == torch.float16 else 8)
-    err = (gx.double() - want).abs()
-    bound = 1.1 * ulp * want.abs() + 4e-6 * size   # the output's rounding + float32 products and sums
-    assert (err <= bound).all(), f"max error / bound {(err / bound).max():.2f}"
+    assert_half_gradient_within_rounding(gx, *side_gradient_float64(grad, dist, x, y, metric))
     assert (dist[:n].diagonal() < 0.25).all()
 
 

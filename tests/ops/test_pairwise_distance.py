@@ -8,7 +8,8 @@ import vtreid.ops as ops
 from vtreid.ops import reference
 from vtreid.ops.pairwise_distance import FUSED
 
-from support import DEVICES, FUSED_BACKENDS, assert_matches, dtypes_for, require_backend
+from support import (DEVICES, FUSED_BACKENDS, assert_half_gradient_within_rounding, assert_matches, close_pairs,
+                     dtypes_for, require_backend, side_gradient_float64)
 
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 
@@ -240,41 +241,20 @@ def test_torch_compile(backend):
     torch.testing.assert_close(x.grad, xr.grad, atol=1e-5, rtol=1e-5)
 
 
-def side_gradient_float64(grad_out, dist, a, b, metric):
-    """grad_a of sum_ij g_ij dist(a_i, b_j) in float64 for the given distances (the rounded ones the backward
-    reads), and the size of the terms it sums: a_i a - B b with the formulas of kernels/pairwise_distance.py."""
-    g, d, a, b = grad_out.double(), dist.double(), a.double(), b.double()
-    if metric == "cosine":
-        na, nb = a.norm(dim=1).clamp_min(1e-12), b.norm(dim=1).clamp_min(1e-12)
-        coef = g / (na[:, None] * nb[None, :])
-        row = (g * (1 - d)).sum(1) / na ** 2
-    else:
-        coef = torch.where(d > 0, g / d.clamp_min(1e-300), 0.0)
-        row = coef.sum(1)
-    return row[:, None] * a - coef @ b, coef.abs() @ b.abs() + row.abs()[:, None] * a.abs()
-
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 @pytest.mark.parametrize("metric", ("euclidean", "cosine"))
 def test_half_gradient_of_close_pairs(device, backend, metric):
-    """Every row of x has a near twin in y (distance ~0.1, norms ~8): B_ij = g / d is large and a_i x - B y
+    """Every row of x has a near twin in y (support.close_pairs): B_ij = g / d is large and a_i x - B y
     cancels it, so B must enter the GEMM at float32 precision, as in the row sums a_i. The half backward
     multiplies on tensor cores as two TF32 products (B = hi + lo); one TF32 product, 10 bits of B, misses
-    this bound many times over. Bound: the output's rounding plus float32-sized error on the terms."""
+    the bound many times over."""
     for dtype in [dt for dt in dtypes_for(device, backend) if dt in (torch.float16, torch.bfloat16)]:
         g = torch.Generator().manual_seed(23)
-        n, m, d = 37, 40, 64
-        x = torch.randn(n, d, generator=g)
-        y = torch.randn(m, d, generator=g)
-        y[:n] = x + 0.0125 * torch.randn(n, d, generator=g)
-        x, y = x.to(device, dtype), y.to(device, dtype)
-        grad_out = torch.randn(n, m, generator=g).to(device)
-        dist, (gx, gy), _ = run(backend, x, y, metric, grad_out.to(dtype))
-        ulp = 2.0 ** -(11 if dtype == torch.float16 else 8)
-        for got, (want, size) in ((gx, side_gradient_float64(grad_out.to(dtype), dist, x, y, metric)),
-                                  (gy, side_gradient_float64(grad_out.to(dtype).T, dist.T, y, x, metric))):
-            err = (got.double() - want).abs()
-            bound = 1.1 * ulp * want.abs() + 4e-6 * size
-            assert (err <= bound).all(), f"{dtype}: max error / bound {(err / bound).max():.2f}"
+        x, y = (t.to(device) for t in close_pairs(dtype, g))
+        grad_out = torch.randn(x.shape[0], y.shape[0], generator=g).to(device, dtype)
+        dist, (gx, gy), _ = run(backend, x, y, metric, grad_out)
+        assert_half_gradient_within_rounding(gx, *side_gradient_float64(grad_out, dist, x, y, metric))
+        assert_half_gradient_within_rounding(gy, *side_gradient_float64(grad_out.T, dist.T, y, x, metric))
         assert (dist.diagonal() < 0.25).all()
