@@ -1,8 +1,9 @@
 // A small CUDA emulation layer: compiles csrc/cuda/*.cu as C++ for the CPU (test-only build, see
 // tests/cuda_emu/) so that every launcher runs against `reference` under AddressSanitizer.
 //
-// Each block runs on its own, one after another. Each CUDA thread of the block is a fibre (ucontext) on
-// the calling OS thread: a fibre runs until it reaches __syncthreads(), a warp-collective call (shuffle,
+// Each block runs on its own, one after another. Each CUDA thread of the block is a fibre on the calling
+// OS thread (on x86-64 a six-register stack switch, elsewhere ucontext, whose swapcontext makes a
+// sigprocmask system call per switch: most of the emulation's time in the tensor-core kernels): a fibre runs until it reaches __syncthreads(), a warp-collective call (shuffle,
 // __syncwarp, wmma) or returns. Warps run one after another: the lanes of a warp run in turn, and once
 // every live lane of the warp waits at a warp-collective call the warp goes on at once, so each warp runs
 // ahead of the later ones up to its next __syncthreads(), which is released when every live thread of the
@@ -19,7 +20,9 @@
 // have every choice tested.
 // What it cannot run: inline PTX (cp.async, ldmatrix, mma), cooperative groups.
 #pragma once
+#if !defined(__x86_64__)
 #include <ucontext.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -33,6 +36,7 @@
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define VTREID_EMU_ASAN 1
 #endif
@@ -163,8 +167,80 @@ constexpr size_t kStack = 256 * 1024;
 
 enum class State { kRun, kBlockBarrier, kWarpBarrier, kDone };
 
+// --- fibre contexts ----------------------------------------------------------------------------------
+#if defined(__x86_64__)
+// A context is the stack pointer of a suspended fibre; its stack holds the SysV callee-saved registers,
+// MXCSR and the x87 control word below the return address. vtreid_emu_switch(save, to) saves the caller's
+// context in *save and resumes `to`. The signal mask is not switched: fibres never change it.
+// (Top-level asm in a COMDAT group: every translation unit may define it, the linker keeps one copy.)
+asm(R"(
+  .pushsection .text.vtreid_emu_switch,"axG",@progbits,vtreid_emu_switch,comdat
+  .globl vtreid_emu_switch
+  .hidden vtreid_emu_switch
+  .type vtreid_emu_switch,@function
+vtreid_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size vtreid_emu_switch, .-vtreid_emu_switch
+  .popsection
+)");
+extern "C" void vtreid_emu_switch(void** save, void* to);
+
+struct Context { void* sp = nullptr; };
+inline void switch_context(Context& save, const Context& to) { vtreid_emu_switch(&save.sp, to.sp); }
+// A context that starts entry() on [stack, stack + size) as if it had been called; entry must not return.
+inline Context start_context(char* stack, size_t size, void (*entry)()) {
+#ifdef VTREID_EMU_ASAN
+  // The stack's last fibre may have left redzones poisoned (its frames were never unwound); ASan's own
+  // swapcontext interceptor clears them the same way.
+  __asan_unpoison_memory_region(stack, size);
+#endif
+  uint32_t control[2] = {0, 0};
+  asm volatile("stmxcsr %0\n\tfnstcw %1" : "=m"(control[0]), "=m"(control[1]));
+  auto* top = reinterpret_cast<uint64_t*>((reinterpret_cast<uintptr_t>(stack) + size) & ~uintptr_t{15});
+  uint64_t* ret = top - 2;  // 16-aligned, so entry() starts with rsp = 8 mod 16, as after a call
+  ret[0] = reinterpret_cast<uint64_t>(entry);
+  ret[1] = 0;
+  uint64_t* sp = ret - 7;  // control words, then r15 r14 r13 r12 rbx rbp (rbp = 0 ends frame-pointer walks)
+  std::memcpy(sp, control, sizeof(control));
+  for (int i = 1; i < 7; ++i) sp[i] = 0;
+  return {sp};
+}
+#else
+struct Context { ucontext_t ctx; };
+inline void switch_context(Context& save, const Context& to) { swapcontext(&save.ctx, &to.ctx); }
+inline Context start_context(char* stack, size_t size, void (*entry)()) {
+  Context c;
+  getcontext(&c.ctx);
+  c.ctx.uc_stack.ss_sp = stack;
+  c.ctx.uc_stack.ss_size = size;
+  c.ctx.uc_link = nullptr;
+  makecontext(&c.ctx, entry, 0);
+  return c;
+}
+#endif
+
 struct Fibre {
-  ucontext_t ctx;
+  Context ctx;
   State state = State::kRun;
   int tid = 0;
   uint64_t collectives = 0;  // warp-collective calls (wmma) this thread has reached
@@ -174,7 +250,7 @@ struct Block {
   std::vector<Fibre> fibres;
   std::vector<char*> stacks;
   std::vector<uint64_t> slots;  // warp shuffle exchange, one per thread
-  ucontext_t scheduler;
+  Context scheduler;
   std::function<void()> body;
   int current = -1;
 #ifdef VTREID_EMU_ASAN
@@ -205,10 +281,10 @@ inline void yield(State state) {
 #ifdef VTREID_EMU_ASAN
   void* fake = nullptr;
   __sanitizer_start_switch_fiber(&fake, block->main_bottom, block->main_size);
-  swapcontext(&f.ctx, &block->scheduler);
+  switch_context(f.ctx, block->scheduler);
   __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #else
-  swapcontext(&f.ctx, &block->scheduler);
+  switch_context(f.ctx, block->scheduler);
 #endif
 }
 
@@ -222,7 +298,9 @@ inline void fibre_entry() {
 #ifdef VTREID_EMU_ASAN
   __sanitizer_start_switch_fiber(nullptr, block->main_bottom, block->main_size);  // this fibre ends
 #endif
-  setcontext(&block->scheduler);
+  Context ended;  // never resumed
+  switch_context(ended, block->scheduler);
+  fail("an ended fibre was resumed");
 }
 
 // Scheduler -> fibre t, until it yields or ends.
@@ -232,10 +310,10 @@ inline void resume(int t) {
   block->fibres[t].state = State::kRun;
 #ifdef VTREID_EMU_ASAN
   __sanitizer_start_switch_fiber(&block->fake_stack, block->stacks[t], kStack);
-  swapcontext(&block->scheduler, &block->fibres[t].ctx);
+  switch_context(block->scheduler, block->fibres[t].ctx);
   __sanitizer_finish_switch_fiber(block->fake_stack, nullptr, nullptr);
 #else
-  swapcontext(&block->scheduler, &block->fibres[t].ctx);
+  switch_context(block->scheduler, block->fibres[t].ctx);
 #endif
 }
 
@@ -252,11 +330,7 @@ inline void run_block(Block& b, int threads) {
   for (int t = 0; t < threads; ++t) {
     Fibre& f = b.fibres[t];
     f.tid = t;
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = b.stacks[t];
-    f.ctx.uc_stack.ss_size = kStack;
-    f.ctx.uc_link = nullptr;
-    makecontext(&f.ctx, fibre_entry, 0);
+    f.ctx = start_context(b.stacks[t], kStack, fibre_entry);
   }
   const int warps = (threads + kWarp - 1) / kWarp;
   for (;;) {
