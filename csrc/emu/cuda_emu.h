@@ -2,9 +2,10 @@
 // tests/cuda_emu/) so that every launcher runs against `reference` under AddressSanitizer.
 //
 // Each block runs on its own, one after another. Each CUDA thread of the block is a fibre on the calling
-// OS thread (on x86-64 a six-register stack switch, elsewhere ucontext, whose swapcontext makes a
-// sigprocmask system call per switch: most of the emulation's time in the tensor-core kernels): a fibre runs until it reaches __syncthreads(), a warp-collective call (shuffle,
-// __syncwarp, wmma) or returns. Warps run one after another: the lanes of a warp run in turn, and once
+// OS thread (on x86-64 a stack switch of the callee-saved registers; elsewhere ucontext, whose swapcontext
+// makes a sigprocmask system call per switch, which was most of the emulation's time in the tensor-core
+// kernels). A fibre runs until it reaches __syncthreads(), a warp-collective call (shuffle, __syncwarp,
+// wmma) or returns. Warps run one after another: the lanes of a warp run in turn, and once
 // every live lane of the warp waits at a warp-collective call the warp goes on at once, so each warp runs
 // ahead of the later ones up to its next __syncthreads(), which is released when every live thread of the
 // block has arrived. So a thread reads shared memory before other warps have written it unless a
@@ -14,7 +15,7 @@
 // __shared__ arrays are function statics (one block runs at a time). Launches check their configuration
 // against the hardware limits (grid x <= 2^31 - 1, y and z <= 65535, every dimension >= 1, at most 1024
 // threads); a bad one sets the error cudaGetLastError() returns, as the CUDA runtime does.
-// nvcuda::wmma (<mma.h>, csrc/emu/include/mma.h) is emulated for the m16n16k16 half / bfloat16 shapes.
+// nvcuda::wmma (<mma.h>, csrc/emu/include/mma.h) is emulated for the m16n16k16 half / bfloat16 and m16n16k8 TF32 shapes.
 // Device queries (cudaGetDevice, cudaDeviceGetAttribute) answer for an emulated device, 132 SMs and compute
 // capability 9.0 unless emu::set_device() says otherwise, so launchers that pick a kernel by device can
 // have every choice tested.
