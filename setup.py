@@ -30,7 +30,7 @@ def _native_extensions():
     from torch.utils import cpp_extension
 
     here = os.path.dirname(os.path.abspath(__file__))
-    cpu_sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    cpu_sources = ["csrc/ops.cpp", "csrc/autograd.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     # No -std here: torch.utils.cpp_extension adds the standard its headers need (C++17 or C++20).
     cxx_flags = ["-O3", "-fopenmp"]
     define_macros = []

@@ -5,7 +5,10 @@ argument checks, backend resolution, the autocast wrapper, torch.library dispatc
 providers per op, forward only and forward + backward:
 
     public    vtreid.ops.<op>(..., backend=<backend>)        what a training step pays
-    dispatch  the registered fused op called directly        dispatcher + kernel, none of our Python
+    dispatch  the registered fused op called directly        dispatcher + autograd + kernel, none of our
+                                                             Python for native (autograd in C++,
+                                                             csrc/autograd.cpp); custom_op + the Python
+                                                             autograd formula for triton
     eager     vtreid.ops.reference                           eager PyTorch's own fixed cost
 
 ``public - dispatch`` is the overhead that is ours to cut (Step 14). Times are the minimum over blocks

@@ -1,5 +1,5 @@
 // The vtreid operator library: schemas (torch.ops.vtreid.*) and their CPU kernels.
-// CUDA kernels are registered in cuda_ops.cpp; fake kernels and autograd formulas in vtreid/ops/*.py.
+// CUDA kernels are registered in cuda_ops.cpp, autograd in autograd.cpp, fake kernels in vtreid/ops/*.py.
 #include <torch/extension.h>
 
 #include "cpu/cpu_ops.h"

@@ -2,9 +2,11 @@
 
 Every op family has the same shape: ``<name>_fwd`` returns the outputs plus whatever the backward
 needs, ``<name>_bwd`` returns the input gradients. The native pair is defined in C++
-(torch.ops.vtreid.<name>_fwd/_bwd, csrc/ops.cpp); the Triton pair is defined in Python with
-``torch.library.custom_op``. Both get the same fake kernels and the same autograd formula, so
-``torch.compile`` and ``torch.library.opcheck`` treat them alike.
+(torch.ops.vtreid.<name>_fwd/_bwd, csrc/ops.cpp) with its autograd in C++ too (csrc/autograd.cpp: a fifth
+of the Python formula's fixed cost per call); the Triton pair is defined in Python with
+``torch.library.custom_op`` and gets the family's autograd formula here. Both save the same tensors and
+call their ``_bwd`` op the same way, and both get the same fake kernels, so ``torch.compile`` and
+``torch.library.opcheck`` treat them alike.
 """
 from __future__ import annotations
 
@@ -24,11 +26,15 @@ def _native_ops(name: str):
     ok, _, _ = _backend.native_status()
     if not ok:
         return None
+    rebuild = "the built extension is older than the Python sources; rebuild it with " \
+              "`pip install --no-build-isolation -e .`"
     try:
-        return getattr(torch.ops.vtreid, f"{name}_fwd").default, getattr(torch.ops.vtreid, f"{name}_bwd").default
+        pair = getattr(torch.ops.vtreid, f"{name}_fwd").default, getattr(torch.ops.vtreid, f"{name}_bwd").default
     except AttributeError as exc:
-        raise ImportError(f"vtreid._C has no op {name}_fwd/_bwd: the built extension is older than the Python "
-                          f"sources; rebuild it with `pip install --no-build-isolation -e .`") from exc
+        raise ImportError(f"vtreid._C has no op {name}_fwd/_bwd: {rebuild}") from exc
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(f"vtreid::{name}_fwd", "Autograd"):
+        raise ImportError(f"vtreid._C has no autograd for {name}_fwd (csrc/autograd.cpp): {rebuild}")
+    return pair
 
 
 def register_fused_op(name: str, *, triton, fake_forward, fake_backward, setup_context, make_backward,
@@ -42,6 +48,7 @@ def register_fused_op(name: str, *, triton, fake_forward, fake_backward, setup_c
         forward, backward = pair
         torch.library.register_fake(forward)(fake_forward)
         torch.library.register_fake(backward)(fake_backward)
-        torch.library.register_autograd(forward, make_backward(backward), setup_context=setup_context)
+        if backend == "triton":  # the native forward's autograd is registered in C++
+            torch.library.register_autograd(forward, make_backward(backward), setup_context=setup_context)
         fused[backend] = FusedOp(forward, backward)
     return fused

@@ -1,0 +1,181 @@
+// Autograd of the native ops (torch.ops.vtreid.<family>_fwd), registered for the Autograd dispatch key:
+// each forward saves what its <family>_bwd op needs and calls that op in the backward. The formulas are
+// the ones vtreid/ops/<family>.py registers in Python for the Triton ops; in C++ they cost about a fifth
+// of the Python autograd's fixed cost per call (bench/overhead.py). Both backward ops are ordinary
+// dispatcher calls, so torch.compile and opcheck see the same graph as with the Python formulas.
+#include <torch/autograd.h>
+#include <torch/library.h>
+#include <torch/types.h>
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+
+namespace vtreid::autograd {
+namespace {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+using torch::autograd::variable_list;
+
+// The registered op (all backends: the dispatcher picks CPU or CUDA from the tensors).
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+// --- pairwise_distance ----------------------------------------------------------------------------------
+using PairwiseFwd = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, c10::string_view);
+using PairwiseBwd = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                               const Tensor&, const Tensor&, c10::string_view);
+
+struct PairwiseDistance : torch::autograd::Function<PairwiseDistance> {
+  static tensor_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& y, c10::string_view metric) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto fwd = op<PairwiseFwd>("vtreid::pairwise_distance_fwd");
+    auto [dist, xsq, ysq] = fwd.call(x, y, metric);
+    ctx->save_for_backward({x, y, dist, xsq, ysq});
+    ctx->saved_data["metric"] = std::string(metric);
+    ctx->mark_non_differentiable({xsq, ysq});
+    return {dist, xsq, ysq};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto bwd = op<PairwiseBwd>("vtreid::pairwise_distance_bwd");
+    const auto s = ctx->get_saved_variables();
+    auto [grad_x, grad_y] = bwd.call(grads[0], s[2], s[0], s[1], s[3], s[4], ctx->saved_data["metric"].toStringRef());
+    return {grad_x, grad_y, Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> pairwise_distance_fwd(const Tensor& x, const Tensor& y, c10::string_view metric) {
+  const auto out = PairwiseDistance::apply(x, y, metric);
+  return {out[0], out[1], out[2]};
+}
+
+// --- hard_mining ----------------------------------------------------------------------------------------
+using Seven = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+using MiningFwd = Seven(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
+                        const std::optional<Tensor>&, c10::string_view, c10::string_view, c10::string_view, bool);
+using MiningBwd = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                             const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                             const Tensor&, const Tensor&, c10::string_view);
+
+struct HardMining : torch::autograd::Function<HardMining> {
+  static tensor_list forward(AutogradContext* ctx, const Tensor& anchors, const Tensor& anchor_labels,
+                             const Tensor& candidates, const Tensor& candidate_labels,
+                             const std::optional<Tensor>& anchor_modality,
+                             const std::optional<Tensor>& candidate_modality, c10::string_view metric,
+                             c10::string_view positive, c10::string_view negative, bool self_mining) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto fwd = op<MiningFwd>("vtreid::hard_mining_fwd");
+    auto [pos_d, pos_i, neg_d, neg_i, valid, asq, csq] =
+        fwd.call(anchors, anchor_labels, candidates, candidate_labels, anchor_modality, candidate_modality, metric,
+                 positive, negative, self_mining);
+    ctx->save_for_backward({anchors, candidates, pos_i, neg_i, pos_d, neg_d, asq, csq});
+    ctx->saved_data["metric"] = std::string(metric);
+    ctx->mark_non_differentiable({pos_i, neg_i, valid, asq, csq});
+    return {pos_d, pos_i, neg_d, neg_i, valid, asq, csq};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto bwd = op<MiningBwd>("vtreid::hard_mining_bwd");
+    const auto s = ctx->get_saved_variables();
+    auto [grad_a, grad_c] = bwd.call(grads[0], grads[2], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
+                                     ctx->saved_data["metric"].toStringRef());
+    return {grad_a, Tensor(), grad_c, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+Seven hard_mining_fwd(const Tensor& anchors, const Tensor& anchor_labels, const Tensor& candidates,
+                      const Tensor& candidate_labels, const std::optional<Tensor>& anchor_modality,
+                      const std::optional<Tensor>& candidate_modality, c10::string_view metric,
+                      c10::string_view positive, c10::string_view negative, bool self_mining) {
+  const auto o = HardMining::apply(anchors, anchor_labels, candidates, candidate_labels, anchor_modality,
+                                   candidate_modality, metric, positive, negative, self_mining);
+  return {o[0], o[1], o[2], o[3], o[4], o[5], o[6]};
+}
+
+// --- hetero_center --------------------------------------------------------------------------------------
+using Five = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
+using CenterFwd = Five(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, c10::string_view,
+                       bool, double);
+using CenterBwd = Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                         const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&, c10::string_view,
+                         bool);
+
+struct HeteroCenter : torch::autograd::Function<HeteroCenter> {
+  static tensor_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& order, const Tensor& seg,
+                             const Tensor& slot, const Tensor& modality, c10::string_view metric, bool strong,
+                             double margin) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto fwd = op<CenterFwd>("vtreid::hetero_center_fwd");
+    auto [hinge, centers, variances, counts, stats] = fwd.call(x, order, seg, slot, modality, metric, strong, margin);
+    ctx->save_for_backward({x, slot, modality, hinge, centers, variances, counts, stats});
+    ctx->saved_data["metric"] = std::string(metric);
+    ctx->saved_data["strong"] = strong;
+    ctx->mark_non_differentiable({variances, counts, stats});
+    // An unused output's gradient stays undefined: no zero [S, N, 2, D] centre gradient to read.
+    ctx->set_materialize_grads(false);
+    return {hinge, centers, variances, counts, stats};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto bwd = op<CenterBwd>("vtreid::hetero_center_bwd");
+    const auto s = ctx->get_saved_variables();
+    const Tensor grad_hinge = grads[0].defined() ? grads[0] : at::zeros_like(s[3]);
+    const std::optional<Tensor> grad_centers = grads[1].defined() ? std::optional<Tensor>(grads[1]) : std::nullopt;
+    Tensor grad_x = bwd.call(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], grad_hinge, grad_centers,
+                             ctx->saved_data["metric"].toStringRef(), ctx->saved_data["strong"].toBool());
+    return {grad_x, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+Five hetero_center_fwd(const Tensor& x, const Tensor& order, const Tensor& seg, const Tensor& slot,
+                       const Tensor& modality, c10::string_view metric, bool strong, double margin) {
+  const auto o = HeteroCenter::apply(x, order, seg, slot, modality, metric, strong, margin);
+  return {o[0], o[1], o[2], o[3], o[4]};
+}
+
+// --- normalized_ce --------------------------------------------------------------------------------------
+using NceFwd = Seven(const Tensor&, const Tensor&, const Tensor&, double, double);
+using NceBwd = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                          const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                          double, double);
+
+struct NormalizedCe : torch::autograd::Function<NormalizedCe> {
+  static tensor_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& weight, const Tensor& target,
+                             double scale, double label_smoothing) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto fwd = op<NceFwd>("vtreid::normalized_ce_fwd");
+    auto [loss, lse, ez, tz, xsq, wsq, dots] = fwd.call(x, weight, target, scale, label_smoothing);
+    ctx->save_for_backward({x, weight, target, lse, ez, tz, xsq, wsq, dots});
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["label_smoothing"] = label_smoothing;
+    ctx->mark_non_differentiable({lse, ez, tz, xsq, wsq, dots});
+    return {loss, lse, ez, tz, xsq, wsq, dots};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto bwd = op<NceBwd>("vtreid::normalized_ce_bwd");
+    const auto s = ctx->get_saved_variables();
+    auto [grad_x, grad_w] = bwd.call(grads[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8],
+                                     ctx->saved_data["scale"].toDouble(),
+                                     ctx->saved_data["label_smoothing"].toDouble());
+    return {grad_x, grad_w, Tensor(), Tensor(), Tensor()};
+  }
+};
+
+Seven normalized_ce_fwd(const Tensor& x, const Tensor& weight, const Tensor& target, double scale,
+                        double label_smoothing) {
+  const auto o = NormalizedCe::apply(x, weight, target, scale, label_smoothing);
+  return {o[0], o[1], o[2], o[3], o[4], o[5], o[6]};
+}
+
+}  // namespace
+}  // namespace vtreid::autograd
+
+TORCH_LIBRARY_IMPL(vtreid, Autograd, m) {
+  m.impl("pairwise_distance_fwd", &vtreid::autograd::pairwise_distance_fwd);
+  m.impl("hard_mining_fwd", &vtreid::autograd::hard_mining_fwd);
+  m.impl("hetero_center_fwd", &vtreid::autograd::hetero_center_fwd);
+  m.impl("normalized_ce_fwd", &vtreid::autograd::normalized_ce_fwd);
+}

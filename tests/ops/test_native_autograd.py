@@ -1,0 +1,87 @@
+"""The native forwards' autograd is registered in C++ (csrc/autograd.cpp); the Triton forwards' in Python
+(vtreid/ops/_registry.py). Both must save the same tensors and give the same gradients, including for the
+outputs a step may leave unused."""
+import importlib
+
+import pytest
+import torch
+
+from support import require_backend
+
+# the modules, not the functions of the same names that vtreid.ops exports
+hm, hc, ns, pd = (importlib.import_module(f"vtreid.ops.{m}")
+                  for m in ("hard_mining", "hetero_center", "normalized_softmax", "pairwise_distance"))
+
+# the outputs with a gradient; the others (indices, norms, saved by-products) are non-differentiable
+DIFFERENTIABLE = {"pairwise_distance": {0}, "hard_mining": {0, 2}, "hetero_center": {0, 1}, "normalized_ce": {0}}
+
+
+@pytest.mark.parametrize("family", DIFFERENTIABLE)
+def test_native_forward_has_its_autograd_in_cpp(family):
+    """One autograd kernel per native op, the C++ one: a Python formula registered on top would replace it
+    (and its fixed cost per call, bench/overhead.py, would come back)."""
+    require_backend("native", "cpu")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"vtreid::{family}_fwd", "Autograd")
+    x = torch.randn(6, 4, requires_grad=True)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    if family == "pairwise_distance":
+        out = pd.FUSED["native"].forward(x, x, "euclidean")
+    elif family == "hard_mining":
+        out = hm.FUSED["native"].forward(x, labels, x, labels, None, None, "euclidean", "any", "any", True)
+    elif family == "hetero_center":
+        _, out = hc._fused("native", x, labels, torch.tensor([0, 1] * 3), "sqeuclidean", False, 0.0)
+    else:
+        out = ns.FUSED["native"].forward(x, torch.randn(3, 4), labels, 5.0, 0.0)
+    assert type(out[0].grad_fn).__name__ == "CppFunction", out[0].grad_fn
+    assert [t.requires_grad for t in out] == [i in DIFFERENTIABLE[family] for i in range(len(out))]
+
+
+def _hetero_center_grads(backend, x, labels, modality, upstream_hinge, upstream_centers):
+    xl = x.clone().requires_grad_()
+    _, (hinge, centers, *_) = hc._fused(backend, xl, labels, modality, "cosine", True, 0.1)
+    terms = []
+    if upstream_hinge is not None:
+        terms.append((hinge * upstream_hinge).sum())
+    if upstream_centers is not None:
+        terms.append((centers * upstream_centers).sum())
+    (grad,) = torch.autograd.grad(sum(terms), xl)
+    return grad
+
+
+@pytest.mark.parametrize("used", ("hinge", "centers", "both"))
+def test_hetero_center_gradient_of_either_or_both_outputs_agrees_across_backends(used):
+    """The C++ formula leaves an unused output's gradient undefined (no zero [S, N, 2, D] tensor to read),
+    as the Python one does; with both used, both upstream gradients reach the backward op."""
+    require_backend("native", "cpu")
+    require_backend("triton", "cpu")
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 12, 8, generator=g, dtype=torch.float32)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 4, 5])
+    modality = torch.tensor([0, 1] * 6)
+    up_hinge = torch.randn(2, 12, generator=g, dtype=torch.float32) if used != "centers" else None
+    up_centers = torch.randn(2, 12, 2, 8, generator=g, dtype=torch.float32) if used != "hinge" else None
+    native = _hetero_center_grads("native", x, labels, modality, up_hinge, up_centers)
+    triton = _hetero_center_grads("triton", x, labels, modality, up_hinge, up_centers)
+    assert native.abs().sum() > 0
+    torch.testing.assert_close(native, triton, rtol=1e-4, atol=1e-5)
+    if used == "both":  # linear in the upstream gradients: the sum of the two one-output gradients
+        parts = [_hetero_center_grads("native", x, labels, modality, up_hinge, None),
+                 _hetero_center_grads("native", x, labels, modality, None, up_centers)]
+        torch.testing.assert_close(native, parts[0] + parts[1], rtol=1e-4, atol=1e-5)
+
+
+def test_mining_gradient_of_one_side_only():
+    """A loss that uses only the positive distances: the negative side's gradient is materialized as
+    zeros, as the Python formula's is."""
+    require_backend("native", "cpu")
+    require_backend("triton", "cpu")
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(10, 6, generator=g, dtype=torch.float32)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+    grads = []
+    for backend in ("native", "triton"):
+        xl = x.clone().requires_grad_()
+        pos_d = hm.FUSED[backend].forward(xl, labels, xl, labels, None, None, "euclidean", "any", "any", True)[0]
+        grads.append(torch.autograd.grad(pos_d.sum(), xl)[0])
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
