@@ -56,6 +56,17 @@ inline at::Tensor addmm_acc(const at::Tensor& bias, const at::Tensor& a, const a
   return half_pair(a, b) ? at::addmm(bias, a, b, acc, beta, alpha) : at::addmm(bias, a.to(acc), b.to(acc), beta, alpha);
 }
 
+// a @ b for float32 a and b from gemm_operand (bf16 on CUDA, else float32): a = hi + lo, two bf16 terms
+// (lo = 0 where hi is infinite, so inf stays inf), 16 significant bits of a, each product exact in float32.
+// On CUDA two bf16 GEMMs with float32 output; elsewhere hi + lo is formed in float32 and multiplied once
+// (the same values, summed in another order).
+inline at::Tensor bf16_split_mm(const at::Tensor& a, const at::Tensor& b, at::ScalarType acc) {
+  const at::Tensor hi = a.to(at::kBFloat16), hi_acc = hi.to(acc);
+  const at::Tensor lo = at::where(hi_acc.isinf(), at::zeros({}, a.options()), a - hi_acc).to(at::kBFloat16);
+  if (half_pair(hi, b)) return addmm_acc(mm_acc(hi, b, acc), lo, b, acc, 1.0, 1.0);
+  return mm_acc(hi_acc + lo.to(acc), b, acc);
+}
+
 template <class Epilogue>
 NormalizedCeForward normalized_ce_forward(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& target, double scale, double smoothing) {
@@ -129,10 +140,13 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
                     "normalized_ce_bwd: dots must be [N, C] with C <= ", kClassChunk, " or empty");
   const at::Tensor inv_x = inverse_norms(xs).contiguous(), inv_w = inverse_norms(ws).contiguous();
   // The two gradient GEMMs take G q and x / |x| in fp16 for fp16 inputs, as eager autograd of a half
-  // linear layer takes its logit gradient. bf16 keeps them in float32 (and widens W per chunk): its
-  // 8-bit mantissa in G q moved the bias gradient below the head by up to 7.6% of its largest entry
-  // under autocast (tests/methods/test_methods.py, Sphere); fp16's 11 bits stay within tolerance.
+  // linear layer takes its logit gradient. bf16's 8-bit mantissa in G q moved the bias gradient below
+  // the head by up to 7.6% of its largest entry under autocast (tests/methods/test_methods.py, Sphere);
+  // fp16's 11 bits stay within tolerance. So for bf16, G q W enters as two bf16 terms, G q = hi + lo
+  // (16 significant bits), and W is read in bf16 (on CUDA: two tensor-core GEMMs, no float32 copy of
+  // W); G q^T x_unit stays float32 (N x D, no W in it).
   const auto in = x.scalar_type() == at::kHalf ? at::kHalf : acc;
+  const bool split_gq = x.scalar_type() == at::kBFloat16;
   const at::Tensor x_unit = gemm_operand((xa * inv_x.unsqueeze(1)).to(in), acc);
   const at::Tensor x_gemm = half_gemm(x) ? x.contiguous() : xa;
   const bool one_chunk = classes <= kClassChunk;
@@ -157,13 +171,13 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
     const at::Tensor iw = inv_w.narrow(0, c0, cc);
     const at::Tensor coef = (ws.narrow(0, c0, cc).sqrt() > kCosineEps).to(acc) * iw * iw * col_gz.narrow(0, c0, cc);
     const at::Tensor gq_in = gemm_operand(gq.to(in), acc);
-    const at::Tensor w_grad = in == acc ? wc.to(acc) : wc;  // bf16 on CUDA: float32 chunk (see above)
     const at::Tensor gw = addmm_acc(wc * coef.unsqueeze(1), gq_in.t(), x_unit, acc, -1.0, scale);
+    const at::Tensor gx = split_gq ? bf16_split_mm(gq, wc, acc) : mm_acc(gq_in, wc, acc);
     if (one_chunk) {  // no zero-filled accumulators and no copies when there is one chunk
-      grad_x = mm_acc(gq_in, w_grad, acc);
+      grad_x = gx;
       grad_w = gw;
     } else {
-      grad_x.add_(mm_acc(gq_in, w_grad, acc));
+      grad_x.add_(gx);
       grad_w.narrow(0, c0, cc).copy_(gw);
     }
   }
