@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import autotune, bucket, configs_union, num_sms, on_device_of, prune_to_waves
+from ._launch import INTERPRET, autotune, bucket, configs_union, num_sms, on_device_of, prune_to_waves
 
 METRIC_CODES = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
 
@@ -46,10 +46,12 @@ def _cfg(bn, bm, bd, warps, stages, **extra):
 # programs); the large ones are for 8192^2 x 2048.
 _FWD_BY_DTYPE = {
     "fp32": [_cfg(64, 32, 64, 4, 3, GROUP=8), _cfg(32, 16, 128, 4, 3, GROUP=8), _cfg(16, 16, 128, 2, 3, GROUP=8)],
-    # 128 x 128 and larger spill 128-1272 bytes (every metric with 4 warps; euclidean's epilogue with 8),
-    # and 64 x 128 with BLOCK_D 64 spills 176-240 bytes under Triton 3.6; 8192-element tiles with
-    # BLOCK_D 32 are the largest clean ones
-    "half": [_cfg(64, 128, 32, 4, 4, GROUP=8), _cfg(128, 64, 32, 8, 3, GROUP=8), _cfg(64, 32, 64, 4, 3, GROUP=8),
+    # 128 x 128 x 32 with 8 warps is clean since the epilogue's square roots (sqrt_rn_selects) and the
+    # cosine inverse norms (computed before the loop) make no slow-path calls and the store takes 32-bit
+    # offsets in the tile. Spilling and left out: 128 x 128 with 4 warps, 128 x 128 x 64 (128-240 bytes),
+    # 128 x 256 (euclidean), and 64 x 128 with BLOCK_D 64 (176-240 bytes under Triton 3.6).
+    "half": [_cfg(128, 128, 32, 8, 3, GROUP=8),
+             _cfg(64, 128, 32, 4, 4, GROUP=8), _cfg(128, 64, 32, 8, 3, GROUP=8), _cfg(64, 32, 64, 4, 3, GROUP=8),
              _cfg(32, 16, 128, 4, 3, GROUP=8), _cfg(16, 16, 128, 2, 3, GROUP=8)],
 }
 _FWD_INTERPRETER = {"BLOCK_N": 32, "BLOCK_M": 32, "BLOCK_D": 32, "GROUP": 4}
@@ -81,6 +83,11 @@ COEF_BLOCKS = ((32, 64), (32, 32), (16, 32), (16, 16))
 def forward_grid(n: int, m: int, meta: dict) -> tuple[int]:
     """Programs of the forward main kernel: one per [BLOCK_N, BLOCK_M] output tile."""
     return (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(m, meta["BLOCK_M"]),)
+
+
+def tile_offsets_fit_int32(t: torch.Tensor, rows: int = 128, cols: int = 256) -> bool:
+    """Whether every offset within a [rows, cols] tile of ``t`` (the largest the configs use) fits in int32."""
+    return (rows - 1) * abs(t.stride(0)) + (cols - 1) * abs(t.stride(1)) < 2 ** 31
 
 
 def side_grid(n: int, d: int, meta: dict) -> tuple[int, int]:
@@ -132,6 +139,52 @@ def _dot_2xtf32(a, b, acc):
 
 
 @triton.jit
+def _rsqrt_mufu(x):
+    # MUFU.RSQ: the seed ptxas's own expansion of sqrt.rn.f32 starts from (GPU only: inline PTX)
+    return tl.inline_asm_elementwise("rsqrt.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
+                                     pack=1)
+
+
+@triton.jit
+def _rsqrt_interpreted(x):
+    # 1 / sqrt(x) in float64 (the interpreter's sqrt is exact), rounded to float32: the Newton step then rounds
+    # every float correctly (checked exhaustively on [1, 4)); float32 1 / sqrt_rn(x) misrounds 0.6% of them
+    return (1.0 / tl.sqrt(x.to(tl.float64))).to(tl.float32)
+
+
+_rsqrt_seed = _rsqrt_interpreted if INTERPRET else _rsqrt_mufu
+
+
+@triton.jit
+def sqrt_rn_selects(x):
+    """Correctly rounded float32 square root for [BN, BM] epilogues: the instructions ptxas emits for
+    sqrt.rn.f32 (sm_80/sm_90: MUFU.RSQ y of x, s = x y, r = fma(-s, s, x), fma(r, y / 2, s)), with its slow
+    path done by selects instead of a subroutine call. The call's convention spilled the 128 x 128 tiles
+    (Step 14). The slow path's cases: x below 2^-101 (denormals included) is scaled by 2^64 and the root by
+    2^-32 (exact); +-0 and inf return x; negatives and NaN give NaN."""
+    bits = x.to(tl.int32, bitcast=True)
+    tiny = (bits > 0) & (bits < 0x0D000000)
+    xs = tl.where(tiny, x * 18446744073709551616.0, x)
+    y = _rsqrt_seed(xs)
+    s = xs * y
+    root = tl.fma(tl.fma(-s, s, xs), y * 0.5, s)
+    root = tl.where(tiny, root * 2.3283064365386962890625e-10, root)
+    special = tl.where(((bits & 0x7FFFFFFF) == 0) | (bits == 0x7F800000), x, float("nan"))
+    return tl.where((bits <= 0) | (bits >= 0x7F800000), special, root)
+
+
+@triton.jit
+def inverse_norm(sq):
+    """1 / max(|v|, 1e-12) from |v|^2, as F.normalize's eps."""
+    return 1.0 / tl.maximum(tl.sqrt_rn(sq), 1e-12)
+
+
+@triton.jit
+def cosine_epilogue(dot, inv_x, inv_y):
+    return 1.0 - dot * inv_x[:, None] * inv_y[None, :]
+
+
+@triton.jit
 def distance_epilogue(dot, xsq, ysq, tau, METRIC: tl.constexpr):
     """[BN, BM] distances from x.y^T and the squared row norms (float32), as reference.distance_matrix.
 
@@ -139,14 +192,12 @@ def distance_epilogue(dot, xsq, ysq, tau, METRIC: tl.constexpr):
     distances are compared exactly (ties, zero for identical rows). Only finite noise is flushed to 0:
     NaN and inf (a diverged model) propagate."""
     if METRIC == 2:
-        inv_x = 1.0 / tl.maximum(tl.sqrt_rn(xsq), 1e-12)
-        inv_y = 1.0 / tl.maximum(tl.sqrt_rn(ysq), 1e-12)
-        return 1.0 - dot * inv_x[:, None] * inv_y[None, :]
+        return cosine_epilogue(dot, inverse_norm(xsq), inverse_norm(ysq))
     norms = xsq[:, None] + ysq[None, :]
     d2 = norms - 2.0 * dot
     d2 = tl.where((d2 <= tau * norms) & (norms < float("inf")), 0.0, d2)
     if METRIC == 0:
-        return tl.sqrt_rn(d2)
+        return sqrt_rn_selects(d2)
     return d2
 
 
@@ -235,7 +286,7 @@ def _pairwise_fwd_kernel(
     N, M, D,
     stride_xn, stride_xd, stride_yn, stride_yd, stride_on, stride_om,
     tau, N_BUCKET, M_BUCKET, D_BUCKET,
-    METRIC: tl.constexpr, IEEE: tl.constexpr,
+    METRIC: tl.constexpr, IEEE: tl.constexpr, OFFSETS_I32: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, GROUP: tl.constexpr,
 ):
     # Grouped launch order: GROUP tile rows share their y tiles in L2.
@@ -252,13 +303,28 @@ def _pairwise_fwd_kernel(
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_n = rn < N
     mask_m = rm < M
+    # Tensor-core cosine tiles take the inverse norms before acc is live: the slow-path calls of sqrt.rn and
+    # div.rn in the epilogue spilled 128 x 128 tiles. IEEE (float32) tiles keep them after the loop, where
+    # they cost no registers during the FMA loop (hoisted, 64 x 32 spilled under Triton 3.6).
+    HOIST: tl.constexpr = METRIC == 2 and not IEEE
+    if HOIST:
+        inv_x = inverse_norm(tl.load(XSQ + rn, mask=mask_n, other=0.0))
+        inv_y = inverse_norm(tl.load(YSQ + rm, mask=mask_m, other=0.0))
     acc = dot_tile(X, Y, rn, rm, mask_n, mask_m, D, stride_xn, stride_xd, stride_yn, stride_yd,
                    IEEE, BLOCK_N, BLOCK_M, BLOCK_D)
-
-    xsq = tl.load(XSQ + rn, mask=mask_n, other=0.0)
-    ysq = tl.load(YSQ + rm, mask=mask_m, other=0.0)
-    dist = distance_epilogue(acc, xsq, ysq, tau, METRIC)
-    out = OUT + rn.to(tl.int64)[:, None] * stride_on + rm.to(tl.int64)[None, :] * stride_om
+    if HOIST:
+        dist = cosine_epilogue(acc, inv_x, inv_y)
+    else:
+        xsq = tl.load(XSQ + rn, mask=mask_n, other=0.0)
+        ysq = tl.load(YSQ + rm, mask=mask_m, other=0.0)
+        dist = distance_epilogue(acc, xsq, ysq, tau, METRIC)
+    # 64-bit pointers of the whole tile cost 128 registers at 128 x 128 (and spilled it): the tile's offsets
+    # are 32-bit from its corner wherever they fit (OFFSETS_I32, decided on the host)
+    if OFFSETS_I32:
+        out = OUT + (pid_n * BLOCK_N).to(tl.int64) * stride_on + (pid_m * BLOCK_M).to(tl.int64) * stride_om
+        out += tl.arange(0, BLOCK_N)[:, None] * stride_on + tl.arange(0, BLOCK_M)[None, :] * stride_om
+    else:
+        out = OUT + rn.to(tl.int64)[:, None] * stride_on + rm.to(tl.int64)[None, :] * stride_om
     tl.store(out, dist.to(OUT.dtype.element_ty), mask=mask_n[:, None] & mask_m[None, :])
 
 
@@ -388,6 +454,7 @@ def forward(x: torch.Tensor, y: torch.Tensor, metric: str, tau: float):
         x, y, out, xsq, ysq, n, m, d,
         x.stride(0), x.stride(1), y.stride(0), y.stride(1), out.stride(0), out.stride(1),
         tau, bucket(n), bucket(m), bucket(d), METRIC=METRIC_CODES[metric], IEEE=x.dtype == torch.float32,
+        OFFSETS_I32=tile_offsets_fit_int32(out),
     )
     return out, xsq, ysq if y is not x else xsq.clone()
 

@@ -52,7 +52,7 @@ PTR_OVERRIDES = {"_gq_mm_kernel": {"A": "*fp32"}}
 
 # Constexpr variants the ops can launch, per kernel (BLOCK_* of autotuned kernels come from their configs).
 VARIANTS = {
-    "_pairwise_fwd_kernel": {"METRIC": (0, 1, 2)},
+    "_pairwise_fwd_kernel": {"METRIC": (0, 1, 2), "OFFSETS_I32": (True,)},  # False (> 2^31 / 128 columns): 64-bit
     "_pairwise_bwd_kernel": {"METRIC": (0, 1, 2)},
     "_row_norms_kernel": {"BLOCK_R": (1, 16), "BLOCK_D": (16, 128)},
     "_pairwise_coef_kernel": {"METRIC": (0, 1, 2), "BLOCK_N": (16, 32), "BLOCK_M": (16, 64)},
@@ -179,7 +179,7 @@ def compile_one(job):
     problems = []
     if shared > SHARED_LIMIT[arch]:
         problems.append(f"shared {shared} B > sm_{arch} limit {SHARED_LIMIT[arch]} B")
-    if "sqrt.approx" in compiled.asm["ptx"]:
+    if re.search(r"(?<!r)sqrt\.approx", compiled.asm["ptx"]):  # rsqrt.approx seeds sqrt_rn_selects' Newton step
         problems.append("approximate sqrt (sqrt.approx) in the PTX")
     mma = tensor_core_instruction(compiled.asm["ptx"])
     if mma == "-" and dtype != "fp32" and runs_a_gemm(name, constexprs):
