@@ -62,7 +62,7 @@ inline at::Tensor addmm_acc(const at::Tensor& bias, const at::Tensor& a, const a
 // (the same values, summed in another order).
 inline at::Tensor bf16_split_mm(const at::Tensor& a, const at::Tensor& b, at::ScalarType acc) {
   const at::Tensor hi = a.to(at::kBFloat16), hi_acc = hi.to(acc);
-  const at::Tensor lo = at::where(hi_acc.isinf(), at::zeros({}, a.options()), a - hi_acc).to(at::kBFloat16);
+  const at::Tensor lo = (a - hi_acc).masked_fill_(hi_acc.isinf(), 0).to(at::kBFloat16);
   if (half_pair(hi, b)) return addmm_acc(mm_acc(hi, b, acc), lo, b, acc, 1.0, 1.0);
   return mm_acc(hi_acc + lo.to(acc), b, acc);
 }

@@ -52,7 +52,7 @@ import triton.language as tl
 
 from ._launch import (INTERPRET, GRID_LIMITS, autotune, bucket, configs_union, num_sms, on_device_of, prune_to_waves,
                       splits_for)
-from .pairwise_distance import dot_tile, row_norms
+from .pairwise_distance import dot_tile, inverse_norm, row_norms
 
 def _cfg(bn, bc, bd, warps, stages):
     return triton.Config({"BLOCK_N": bn, "BLOCK_C": bc, "BLOCK_D": bd}, num_warps=warps, num_stages=stages)
@@ -151,11 +151,6 @@ def _all_metas(kernel, family):
     return [cfg.kwargs for cfg in configs] + [family[1]]
 
 
-@triton.jit
-def _inv_norm(sq):
-    return 1.0 / tl.maximum(tl.sqrt_rn(sq), 1e-12)
-
-
 @autotune(*_FWD_CONFIGS, key=["N_BUCKET", "C_BUCKET", "D_BUCKET", "SAVE_DOTS", "IEEE"],
           prune_configs_by={"early_config_prune": _waves(forward_grid, _FWD_BY_DTYPE)})
 @triton.jit
@@ -176,7 +171,7 @@ def _nce_fwd_kernel(
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = rn < N
     y = tl.load(TARGET + rn, mask=mask_n, other=0)
-    row_scale = scale * _inv_norm(tl.load(XSQ + rn, mask=mask_n, other=1.0))
+    row_scale = scale * inverse_norm(tl.load(XSQ + rn, mask=mask_n, other=1.0))
     run_max = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     run_sum = tl.zeros((BLOCK_N,), dtype=tl.float32)
     run_ez = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -189,7 +184,7 @@ def _nce_fwd_kernel(
                         IEEE, BLOCK_N, BLOCK_C, BLOCK_D)
         if SAVE_DOTS:
             tl.store(DOTS + rn.to(tl.int64)[:, None] * C + rc[None, :], dot, mask=mask_n[:, None] & mask_c[None, :])
-        z = dot * row_scale[:, None] * _inv_norm(tl.load(WSQ + rc, mask=mask_c, other=1.0))[None, :]
+        z = dot * row_scale[:, None] * inverse_norm(tl.load(WSQ + rc, mask=mask_c, other=1.0))[None, :]
         # rows past N hold garbage (row 0's dots) but reduce only into their own, unstored, row
         z_live = tl.where(mask_c[None, :], z, 0.0)
         z = tl.where(mask_c[None, :], z, float("-inf"))
@@ -263,7 +258,7 @@ def _nce_grad_kernel(
     t1 = ((pid_s + 1) * row_tiles) // splits
     rc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = rc < C
-    inv_w = _inv_norm(tl.load(WSQ + rc, mask=mask_c, other=1.0))
+    inv_w = inverse_norm(tl.load(WSQ + rc, mask=mask_c, other=1.0))
     col_gz = tl.zeros((BLOCK_C,), dtype=tl.float32)
     for t in range(t0, t1):
         rn = t * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -275,7 +270,7 @@ def _nce_grad_kernel(
             dot = dot_tile(X, W, rn, rc, mask_n, mask_c, D, stride_xn, stride_xd, stride_wc, stride_wd,
                             IEEE, BLOCK_N, BLOCK_C, BLOCK_D)
         xsq = tl.load(XSQ + rn, mask=mask_n, other=1.0)
-        z = scale * dot * _inv_norm(xsq)[:, None] * inv_w[None, :]
+        z = scale * dot * inverse_norm(xsq)[:, None] * inv_w[None, :]
         lse = tl.load(LSE + rn, mask=mask_n, other=0.0)
         g = tl.load(G_ROW + rn, mask=mask_n, other=0.0)
         y = tl.load(TARGET + rn, mask=mask_n, other=-1)

@@ -358,8 +358,8 @@ def _pairwise_coef_kernel(
         coef = tl.where(d > 0.0, 2.0 * g, 0.0)
         sums = coef
     else:
-        inv_x = 1.0 / tl.maximum(tl.sqrt_rn(tl.load(XSQ + rn, mask=mask_n, other=1.0)), 1e-12)
-        inv_y = 1.0 / tl.maximum(tl.sqrt_rn(tl.load(YSQ + rm, mask=mask_m, other=1.0)), 1e-12)
+        inv_x = inverse_norm(tl.load(XSQ + rn, mask=mask_n, other=1.0))
+        inv_y = inverse_norm(tl.load(YSQ + rm, mask=mask_m, other=1.0))
         coef = g * inv_x[:, None] * inv_y[None, :]
         sums = g * (1.0 - d)
     tl.store(COEF + rn64[:, None] * M + rm64[None, :], coef, mask=mask)

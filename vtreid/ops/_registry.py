@@ -2,8 +2,8 @@
 
 Every op family has the same shape: ``<name>_fwd`` returns the outputs plus whatever the backward
 needs, ``<name>_bwd`` returns the input gradients. The native pair is defined in C++
-(torch.ops.vtreid.<name>_fwd/_bwd, csrc/ops.cpp) with its autograd in C++ too (csrc/autograd.cpp: a fifth
-of the Python formula's fixed cost per call); the Triton pair is defined in Python with
+(torch.ops.vtreid.<name>_fwd/_bwd, csrc/ops.cpp) with its autograd in C++ too (csrc/autograd.cpp: less
+fixed cost per call than the Python formula); the Triton pair is defined in Python with
 ``torch.library.custom_op`` and gets the family's autograd formula here. Both save the same tensors and
 call their ``_bwd`` op the same way, and both get the same fake kernels, so ``torch.compile`` and
 ``torch.library.opcheck`` treat them alike.
