@@ -4,7 +4,14 @@ The CPU torch wheel ships the c10/cuda headers but not the one CMake generates f
 stub of that header is enough for g++ -fsyntax-only to type-check the glue against the real torch op
 registration templates (which catch mistakes a plain nvcc build of csrc/cuda cannot: a wrong
 signature, an overloaded kernel name in m.impl). Run by .ci/run; exits non-zero on any error.
+
+--torch-include DIR type-checks every C++ source of vtreid._C (csrc/*.cpp, csrc/cpu/*.cpp) against
+another torch's headers instead, e.g. the GPU image's torch 2.11 (a CUDA wheel's torch/include, unzipped
+from `pip download --no-deps torch==2.11.0 --python-version 3.12 --only-binary=:all:`), so an API the
+installed torch has and that one lacks shows up before a GPU session's build. The .cu files include
+no torch header; the CMake build in csrc/ compiles them.
 """
+import argparse
 import subprocess
 import sys
 import sysconfig
@@ -17,19 +24,37 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--torch-include", type=Path, help="another torch's include directory (torch/include)")
+    args = parser.parse_args()
     cuda_home = cpp_extension.CUDA_HOME or "/usr/local/cuda"
+    if args.torch_include:
+        if not (args.torch_include / "torch/extension.h").is_file():
+            parser.error(f"--torch-include {args.torch_include}: no torch/extension.h there")
+        torch_includes = [str(args.torch_include), str(args.torch_include / "torch/csrc/api/include")]
+        sources = ["csrc/cuda_ops.cpp", "csrc/ops.cpp", "csrc/autograd.cpp", *sorted(
+            str(p.relative_to(ROOT)) for p in (ROOT / "csrc/cpu").glob("*.cpp"))]
+    else:
+        torch_includes = cpp_extension.include_paths()
+        sources = ["csrc/cuda_ops.cpp"]
+    failed = 0
     with tempfile.TemporaryDirectory() as stub:
         header = Path(stub, "c10/cuda/impl/cuda_cmake_macros.h")
         header.parent.mkdir(parents=True)
         header.write_text("#pragma once\n")
-        includes = [stub, *cpp_extension.include_paths(), f"{cuda_home}/include", str(ROOT / "csrc"),
-                    sysconfig.get_paths()["include"]]
-        cmd = ["g++", "-std=c++20", "-fsyntax-only", "-Wall", "-DVTREID_WITH_CUDA", *[f"-I{i}" for i in includes],
-               str(ROOT / "csrc/cuda_ops.cpp")]
-        result = subprocess.run(cmd)
-    if result.returncode == 0:
-        print("csrc/cuda_ops.cpp: compiles against torch's CUDA registration headers")
-    return result.returncode
+        # The stub goes after torch's own headers: a CUDA wheel ships the real one.
+        includes = [*torch_includes, stub, f"{cuda_home}/include", str(ROOT / "csrc"), sysconfig.get_paths()["include"]]
+        for source in sources:
+            cmd = ["g++", "-std=c++20", "-fsyntax-only", "-Wall", "-fopenmp", "-DVTREID_WITH_CUDA",
+                   "-DTORCH_API_INCLUDE_EXTENSION_H", "-DTORCH_EXTENSION_NAME=_C",
+                   *[f"-I{i}" for i in includes], str(ROOT / source)]
+            if subprocess.run(cmd).returncode != 0:
+                failed += 1
+                print(f"{source}: does not compile against {args.torch_include or 'the installed torch'}")
+    if not failed:
+        against = args.torch_include or "torch's CUDA registration headers"
+        print(f"{', '.join(sources)}: compile{'s' if len(sources) == 1 else ''} against {against}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
