@@ -226,13 +226,34 @@ struct CudaEpilogue {
                                             c10::cuda::getCurrentCUDAStream()),
                  "normalized_ce_fwd");
   }
-  template <typename acc_t>
-  static void grad(const acc_t* dots, int64_t n, int64_t cc, int64_t c0, int64_t classes, const acc_t* inv_x,
-                   const acc_t* inv_w, const int64_t* target, const acc_t* lse, const acc_t* grad_row, acc_t scale,
-                   acc_t smoothing, acc_t* gq, acc_t* col_gz) {
-    check_launch(normalized_ce_grad<acc_t>(dots, n, cc, c0, classes, inv_x, inv_w, target, lse, grad_row, scale,
-                                           smoothing, gq, col_gz, c10::cuda::getCurrentCUDAStream()),
-                 "normalized_ce_bwd");
+  static void grad(const at::Tensor& dots, int64_t c0, int64_t classes, const at::Tensor& inv_x,
+                   const at::Tensor& inv_w, const at::Tensor& wsq, const at::Tensor& target, const at::Tensor& lse,
+                   const at::Tensor& grad_row, double scale, double smoothing, const at::Tensor& gq,
+                   const at::Tensor& operand, const at::Tensor& coef) {
+    const int64_t n = dots.size(0), cc = dots.size(1);
+    const at::Tensor partials = at::empty({normalized_ce_grad_row_blocks(n), cc}, dots.options());
+    AT_DISPATCH_FLOATING_TYPES(dots.scalar_type(), "normalized_ce_grad", [&] {
+      check_launch(normalized_ce_grad<scalar_t>(
+                       dots.const_data_ptr<scalar_t>(), n, cc, c0, classes, inv_x.const_data_ptr<scalar_t>(),
+                       inv_w.const_data_ptr<scalar_t>(), wsq.const_data_ptr<scalar_t>(),
+                       target.const_data_ptr<int64_t>(), lse.const_data_ptr<scalar_t>(),
+                       grad_row.const_data_ptr<scalar_t>(), static_cast<scalar_t>(scale),
+                       static_cast<scalar_t>(smoothing), gq.defined() ? gq.mutable_data_ptr<scalar_t>() : nullptr,
+                       operand.defined() ? dtype_of(operand) : DType::kFloat32,
+                       operand.defined() ? operand.mutable_data_ptr() : nullptr, partials.mutable_data_ptr<scalar_t>(),
+                       coef.mutable_data_ptr<scalar_t>(), c10::cuda::getCurrentCUDAStream()),
+                   "normalized_ce_bwd");
+    });
+  }
+  static void weight_grad(const at::Tensor& dir, const at::Tensor& w, const at::Tensor& coef, double scale,
+                          const at::Tensor& out) {
+    AT_DISPATCH_FLOATING_TYPES(dir.scalar_type(), "normalized_ce_weight_grad", [&] {
+      check_launch(normalized_ce_weight_grad<scalar_t>(
+                       dir.const_data_ptr<scalar_t>(), dtype_of(w), w.const_data_ptr(), coef.const_data_ptr<scalar_t>(),
+                       static_cast<scalar_t>(scale), w.size(0), w.size(1), out.mutable_data_ptr(),
+                       c10::cuda::getCurrentCUDAStream()),
+                   "normalized_ce_bwd");
+    });
   }
 };
 

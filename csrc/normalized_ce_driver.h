@@ -1,16 +1,24 @@
 // The native normalized cross-entropy (formulas in kernels/normalized_softmax.py), shared by the CPU
 // and CUDA registrations. Classes are streamed in chunks of kClassChunk: each chunk's x.W^T comes
 // from one GEMM (BLAS / cuBLAS) into a reused [N, chunk] buffer, and the device's epilogue folds it
-// into per-row online log-sum-exp state (forward) or turns it into G q and its column sums (backward).
-// No normalised copy of W and never the N x C logits when C exceeds a chunk. When the classes fit in
-// one chunk (C <= kClassChunk, every re-ID training set), the forward hands its x.W^T buffer to the
-// backward as `dots` instead of freeing it, so the backward skips that GEMM; eager autograd keeps its
-// N x C logits too, so this costs no memory over eager. Otherwise `dots` is empty ([0]).
+// into per-row online log-sum-exp state (forward) or turns it into G q, the GEMM operand made from it and
+// the column coefficients (backward). No normalised copy of W and never the N x C logits when C exceeds
+// a chunk. When the classes fit in one chunk (C <= kClassChunk, every re-ID training set), the forward
+// hands its x.W^T buffer to the backward as `dots` instead of freeing it, so the backward skips that
+// GEMM; eager autograd keeps its N x C logits too, so this costs no memory over eager. Otherwise `dots`
+// is empty ([0]).
 //
 // Epilogue must provide, for acc_t in {float, double} (raw contiguous pointers on the tensors' device):
 //   merge(dots, n, cc, c0, classes, inv_x, inv_w, target, scale, smoothing, LseRows rows)
 //     (the first chunk starts the state, the last writes loss, lse, E_p[z] and the target term)
-//   grad(dots, n, cc, c0, classes, inv_x, inv_w, target, lse, grad_row, scale, smoothing, gq, col_gz)
+// and, on contiguous tensors of the chunk (acc: the accumulation dtype):
+//   grad(dots [n, cc] acc, c0, classes, inv_x [n], inv_w [cc], wsq [cc], target, lse, grad_row, scale,
+//        smoothing, gq, operand, coef)
+//     gq [n, cc] acc = g (p - t) q, or undefined when no GEMM needs it; operand: undefined, G q in fp16
+//     [n, cc], or G q as bf16 hi + lo [2n, cc] (hi rows, then lo rows; lo = 0 where hi is infinite);
+//     coef [cc] acc = [|w_c| > eps] q_c^2 sum_i G_ic z_ic
+//   weight_grad(dir [cc, D] acc, w [cc, D], coef [cc], scale, out [cc, D] in w's dtype)
+//     out = scale dir - coef w
 #pragma once
 #include <torch/types.h>
 
@@ -56,15 +64,18 @@ inline at::Tensor addmm_acc(const at::Tensor& bias, const at::Tensor& a, const a
   return half_pair(a, b) ? at::addmm(bias, a, b, acc, beta, alpha) : at::addmm(bias, a.to(acc), b.to(acc), beta, alpha);
 }
 
-// a @ b for float32 a and b from gemm_operand (bf16 on CUDA, else float32): a = hi + lo, two bf16 terms
-// (lo = 0 where hi is infinite, so inf stays inf), 16 significant bits of a, each product exact in float32.
-// On CUDA two bf16 GEMMs with float32 output; elsewhere hi + lo is formed in float32 and multiplied once
-// (the same values, summed in another order).
-inline at::Tensor bf16_split_mm(const at::Tensor& a, const at::Tensor& b, at::ScalarType acc) {
-  const at::Tensor hi = a.to(at::kBFloat16), hi_acc = hi.to(acc);
-  const at::Tensor lo = (a - hi_acc).masked_fill_(hi_acc.isinf(), 0).to(at::kBFloat16);
-  if (half_pair(hi, b)) return addmm_acc(mm_acc(hi, b, acc), lo, b, acc, 1.0, 1.0);
-  return mm_acc(hi_acc + lo.to(acc), b, acc);
+// (hi + lo) @ b for hilo = [hi; lo], two bf16 terms of G q stacked by rows ([2n, k]), and b from
+// gemm_operand (bf16 on CUDA, else float32). On CUDA one bf16 GEMM with float32 output reads b once for
+// both terms, and the two halves of its [2n, D] result are added; elsewhere hi + lo is formed in float32
+// and multiplied once (the same values, summed in another order).
+inline at::Tensor split_rows_mm(const at::Tensor& hilo, const at::Tensor& b, at::ScalarType acc) {
+  const int64_t n = hilo.size(0) / 2;
+  if (half_pair(hilo, b)) {
+    at::Tensor both = at::mm(hilo, b, acc);
+    return both.narrow(0, 0, n).add_(both.narrow(0, n, n));
+  }
+  const at::Tensor terms = hilo.to(acc);
+  return at::mm(terms.narrow(0, 0, n) + terms.narrow(0, n, n), b);
 }
 
 template <class Epilogue>
@@ -142,50 +153,46 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
   // The two gradient GEMMs take G q and x / |x| in fp16 for fp16 inputs, as eager autograd of a half
   // linear layer takes its logit gradient. bf16's 8-bit mantissa in G q moved the bias gradient below
   // the head by up to 7.6% of its largest entry under autocast (tests/methods/test_methods.py, Sphere);
-  // fp16's 11 bits stay within tolerance. So for bf16, G q W enters as two bf16 terms, G q = hi + lo
-  // (16 significant bits), and W is read in bf16 (on CUDA: two tensor-core GEMMs, no float32 copy of
-  // W); G q^T x_unit stays float32 (N x D, no W in it).
+  // fp16's 11 bits stay within tolerance. So for bf16, G q W takes G q as two bf16 terms, hi + lo (16
+  // significant bits), stacked into one operand, and W is read in bf16 (on CUDA: one tensor-core GEMM,
+  // no float32 copy of W); G q^T x_unit stays float32 (N x D, no W in it). The epilogue writes G q's
+  // operand itself, so no conversion kernels run per chunk.
   const auto in = x.scalar_type() == at::kHalf ? at::kHalf : acc;
-  const bool split_gq = x.scalar_type() == at::kBFloat16;
+  const bool fp16 = x.scalar_type() == at::kHalf, bf16 = x.scalar_type() == at::kBFloat16;
   const at::Tensor x_unit = gemm_operand((xa * inv_x.unsqueeze(1)).to(in), acc);
   const at::Tensor x_gemm = half_gemm(x) ? x.contiguous() : xa;
+  const at::Tensor w = weight.contiguous();
   const bool one_chunk = classes <= kClassChunk;
   at::Tensor grad_x = one_chunk ? at::Tensor() : at::zeros({n, dim}, xa.options());
-  at::Tensor grad_w = one_chunk ? at::Tensor() : at::empty({classes, dim}, xa.options());
-  at::Tensor col_gz = at::zeros({classes}, xa.options());
+  // Written chunk by chunk in W's dtype by weight_grad: no float32 C x D buffer and no final conversion.
+  at::Tensor grad_w = at::empty({classes, dim}, w.options());
   for (int64_t c0 = 0; c0 < classes; c0 += kClassChunk) {
     const int64_t cc = std::min(kClassChunk, classes - c0);
-    const at::Tensor wc = gemm_operand(weight.narrow(0, c0, cc), acc);  // a float32 chunk only off CUDA
+    const at::Tensor w_chunk = w.narrow(0, c0, cc);
+    const at::Tensor wc = gemm_operand(w_chunk, acc);  // a float32 chunk only off CUDA
     const at::Tensor dots = have_dots ? saved_dots.to(acc).contiguous() : mm_acc(x_gemm, wc.t(), acc).contiguous();
-    at::Tensor gq = at::empty({n, cc}, xa.options());
-    if (n > 0) {
-      AT_DISPATCH_FLOATING_TYPES(acc, "normalized_ce_grad", [&] {
-        Epilogue::template grad<scalar_t>(
-            dots.const_data_ptr<scalar_t>(), n, cc, c0, classes, inv_x.const_data_ptr<scalar_t>(),
-            inv_w.const_data_ptr<scalar_t>() + c0, tg.const_data_ptr<int64_t>(), ls.const_data_ptr<scalar_t>(),
-            g.const_data_ptr<scalar_t>(), static_cast<scalar_t>(scale), static_cast<scalar_t>(smoothing),
-            gq.mutable_data_ptr<scalar_t>(), col_gz.mutable_data_ptr<scalar_t>() + c0);
-      });
-    }
+    const at::Tensor gq = fp16 ? at::Tensor() : at::empty({n, cc}, xa.options());
+    const at::Tensor operand = fp16 ? at::empty({n, cc}, xa.options().dtype(at::kHalf))
+                               : bf16 ? at::empty({2 * n, cc}, xa.options().dtype(at::kBFloat16))
+                                      : at::Tensor();
+    const at::Tensor coef = at::empty({cc}, xa.options());
+    Epilogue::grad(dots, c0, classes, inv_x, inv_w.narrow(0, c0, cc), ws.narrow(0, c0, cc), tg, ls, g, scale,
+                   smoothing, gq, operand, coef);
     // grad_w_c = s sum_i Gq_ic x_unit_i - [|w_c| > eps] q_c^2 (sum_i G_ic z_ic) w_c
-    const at::Tensor iw = inv_w.narrow(0, c0, cc);
-    const at::Tensor coef = (ws.narrow(0, c0, cc).sqrt() > kCosineEps).to(acc) * iw * iw * col_gz.narrow(0, c0, cc);
-    const at::Tensor gq_in = gemm_operand(gq.to(in), acc);
-    const at::Tensor gw = addmm_acc(wc * coef.unsqueeze(1), gq_in.t(), x_unit, acc, -1.0, scale);
-    const at::Tensor gx = split_gq ? bf16_split_mm(gq, wc, acc) : mm_acc(gq_in, wc, acc);
-    if (one_chunk) {  // no zero-filled accumulators and no copies when there is one chunk
-      grad_x = gx;
-      grad_w = gw;
+    const at::Tensor gq_gemm = gemm_operand(fp16 ? operand : gq, acc);
+    Epilogue::weight_grad(mm_acc(gq_gemm.t(), x_unit, acc), w_chunk, coef, scale, grad_w.narrow(0, c0, cc));
+    const at::Tensor gx = bf16 ? split_rows_mm(gemm_operand(operand, acc), wc, acc) : mm_acc(gq_gemm, wc, acc);
+    if (one_chunk) {
+      grad_x = gx;  // no zero-filled accumulator when there is one chunk
     } else {
       grad_x.add_(gx);
-      grad_w.narrow(0, c0, cc).copy_(gw);
     }
   }
   // grad_x_i = s r_i sum_c Gq_ic w_c - [|x_i| > eps] r_i^2 g_i (E_p[z]_i - T_i) x_i
   const at::Tensor row_gz = g * (ez.to(acc) - tz.to(acc));
   const at::Tensor row_coef = (xs.sqrt() > kCosineEps).to(acc) * inv_x * inv_x * row_gz;
   grad_x.mul_((inv_x * scale).unsqueeze(1)).addcmul_(xa, row_coef.unsqueeze(1), -1.0);
-  return {grad_x.to(x.scalar_type()), grad_w.to(weight.scalar_type())};
+  return {grad_x.to(x.scalar_type()), grad_w};
 }
 
 }  // namespace vtreid

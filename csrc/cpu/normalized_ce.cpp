@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "../normalized_ce_driver.h"
 #include "cpu_ops.h"
@@ -45,28 +46,78 @@ struct CpuEpilogue {
     });
   }
 
-  // Gq = g (p - t) q for the chunk, and its column sums of G z = Gq s dot r (no division by q).
-  template <typename acc_t>
-  static void grad(const acc_t* dots, int64_t n, int64_t cc, int64_t c0, int64_t classes, const acc_t* inv_x,
-                   const acc_t* inv_w, const int64_t* target, const acc_t* lse, const acc_t* grad_row, acc_t scale,
-                   acc_t smoothing, acc_t* gq, acc_t* col_gz) {
-    const acc_t off = smoothing / static_cast<acc_t>(classes);
-    at::parallel_for(0, n, 8, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const acc_t sx = scale * inv_x[i];
-        const int64_t y = target[i] - c0;
-        for (int64_t j = 0; j < cc; ++j) {
-          const acc_t z = dots[i * cc + j] * sx * inv_w[j];
-          const acc_t t = (j == y ? acc_t(1) - smoothing : acc_t(0)) + off;
-          gq[i * cc + j] = grad_row[i] * (std::exp(z - lse[i]) - t) * inv_w[j];
+  // Gq = g (p - t) q for the chunk, written as the GEMM operand(s) the driver asked for, and the
+  // column coefficients [|w_c| > eps] q_c^2 sum_i G_ic z_ic (G z = Gq s dot r: no division by q).
+  static void grad(const at::Tensor& dots, int64_t c0, int64_t classes, const at::Tensor& inv_x,
+                   const at::Tensor& inv_w, const at::Tensor& wsq, const at::Tensor& target, const at::Tensor& lse,
+                   const at::Tensor& grad_row, double scale, double smoothing, const at::Tensor& gq,
+                   const at::Tensor& operand, const at::Tensor& coef) {
+    const int64_t n = dots.size(0), cc = dots.size(1);
+    const bool to_half = operand.defined() && operand.scalar_type() == at::kHalf;
+    const bool to_split = operand.defined() && operand.scalar_type() == at::kBFloat16;
+    AT_DISPATCH_FLOATING_TYPES(dots.scalar_type(), "normalized_ce_grad", [&] {
+      using acc_t = scalar_t;
+      const acc_t* d = dots.const_data_ptr<acc_t>();
+      const acc_t *ix = inv_x.const_data_ptr<acc_t>(), *iw = inv_w.const_data_ptr<acc_t>();
+      const acc_t *ls = lse.const_data_ptr<acc_t>(), *g = grad_row.const_data_ptr<acc_t>();
+      const int64_t* tg = target.const_data_ptr<int64_t>();
+      acc_t* out = gq.defined() ? gq.mutable_data_ptr<acc_t>() : nullptr;
+      at::Half* half = to_half ? operand.mutable_data_ptr<at::Half>() : nullptr;
+      at::BFloat16* split = to_split ? operand.mutable_data_ptr<at::BFloat16>() : nullptr;
+      const acc_t s = static_cast<acc_t>(scale), sm = static_cast<acc_t>(smoothing);
+      const acc_t off = sm / static_cast<acc_t>(classes);
+      // G q and its column sums: the rows in order for each column (column blocks in parallel).
+      std::vector<acc_t> col(cc, acc_t(0));
+      at::parallel_for(0, cc, 256, [&](int64_t begin, int64_t end) {
+        for (int64_t i = 0; i < n; ++i) {
+          const acc_t sx = s * ix[i];
+          const int64_t y = tg[i] - c0;
+          for (int64_t j = begin; j < end; ++j) {
+            const int64_t e = i * cc + j;
+            const acc_t z = d[e] * sx * iw[j];
+            const acc_t t = (j == y ? acc_t(1) - sm : acc_t(0)) + off;
+            const acc_t v = g[i] * (std::exp(z - ls[i]) - t) * iw[j];
+            if (out) out[e] = v;
+            if (half) half[e] = static_cast<at::Half>(v);
+            if (split) {
+              const at::BFloat16 hi = static_cast<at::BFloat16>(v);
+              const acc_t hi_v = static_cast<acc_t>(static_cast<float>(hi));
+              split[e] = hi;
+              split[n * cc + e] = static_cast<at::BFloat16>(std::isinf(hi_v) ? acc_t(0) : v - hi_v);
+            }
+            col[j] += v * d[e] * sx;
+          }
         }
+      });
+      const acc_t* w2 = wsq.const_data_ptr<acc_t>();
+      acc_t* cf = coef.mutable_data_ptr<acc_t>();
+      for (int64_t j = 0; j < cc; ++j) {
+        const acc_t keep = std::sqrt(w2[j]) > static_cast<acc_t>(kCosineEps) ? acc_t(1) : acc_t(0);
+        cf[j] = keep * iw[j] * iw[j] * col[j];
       }
     });
-    at::parallel_for(0, cc, 256, [&](int64_t begin, int64_t end) {
-      for (int64_t i = 0; i < n; ++i) {
-        const acc_t sx = scale * inv_x[i];
-        for (int64_t j = begin; j < end; ++j) col_gz[j] += gq[i * cc + j] * dots[i * cc + j] * sx;
-      }
+  }
+
+  // out = scale dir - coef w, row c of W scaled by its coefficient, in W's dtype.
+  static void weight_grad(const at::Tensor& dir, const at::Tensor& w, const at::Tensor& coef, double scale,
+                          const at::Tensor& out) {
+    const int64_t cc = w.size(0), dim = w.size(1);
+    AT_DISPATCH_FLOATING_TYPES(dir.scalar_type(), "normalized_ce_weight_grad", [&] {
+      using acc_t = scalar_t;
+      const acc_t *dr = dir.const_data_ptr<acc_t>(), *cf = coef.const_data_ptr<acc_t>();
+      const acc_t s = static_cast<acc_t>(scale);
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "normalized_ce_weight_grad", [&] {
+        const scalar_t* wp = w.const_data_ptr<scalar_t>();
+        scalar_t* op = out.mutable_data_ptr<scalar_t>();
+        at::parallel_for(0, cc, 16, [&](int64_t begin, int64_t end) {
+          for (int64_t c = begin; c < end; ++c) {
+            for (int64_t k = 0; k < dim; ++k) {
+              const int64_t e = c * dim + k;
+              op[e] = static_cast<scalar_t>(s * dr[e] - cf[c] * static_cast<acc_t>(wp[e]));
+            }
+          }
+        });
+      });
     });
   }
 };

@@ -92,18 +92,29 @@ cudaError_t hetero_center_bwd(DType dtype, const void* x, const int64_t* slot, c
                               int64_t sets, int64_t n, int64_t dim, int metric, bool strong, cudaStream_t stream);
 
 // Epilogues of the normalized cross-entropy driver (csrc/normalized_ce_driver.h), for acc_t float or
-// double: fold a class chunk's dot products [n, cc] into the per-row online log-sum-exp state (the first
-// chunk starts it, the last writes the results: csrc/online_lse.h), and build G q [n, cc] and add its
-// column sums of G z into col_gz [cc].
+// double, all arrays contiguous:
+// - merge folds a class chunk's dot products [n, cc] into the per-row online log-sum-exp state (the first
+//   chunk starts it, the last writes the results: csrc/online_lse.h).
+// - grad writes G q [n, cc] into gq (may be null) and into `operand` (null, or for float: kFloat16 G q
+//   [n, cc], kBFloat16 hi rows then lo rows [2n, cc]); `partials` [normalized_ce_grad_row_blocks(n), cc]
+//   is scratch (any contents); coef [cc] gets [|w_c| > eps] q_c^2 sum_i G_ic z_ic (wsq: |w_c|^2).
+// - weight_grad writes out = scale dir - coef_c w [cc, dim] in w's dtype (dir in acc_t).
 template <typename acc_t>
 cudaError_t normalized_ce_merge(const acc_t* dots, int64_t n, int64_t cc, int64_t c0, int64_t classes,
                                 const acc_t* inv_x, const acc_t* inv_w, const int64_t* target, acc_t scale,
                                 acc_t smoothing, LseRows<acc_t> rows, cudaStream_t stream);
 
+int64_t normalized_ce_grad_row_blocks(int64_t n);
+int64_t normalized_ce_grad_blocks(int64_t n, int64_t cc);  // the grad kernel's grid (one block per 16 rows x 32 columns)
+
 template <typename acc_t>
 cudaError_t normalized_ce_grad(const acc_t* dots, int64_t n, int64_t cc, int64_t c0, int64_t classes,
-                               const acc_t* inv_x, const acc_t* inv_w, const int64_t* target, const acc_t* lse,
-                               const acc_t* grad_row, acc_t scale, acc_t smoothing, acc_t* gq, acc_t* col_gz,
-                               cudaStream_t stream);
+                               const acc_t* inv_x, const acc_t* inv_w, const acc_t* wsq, const int64_t* target,
+                               const acc_t* lse, const acc_t* grad_row, acc_t scale, acc_t smoothing, acc_t* gq,
+                               DType operand_dtype, void* operand, acc_t* partials, acc_t* coef, cudaStream_t stream);
+
+template <typename acc_t>
+cudaError_t normalized_ce_weight_grad(const acc_t* dir, DType w_dtype, const void* w, const acc_t* coef, acc_t scale,
+                                      int64_t cc, int64_t dim, void* out, cudaStream_t stream);
 
 }  // namespace vtreid::cuda

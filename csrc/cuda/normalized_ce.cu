@@ -1,8 +1,12 @@
 // CUDA epilogues of the native normalized cross-entropy (driver: csrc/normalized_ce_driver.h). The
 // GEMMs are cuBLAS calls made by the driver; these kernels fold one class chunk into the per-row online
-// log-sum-exp state (one block per row, fixed-order tree reductions), and build G q and its column sums
-// (one thread per element, then one thread per column walking the rows in order). No atomics.
+// log-sum-exp state (one block per row, fixed-order tree reductions); build G q, the GEMM operand made
+// from it and the partial column sums of G z (one block per 32 rows x 32 columns), then the column
+// coefficients (one thread per column adding the row blocks' partials in order); and write the weight
+// gradient in W's dtype from the G q^T x_unit GEMM. No atomics: every sum has a fixed order.
+#include <algorithm>
 #include <cfloat>
+#include <type_traits>
 
 #include "common.cuh"
 #include "launch.h"
@@ -62,30 +66,86 @@ merge_kernel(const acc_t* __restrict__ dots, int64_t cc, int64_t c0, int64_t cla
   }
 }
 
+// G q's GEMM operand: none (float32 / float64 inputs: the driver multiplies gq itself), G q in fp16, or
+// G q as bf16 hi + lo with the lo rows `lo_offset` elements after the hi rows (lo = 0 where hi is inf).
+struct NoOperand {};
 template <typename acc_t>
-__global__ void __launch_bounds__(kThreads)
+__device__ __forceinline__ void store_operand(NoOperand*, int64_t, int64_t, acc_t) {}
+__device__ __forceinline__ void store_operand(__half* out, int64_t e, int64_t, float v) { out[e] = __float2half_rn(v); }
+__device__ __forceinline__ void store_operand(__nv_bfloat16* out, int64_t e, int64_t lo_offset, float v) {
+  const __nv_bfloat16 hi = __float2bfloat16_rn(v);
+  const float hi_v = __bfloat162float(hi);
+  out[e] = hi;
+  out[e + lo_offset] = __float2bfloat16_rn(fabsf(hi_v) == INFINITY ? 0.0f : v - hi_v);
+}
+
+// Rows x columns of one grad block: 32 consecutive columns per warp (coalesced row segments), 8 warps
+// striding over kGradRows rows; each block writes its column sums to its row of `partials`. 16 rows:
+// at the training shape (N = 256, C = 395) that is 16 x 13 = 208 blocks, a full wave on 132 SMs.
+constexpr int kGradCols = 32, kGradLanes = 8, kGradRows = 16;
+
+template <typename acc_t, typename operand_t>
+__global__ void __launch_bounds__(kGradCols * kGradLanes)
 grad_kernel(const acc_t* __restrict__ dots, int64_t n, int64_t cc, int64_t c0, int64_t classes,
             const acc_t* __restrict__ inv_x, const acc_t* __restrict__ inv_w, const int64_t* __restrict__ target,
             const acc_t* __restrict__ lse, const acc_t* __restrict__ grad_row, acc_t scale, acc_t smoothing,
-            acc_t* __restrict__ gq) {
-  const int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (e >= n * cc) return;
-  const int64_t i = e / cc, j = e % cc;
-  const acc_t z = dots[e] * scale * inv_x[i] * inv_w[j];
-  const acc_t t = (target[i] - c0 == j ? acc_t(1) - smoothing : acc_t(0)) + smoothing / static_cast<acc_t>(classes);
-  gq[e] = grad_row[i] * (exp(z - lse[i]) - t) * inv_w[j];
+            acc_t* __restrict__ gq, operand_t* __restrict__ operand, acc_t* __restrict__ partials) {
+  __shared__ acc_t lane_sums[kGradLanes][kGradCols];
+  const int64_t j = static_cast<int64_t>(blockIdx.y) * kGradCols + threadIdx.x;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kGradRows;
+  const int64_t row_end = min(n, row0 + kGradRows);
+  acc_t col = 0;
+  if (j < cc) {
+    const acc_t iw = inv_w[j], off = smoothing / static_cast<acc_t>(classes);
+    for (int64_t i = row0 + threadIdx.y; i < row_end; i += kGradLanes) {
+      const int64_t e = i * cc + j;
+      const acc_t sx = scale * inv_x[i];
+      const acc_t z = dots[e] * sx * iw;
+      const acc_t t = (target[i] - c0 == j ? acc_t(1) - smoothing : acc_t(0)) + off;
+      const acc_t v = grad_row[i] * (exp(z - lse[i]) - t) * iw;
+      if (gq != nullptr) gq[e] = v;
+      store_operand(operand, e, n * cc, v);
+      col += v * dots[e] * sx;
+    }
+  }
+  lane_sums[threadIdx.y][threadIdx.x] = col;
+  __syncthreads();
+  if (threadIdx.y == 0 && j < cc) {
+    acc_t total = 0;
+    for (int lane = 0; lane < kGradLanes; ++lane) total += lane_sums[lane][threadIdx.x];
+    partials[static_cast<int64_t>(blockIdx.x) * cc + j] = total;
+  }
 }
 
+// coef_c = [|w_c| > eps] q_c^2 sum_i G_ic z_ic, the row blocks' partial sums added in order.
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
-column_kernel(const acc_t* __restrict__ dots, const acc_t* __restrict__ gq, int64_t n, int64_t cc,
-              const acc_t* __restrict__ inv_x, acc_t scale, acc_t* __restrict__ col_gz) {
+coef_kernel(const acc_t* __restrict__ partials, int64_t row_blocks, int64_t cc, const acc_t* __restrict__ inv_w,
+            const acc_t* __restrict__ wsq, acc_t* __restrict__ coef) {
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (j >= cc) return;
-  acc_t s = 0;
-  for (int64_t i = 0; i < n; ++i) s += gq[i * cc + j] * dots[i * cc + j] * scale * inv_x[i];
-  col_gz[j] += s;
+  acc_t col = 0;
+  for (int64_t b = 0; b < row_blocks; ++b) col += partials[b * cc + j];
+  const acc_t keep = sqrt(wsq[j]) > static_cast<acc_t>(kCosineEps) ? acc_t(1) : acc_t(0);
+  coef[j] = keep * inv_w[j] * inv_w[j] * col;
 }
+
+// out = scale dir - coef_c w, in W's dtype: row c on grid dimension y (cc <= 65535), its dim features
+// strided over the blocks of x.
+template <typename acc_t, typename w_t>
+__global__ void __launch_bounds__(kThreads)
+weight_grad_kernel(const acc_t* __restrict__ dir, const w_t* __restrict__ w, const acc_t* __restrict__ coef,
+                   acc_t scale, int64_t dim, w_t* __restrict__ out) {
+  const int64_t row = static_cast<int64_t>(blockIdx.y) * dim;
+  const acc_t c = coef[blockIdx.y];
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; k < dim;
+       k += static_cast<int64_t>(gridDim.x) * kThreads) {
+    const acc_t v = scale * dir[row + k] - c * static_cast<acc_t>(to_acc(w[row + k]));
+    out[row + k] = from_acc<w_t>(static_cast<typename Acc<w_t>::type>(v));  // a double result reaches half via float
+  }
+}
+
+constexpr int64_t kWeightGradMaxBlocksX = 8;  // blocks per row: at D = 2048, one element per thread
 
 }  // namespace
 
@@ -99,15 +159,67 @@ cudaError_t normalized_ce_merge(const acc_t* dots, int64_t n, int64_t cc, int64_
   return cudaGetLastError();
 }
 
+int64_t normalized_ce_grad_row_blocks(int64_t n) { return (n + kGradRows - 1) / kGradRows; }
+
+int64_t normalized_ce_grad_blocks(int64_t n, int64_t cc) {
+  return normalized_ce_grad_row_blocks(n) * blocks_for(cc, kGradCols);
+}
+
 template <typename acc_t>
 cudaError_t normalized_ce_grad(const acc_t* dots, int64_t n, int64_t cc, int64_t c0, int64_t classes,
-                               const acc_t* inv_x, const acc_t* inv_w, const int64_t* target, const acc_t* lse,
-                               const acc_t* grad_row, acc_t scale, acc_t smoothing, acc_t* gq, acc_t* col_gz,
-                               cudaStream_t stream) {
-  if (n == 0 || cc == 0) return cudaSuccess;
-  grad_kernel<acc_t><<<blocks_for(n * cc, kThreads), kThreads, 0, stream>>>(dots, n, cc, c0, classes, inv_x, inv_w,
-                                                                           target, lse, grad_row, scale, smoothing, gq);
-  column_kernel<acc_t><<<blocks_for(cc, kThreads), kThreads, 0, stream>>>(dots, gq, n, cc, inv_x, scale, col_gz);
+                               const acc_t* inv_x, const acc_t* inv_w, const acc_t* wsq, const int64_t* target,
+                               const acc_t* lse, const acc_t* grad_row, acc_t scale, acc_t smoothing, acc_t* gq,
+                               DType operand_dtype, void* operand, acc_t* partials, acc_t* coef, cudaStream_t stream) {
+  if (cc == 0) return cudaSuccess;
+  const int64_t row_blocks = normalized_ce_grad_row_blocks(n);
+  if (row_blocks > 0) {
+    if (row_blocks > kMaxGridX || blocks_for(cc, kGradCols) > kMaxGridYZ) return cudaErrorInvalidConfiguration;
+    const dim3 grid(static_cast<unsigned>(row_blocks), blocks_for(cc, kGradCols)), block(kGradCols, kGradLanes);
+    if (operand == nullptr) {
+      grad_kernel<acc_t, NoOperand><<<grid, block, 0, stream>>>(dots, n, cc, c0, classes, inv_x, inv_w, target, lse,
+                                                                grad_row, scale, smoothing, gq, nullptr, partials);
+    } else {
+      if constexpr (std::is_same_v<acc_t, float>) {  // half operands come from float accumulation only
+        if (operand_dtype == DType::kFloat16) {
+          grad_kernel<acc_t, __half><<<grid, block, 0, stream>>>(dots, n, cc, c0, classes, inv_x, inv_w, target, lse,
+                                                                 grad_row, scale, smoothing, gq,
+                                                                 static_cast<__half*>(operand), partials);
+        } else if (operand_dtype == DType::kBFloat16) {
+          grad_kernel<acc_t, __nv_bfloat16><<<grid, block, 0, stream>>>(
+              dots, n, cc, c0, classes, inv_x, inv_w, target, lse, grad_row, scale, smoothing, gq,
+              static_cast<__nv_bfloat16*>(operand), partials);
+        } else {
+          return cudaErrorInvalidValue;
+        }
+      } else {
+        return cudaErrorInvalidValue;
+      }
+    }
+    if (const cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+  }
+  coef_kernel<acc_t><<<blocks_for(cc, kThreads), kThreads, 0, stream>>>(partials, row_blocks, cc, inv_w, wsq, coef);
+  return cudaGetLastError();
+}
+
+template <typename acc_t>
+cudaError_t normalized_ce_weight_grad(const acc_t* dir, DType w_dtype, const void* w, const acc_t* coef, acc_t scale,
+                                      int64_t cc, int64_t dim, void* out, cudaStream_t stream) {
+  if (cc == 0 || dim == 0) return cudaSuccess;
+  if (cc > kMaxGridYZ) return cudaErrorInvalidConfiguration;  // the driver's chunks are kClassChunk = 8192 rows
+  const dim3 blocks(static_cast<unsigned>(std::min<int64_t>(blocks_for(dim, kThreads), kWeightGradMaxBlocksX)),
+                    static_cast<unsigned>(cc));
+  const auto launch = [&](auto* typed_out) {
+    using w_t = std::remove_pointer_t<decltype(typed_out)>;
+    weight_grad_kernel<acc_t, w_t><<<blocks, kThreads, 0, stream>>>(dir, static_cast<const w_t*>(w), coef, scale, dim,
+                                                                    typed_out);
+  };
+  switch (w_dtype) {
+    case DType::kFloat32: launch(static_cast<float*>(out)); break;
+    case DType::kFloat16: launch(static_cast<__half*>(out)); break;
+    case DType::kBFloat16: launch(static_cast<__nv_bfloat16*>(out)); break;
+    case DType::kFloat64: launch(static_cast<double*>(out)); break;
+    default: return cudaErrorInvalidValue;
+  }
   return cudaGetLastError();
 }
 
@@ -115,7 +227,10 @@ cudaError_t normalized_ce_grad(const acc_t* dots, int64_t n, int64_t cc, int64_t
   template cudaError_t normalized_ce_merge<T>(const T*, int64_t, int64_t, int64_t, int64_t, const T*, const T*,   \
                                               const int64_t*, T, T, LseRows<T>, cudaStream_t);                     \
   template cudaError_t normalized_ce_grad<T>(const T*, int64_t, int64_t, int64_t, int64_t, const T*, const T*,     \
-                                             const int64_t*, const T*, const T*, T, T, T*, T*, cudaStream_t);
+                                             const T*, const int64_t*, const T*, const T*, T, T, T*, DType, void*,  \
+                                             T*, T*, cudaStream_t);                                                \
+  template cudaError_t normalized_ce_weight_grad<T>(const T*, DType, const void*, const T*, T, int64_t, int64_t,   \
+                                                    void*, cudaStream_t);
 VTREID_INSTANTIATE(float)
 VTREID_INSTANTIATE(double)
 #undef VTREID_INSTANTIATE

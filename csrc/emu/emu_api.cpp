@@ -115,14 +115,25 @@ int emu_hetero_center_bwd(int dtype, const void* x, const int64_t* slot, const i
     return vtreid::cuda::normalized_ce_merge<T>(dots, n, cc, c0, classes, inv_x, inv_w, target, scale, smoothing,  \
                                                 rows, nullptr);                                                    \
   }                                                                                                                \
+  /* operand_dtype as DType (ignored when operand is null); partials [normalized_ce_grad_row_blocks(n), cc] */   \
   int emu_normalized_ce_grad_##SUFFIX(const T* dots, int64_t n, int64_t cc, int64_t c0, int64_t classes,           \
-                                      const T* inv_x, const T* inv_w, const int64_t* target, const T* lse,         \
-                                      const T* grad_row, T scale, T smoothing, T* gq, T* col_gz) {                 \
-    return vtreid::cuda::normalized_ce_grad<T>(dots, n, cc, c0, classes, inv_x, inv_w, target, lse, grad_row,      \
-                                               scale, smoothing, gq, col_gz, nullptr);                             \
+                                      const T* inv_x, const T* inv_w, const T* wsq, const int64_t* target,         \
+                                      const T* lse, const T* grad_row, T scale, T smoothing, T* gq,                \
+                                      int operand_dtype, void* operand, T* partials, T* coef) {                    \
+    return vtreid::cuda::normalized_ce_grad<T>(dots, n, cc, c0, classes, inv_x, inv_w, wsq, target, lse, grad_row, \
+                                               scale, smoothing, gq, static_cast<vtreid::cuda::DType>(operand_dtype), \
+                                               operand, partials, coef, nullptr);                                  \
+  }                                                                                                                \
+  int emu_normalized_ce_weight_grad_##SUFFIX(const T* dir, int w_dtype, const void* w, const T* coef, T scale,     \
+                                             int64_t cc, int64_t dim, void* out) {                                 \
+    return vtreid::cuda::normalized_ce_weight_grad<T>(dir, static_cast<vtreid::cuda::DType>(w_dtype), w, coef,     \
+                                                      scale, cc, dim, out, nullptr);                               \
   }
 VTREID_EMU_NCE(float, f32)
 VTREID_EMU_NCE(double, f64)
 #undef VTREID_EMU_NCE
+
+int64_t emu_normalized_ce_grad_row_blocks(int64_t n) { return vtreid::cuda::normalized_ce_grad_row_blocks(n); }
+int64_t emu_normalized_ce_grad_blocks(int64_t n, int64_t cc) { return vtreid::cuda::normalized_ce_grad_blocks(n, cc); }
 
 }  // extern "C"

@@ -662,6 +662,9 @@ def test_hetero_center(n, d, dtype, metric, strong):
 
 # --- normalized cross-entropy epilogues -----------------------------------------------------------------
 
+LIB.emu_normalized_ce_grad_row_blocks.restype = I64
+LIB.emu_normalized_ce_grad_blocks.restype = I64
+
 @pytest.mark.parametrize("acc", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("n,c,d", [(1, 1, 1), (2, 3, 7), (47, 130, 129), (130, 300, 7)])
 def test_normalized_ce_epilogues(n, c, d, acc):
@@ -694,19 +697,95 @@ def test_normalized_ce_epilogues(n, c, d, acc):
     torch.testing.assert_close(out[0], lse - tz, atol=2 * tol.atol * scale, rtol=tol.rtol)
 
     grad_row = torch.rand(n, dtype=acc, generator=gen)
+    if n >= 3:
+        grad_row[-2] = 0.0  # a row that contributes nothing
     t = torch.full((n, c), smoothing / c, dtype=acc)
     t[torch.arange(n), target] += 1 - smoothing
     big_g = grad_row[:, None] * (torch.softmax(z, 1) - t)
-    col_gz = torch.zeros(c, dtype=acc)
+    wsq = (w * w).sum(1)
+    if c >= 3:
+        wsq[-1] = 0.0  # a zero class vector: its coefficient is 0 whatever its column sum
+    keep = (wsq.sqrt() > 1e-12).to(acc)
+    want_coef = keep * inv_w * inv_w * (big_g * z).sum(0)
+    coef = torch.full((c,), float("nan"), dtype=acc)
+    blocks = LIB.emu_normalized_ce_grad_row_blocks(I64(n))
     for c0 in range(0, c, chunk):
         cc = min(chunk, c - c0)
         dots = (x @ w[c0:c0 + cc].T).contiguous()
-        gq = torch.empty(n, cc, dtype=acc)
+        gq = torch.full((n, cc), float("nan"), dtype=acc)
+        partials = torch.full((blocks, cc), float("nan"), dtype=acc)  # scratch: any contents
         _check(getattr(LIB, f"emu_normalized_ce_grad_{sfx}")(
-            _p(dots), I64(n), I64(cc), I64(c0), I64(c), _p(inv_x), _p(inv_w[c0:]), _p(target), _p(lse), _p(grad_row),
-            ctype(scale), ctype(smoothing), _p(gq), _p(col_gz[c0:])), "normalized_ce_grad")
+            _p(dots), I64(n), I64(cc), I64(c0), I64(c), _p(inv_x), _p(inv_w[c0:]), _p(wsq[c0:]), _p(target), _p(lse),
+            _p(grad_row), ctype(scale), ctype(smoothing), _p(gq), 0, _p(None), _p(partials), _p(coef[c0:])),
+            "normalized_ce_grad")
         torch.testing.assert_close(gq, (big_g * inv_w[None, :])[:, c0:c0 + cc], atol=tol.atol, rtol=tol.rtol)
-    torch.testing.assert_close(col_gz, (big_g * z).sum(0), atol=tol.atol * scale * n, rtol=tol.rtol)
+    torch.testing.assert_close(coef, want_coef, atol=tol.atol * scale * n, rtol=tol.rtol)
+
+
+@pytest.mark.parametrize("operand", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n,cc", [(1, 1), (33, 40), (70, 129)])
+def test_normalized_ce_grad_writes_the_gemm_operand(n, cc, operand):
+    """G q as the GEMM operand: fp16 is G q rounded; bf16 is hi = G q rounded and lo = G q - hi rounded
+    (lo = 0 where hi is infinite, NaN stays NaN), lo rows after the hi rows; no float32 G q is needed."""
+    gen = torch.Generator().manual_seed(n * cc)
+    dots = torch.randn(n, cc, generator=gen).contiguous()
+    inv_x, inv_w = torch.rand(n, generator=gen) + 0.5, torch.rand(cc, generator=gen) + 0.5
+    wsq = 1.0 / inv_w**2
+    target = torch.randint(0, cc, (n,), generator=gen)
+    lse = torch.logsumexp(14.0 * dots * inv_x[:, None] * inv_w, 1)
+    grad_row = torch.rand(n, generator=gen) * 3e4
+    if n >= 33:
+        grad_row[5] = float("inf")  # inf x (p - t): +-inf (p - t is never 0 here)
+        grad_row[7] = float("nan")
+        grad_row[9] = 1e38  # beyond fp16's range: that operand rounds to inf
+    blocks = LIB.emu_normalized_ce_grad_row_blocks(I64(n))
+    gq = torch.empty(n, cc)
+    rows = 2 * n if operand == torch.bfloat16 else n
+    out = torch.zeros(rows, cc, dtype=operand)
+    coef_f, coef_o, partials = torch.empty(cc), torch.empty(cc), torch.empty(blocks, cc)
+    for tensor, code, coef in ((None, 0, coef_o), (gq, 0, coef_f)):  # the operand alone, then gq alone
+        _check(LIB.emu_normalized_ce_grad_f32(
+            _p(dots), I64(n), I64(cc), I64(0), I64(cc), _p(inv_x), _p(inv_w), _p(wsq), _p(target), _p(lse),
+            _p(grad_row), ctypes.c_float(14.0), ctypes.c_float(0.0), _p(tensor), DTYPE_CODES[operand],
+            _p(out if tensor is None else None), _p(partials), _p(coef)), "normalized_ce_grad")
+    torch.testing.assert_close(coef_o, coef_f, equal_nan=True, rtol=0, atol=0)
+    hi = gq.to(operand)
+    torch.testing.assert_close(out[:n], hi, equal_nan=True, rtol=0, atol=0)
+    if operand == torch.bfloat16:
+        lo = (gq - hi.float()).masked_fill(hi.float().isinf(), 0.0).to(operand)
+        torch.testing.assert_close(out[n:], lo, equal_nan=True, rtol=0, atol=0)
+        if n >= 33:
+            assert hi[5].float().isinf().all() and (out[n:][5] == 0).all()
+            assert out[n:][7].float().isnan().all()
+        # 16 significant bits, but for values near the bottom of the exponent range (lo underflows there)
+        bad = ((hi.float() + out[n:].float() - gq).abs() > gq.abs() * 2.0**-16 + 2.0**-120) & gq.isfinite()
+        assert not bad.any(), gq[bad]
+
+
+@pytest.mark.parametrize("acc,w_dtype", [(torch.float32, torch.float32), (torch.float32, torch.float16),
+                                         (torch.float32, torch.bfloat16), (torch.float64, torch.float64),
+                                         (torch.float64, torch.float16)], ids=str)
+@pytest.mark.parametrize("cc,d", [(1, 1), (5, 300), (130, 2100)])
+def test_normalized_ce_weight_grad(cc, d, acc, w_dtype):
+    """out = s dir - coef_c w in W's dtype: every row and feature, past one block's 256 and the 8-block cap."""
+    gen = torch.Generator().manual_seed(cc + d)
+    dir_, w = torch.randn(cc, d, generator=gen, dtype=acc), torch.randn(cc, d, generator=gen).to(w_dtype)
+    coef = torch.randn(cc, generator=gen, dtype=acc)
+    out = torch.full((cc, d), float("nan"), dtype=w_dtype)
+    sfx, ctype = ("f32", ctypes.c_float) if acc == torch.float32 else ("f64", ctypes.c_double)
+    _check(getattr(LIB, f"emu_normalized_ce_weight_grad_{sfx}")(
+        _p(dir_), DTYPE_CODES[w_dtype], _p(w), _p(coef), ctype(14.0), I64(cc), I64(d), _p(out)),
+        "normalized_ce_weight_grad")
+    want = 14.0 * dir_ - coef[:, None] * w.to(acc)
+    if w_dtype in (torch.float16, torch.bfloat16):
+        want = want.float()  # the kernel rounds a double result to float, then to half
+    torch.testing.assert_close(out, want.to(w_dtype), rtol=0, atol=0)
+
+
+def test_normalized_ce_grad_grid_fills_a_wave_at_the_training_shape():
+    """N = 256, C = 395 (SYSU-MM01) on a 132-SM GPU: the grad kernel has a block per SM at least (merge has
+    one per row, weight_grad one per class row)."""
+    assert LIB.emu_normalized_ce_grad_blocks(I64(256), I64(395)) >= WAVE_SMS
 
 
 # --- launch configurations: grid limits and D = 0 --------------------------------------------------------
@@ -735,6 +814,9 @@ def test_grid_limits_large_row_counts(dry_run):
                                          I64(d), 1, 1, ctypes.c_double(0.0)) == 0
         assert LIB.emu_hetero_center_bwd(dtype, null, null, null, null, null, null, null, null, null, null, null,
                                          I64(2), I64(n), I64(d), 1, 1) == 0
+    f32 = ctypes.c_float(1.0)
+    assert LIB.emu_normalized_ce_grad_f32(null, I64(n), I64(m), I64(0), I64(m), null, null, null, null, null, null, f32,
+                                          f32, null, 0, null, null, null) == 0
 
 
 def test_zero_feature_dimension_launches_nothing(dry_run):
@@ -746,3 +828,4 @@ def test_zero_feature_dimension_launches_nothing(dry_run):
                                    I64(5), I64(3), I64(0), 0) == 0
     assert LIB.emu_hetero_center_bwd(0, null, null, null, null, null, null, null, null, null, null, null, I64(1),
                                      I64(5), I64(0), 1, 0) == 0
+    assert LIB.emu_normalized_ce_weight_grad_f32(null, 0, null, null, ctypes.c_float(1.0), I64(5), I64(0), null) == 0
