@@ -170,9 +170,6 @@ class Run:
         self.cfg, self.out, self.ctx = cfg, out, ctx
         t = cfg["train"]
         self.device = pick_device(device)
-        if ctx.enabled and cfg["optim"].get("per_stream"):
-            raise ConfigError("optim.per_stream (two optimisers, each on its own loss) runs in one process only; "
-                              "use the default single optimiser with torchrun")
         if t["sync_bn"] and self.device.type != "cuda":
             raise ConfigError("train.sync_bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU)")
         seed_everything(cfg["seed"], t["deterministic"])
@@ -207,9 +204,14 @@ class Run:
 
     def wrap(self) -> None:
         """The module the steps call: DDP over the model on several ranks (rebuilt when a stage freezes
-        parameters), torch.compile on top with --compile."""
+        parameters; not with several optimisers: see below), torch.compile on top with --compile."""
         model = self.model
-        if self.ctx.enabled:
+        # Several optimisers, each on its own loss: torch.autograd.grad per loss, which DDP does not support,
+        # so those runs do DDP's part with torch.distributed (vtreid.training.distributed).
+        self.sync_by_hand = self.ctx.enabled and len(self.optimizers) > 1
+        if self.sync_by_hand:
+            distributed.broadcast_module(model)
+        elif self.ctx.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.forward_model = torch.compile(model) if self.cfg["train"]["compile"] else model
@@ -275,6 +277,8 @@ class Run:
         """Forward, loss terms, backward and optimiser step(s); returns the detached terms, or None when
         the fp16 scaler skipped a step whose loss overflowed."""
         batch = Batch(raw, self.device)
+        if self.sync_by_hand:
+            distributed.broadcast_buffers(self.model)  # as DDP does before each forward
         with self.autocast():
             terms = self.method.objective(self.forward_model, batch)
         losses = self.method.losses(terms)
@@ -294,18 +298,31 @@ class Run:
             self.scaler.scale(losses[0]).backward()
             grads = None
         else:  # one loss per optimiser (HSME per_stream): each optimiser steps on its own loss's gradient
-            params = [[p for g in o.param_groups for p in g["params"]] for o in self.optimizers]
-            grads = [torch.autograd.grad(self.scaler.scale(loss), ps, retain_graph=k < len(losses) - 1,
-                                         allow_unused=True) for k, (loss, ps) in enumerate(zip(losses, params))]
+            grads = optimizer_gradients(losses, self.optimizers, self.scaler.scale)
         for k, o in enumerate(self.optimizers):
-            if grads is not None:
-                for p, g in zip(params[k], grads[k]):
+            if grads is not None:  # set just before its step: the optimisers share parameters (shared layers)
+                for p, g in zip(optimizer_params(o), grads[k]):
                     p.grad = g
             self.scaler.step(o)
         self.scaler.update()
         for s in self.schedulers:
             s.step()
         return detached
+
+
+def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    return [p for g in optimizer.param_groups for p in g["params"]]
+
+
+def optimizer_gradients(losses, optimizers, scale=lambda loss: loss) -> list[list[torch.Tensor | None]]:
+    """Loss k's gradient for optimiser k's parameters (None where unused), averaged over the ranks under
+    torchrun, as DDP would average one loss's. ``scale``: the fp16 grad scaler's."""
+    out = []
+    for k, (loss, optimizer) in enumerate(zip(losses, optimizers)):
+        grads = torch.autograd.grad(scale(loss), optimizer_params(optimizer), retain_graph=k < len(losses) - 1,
+                                    allow_unused=True)
+        out.append(distributed.average_gradients(list(grads)))
+    return out
 
 
 def metrics_record(run: Run, terms: dict, images: int, data_time: float, step_time: float) -> dict:

@@ -52,8 +52,8 @@ def spawn(fn, *args, world=2):
 
 
 # -- one DDP step with global mining == one process with the global batch --------------------------
-def cfg_for(method):
-    return resolve(method, "synthetic", None, ["model.arch=resnet_tiny", "input.size=[64, 32]"], VARIANTS)
+def cfg_for(method, *overrides):
+    return resolve(method, "synthetic", None, ["model.arch=resnet_tiny", "input.size=[64, 32]", *overrides], VARIANTS)
 
 
 def global_batch(method):
@@ -83,9 +83,9 @@ def part(method, keep):
                  torch.device("cpu"))
 
 
-def model_and_method(method):
+def model_and_method(method, *overrides):
     torch.manual_seed(0)
-    m = get_method(method)(cfg_for(method), 4)
+    m = get_method(method)(cfg_for(method, *overrides), 4)
     model = m.build_model()
     for module in model.modules():   # per-rank batch statistics and dropout masks would differ by design
         if isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.Dropout)):
@@ -120,6 +120,44 @@ def test_ddp_step_with_global_mining_equals_one_process_with_the_global_batch(me
     assert grads.keys() == ddp_grads.keys() and len(grads) > 10
     for name in grads:
         torch.testing.assert_close(ddp_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=lambda s: f"{name}: {s}")
+
+
+# -- HSME per_stream (two optimisers, no DDP): the same gradients as one process with the global batch --
+def per_stream_step(rank, world, port, out):
+    torchrun_env(rank, world, port)
+    torch.distributed.init_process_group("gloo")
+    from vtreid.train import optimizer_gradients
+    from vtreid.training import distributed
+    m, model = model_and_method("hsme", "variant=[per_stream]")
+    if rank == 1:  # a different start on rank 1: the broadcast must replace it with rank 0's
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+    distributed.broadcast_module(model)
+    optimizers = m.optimizers(model)
+    terms = m.objective(model, part("hsme", lambda labels: (labels // 2) == rank))
+    grads = optimizer_gradients(m.losses(terms), optimizers)
+    if rank == 0:
+        torch.save(grads, out)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def test_per_stream_step_on_two_ranks_equals_one_process_with_the_global_batch(tmp_path):
+    from vtreid.train import optimizer_gradients
+    spawn(per_stream_step, str(tmp_path / "grads.pt"))
+    ranked = torch.load(tmp_path / "grads.pt")
+    m, model = model_and_method("hsme", "variant=[per_stream]")
+    terms = m.objective(model, part("hsme", lambda labels: torch.ones_like(labels, dtype=torch.bool)))
+    grads = optimizer_gradients(m.losses(terms), m.optimizers(model))
+    assert len(grads) == len(ranked) == 2
+    for k, (one, two) in enumerate(zip(grads, ranked)):
+        assert [g is None for g in one] == [g is None for g in two] and sum(g is not None for g in one) > 10
+        for i, (a, b) in enumerate(zip(one, two)):
+            if a is not None:
+                torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6, msg=lambda s: f"optimiser {k}, tensor {i}: {s}")
+    # the two optimisers' gradients differ on the shared layers (each its own loss): not one loss twice
+    assert any(not torch.allclose(a, b) for a, b in zip(grads[0][-3:], grads[1][-3:]) if a is not None)
 
 
 # -- samplers ---------------------------------------------------------------------------------------
@@ -169,13 +207,32 @@ TINY = ["--method", "expat", "dataset.synthetic.ids=16", "dataset.synthetic.imag
         "train.eval_at_start=false", "train.log_every=1", "eval.trials_final=1", "sampler.tuples=4"]
 
 
-def run_rank(rank, world, port, out, cache, extra):
+HSME_TINY = [*TINY[2:-1], "--method", "hsme", "variant=[per_stream]", "sampler.pairs=4"]
+
+
+def run_rank(rank, world, port, out, cache, extra, base=TINY):
     torchrun_env(rank, world, port)
     os.environ["VTREID_CACHE"] = cache
     from vtreid import train
-    code = train.main(["--out", out, *TINY, *extra])
+    code = train.main(["--out", out, *base, *extra])
     if code != 0:
         raise SystemExit(code)
+
+
+def test_two_rank_run_of_hsme_per_stream(tmp_path):
+    """Two optimisers under torchrun (no DDP: distributed.broadcast_module and average_gradients)."""
+    out, cache = tmp_path / "run", str(tmp_path / "cache")
+    from vtreid.training.data import synthetic_root
+    os.environ["VTREID_CACHE"] = cache
+    try:
+        synthetic_root({"ids": 16, "images": 2, "height": 64, "width": 32, "seed": 0})
+    finally:
+        del os.environ["VTREID_CACHE"]
+    spawn(run_rank, str(out), cache, ["train.max_steps=2"], HSME_TINY)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "loss" in line] == [1, 2]
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
+    assert state["step"] == 2 and len(state["optimizers"]) == 2 and state["config"]["optim"]["per_stream"]
 
 
 def test_two_rank_run_writes_once_checkpoints_and_resumes(tmp_path):

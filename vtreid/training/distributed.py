@@ -11,6 +11,12 @@ identity groups (whole groups, never the same identity on two ranks in one step)
 ``gather`` concatenates every rank's rows (features with gradients, labels, modalities) with
 torch.distributed.nn.functional.all_gather, whose backward returns each rank its rows' gradient, so
 hard mining and modality centres see the global batch as one process with that batch would.
+
+A step with several losses, each stepping its own optimiser (HSME's per_stream variant), takes each
+loss's gradient with torch.autograd.grad, which DDP does not support. Such runs do DDP's part with
+torch.distributed directly: rank 0's parameters and buffers at the start (``broadcast_module``), its
+buffers before each forward (``broadcast_buffers``, as DDP's broadcast_buffers=True), and each
+gradient averaged over the ranks (``average_gradients``), as DDP's all-reduce does.
 """
 from __future__ import annotations
 
@@ -121,6 +127,48 @@ def gather(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
             dist.all_gather(parts, t.contiguous())
             out.append(torch.cat(parts))
     return tuple(out)
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for b in module.buffers():
+            dist.broadcast(b, src=0)
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank (what DDP does when it wraps a module)."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for p in module.parameters():
+            dist.broadcast(p.detach(), src=0)
+    broadcast_buffers(module)
+
+
+def average_gradients(grads: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """Each gradient's mean over the ranks, one all_reduce per dtype. None stays None: the same
+    parameters are unused on every rank (one model, one loss)."""
+    world = world_size()
+    if world == 1:
+        return list(grads)
+    out = list(grads)
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for k, g in enumerate(grads):
+        if g is not None:
+            by_dtype.setdefault(g.dtype, []).append(k)
+    for index in by_dtype.values():
+        flat = torch.cat([grads[k].reshape(-1) for k in index])
+        dist.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for k in index:
+            size = grads[k].numel()
+            out[k] = flat[offset:offset + size].view_as(grads[k])
+            offset += size
+    return out
 
 
 def all_agree(flag: bool, device: torch.device) -> bool:
