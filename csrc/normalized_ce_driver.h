@@ -75,7 +75,7 @@ inline at::Tensor split_rows_mm(const at::Tensor& hilo, const at::Tensor& b, at:
     return both.narrow(0, 0, n).add_(both.narrow(0, n, n));
   }
   const at::Tensor terms = hilo.to(acc);
-  return at::mm(terms.narrow(0, 0, n) + terms.narrow(0, n, n), b);
+  return mm_acc(terms.narrow(0, 0, n) + terms.narrow(0, n, n), b, acc);  // b may be another dtype
 }
 
 template <class Epilogue>
@@ -161,14 +161,13 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
   const bool fp16 = x.scalar_type() == at::kHalf, bf16 = x.scalar_type() == at::kBFloat16;
   const at::Tensor x_unit = gemm_operand((xa * inv_x.unsqueeze(1)).to(in), acc);
   const at::Tensor x_gemm = half_gemm(x) ? x.contiguous() : xa;
-  const at::Tensor w = weight.contiguous();
   const bool one_chunk = classes <= kClassChunk;
   at::Tensor grad_x = one_chunk ? at::Tensor() : at::zeros({n, dim}, xa.options());
   // Written chunk by chunk in W's dtype by weight_grad: no float32 C x D buffer and no final conversion.
-  at::Tensor grad_w = at::empty({classes, dim}, w.options());
+  at::Tensor grad_w = at::empty({classes, dim}, weight.options());
   for (int64_t c0 = 0; c0 < classes; c0 += kClassChunk) {
     const int64_t cc = std::min(kClassChunk, classes - c0);
-    const at::Tensor w_chunk = w.narrow(0, c0, cc);
+    const at::Tensor w_chunk = weight.narrow(0, c0, cc).contiguous();  // a copy only of a strided W's chunk
     const at::Tensor wc = gemm_operand(w_chunk, acc);  // a float32 chunk only off CUDA
     const at::Tensor dots = have_dots ? saved_dots.to(acc).contiguous() : mm_acc(x_gemm, wc.t(), acc).contiguous();
     const at::Tensor gq = fp16 ? at::Tensor() : at::empty({n, cc}, xa.options());

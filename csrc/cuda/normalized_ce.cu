@@ -1,7 +1,7 @@
 // CUDA epilogues of the native normalized cross-entropy (driver: csrc/normalized_ce_driver.h). The
 // GEMMs are cuBLAS calls made by the driver; these kernels fold one class chunk into the per-row online
 // log-sum-exp state (one block per row, fixed-order tree reductions); build G q, the GEMM operand made
-// from it and the partial column sums of G z (one block per 32 rows x 32 columns), then the column
+// from it and the partial column sums of G z (one block per 16 rows x 32 columns), then the column
 // coefficients (one thread per column adding the row blocks' partials in order); and write the weight
 // gradient in W's dtype from the G q^T x_unit GEMM. No atomics: every sum has a fixed order.
 #include <algorithm>
@@ -161,8 +161,16 @@ cudaError_t normalized_ce_merge(const acc_t* dots, int64_t n, int64_t cc, int64_
 
 int64_t normalized_ce_grad_row_blocks(int64_t n) { return (n + kGradRows - 1) / kGradRows; }
 
+namespace {
+// The grad kernel's grid: row blocks on x (up to 2^31 - 1), column tiles on y (cc <= kClassChunk).
+dim3 grad_grid(int64_t n, int64_t cc) {
+  return dim3(static_cast<unsigned>(normalized_ce_grad_row_blocks(n)), blocks_for(cc, kGradCols));
+}
+}  // namespace
+
 int64_t normalized_ce_grad_blocks(int64_t n, int64_t cc) {
-  return normalized_ce_grad_row_blocks(n) * blocks_for(cc, kGradCols);
+  const dim3 grid = grad_grid(n, cc);
+  return static_cast<int64_t>(grid.x) * grid.y;
 }
 
 template <typename acc_t>
@@ -174,7 +182,7 @@ cudaError_t normalized_ce_grad(const acc_t* dots, int64_t n, int64_t cc, int64_t
   const int64_t row_blocks = normalized_ce_grad_row_blocks(n);
   if (row_blocks > 0) {
     if (row_blocks > kMaxGridX || blocks_for(cc, kGradCols) > kMaxGridYZ) return cudaErrorInvalidConfiguration;
-    const dim3 grid(static_cast<unsigned>(row_blocks), blocks_for(cc, kGradCols)), block(kGradCols, kGradLanes);
+    const dim3 grid = grad_grid(n, cc), block(kGradCols, kGradLanes);
     if (operand == nullptr) {
       grad_kernel<acc_t, NoOperand><<<grid, block, 0, stream>>>(dots, n, cc, c0, classes, inv_x, inv_w, target, lse,
                                                                 grad_row, scale, smoothing, gq, nullptr, partials);
