@@ -16,8 +16,9 @@ def test_int32_offsets_only_where_the_largest_tile_fits():
 
 @pytest.mark.parametrize("metric", list(k_pair.METRIC_CODES))
 def test_both_store_paths_write_the_same_distances(metric, monkeypatch):
+    device = "cuda" if torch.cuda.is_available() else "cpu"   # CPU tensors: the interpreter
     g = torch.Generator().manual_seed(3)
-    x, y = torch.randn(37, 20, generator=g), torch.randn(45, 20, generator=g)
+    x, y = torch.randn(37, 20, generator=g).to(device), torch.randn(45, 20, generator=g).to(device)
     fast = k_pair.forward(x, y, metric, 1e-6)[0]
     monkeypatch.setattr(k_pair, "tile_offsets_fit_int32", lambda t: False)
     wide = k_pair.forward(x, y, metric, 1e-6)[0]

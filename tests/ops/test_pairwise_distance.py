@@ -250,6 +250,7 @@ def test_half_gradient_of_close_pairs(device, backend, metric):
     cancels it, so B must enter the GEMM at float32 precision, as in the row sums a_i. The half backward
     multiplies on tensor cores as two TF32 products (B = hi + lo); one TF32 product, 10 bits of B, misses
     the bound many times over."""
+    require_backend(backend, device)
     for dtype in [dt for dt in dtypes_for(device, backend) if dt in (torch.float16, torch.bfloat16)]:
         g = torch.Generator().manual_seed(23)
         x, y = (t.to(device) for t in close_pairs(dtype, g))
