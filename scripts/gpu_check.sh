@@ -14,12 +14,21 @@
 # default 420), cut to what is left of the call's budget (VTREID_CALL_BUDGET s from the start, default
 # 570), so a slow step cannot eat the call; logs and results.jsonl go under $OUT (default ./gpu-out) as
 # they are written, and the suite logs one line per test, so a cut run still shows what ran.
-# Uses the machine's own torch/triton (no network): pip runs with --no-deps --no-build-isolation.
+# Uses the machine's own torch/triton (no network): pip runs with --no-deps --no-build-isolation. Peer
+# libraries for the benchmarks (Liger-Kernel, pytorch-metric-learning) are installed from .whl/ when
+# carried there (bash scripts/fetch_peers.sh, where PyPI is reachable). PYTHON picks the interpreter
+# (default python3, the GPU image's torch).
 set -uo pipefail
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 case "${1:-}" in -h|--help) usage; exit 0 ;; esac
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
+PY=${PYTHON:-python3}
+if compgen -G ".whl/*.whl" > /dev/null; then  # carried peer wheels: on the path for the benchmarks
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/vtreid-peers .whl/*.whl \
+    && export PYTHONPATH=/tmp/vtreid-peers${PYTHONPATH:+:$PYTHONPATH} \
+    && echo "peers from .whl/: $(cd .whl && ls)"
+fi
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 STEP_TIMEOUT=${VTREID_STEP_TIMEOUT:-240}
@@ -48,17 +57,17 @@ for stage in "${stages[@]}"; do
   build)
     step "build"
     MAX_JOBS=${MAX_JOBS:-16} VTREID_CUDA_ARCHS=${VTREID_CUDA_ARCHS:-9.0} \
-      python -m pip install --no-deps --no-build-isolation -e . > "$OUT/build.log" 2>&1 \
+      "$PY" -m pip install --no-deps --no-build-isolation -e . > "$OUT/build.log" 2>&1 \
       || { tail -50 "$OUT/build.log"; exit 1; }
-    python -m vtreid.env | tee "$OUT/env.txt"
+    "$PY" -m vtreid.env | tee "$OUT/env.txt"
     ;;
   test)
     step "self-check: every op on every backend against reference (python -m vtreid.env --check)"
-    limited python -m vtreid.env --check > "$OUT/env-check.txt" 2>&1 || status=1
+    limited "$PY" -m vtreid.env --check > "$OUT/env-check.txt" 2>&1 || status=1
     sed -n '/speed-up vs reference/,$p' "$OUT/env-check.txt"
     step "tests on GPU (one line per test in $OUT/tests.log)"
     # shellcheck disable=SC2086  # VTREID_PYTEST_ARGS is a word list by design
-    limited_to "$TEST_TIMEOUT" python -m pytest ${VTREID_PYTEST_ARGS:-tests/ops tests/kernels tests/methods \
+    limited_to "$TEST_TIMEOUT" "$PY" -m pytest ${VTREID_PYTEST_ARGS:-tests/ops tests/kernels tests/methods \
       tests/losses tests/training tests/bench tests/eval tests/models tests --ignore=tests/cuda_emu} \
       -v -rfE --maxfail=25 -p no:cacheprovider > "$OUT/tests.log" 2>&1
     rc=$?
@@ -70,7 +79,7 @@ for stage in "${stages[@]}"; do
   sanitize)
     for tool in memcheck racecheck; do
       step "compute-sanitizer $tool"
-      limited compute-sanitizer --tool "$tool" --error-exitcode 9 python scripts/sanitize_kernels.py \
+      limited compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" scripts/sanitize_kernels.py \
         > "$OUT/sanitizer-$tool.log" 2>&1 || status=1
       tail -5 "$OUT/sanitizer-$tool.log"
     done
@@ -78,15 +87,15 @@ for stage in "${stages[@]}"; do
   bench)
     for bench in ${VTREID_BENCHES:-pairwise_distance hard_mining hetero_center normalized_softmax evaluation}; do
       step "bench $bench"
-      limited python -m bench."$bench" --out "$OUT/results.jsonl" > "$OUT/bench-$bench.log" 2>&1 || status=1
+      limited "$PY" -m bench."$bench" --out "$OUT/results.jsonl" > "$OUT/bench-$bench.log" 2>&1 || status=1
       tail -40 "$OUT/bench-$bench.log"
     done
     step "hard_mining memory case (N = M = 65536, D = 2048, fp16)"
-    limited python -m bench.hard_mining --large --out "$OUT/results.jsonl" > "$OUT/bench-hard_mining-large.log" 2>&1 \
+    limited "$PY" -m bench.hard_mining --large --out "$OUT/results.jsonl" > "$OUT/bench-hard_mining-large.log" 2>&1 \
       || status=1
     tail -8 "$OUT/bench-hard_mining-large.log"
     step "evaluation memory case (top-100 of 10000 queries in a 1,000,000-image gallery)"
-    limited python -m bench.evaluation --large --out "$OUT/results.jsonl" > "$OUT/bench-evaluation-large.log" 2>&1 \
+    limited "$PY" -m bench.evaluation --large --out "$OUT/results.jsonl" > "$OUT/bench-evaluation-large.log" 2>&1 \
       || status=1
     tail -5 "$OUT/bench-evaluation-large.log"
     ;;
