@@ -5,7 +5,7 @@
 #             (GPU-facing directories first; tests/cuda_emu, the CPU emulation of the CUDA kernels, is
 #             left to CPU CI; VTREID_PYTEST_ARGS replaces the selection, e.g. "tests/ops -k cuda")
 #   sanitize  compute-sanitizer memcheck and racecheck over every native and Triton kernel
-#   bench     every benchmark, then the two memory cases
+#   bench     every benchmark, then the two memory cases, then the targets judged (bench.goals)
 # Usage: bash scripts/gpu_check.sh [stage ...]   (default: all four, in that order)
 # The device tool allows 600 s per call, so a session runs the stages in calls back to back (the machine
 # stays warm and keeps build/): `build test`, then `build sanitize` (Triton's autotuning runs every config
@@ -98,6 +98,8 @@ for stage in "${stages[@]}"; do
     limited "$PY" -m bench.evaluation --large --out "$OUT/results.jsonl" > "$OUT/bench-evaluation-large.log" 2>&1 \
       || status=1
     tail -5 "$OUT/bench-evaluation-large.log"
+    step "the bench targets, judged from this call's records (python -m bench.goals)"
+    "$PY" -m bench.goals --gpu-only "$OUT/results.jsonl" | tee "$OUT/goals.txt"  # a missed target is a finding, not an error
     ;;
   *)
     echo "unknown stage '$stage' (build, test, sanitize, bench)" >&2
