@@ -294,9 +294,16 @@ class Run:
             raise TrainingError(f"the loss term {bad!r} is {float(detached[bad])} at step {self.step + 1}")
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
+        if len(losses) not in (1, len(self.optimizers)):
+            raise TrainingError(f"{self.method.name} gave {len(losses)} losses for {len(self.optimizers)} optimisers: "
+                                f"one loss for all, or one per optimiser")
         if len(losses) == 1:
             self.scaler.scale(losses[0]).backward()
             grads = None
+            if self.sync_by_hand:  # several optimisers on one loss: no DDP, so average as it would
+                params = [p for p in self.model.parameters() if p.grad is not None]
+                for p, g in zip(params, distributed.average_gradients([p.grad for p in params])):
+                    p.grad = g
         else:  # one loss per optimiser (HSME per_stream): each optimiser steps on its own loss's gradient
             grads = optimizer_gradients(losses, self.optimizers, self.scaler.scale)
         for k, o in enumerate(self.optimizers):
