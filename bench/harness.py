@@ -282,13 +282,18 @@ def no_donated_buffers():
     return torch._functorch.config.patch(donated_buffer=False)
 
 
-def compiled_provider(reference: Callable) -> Provider:
-    """torch.compile of the reference, compiled without donated buffers (see no_donated_buffers)."""
-    compiled = torch.compile(reference, dynamic=False)
+def compiled_provider(reference: Callable, backend: str | Callable = "inductor") -> Provider:
+    """torch.compile of the reference, compiled without donated buffers (see no_donated_buffers). Each
+    measurement starts from an empty compile cache: a run's shapes x dtypes x modes are more graphs than
+    Dynamo's recompile_limit (8), past which it silently runs the function eagerly (the GPU mining sweep's
+    fifth case, N = 256, the target shape, was timed eager as "compiled"); hitting the limit anyway raises."""
+    compiled = torch.compile(reference, dynamic=False, backend=backend)
 
     def build(inputs):
+        torch._dynamo.reset()
+
         def call():
-            with no_donated_buffers():
+            with no_donated_buffers(), torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
                 return compiled(inputs)
         return call
 

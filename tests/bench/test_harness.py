@@ -44,6 +44,20 @@ def test_quick_run_of_every_benchmark_with_every_provider(name, tmp_path, capsys
     assert targets and verdicts and all(v.status in ("PASS", "FAIL") for v in verdicts), verdicts
 
 
+def test_compiled_provider_compiles_every_measurement_past_the_recompile_limit():
+    """More shapes than Dynamo's recompile_limit (8): each measurement still gets its own graph instead of
+    the eager fallback Dynamo takes silently past the limit."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    provider = harness.compiled_provider(lambda inputs: (inputs["x"] * 2).sum(), backend=backend)
+    for n in range(1, 13):
+        provider.build({"x": torch.randn(n, 3)})()
+    assert len(graphs) == 12
+
+
 def test_compiled_backward_mode_runs_twice_on_one_graph():
     """The backward mode reruns backward on a kept graph. A compiled graph whose backward is lowered
     eagerly (as torch does when sizes are saved for backward, or forced here) donates its saved buffers
