@@ -161,11 +161,12 @@ def peak_memory(fn: Callable, device: torch.device) -> int | None:
 
 def run(op: str, providers: list[Provider], make_inputs: Callable, cases: list[dict], dtypes, modes,
         device: torch.device, out: Path | None = None, min_run_time: float = 0.5,
-        baseline: str = "reference") -> list[dict]:
+        baseline: str = "reference", keep: Callable[[dict, str, str], bool] | None = None) -> list[dict]:
     """Time every (case, dtype, mode, provider); append JSON lines to ``out``; return the records.
     The "x ref" column is the ``baseline`` provider's time over each provider's. A provider that raises
     is reported as failed and writes no record; after the last case, failures end the run with
-    SystemExit(1) naming them (the records of the measurements that succeeded are kept)."""
+    SystemExit(1) naming them (the records of the measurements that succeeded are kept). ``keep(case, dtype
+    name, mode)``, when given, picks which combinations of the product are measured."""
     out = out or RESULTS_DIR / f"{device_slug(device)}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     env = environment(device)
@@ -177,6 +178,8 @@ def run(op: str, providers: list[Provider], make_inputs: Callable, cases: list[d
     for case in cases:
         for dtype in dtypes:
             for mode in modes:
+                if keep is not None and not keep(case, str(dtype).replace("torch.", ""), mode):
+                    continue
                 ref_ms = None
                 for provider in providers:
                     ok, why = provider.available(device, dtype)
@@ -237,6 +240,9 @@ def common_args(module: str, description: str, provider_names: list[str]) -> arg
                         help=f"comma-separated subset of: {', '.join(MODES)} (default: all three)")
     parser.add_argument("--out", type=Path, default=None, help="JSON lines file (default bench/results/<device>.jsonl)")
     parser.add_argument("--min-run-time", type=float, default=0.5, help="CPU: seconds of timing per case (default 0.5)")
+    parser.add_argument("--goals", action="store_true",
+                        help="measure only what bench.goals judges on this device: the targets' shapes, dtypes and "
+                             "modes, every provider")
     return parser
 
 
@@ -342,5 +348,25 @@ def main(op: str, description: str, providers: Callable[[], list[Provider]], mak
             parser.error(f"--{what} {','.join(asked)}: this run measures only {','.join(forced)}")
     chosen = [p for p in chosen if p.name not in drop]
     default_dtypes = gpu_dtypes if device.type == "cuda" else (torch.float32,)
-    run(op, chosen, make_inputs, case_list, dtypes or parse_dtypes(dtype_names, default_dtypes),
-        modes or mode_names or list(MODES), device, args.out, args.min_run_time, baseline)
+    dtypes = dtypes or parse_dtypes(dtype_names, default_dtypes)
+    modes = modes or mode_names or list(MODES)
+    keep = None
+    if args.goals:
+        case_list, dtypes, modes, keep = goal_selection(parser, op, device, case_list, dtypes, modes)
+    run(op, chosen, make_inputs, case_list, dtypes, modes, device, args.out, args.min_run_time, baseline, keep)
+
+
+def goal_selection(parser, op: str, device: torch.device, cases: list[dict], dtypes, modes):
+    """--goals: of this run's cases, dtypes and modes, the combinations a target of bench.goals judges on
+    this kind of device (cases, dtypes, modes to loop over, and keep(case, dtype, mode) for the product)."""
+    from bench import goals
+    targets = [t for t in goals.TARGETS if t.op == op and t.gpu == (device.type == "cuda")]
+
+    def keep(case, dtype, mode):
+        return any(t.case(case) and t.mode == mode and (t.dtypes is None or dtype in t.dtypes) for t in targets)
+    names = {d: str(d).replace("torch.", "") for d in dtypes}
+    wanted = [(c, d, m) for c in cases for d in dtypes for m in modes if keep(c, names[d], m)]
+    if not wanted:
+        parser.error(f"--goals: no target of {op} on {device.type} among this run's shapes, dtypes and modes")
+    return ([c for c in cases if any(w[0] is c for w in wanted)], [d for d in dtypes if any(w[1] == d for w in wanted)],
+            [m for m in modes if any(w[2] == m for w in wanted)], keep)

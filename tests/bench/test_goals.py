@@ -81,3 +81,56 @@ def test_command_line_exit_status_and_errors(tmp_path, capsys):
     path.write_text("{not json\n")
     with pytest.raises(SystemExit, match="gpu.jsonl:1: not a JSON line"):
         goals.main([str(path)])
+
+
+def test_a_later_partial_run_does_not_hide_an_earlier_pairing():
+    records = [rec("hard_mining", MINE, "reference", 10.0, time="t1"), rec("hard_mining", MINE, "triton", 0.5, time="t1"),
+               rec("hard_mining", MINE, "triton", 0.4, time="t2")]                # --providers triton alone, later
+    (v,) = verdicts_for(records, "mining full N=256 >= 10x eager")
+    assert v.status == "PASS" and v.run == "t1"
+
+
+def test_a_target_without_the_measure_it_needs_is_missing_not_dropped():
+    large = {"N": 65536, "D": 2048}
+    records = [rec("hard_mining", large, "triton", 9.0, mode="forward", dtype="float16", peak=None),
+               {"op": "pairwise_distance", "provider": "native", "fwd_us": 13.2}]       # a bench.overhead line
+    assert [v.status for v in goals.judge(records) if v.target == "mining --large peak < 1 GiB"] == ["MISSING"]
+
+
+@pytest.mark.parametrize("target", [t for t in goals.TARGETS if t.gpu], ids=lambda t: t.name)
+def test_every_gpu_target_is_a_shape_the_gpu_benchmark_measures(target):
+    """Each GPU target's case is in its benchmark's GPU case list (the full sweep or --large); computed from
+    the benchmarks' own case functions, which need no GPU."""
+    import torch
+    from bench import evaluation, hard_mining, hetero_center, normalized_softmax, pairwise_distance
+    cuda = torch.device("cuda")
+    gpu_cases = {
+        "pairwise_distance": pairwise_distance.cases(cuda, False),
+        "hard_mining": hard_mining.cases(cuda, False, False) + hard_mining.cases(cuda, False, True),
+        "hetero_center_loss": hetero_center.cases(cuda, False),
+        "normalized_cross_entropy": normalized_softmax.cases(cuda, False),
+        "sysu_evaluation": [{"Q": 3803, "G": 301, "D": 2048, "trials": 10}, {"Q": 10000, "G": 1_000_000, "D": 512, "K": 100}],
+    }[target.op]
+    assert any(target.case(c) for c in gpu_cases), (target.name, gpu_cases)
+
+
+def test_goals_flag_selects_only_what_the_targets_judge(tmp_path, capsys):
+    """--goals on a GPU sweep: pairwise keeps 8192^2 forward in fp16 / bf16 and 256^2 full in fp32 / bf16, nothing
+    else of the product; on CPU it measures the CPU target and nothing else (run here)."""
+    import argparse
+
+    import torch
+    from bench import harness, pairwise_distance
+    cuda = torch.device("cuda")
+    cases, dtypes, modes, keep = harness.goal_selection(
+        argparse.ArgumentParser(), "pairwise_distance", cuda, pairwise_distance.cases(cuda, False),
+        [torch.float32, torch.bfloat16, torch.float16], list(harness.MODES))
+    chosen = {(c["N"], d, m) for c in cases for d in ("float32", "bfloat16", "float16") for m in modes if keep(c, d, m)}
+    assert chosen == {(8192, "float16", "forward"), (8192, "bfloat16", "forward"),
+                      (256, "float32", "full"), (256, "bfloat16", "full")}
+    out = tmp_path / "cpu.jsonl"
+    pairwise_distance.main(["--device", "cpu", "--goals", "--providers", "reference,native", "--min-run-time", "0.001",
+                            "--out", str(out)])
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {(r["case"]["N"], r["dtype"], r["mode"]) for r in records} == {(256, "float32", "full")}
+    assert [v.status for v in goals.judge(records) if v.target.startswith("CPU pairwise")] in (["PASS"], ["FAIL"])
