@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import vtreid.kernels.pairwise_distance as k_pair
+from support import require_backend
 
 
 def test_int32_offsets_only_where_the_largest_tile_fits():
@@ -17,6 +18,7 @@ def test_int32_offsets_only_where_the_largest_tile_fits():
 @pytest.mark.parametrize("metric", list(k_pair.METRIC_CODES))
 def test_both_store_paths_write_the_same_distances(metric, monkeypatch):
     device = "cuda" if torch.cuda.is_available() else "cpu"   # CPU tensors: the interpreter
+    require_backend("triton", device)
     g = torch.Generator().manual_seed(3)
     x, y = torch.randn(37, 20, generator=g).to(device), torch.randn(45, 20, generator=g).to(device)
     fast = k_pair.forward(x, y, metric, 1e-6)[0]
