@@ -129,23 +129,31 @@ def gather(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
+def _broadcast_coalesced(tensors: list[torch.Tensor]) -> None:
+    """Rank 0's values of ``tensors`` on every rank, one broadcast per dtype (as DDP coalesces them)."""
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    with torch.no_grad():
+        for group in by_dtype.values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            dist.broadcast(flat, src=0)
+            offset = 0
+            for t in group:
+                t.copy_(flat[offset:offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+
 def broadcast_buffers(module: torch.nn.Module) -> None:
     """Rank 0's buffers (BatchNorm running statistics) on every rank."""
-    if world_size() == 1:
-        return
-    with torch.no_grad():
-        for b in module.buffers():
-            dist.broadcast(b, src=0)
+    if world_size() > 1:
+        _broadcast_coalesced(list(module.buffers()))
 
 
 def broadcast_module(module: torch.nn.Module) -> None:
     """Rank 0's parameters and buffers on every rank (what DDP does when it wraps a module)."""
-    if world_size() == 1:
-        return
-    with torch.no_grad():
-        for p in module.parameters():
-            dist.broadcast(p.detach(), src=0)
-    broadcast_buffers(module)
+    if world_size() > 1:
+        _broadcast_coalesced([p.detach() for p in module.parameters()] + list(module.buffers()))
 
 
 def average_gradients(grads: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
