@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import random
@@ -436,6 +437,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     ctx = distributed.Context()
     clean = False
+    run = None
     try:
         cfg, resume_state, out = resolve_config(args)
         ctx, device = distributed.setup(cfg["train"]["device"])
@@ -467,6 +469,10 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
+        # The run (its DDP wrapper holds the process group) goes before the group does: freed after
+        # destroy_process_group, its gloo group's destructor could wait on a rank that had already left.
+        run = None
+        gc.collect()
         distributed.teardown(ctx, clean)
 
 
