@@ -58,12 +58,6 @@ inline at::Tensor mm_acc(const at::Tensor& a, const at::Tensor& b, at::ScalarTyp
   return half_pair(a, b) ? at::mm(a, b, acc) : at::mm(a.to(acc), b.to(acc));
 }
 
-// beta bias + alpha a @ b in one GEMM with its epilogue (bias in `acc`), operands as for mm_acc.
-inline at::Tensor addmm_acc(const at::Tensor& bias, const at::Tensor& a, const at::Tensor& b, at::ScalarType acc,
-                            double beta, double alpha) {
-  return half_pair(a, b) ? at::addmm(bias, a, b, acc, beta, alpha) : at::addmm(bias, a.to(acc), b.to(acc), beta, alpha);
-}
-
 // (hi + lo) @ b for hilo = [hi; lo], two bf16 terms of G q stacked by rows ([2n, k]), and b from
 // gemm_operand (bf16 on CUDA, else float32). On CUDA one bf16 GEMM with float32 output reads b once for
 // both terms, and the two halves of its [2n, D] result are added; elsewhere hi + lo is formed in float32

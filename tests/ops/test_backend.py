@@ -7,6 +7,7 @@ import torch
 
 import vtreid.ops as ops
 from vtreid.ops import _backend
+from support import require_backend
 
 
 def test_required_backends_are_available():
@@ -66,7 +67,6 @@ def test_unavailable_backend_falls_back_with_one_warning(monkeypatch):
 
 def test_float64_is_not_sent_to_triton():
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where Triton runs otherwise
-    if not _backend.availability("triton", device, torch.float32)[0]:
-        pytest.skip("Triton cannot run here at all (no GPU, no interpreter)")
+    require_backend("triton", device.type)   # skips only where Triton cannot run at all (no GPU, no interpreter)
     ok, why = _backend.availability("triton", device, torch.float64)
     assert not ok and "float64" in why

@@ -129,53 +129,55 @@ def gather(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-def _broadcast_coalesced(tensors: list[torch.Tensor]) -> None:
-    """Rank 0's values of ``tensors`` on every rank, one broadcast per dtype (as DDP coalesces them)."""
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for t in tensors:
-        by_dtype.setdefault(t.dtype, []).append(t)
+def _coalesced(tensors: list[torch.Tensor], collective) -> list[torch.Tensor]:
+    """``collective`` (in place) on one flat buffer per dtype of ``tensors``, as DDP coalesces its
+    communication; returns each tensor's slice of the result, shaped like it."""
+    out: list[torch.Tensor] = [None] * len(tensors)
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for k, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(k)
+    for index in by_dtype.values():
+        flat = torch.cat([tensors[k].reshape(-1) for k in index])
+        collective(flat)
+        offset = 0
+        for k in index:
+            out[k] = flat[offset:offset + tensors[k].numel()].view_as(tensors[k])
+            offset += tensors[k].numel()
+    return out
+
+
+def _broadcast(tensors: list[torch.Tensor]) -> None:
     with torch.no_grad():
-        for group in by_dtype.values():
-            flat = torch.cat([t.reshape(-1) for t in group])
-            dist.broadcast(flat, src=0)
-            offset = 0
-            for t in group:
-                t.copy_(flat[offset:offset + t.numel()].view_as(t))
-                offset += t.numel()
+        for t, value in zip(tensors, _coalesced(tensors, lambda flat: dist.broadcast(flat, src=0))):
+            t.copy_(value)
 
 
 def broadcast_buffers(module: torch.nn.Module) -> None:
     """Rank 0's buffers (BatchNorm running statistics) on every rank."""
     if world_size() > 1:
-        _broadcast_coalesced(list(module.buffers()))
+        _broadcast(list(module.buffers()))
 
 
 def broadcast_module(module: torch.nn.Module) -> None:
     """Rank 0's parameters and buffers on every rank (what DDP does when it wraps a module)."""
     if world_size() > 1:
-        _broadcast_coalesced([p.detach() for p in module.parameters()] + list(module.buffers()))
+        _broadcast([p.detach() for p in module.parameters()] + list(module.buffers()))
 
 
 def average_gradients(grads: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
     """Each gradient's mean over the ranks, one all_reduce per dtype. None stays None: the same
     parameters are unused on every rank (one model, one loss)."""
     world = world_size()
-    if world == 1:
+    present = [k for k, g in enumerate(grads) if g is not None]
+    if world == 1 or not present:
         return list(grads)
-    out = list(grads)
-    by_dtype: dict[torch.dtype, list[int]] = {}
-    for k, g in enumerate(grads):
-        if g is not None:
-            by_dtype.setdefault(g.dtype, []).append(k)
-    for index in by_dtype.values():
-        flat = torch.cat([grads[k].reshape(-1) for k in index])
+
+    def mean(flat):
         dist.all_reduce(flat)
         flat /= world
-        offset = 0
-        for k in index:
-            size = grads[k].numel()
-            out[k] = flat[offset:offset + size].view_as(grads[k])
-            offset += size
+    out = list(grads)
+    for k, g in zip(present, _coalesced([grads[k] for k in present], mean)):
+        out[k] = g
     return out
 
 
