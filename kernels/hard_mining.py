@@ -52,11 +52,15 @@ def _cfg(bn, bm, bd, warps, stages):
 # the candidate splits (forward_grid); the 64 x 64 ones feed fp16/bf16 tensor cores at large N, where the
 # anchor blocks alone fill the GPU. float32 stays IEEE (no TF32; the distances cancel), and an IEEE dot is
 # FMA with BLOCK_D-long slices per thread, so float32 keeps BLOCK_D <= 64. Every config compiles for sm_90
-# without spills for its dtypes and every metric (64 x 64 x 32 in float32 spills 32 B for cosine: half
-# only); 64 x 128, 128 x 64 and larger spill in both: the fused fold keeps several [BLOCK_N, BLOCK_M]
-# tiles live. 32 x 32 runs 8 warps: with 4 it spills 8-72 bytes under Triton 3.6 (the GPU image's).
-_SMALL = [_cfg(16, 16, 32, 4, 3), _cfg(16, 16, 64, 4, 3), _cfg(16, 32, 32, 4, 3), _cfg(32, 32, 32, 8, 3)]
-_FWD_BY_DTYPE = {"fp32": _SMALL, "half": _SMALL + [_cfg(64, 64, 32, 8, 2), _cfg(64, 64, 64, 8, 2)]}
+# without spills for its dtypes and every metric, as the ops launch it (contiguous features: pipelined,
+# vectorized loads), with Triton 3.9 and 3.6 (the GPU image's). 128 x 128 spills 24-96 bytes: the fused
+# fold keeps several [BLOCK_N, BLOCK_M] tiles live. (Until Step 14 the spill table compiled a runtime
+# feature stride, under which 64 x 128 and 128 x 64 spilled too, and 32 x 32 with 4 warps.) 16 x 16 x 64
+# is half only: in float32 (FMA) it spills 8 bytes for cosine under Triton 3.6.
+_SMALL = [_cfg(16, 16, 32, 4, 3), _cfg(16, 32, 32, 4, 3), _cfg(32, 32, 32, 8, 3)]
+_FWD_BY_DTYPE = {"fp32": _SMALL, "half": _SMALL + [_cfg(16, 16, 64, 4, 3), _cfg(64, 128, 32, 8, 2),
+                                                   _cfg(128, 64, 32, 8, 2), _cfg(64, 64, 32, 8, 2),
+                                                   _cfg(64, 64, 64, 8, 2)]}
 _FWD_CONFIGS = (_FWD_BY_DTYPE["half"], {"BLOCK_N": 16, "BLOCK_M": 32, "BLOCK_D": 32})
 
 COMBINE_BLOCK = 128  # anchors per program of _mining_combine_kernel

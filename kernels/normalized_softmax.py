@@ -60,18 +60,20 @@ def _cfg(bn, bc, bd, warps, stages):
 
 # Configs per input precision (float32: IEEE FMA dots; float16 / bfloat16: tensor-core dots). Each list
 # holds only configs that compile without register spills on sm_90 for both SAVE_DOTS values and every
-# dtype of the list, with Triton 3.9 (pinned) and 3.6 (the GPU image's): scripts/compile_triton.py
-# compiles each list with its own dtypes. The large tiles
+# dtype of the list, with Triton 3.9 (pinned) and 3.6 (the GPU image's), as the ops launch them
+# (contiguous rows: pipelined, vectorized loads): scripts/compile_triton.py compiles each list with its
+# own dtypes. The large tiles
 # are for large C (fewer reloads of the x and W tiles), the small ones give one wave at the training
 # shapes N = 256, C = 395.
 _FWD_BY_DTYPE = {
-    # FMA dots hold a K slice of every operand row in registers: BLOCK_D 32 (64 with 2 stages at most)
-    "fp32": [_cfg(64, 32, 32, 8, 3), _cfg(32, 64, 32, 8, 3), _cfg(32, 32, 32, 4, 3),
+    # FMA dots hold a K slice of every operand row in registers: BLOCK_D 32 at most (16 x 32 x 64 spilled
+    # 8 bytes under Triton 3.6); 32 x 64 takes 16 (with 32 it spilled 16 bytes with SAVE_DOTS under 3.9)
+    "fp32": [_cfg(64, 32, 32, 8, 3), _cfg(32, 64, 16, 8, 3), _cfg(32, 32, 32, 4, 3),
              # one wave at N = 256, C = 395: 16 x 9 = 144, 8 x 17 = 136 programs
-             _cfg(16, 32, 32, 4, 3), _cfg(32, 16, 32, 4, 3), _cfg(16, 32, 64, 4, 2)],
-    # 64 x 128 tiles spill 80-650 bytes with SAVE_DOTS (the DOTS store's layout conversion); 32 x 256 and
-    # 32 x 128 with BLOCK_D 64 spill 96-256 bytes under Triton 3.6, so they take thinner K slices
-    "half": [_cfg(32, 256, 16, 8, 3), _cfg(64, 64, 32, 8, 3), _cfg(32, 128, 32, 8, 3),
+             _cfg(16, 32, 32, 4, 3), _cfg(32, 16, 32, 4, 3)],
+    # 64 x 128 x 32 (wgmma) is the largest tile without spills with SAVE_DOTS: 128 x 128 and 64 x 256 spill
+    # 360-424 bytes there (the DOTS store's layout conversion)
+    "half": [_cfg(64, 128, 32, 8, 3), _cfg(32, 256, 16, 8, 3), _cfg(64, 64, 32, 8, 3), _cfg(32, 128, 32, 8, 3),
              _cfg(16, 32, 64, 4, 3), _cfg(32, 16, 64, 4, 3)],
 }
 _GRAD_BY_DTYPE = {

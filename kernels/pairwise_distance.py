@@ -35,24 +35,28 @@ from ._launch import INTERPRET, autotune, bucket, configs_union, num_sms, on_dev
 
 METRIC_CODES = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
 
-def _cfg(bn, bm, bd, warps, stages, **extra):
-    return triton.Config({"BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_D": bd, **extra}, num_warps=warps, num_stages=stages)
+def _cfg(bn, bm, bd, warps, stages, group=8):
+    """GROUP tile rows share their y tiles in L2 (the forward's grouped launch order)."""
+    return triton.Config({"BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_D": bd, "GROUP": group}, num_warps=warps,
+                         num_stages=stages)
 
 
-# Configs per input precision: float32 runs IEEE FMA dots (no TF32), whose large tiles spill on sm_90;
-# half inputs run tensor-core dots. Each list holds only configs that compile without register spills
-# on sm_90 for every metric with Triton 3.9 (pinned) and 3.6 (the GPU image's): scripts/compile_triton.py
-# compiles each list with its dtypes. The small tiles give one wave at training sizes (256 x 256 -> 256
-# programs); the large ones are for 8192^2 x 2048.
+# Configs per input precision: float32 runs IEEE FMA dots (no TF32); half inputs run tensor-core dots. Each
+# list holds only configs that compile without register spills on sm_90 for every metric with Triton 3.9
+# (pinned) and 3.6 (the GPU image's), as the ops launch them: contiguous features, whose unit stride Triton
+# specializes so that the loads are vectorized and pipelined through shared memory (cp.async, num_stages
+# deep). scripts/compile_triton.py compiles each list with its dtypes. The small tiles give one wave at
+# training sizes (256 x 256 -> 256 programs); the large ones are for 8192^2 x 2048: 128 x 256 x 64 with
+# 8 warps is the tile of Triton's own Hopper GEMM configs (185-213 registers, 144 KB of shared memory in 3
+# stages). Spilling and left out: 256 x 128 (360-780 bytes). Until Step 14 the table compiled a feature
+# stride that was a runtime value, which the ops never launch: no vectorized loads, no pipelining, and
+# 128 x 128 x 64 and 128 x 256 "spilled".
 _FWD_BY_DTYPE = {
-    "fp32": [_cfg(64, 32, 64, 4, 3, GROUP=8), _cfg(32, 16, 128, 4, 3, GROUP=8), _cfg(16, 16, 128, 2, 3, GROUP=8)],
-    # 128 x 128 x 32 with 8 warps is clean since the epilogue's square roots (sqrt_rn_selects) and the
-    # cosine inverse norms (computed before the loop) make no slow-path calls and the store takes 32-bit
-    # offsets in the tile. Spilling and left out: 128 x 128 with 4 warps, 128 x 128 x 64 (128-240 bytes),
-    # 128 x 256 (euclidean), and 64 x 128 with BLOCK_D 64 (176-240 bytes under Triton 3.6).
-    "half": [_cfg(128, 128, 32, 8, 3, GROUP=8),
-             _cfg(64, 128, 32, 4, 4, GROUP=8), _cfg(128, 64, 32, 8, 3, GROUP=8), _cfg(64, 32, 64, 4, 3, GROUP=8),
-             _cfg(32, 16, 128, 4, 3, GROUP=8), _cfg(16, 16, 128, 2, 3, GROUP=8)],
+    "fp32": [_cfg(128, 128, 32, 8, 3), _cfg(128, 64, 32, 8, 3), _cfg(64, 32, 64, 4, 3), _cfg(32, 16, 128, 4, 3),
+             _cfg(16, 16, 128, 2, 3)],
+    "half": [_cfg(128, 256, 64, 8, 3), _cfg(128, 128, 64, 8, 4), _cfg(128, 256, 32, 8, 4), _cfg(128, 128, 32, 8, 3),
+             _cfg(64, 128, 32, 4, 4), _cfg(128, 64, 32, 8, 3), _cfg(64, 32, 64, 4, 3),
+             _cfg(32, 16, 128, 4, 3), _cfg(16, 16, 128, 2, 3)],
 }
 _FWD_INTERPRETER = {"BLOCK_N": 32, "BLOCK_M": 32, "BLOCK_D": 32, "GROUP": 4}
 
@@ -64,12 +68,13 @@ def _bcfg(bn, bk, bd, warps, stages):
 _BWD_BY_DTYPE = {
     "fp32": [_bcfg(64, 64, 128, 8, 3), _bcfg(32, 64, 64, 4, 3), _bcfg(16, 64, 64, 4, 3), _bcfg(16, 32, 128, 4, 3)],
     # Half inputs multiply B (float32) by the widened input as two TF32 tensor-core GEMMs (_dot_2xtf32):
-    # wgmma on sm_90 from BLOCK_N 64, mma.sync below. Spilling and left out: 128 x 32 x 128 and
-    # 64 x 32 x 128 with 4 warps (~100 bytes), 64 x 64 x 128 with 8 warps (88 bytes, Triton 3.6),
-    # 16 x 32 x 128 with 4 warps (104 bytes, Triton 3.6). The 16- and 32-row tiles are for the training
-    # shape (256 x 2048: 256 programs of 16 x 128), the 128-row ones for 8192^2 x 2048.
-    "half": [_bcfg(128, 64, 64, 8, 3), _bcfg(128, 32, 64, 8, 3), _bcfg(64, 32, 64, 4, 4),
-             _bcfg(32, 32, 128, 8, 3), _bcfg(16, 32, 64, 4, 3), _bcfg(16, 32, 128, 8, 3)],
+    # wgmma on sm_90 from BLOCK_N 64, mma.sync below. Both launches (the x side reads the coefficients by
+    # rows, the y side by columns) compile without spills on sm_90. Spilling and left out: 128 x 32 x 128
+    # with 4 warps (104-152 bytes, x side), 128 x 64 x 256 (104-208 bytes, x side). The 16- and 32-row
+    # tiles are for the training shape (256 x 2048: 256 programs of 16 x 128), the 128-row ones for
+    # 8192^2 x 2048.
+    "half": [_bcfg(128, 32, 128, 8, 3), _bcfg(128, 64, 64, 8, 3), _bcfg(128, 32, 64, 8, 3), _bcfg(64, 32, 128, 4, 3),
+             _bcfg(64, 32, 64, 4, 4), _bcfg(32, 32, 128, 8, 3), _bcfg(16, 32, 64, 4, 3), _bcfg(16, 32, 128, 8, 3)],
 }
 _BWD_INTERPRETER = {"BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_D": 32}
 

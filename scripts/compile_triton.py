@@ -2,19 +2,24 @@
 
 For each kernel, every autotune config (the GPU list, ``kernel.gpu_configs``), every input dtype and every
 constexpr variant the ops launch, compiles for sm_80 and sm_90 (``GPUTarget("cuda", arch, 32)``) and
-writes one row per variant: registers, spilled bytes, local (stack) bytes, shared memory, and the
-tensor-core instruction the PTX issues (wgmma, mma.sync, or none). Fails (exit 1)
+writes one row per variant: registers, spilled bytes, local (stack) bytes, shared memory, the
+tensor-core instruction the PTX issues (wgmma, mma.sync, or none), and whether the loads are pipelined
+(asynchronous copies to shared memory over num_stages). Each variant is compiled under the specialization
+Triton's JIT gives the ops' launches on contiguous features (LAUNCH_SPECS: unit strides are constants,
+pointers and row strides 16-aligned) and under none ("strided", as for a transposed view). Fails (exit 1)
 on a compile error, on shared memory above the architecture's per-block limit (sm_80: 163 KB, sm_90:
 227 KB, both with opt-in), or when the PTX uses an approximate square root (sqrt.approx: distances are
 compared exactly; the kernels use tl.sqrt_rn), or when a half variant of a GEMM kernel issues no
-tensor-core instruction (TENSOR_CORE_KERNELS). With ``--no-spills 90`` a register spill on sm_90 fails too:
-every config list is kept spill-free there (CI checks it with the pinned Triton and the GPU image's 3.6).
+tensor-core instruction (TENSOR_CORE_KERNELS). With ``--no-spills 90`` a register spill on sm_90 in a
+contiguous launch fails too: every config list is kept spill-free there (CI checks it with the pinned
+Triton and the GPU image's 3.6); spills of strided launches are listed, not failed.
 
     python scripts/compile_triton.py                 full sweep, both architectures
     python scripts/compile_triton.py --subset        every kernel and every config at least once per arch (CI)
     python scripts/compile_triton.py --python PY     run the sweep with another interpreter (another Triton,
                                                      e.g. the GPU image's 3.6 in its own venv)
-Options: --arch 80 90, --kernel NAME (repeatable), --out table.tsv, --jobs N, --no-spills ARCH [ARCH ...].
+Options: --arch 80 90, --kernel NAME (repeatable), --spec contiguous|strided (repeatable), --out table.tsv,
+--jobs N, --no-spills ARCH [ARCH ...].
 Registers and spills come from cuobjdump --dump-resource-usage on the cubin (Triton's bundled one; no GPU).
 Spilled bytes are the per-thread stack frame (STACK), not LOCAL, which cuobjdump leaves at 0: a Triton
 kernel has no local arrays and no calls, so its stack frame is spill space (ptxas -v on the same PTX
@@ -71,6 +76,46 @@ VARIANTS = {
 }
 
 
+# How the ops launch each kernel on contiguous inputs whose feature dimension is a multiple of 16 (ResNet's
+# 2048, the 512 of smaller backbones): what Triton's JIT specializes at such a launch. A stride equal to 1
+# becomes the constant 1 (UNIT), a 16-byte-aligned pointer and an integer divisible by 16 (ALIGNED) get
+# tt.divisibility 16. These decide the code: with the feature stride a runtime value the loads cannot be
+# vectorized, so Triton neither pipelines them through shared memory (cp.async) nor keeps their registers
+# low, and that is all the table measured until Step 14: large tiles "spilled" that the ops never launch
+# that way. Sizes (N, M, C, K) stay unspecialized: batch, gallery and class counts are arbitrary.
+# A kernel with two launches of different layouts (the pairwise backward's x side reads the coefficients
+# by rows, its y side by columns) has one spec per launch. Every kernel is also compiled "strided" (no
+# specialization: any strides, as for a transposed view); its spills are reported but are not failures.
+_FEATURES = ("stride_xd", "stride_yd")
+_BWD_ALIGNED = ("stride_an", "stride_bk", "stride_ga_n", "D")
+_GQ_ALIGNED = ("stride_bk", "stride_em", "stride_om", "D")
+LAUNCH_SPECS = {
+    "_row_norms_kernel": {"contiguous": (_FEATURES, ("stride_xn", "stride_yn", "D"))},
+    "_pairwise_fwd_kernel": {"contiguous": (_FEATURES + ("stride_om",), ("stride_xn", "stride_yn", "D"))},
+    "_pairwise_coef_kernel": {"contiguous": (("stride_gm", "stride_dm"), ())},
+    "_pairwise_bwd_kernel": {
+        "contiguous-x": (("stride_ck", "stride_ad", "stride_bd", "stride_ga_d"), _BWD_ALIGNED),
+        "contiguous-y": (("stride_cn", "stride_ad", "stride_bd", "stride_ga_d"), _BWD_ALIGNED)},
+    "_mining_fwd_kernel": {"contiguous": (("stride_ad", "stride_cd"), ("stride_an", "stride_cn", "D"))},
+    "_mining_combine_kernel": {"contiguous": ((), ())},
+    "_mining_pair_grad_kernel": {"contiguous": (("stride_gp", "stride_gn", "stride_ad", "stride_cd"),
+                                                ("stride_an", "stride_cn", "D"))},
+    "_candidate_grad_kernel": {"contiguous": (("stride_ad", "stride_cd"), ("stride_an", "stride_cn", "D"))},
+    "_centers_fwd_kernel": {"contiguous": (("stride_xd",), ("stride_xs", "stride_xn", "D"))},
+    # grad_centers [S, N, 2, D] is contiguous and its D stride implicit: its three strides are multiples of D
+    "_centers_bwd_kernel": {"contiguous": (("stride_xd",), ("stride_xs", "stride_xn", "stride_gs", "stride_gk",
+                                                            "stride_gm", "D"))},
+    "_nce_fwd_kernel": {"contiguous": (("stride_xd", "stride_wd"), ("stride_xn", "stride_wc", "D"))},
+    "_nce_combine_kernel": {"contiguous": ((), ())},
+    "_nce_grad_kernel": {"contiguous": (("stride_xd", "stride_wd"), ("stride_xn", "stride_wc", "D"))},
+    # grad_x = Gq W: A = Gq [N, C] (C classes: a row stride of any size), B = W [C, D]; grad_w = Gq^T x:
+    # A = Gq^T (unit row stride), B = x [N, D]; E and OUT [M, D]
+    "_gq_mm_kernel": {"contiguous": (("stride_ak", "stride_bd", "stride_ed", "stride_od"), _GQ_ALIGNED),
+                      "contiguous-t": (("stride_am", "stride_bd", "stride_ed", "stride_od"), _GQ_ALIGNED)},
+}
+STRIDED = "strided"
+
+
 def kernels():
     """name -> (jit function, [config kwargs + num_warps/num_stages]) for every kernel of kernels/."""
     os.environ.pop("TRITON_INTERPRET", None)
@@ -104,23 +149,31 @@ def kernels():
     return out
 
 
+def specs(name: str) -> list[str]:
+    """The launch specializations a kernel is compiled under: its contiguous launches, then strided."""
+    return [*LAUNCH_SPECS[name], STRIDED]
+
+
 def variants(name: str, subset: bool):
-    """(dtype, constexprs, config) triples; the subset keeps every config once and every dtype/variant once."""
+    """(dtype, constexprs, config, spec) tuples. The subset compiles every config under every spec once,
+    with the dtypes and constexpr variants cycling along (every dtype and variant at least once)."""
     fn, configs = kernels()[name]
     axes = VARIANTS[name]
     keys = list(axes)[::-1]  # the first axis (METRIC) varies fastest: a subset sees every metric
     combos = [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
     dtypes = FLOAT_DTYPES
     if not subset:
-        return [(dt, combo, cfg) for dt, combo, cfg in itertools.product(dtypes, combos, configs)
+        return [(dt, combo, cfg, spec)
+                for dt, combo, cfg, spec in itertools.product(dtypes, combos, configs, specs(name))
                 if dt in cfg.get("dtypes", dtypes)]
-    count = max(len(configs), len(dtypes))  # constexpr variants cycle along; the full sweep has them all
+    pairs = list(itertools.product(specs(name), configs))
+    count = max(len(pairs), len(dtypes), len(combos))
     out = []
     for i in range(count):
-        cfg = configs[i % len(configs)]
+        spec, cfg = pairs[i % len(pairs)]
         allowed = cfg.get("dtypes", dtypes)
         dt = dtypes[i % len(dtypes)]
-        out.append((dt if dt in allowed else allowed[i % len(allowed)], combos[i % len(combos)], cfg))
+        out.append((dt if dt in allowed else allowed[i % len(allowed)], combos[i % len(combos)], cfg, spec))
     return out
 
 
@@ -143,6 +196,25 @@ def signature(fn, dtype: str, constexprs: dict):
     return sig
 
 
+def specialize(fn, dtype: str, constexprs: dict, spec: str):
+    """(signature, constexprs, attrs) of a launch under ``spec`` (LAUNCH_SPECS): unit strides become the
+    constant 1, as Triton's JIT makes them; pointers (allocations are 256-byte aligned), the autotune
+    buckets (powers of two from 16) and the spec's aligned integers get tt.divisibility 16."""
+    unit, aligned = LAUNCH_SPECS[fn.__name__].get(spec, ((), ()))
+    constexprs = {**constexprs, **{arg: 1 for arg in unit}}
+    sig = signature(fn, dtype, constexprs)
+    divisible = [] if spec == STRIDED else [
+        arg for arg, ty in sig.items() if ty.startswith("*") or arg in aligned or arg.endswith("_BUCKET")]
+    attrs = {(fn.arg_names.index(arg),): [["tt.divisibility", 16]] for arg in divisible}
+    return sig, constexprs, attrs
+
+
+def pipelined(ttgir: str) -> bool:
+    """Whether a kernel's loads go through asynchronous copies to shared memory (cp.async or TMA): how
+    Triton pipelines a loop over num_stages. Loads it cannot vectorize are not pipelined."""
+    return "async_copy_global_to_local" in ttgir or "async_tma_copy" in ttgir
+
+
 def resource_usage(cubin: bytes) -> dict:
     import triton.backends.nvidia as nvidia
     bundled = Path(nvidia.__file__).parent / "bin" / "cuobjdump"  # Triton ships one beside its ptxas
@@ -157,7 +229,7 @@ def resource_usage(cubin: bytes) -> dict:
 
 
 def compile_one(job):
-    name, arch, dtype, constexprs, config = job
+    name, arch, dtype, constexprs, config, spec = job
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -166,10 +238,12 @@ def compile_one(job):
     constexprs = {**constexprs, **meta}
     if "IEEE" in fn.arg_names:
         constexprs["IEEE"] = dtype == "fp32"
-    row = dict(kernel=name, arch=f"sm_{arch}", dtype=dtype, variant=" ".join(f"{k}={v}" for k, v in constexprs.items()),
+    row = dict(kernel=name, arch=f"sm_{arch}", dtype=dtype, spec=spec,
+               variant=" ".join(f"{k}={v}" for k, v in constexprs.items()),
                warps=config["num_warps"], stages=config["num_stages"])
     try:
-        src = ASTSource(fn, signature(fn, dtype, constexprs), constexprs=constexprs)
+        sig, constexprs, attrs = specialize(fn, dtype, constexprs, spec)
+        src = ASTSource(fn, sig, constexprs=constexprs, attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                   options=dict(num_warps=config["num_warps"], num_stages=config["num_stages"]))
     except Exception as exc:  # noqa: BLE001 - every failure is reported in the table
@@ -186,7 +260,8 @@ def compile_one(job):
         problems.append("no tensor-core instruction (mma/wgmma) in a half variant")
     spill = max(usage.get("LOCAL", 0), usage.get("STACK", 0))
     return dict(row, regs=usage.get("REG", -1), spill_bytes=spill, stack=usage.get("STACK", 0),
-                shared=shared, mma=mma, error="; ".join(problems))
+                shared=shared, mma=mma, pipelined="yes" if pipelined(compiled.asm["ttgir"]) else "no",
+                error="; ".join(problems))
 
 
 def runs_a_gemm(name: str, constexprs: dict) -> bool:
@@ -200,9 +275,10 @@ def tensor_core_instruction(ptx: str) -> str:
 
 
 def mark_spills(rows: list[dict], archs) -> None:
-    """Make a spill on one of ``archs`` a failure of its row (--no-spills)."""
+    """Make a spill on one of ``archs`` a failure of its row (--no-spills), in the launches of contiguous
+    inputs (every spec but strided: a strided view's launch may spill, its autotuning weighs that)."""
     for r in rows:
-        if r.get("spill_bytes") and r["arch"] in {f"sm_{a}" for a in archs}:
+        if r.get("spill_bytes") and r["arch"] in {f"sm_{a}" for a in archs} and r.get("spec") != STRIDED:
             r["error"] = "; ".join(filter(None, [r.get("error"), f"spills {r['spill_bytes']} B (--no-spills)"]))
 
 
@@ -211,6 +287,8 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], choices=sorted(SHARED_LIMIT))
     parser.add_argument("--subset", action="store_true", help="every kernel and every config once per arch (CI)")
     parser.add_argument("--kernel", action="append", choices=sorted(VARIANTS), help="only these kernels")
+    parser.add_argument("--spec", action="append", metavar="SPEC",
+                        help="only these launch specializations (a prefix: contiguous, strided)")
     parser.add_argument("--out", type=Path, help="also write the table here (tab-separated)")
     parser.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     parser.add_argument("--python", help="run with this interpreter instead (e.g. a venv with another Triton)")
@@ -226,30 +304,35 @@ def main(argv=None) -> int:
         return subprocess.run([args.python, __file__, *rest], env=env).returncode
     import triton
     names = args.kernel or sorted(VARIANTS)
-    jobs = [(name, arch, *v) for name in names for arch in args.arch for v in variants(name, args.subset)]
+    jobs = [(name, arch, *v) for name in names for arch in args.arch for v in variants(name, args.subset)
+            if not args.spec or any(v[3].startswith(prefix) for prefix in args.spec)]
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(compile_one, jobs))
     mark_spills(rows, args.no_spills)
-    header = ["kernel", "arch", "dtype", "warps", "stages", "regs", "spill_bytes", "stack", "shared", "mma", "variant",
-              "error"]
+    header = ["kernel", "arch", "dtype", "spec", "warps", "stages", "regs", "spill_bytes", "stack", "shared", "mma",
+              "pipelined", "variant", "error"]
     lines = ["\t".join(header)] + ["\t".join(str(r.get(h, "")) for h in header) for r in rows]
     if args.out:
         args.out.write_text("\n".join(lines) + "\n")
     print(f"Triton {triton.__version__}: {len(rows)} variants of {len(names)} kernels")
-    print(f"{'kernel':<26} {'arch':<6} {'dtype':<5} {'w/s':<5} {'regs':>4} {'spill':>6} {'shared':>7} {'mma':<5}  variant")
+    print(f"{'kernel':<26} {'arch':<6} {'dtype':<5} {'spec':<12} {'w/s':<5} {'regs':>4} {'spill':>6} {'shared':>7} "
+          f"{'mma':<5} {'pipe':<4}  variant")
     for r in rows:
         if r.get("error") and "regs" not in r:
-            print(f"{r['kernel']:<26} {r['arch']:<6} {r['dtype']:<5} FAILED: {r['error']}")
+            print(f"{r['kernel']:<26} {r['arch']:<6} {r['dtype']:<5} {r['spec']:<12} FAILED: {r['error']}")
             continue
         mark = f"  !! {r['error']}" if r["error"] else ""
-        print(f"{r['kernel']:<26} {r['arch']:<6} {r['dtype']:<5} {r['warps']}/{r['stages']:<3} {r['regs']:>4} "
-              f"{r['spill_bytes']:>6} {r['shared']:>7} {r['mma']:<5}  {r['variant']}{mark}")
+        print(f"{r['kernel']:<26} {r['arch']:<6} {r['dtype']:<5} {r['spec']:<12} {r['warps']}/{r['stages']:<3} "
+              f"{r['regs']:>4} {r['spill_bytes']:>6} {r['shared']:>7} {r['mma']:<5} {r['pipelined']:<4}  "
+              f"{r['variant']}{mark}")
     failures = [r for r in rows if r.get("error")]
     for arch in args.arch:
         per = [r for r in rows if r["arch"] == f"sm_{arch}"]
         bad = [r for r in failures if r["arch"] == f"sm_{arch}"]
-        spills = sum(1 for r in per if r.get("spill_bytes"))
-        print(f"summary sm_{arch}: {len(per)} compiled, {len(bad)} failed, {spills} with spills, "
+        spills = sum(1 for r in per if r.get("spill_bytes") and r.get("spec") != STRIDED)
+        strided = sum(1 for r in per if r.get("spill_bytes") and r.get("spec") == STRIDED)
+        print(f"summary sm_{arch}: {len(per)} compiled, {len(bad)} failed, {spills} with spills "
+              f"(+{strided} strided), "
               f"max shared {max((r.get('shared', 0) for r in per), default=0)} B (limit {SHARED_LIMIT[arch]} B)")
     return 1 if failures else 0
 

@@ -104,3 +104,78 @@ def assert_half_gradient_within_rounding(got: torch.Tensor, want: torch.Tensor, 
     err = (got.double() - want).abs()
     bound = 1.1 * ulp * want.abs() + 4e-6 * size
     assert (err <= bound).all(), f"{got.dtype}: max error / bound {(err / bound).max():.2f}"
+
+
+# --- every Triton launch of the ops, recorded instead of run ------------------------------------------
+
+class Launch(NamedTuple):
+    name: str       # the kernel
+    programs: int   # of its grid, for the config in ``meta``
+    meta: dict      # one GPU config the kernel's early_config_prune keeps for this launch ({} if untuned)
+    args: dict      # the launch's arguments by name
+
+
+class _Recorder:
+    """Stands in for a kernel: records a Launch for every config the kernel's early_config_prune keeps for
+    this launch (the GPU configs, not the interpreter's). Nothing runs."""
+
+    def __init__(self, name, kernel, out):
+        self.name, self.kernel, self.out = name, kernel, out
+
+    def __getattr__(self, attr):  # launchers may read attributes of the kernel (configs, arg_names, ...)
+        return getattr(self.kernel, attr)
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            nargs = dict(zip(self.kernel.arg_names, args))
+            configs = list(getattr(self.kernel, "gpu_configs", []))
+            prune = getattr(self.kernel, "early_config_prune", None)
+            if configs and prune:
+                configs = prune(configs, nargs, **kwargs)
+            for meta in [c.kwargs for c in configs] or [{}]:
+                g = grid({**nargs, **kwargs, **meta}) if callable(grid) else grid
+                programs = 1
+                for count in g:
+                    programs *= count
+                self.out.append(Launch(self.name, programs, meta, {**nargs, **kwargs}))
+        return launch
+
+
+def record_launches(monkeypatch) -> list[Launch]:
+    """Replace every Triton kernel of vtreid.kernels by a recorder; the list fills as the launchers run."""
+    from vtreid.kernels import hard_mining, hetero_center, normalized_softmax, pairwise_distance
+    out = []
+    for module in (pairwise_distance, hard_mining, hetero_center, normalized_softmax):
+        for name in dir(module):
+            if name.startswith("_") and name.endswith("_kernel"):
+                monkeypatch.setattr(module, name, _Recorder(name, getattr(module, name), out))
+    return out
+
+
+def launch_every_op(n: int, m: int, d: int, c: int, dtype: torch.dtype) -> None:
+    """Every op family's forward and backward launchers once, on contiguous inputs as training makes them:
+    n anchors against m candidates (the same tensor when m == n) of d features, c classes."""
+    from vtreid.kernels import hard_mining as k_mining
+    from vtreid.kernels import hetero_center as k_center
+    from vtreid.kernels import normalized_softmax as k_nce
+    from vtreid.kernels import pairwise_distance as k_pair
+    from vtreid.ops import hetero_center
+    x = torch.zeros(n, d, dtype=dtype)
+    y = x if m == n else torch.zeros(m, d, dtype=dtype)
+    labels, labels_y = torch.arange(n) // 4, torch.arange(m) // 4
+    mod, mod_y = (torch.arange(n) % 2).to(torch.int32), (torch.arange(m) % 2).to(torch.int32)
+    dist = torch.zeros(n, m, dtype=dtype)
+    k_pair.forward(x, y, "euclidean", 0.0)
+    k_pair.backward(dist, dist, x, y, torch.ones(n), torch.ones(m), "euclidean")
+    k_mining.forward(x, labels, y, labels_y, mod, mod_y, "euclidean", "any", "cross", y is x, 0.0)
+    idx = torch.arange(n) % m
+    k_mining.backward(torch.ones(n), torch.ones(n), x, y, idx, idx, torch.ones(n), torch.ones(n), torch.ones(n),
+                      torch.ones(m), "euclidean")
+    slots = hetero_center.class_slots(labels)
+    out = k_center.forward(x[None], slots.order, slots.seg, mod, "sqeuclidean", False, 0.0)
+    k_center.backward(x[None], slots.slot, mod, out[0], out[1], out[2], out[3], out[4], torch.ones(1, n), None,
+                      "sqeuclidean", False)
+    w = torch.zeros(c, d, dtype=dtype)
+    target = labels % c
+    fwd = k_nce.cross_entropy_forward(x, w, target, 14.0, 0.0, True)
+    k_nce.cross_entropy_backward(torch.ones(n), x, w, target, *fwd[1:], 14.0, 0.0)

@@ -8,6 +8,7 @@ under-fill the GPU fails here. At large sizes every config must stay available t
 import pytest
 import torch
 
+from support import launch_every_op, record_launches
 from vtreid.kernels import _launch
 from vtreid.kernels._launch import configs_for
 from vtreid.kernels import pairwise_distance as k_pair
@@ -92,73 +93,15 @@ def test_autotune_keys_are_bucketed():
 SMALL_EPILOGUES = {"_nce_combine_kernel", "_mining_combine_kernel"}
 
 
-class _Recorder:
-    """Stands in for a kernel: records (name, programs) of each launch for every config the kernel's
-    early_config_prune keeps for this launch (the GPU configs, not the interpreter's)."""
-
-    def __init__(self, name, kernel, out):
-        self.name, self.kernel, self.out = name, kernel, out
-
-    def __getattr__(self, attr):  # launchers may read attributes of the kernel (configs, arg_names, ...)
-        return getattr(self.kernel, attr)
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            names = self.kernel.arg_names
-            nargs = dict(zip(names, args))
-            configs = list(getattr(self.kernel, "gpu_configs", []))
-            prune = getattr(self.kernel, "early_config_prune", None)
-            if configs and prune:
-                configs = prune(configs, nargs, **kwargs)
-            for meta in [c.kwargs for c in configs] or [{}]:
-                g = grid({**nargs, **kwargs, **meta}) if callable(grid) else grid
-                programs = 1
-                for count in g:
-                    programs *= count
-                self.out.append((self.name, programs, meta))
-        return launch
-
-
-def _record_all(monkeypatch, modules):
-    out = []
-    for module in modules:
-        for name in dir(module):
-            if name.startswith("_") and name.endswith("_kernel"):
-                monkeypatch.setattr(module, name, _Recorder(name, getattr(module, name), out))
-    return out
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_every_launch_at_training_shapes_fills_a_wave(monkeypatch, dtype):
     """Each op forward and backward at N = 256, D = 2048 (C = 395): every Triton launch, every config the
     tuner may pick there, at least one program per SM of an H100. Grids only: nothing runs."""
-    from vtreid.kernels import hard_mining as k_mining
-    from vtreid.kernels import hetero_center as k_center
-    from vtreid.kernels import normalized_softmax as k_nce
-    import vtreid.ops as ops
-    launches = _record_all(monkeypatch, (k_pair, k_mining, k_center, k_nce))
-    x = torch.zeros(N, D, dtype=dtype)
-    labels = torch.arange(N) // 4
-    mod = (torch.arange(N) % 2).to(torch.int32)
-    dist = torch.zeros(N, N, dtype=dtype)
-    k_pair.forward(x, x, "euclidean", 0.0)
-    k_pair.backward(dist, dist, x, x, torch.ones(N), torch.ones(N), "euclidean")
-    k_mining.forward(x, labels, x, labels, mod, mod, "euclidean", "any", "cross", True, 0.0)
-    idx = torch.arange(N)
-    k_mining.backward(torch.ones(N), torch.ones(N), x, x, idx, idx, torch.ones(N), torch.ones(N), torch.ones(N),
-                      torch.ones(N), "euclidean")
-    slots = ops.hetero_center.class_slots(labels)
-    out = k_center.forward(x[None], slots.order, slots.seg, mod, "sqeuclidean", False, 0.0)
-    k_center.backward(x[None], slots.slot, mod, out[0], out[1], out[2], out[3], out[4], torch.ones(1, N), None,
-                      "sqeuclidean", False)
-    w = torch.zeros(C, D, dtype=dtype)
-    target = labels % C
-    fwd = k_nce.cross_entropy_forward(x, w, target, 14.0, 0.0, True)
-    k_nce.cross_entropy_backward(torch.ones(N), x, w, target, *fwd[1:], 14.0, 0.0)
-    seen = {name for name, _, _ in launches}
+    launches = record_launches(monkeypatch)
+    launch_every_op(N, N, D, C, dtype)
+    seen = {launch.name for launch in launches}
     assert {"_pairwise_fwd_kernel", "_pairwise_bwd_kernel", "_centers_fwd_kernel", "_centers_bwd_kernel",
             "_nce_fwd_kernel", "_nce_grad_kernel"} <= seen, seen
     assert any(name.startswith("_mining") for name in seen), seen
-    short = [(name, programs, meta) for name, programs, meta in launches
-             if programs < SMS and name not in SMALL_EPILOGUES]
+    short = [launch[:3] for launch in launches if launch.programs < SMS and launch.name not in SMALL_EPILOGUES]
     assert not short, f"launches below one wave of {SMS} SMs: {short}"
