@@ -143,10 +143,15 @@ def kernels():
                         config["dtypes"] = tuple(
                             dt for dt in FLOAT_DTYPES
                             if any(c is a for a in by_dtype["fp32" if dt == "fp32" else "half"]))
-                out[name] = (obj.fn, configs)
+                out[name] = (jit_function(obj), configs)
             else:
-                out[name] = (obj, [dict(num_warps=4, num_stages=3)])
+                out[name] = (jit_function(obj), [dict(num_warps=4, num_stages=3)])
     return out
+
+
+def jit_function(kernel):
+    """The jitted function of a kernel object of kernels/ (an autotuned kernel wraps it)."""
+    return kernel.fn if hasattr(kernel, "gpu_configs") else kernel
 
 
 def specs(name: str) -> list[str]:

@@ -75,11 +75,11 @@ def _jit_specialization(value):
     return native_specialize_impl(BaseBackend, value, False, True, True)
 
 
-def _jit_functions():
-    """name -> the jitted function of every kernel (the autotuned ones unwrapped), as the table takes them
-    (compile_triton.kernels() is not called here: it clears TRITON_INTERPRET for the compiler)."""
+def _jit_functions(script):
+    """name -> the jitted function of every kernel, unwrapped as the table does (compile_triton.kernels()
+    is not called here: it clears TRITON_INTERPRET for the compiler)."""
     from vtreid.kernels import hard_mining, hetero_center, normalized_softmax, pairwise_distance
-    return {name: obj.fn if hasattr(obj, "gpu_configs") else obj
+    return {name: script.jit_function(obj)
             for module in (pairwise_distance, hard_mining, hetero_center, normalized_softmax)
             for name, obj in vars(module).items() if name.startswith("_") and name.endswith("_kernel")}
 
@@ -90,7 +90,7 @@ def test_launch_specs_are_what_the_ops_launch(monkeypatch):
     row strides that are not multiples of 16 stay unspecialized), every stride and pointer argument must
     get the same specialization in one of the kernel's contiguous specs, and every kernel is launched."""
     script = _script()
-    functions = _jit_functions()
+    functions = _jit_functions(script)
     launches = record_launches(monkeypatch)
     for dtype in (torch.float32, torch.float16):  # float16 adds the Gq GEMMs of the NCE backward
         launch_every_op(37, 53, 64, 395, dtype)
