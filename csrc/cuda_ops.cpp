@@ -219,6 +219,38 @@ at::Tensor hetero_center_bwd_cuda(const at::Tensor& x, const at::Tensor& slot, c
 }
 
 struct CudaEpilogue {
+  static void row_norms(const at::Tensor& src, const at::Tensor& sq, const at::Tensor& inv) {
+    AT_DISPATCH_FLOATING_TYPES(sq.scalar_type(), "normalized_ce_row_norms", [&] {
+      check_launch(normalized_ce_row_norms<scalar_t>(dtype_of(src), src.const_data_ptr(), src.size(0), src.size(1),
+                                                     src.stride(0), src.stride(1), sq.mutable_data_ptr<scalar_t>(),
+                                                     inv.mutable_data_ptr<scalar_t>(),
+                                                     c10::cuda::getCurrentCUDAStream()),
+                   "normalized_ce_fwd");
+    });
+  }
+  static void unit_rows(const at::Tensor& sq, const at::Tensor& inv, const at::Tensor& x, const at::Tensor& unit) {
+    const bool rows = x.defined();
+    AT_DISPATCH_FLOATING_TYPES(sq.scalar_type(), "normalized_ce_unit_rows", [&] {
+      check_launch(normalized_ce_unit_rows<scalar_t>(
+                       sq.const_data_ptr<scalar_t>(), sq.size(0), inv.mutable_data_ptr<scalar_t>(),
+                       rows ? dtype_of(x) : DType::kFloat32, rows ? x.const_data_ptr() : nullptr, rows ? x.size(1) : 0,
+                       rows ? dtype_of(unit) : DType::kFloat32, rows ? unit.mutable_data_ptr() : nullptr,
+                       c10::cuda::getCurrentCUDAStream()),
+                   "normalized_ce_bwd");
+    });
+  }
+  static void grad_x(const at::Tensor& gx, const at::Tensor& x, const at::Tensor& sq, const at::Tensor& inv,
+                     const at::Tensor& g, const at::Tensor& ez, const at::Tensor& tz, double scale,
+                     const at::Tensor& out) {
+    AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "normalized_ce_grad_x", [&] {
+      check_launch(normalized_ce_grad_x<scalar_t>(
+                       gx.const_data_ptr<scalar_t>(), dtype_of(x), x.const_data_ptr(), sq.const_data_ptr<scalar_t>(),
+                       inv.const_data_ptr<scalar_t>(), g.const_data_ptr<scalar_t>(), ez.const_data_ptr<scalar_t>(),
+                       tz.const_data_ptr<scalar_t>(), static_cast<scalar_t>(scale), x.size(0), x.size(1),
+                       out.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream()),
+                   "normalized_ce_bwd");
+    });
+  }
   template <typename acc_t>
   static void merge(const acc_t* dots, int64_t n, int64_t cc, int64_t c0, int64_t classes, const acc_t* inv_x,
                     const acc_t* inv_w, const int64_t* target, acc_t scale, acc_t smoothing, LseRows<acc_t> rows) {

@@ -11,7 +11,14 @@
 // Epilogue must provide, for acc_t in {float, double} (raw contiguous pointers on the tensors' device):
 //   merge(dots, n, cc, c0, classes, inv_x, inv_w, target, scale, smoothing, LseRows rows)
 //     (the first chunk starts the state, the last writes loss, lse, E_p[z] and the target term)
-// and, on contiguous tensors of the chunk (acc: the accumulation dtype):
+// and, on tensors (acc: the accumulation dtype), the row passes around the GEMMs, one launch each:
+//   row_norms(src [r, D] any float dtype and strides, sq [r] acc, inv [r] acc)
+//     sq = sum_k src_k^2 in acc, inv = 1 / max(sqrt(sq), eps)
+//   unit_rows(sq [r] acc, inv [r] acc, x [r, D] contiguous or undefined, unit [r, D] or undefined)
+//     inv = 1 / max(sqrt(sq), eps); unit = x inv rounded to unit's dtype, when x is defined
+//   grad_x(gx [n, D] acc, x [n, D] contiguous, sq, inv, g, ez, tz [n] acc, scale, out [n, D] in x's dtype)
+//     out = scale inv gx - [sqrt(sq) > eps] inv^2 g (ez - tz) x
+// and, on contiguous tensors of the chunk:
 //   grad(dots [n, cc] acc, c0, classes, inv_x [n], inv_w [cc], wsq [cc], target, lse, grad_row, scale,
 //        smoothing, gq, operand, coef)
 //     gq [n, cc] acc = g (p - t) q, or undefined when no GEMM needs it; operand: undefined, G q in fp16
@@ -35,8 +42,6 @@ constexpr int64_t kClassChunk = 8192;
 // loss, lse, E_p[z], target term, |x|^2, |w|^2, dots (x.W^T in the accumulation dtype, or empty)
 using NormalizedCeForward =
     std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
-
-inline at::Tensor inverse_norms(const at::Tensor& sq) { return sq.sqrt().clamp_min(kCosineEps).reciprocal(); }
 
 // The GEMMs read fp16/bf16 operands in their dtype on CUDA: cuBLAS runs them on tensor cores with
 // float32 accumulation and output (aten::mm.dtype), so W is never copied to float32. Elsewhere (CPU
@@ -82,19 +87,22 @@ NormalizedCeForward normalized_ce_forward(
   TORCH_CHECK_VALUE(weight.size(0) > 0, "weight must have at least one class row");
   check_aux(target, "target", x, "x", {x.size(0)});
   const auto acc = accumulation_type(x.scalar_type());
-  const at::Tensor xa = x.to(acc).contiguous(), x_gemm = half_gemm(x) ? x.contiguous() : xa;
+  const at::Tensor x_gemm = gemm_operand(x, acc).contiguous();
   const at::Tensor tg = target.to(at::kLong).contiguous();
-  const int64_t n = xa.size(0), classes = weight.size(0);
-  // Norms reduce in the accumulation dtype without an upcast copy of W (C x D floats at C = 100000).
-  const at::Tensor xsq = at::linalg_vector_norm(xa, 2, {1}).square();
-  const at::Tensor wsq = at::linalg_vector_norm(weight, 2, {1}, false, acc).square();
-  const at::Tensor inv_x = inverse_norms(xsq), inv_w = inverse_norms(wsq);
+  const int64_t n = x.size(0), classes = weight.size(0);
+  const auto acc_options = x.options().dtype(acc);
+  // One pass per matrix for |row|^2 and 1 / |row| (about 10 elementwise launches before), reading W in
+  // its own dtype and strides: no upcast or contiguous copy of W (C x D at C = 100000).
+  const at::Tensor xsq = at::empty({n}, acc_options), inv_x = at::empty({n}, acc_options);
+  const at::Tensor wsq = at::empty({classes}, acc_options), inv_w = at::empty({classes}, acc_options);
+  Epilogue::row_norms(x_gemm, xsq, inv_x);
+  Epilogue::row_norms(weight, wsq, inv_w);
   // The chunks' state and the results: written by the merges, never filled (csrc/online_lse.h).
-  const at::Tensor state = at::empty({5, n}, xa.options());
-  const at::Tensor loss = at::empty({n}, xa.options()), lse = at::empty({n}, xa.options());
-  const at::Tensor mean_z = at::empty({n}, xa.options()), tz = at::empty({n}, xa.options());
+  const at::Tensor state = at::empty({5, n}, acc_options);
+  const at::Tensor loss = at::empty({n}, acc_options), lse = at::empty({n}, acc_options);
+  const at::Tensor mean_z = at::empty({n}, acc_options), tz = at::empty({n}, acc_options);
   const bool keep_dots = classes <= kClassChunk;  // one chunk: its x.W^T goes to the backward
-  at::Tensor saved = keep_dots ? at::empty({n, classes}, xa.options()) : at::empty({0}, xa.options());
+  at::Tensor saved = keep_dots ? at::empty({n, classes}, acc_options) : at::empty({0}, acc_options);
   for (int64_t c0 = 0; c0 < classes && n > 0; c0 += kClassChunk) {
     const int64_t cc = std::min(kClassChunk, classes - c0);
     at::Tensor dots = mm_acc(x_gemm, weight.narrow(0, c0, cc).t(), acc).contiguous();
@@ -134,16 +142,16 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
     check_device(saved_dots, "dots", x, "x");
   }
   const auto acc = accumulation_type(x.scalar_type());
-  const at::Tensor xa = x.to(acc).contiguous();
+  const at::Tensor xc = x.contiguous();
   const at::Tensor tg = target.to(at::kLong).contiguous();
   const at::Tensor g = grad.to(acc).contiguous(), ls = lse.to(acc).contiguous();
-  const at::Tensor xs = xsq.to(acc), ws = wsq.to(acc).contiguous();
-  const int64_t n = xa.size(0), classes = weight.size(0), dim = xa.size(1);
+  const at::Tensor xs = xsq.to(acc).contiguous(), ws = wsq.to(acc).contiguous();
+  const int64_t n = x.size(0), classes = weight.size(0), dim = x.size(1);
+  const auto acc_options = x.options().dtype(acc);
   TORCH_CHECK_VALUE(classes > 0, "weight must have at least one class row");
   const bool have_dots = saved_dots.dim() == 2;
   TORCH_CHECK_VALUE(!have_dots || (saved_dots.size(0) == n && saved_dots.size(1) == classes && classes <= kClassChunk),
                     "normalized_ce_bwd: dots must be [N, C] with C <= ", kClassChunk, " or empty");
-  const at::Tensor inv_x = inverse_norms(xs).contiguous(), inv_w = inverse_norms(ws).contiguous();
   // The two gradient GEMMs take G q and x / |x| in fp16 for fp16 inputs, as eager autograd of a half
   // linear layer takes its logit gradient. bf16's 8-bit mantissa in G q moved the bias gradient below
   // the head by up to 7.6% of its largest entry under autocast (tests/methods/test_methods.py, Sphere);
@@ -151,12 +159,16 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
   // significant bits), stacked into one operand, and W is read in bf16 (on CUDA: one tensor-core GEMM,
   // no float32 copy of W); G q^T x_unit stays float32 (N x D, no W in it). The epilogue writes G q's
   // operand itself, so no conversion kernels run per chunk.
-  const auto in = x.scalar_type() == at::kHalf ? at::kHalf : acc;
   const bool fp16 = x.scalar_type() == at::kHalf, bf16 = x.scalar_type() == at::kBFloat16;
-  const at::Tensor x_unit = gemm_operand((xa * inv_x.unsqueeze(1)).to(in), acc);
-  const at::Tensor x_gemm = half_gemm(x) ? x.contiguous() : xa;
+  const at::Tensor inv_x = at::empty({n}, acc_options), inv_w = at::empty({classes}, acc_options);
+  const at::Tensor unit = at::empty({n, dim}, x.options().dtype(fp16 ? at::kHalf : acc));
+  Epilogue::unit_rows(xs, inv_x, xc, unit);
+  Epilogue::unit_rows(ws, inv_w, at::Tensor(), at::Tensor());
+  const at::Tensor x_unit = gemm_operand(unit, acc);
   const bool one_chunk = classes <= kClassChunk;
-  at::Tensor grad_x = one_chunk ? at::Tensor() : at::zeros({n, dim}, xa.options());
+  // x as the x.W^T GEMM's operand, only when the forward's dots were not kept
+  const at::Tensor x_gemm = have_dots ? at::Tensor() : gemm_operand(xc, acc).contiguous();
+  at::Tensor grad_x = one_chunk ? at::Tensor() : at::zeros({n, dim}, acc_options);
   // Written chunk by chunk in W's dtype by weight_grad: no float32 C x D buffer and no final conversion.
   at::Tensor grad_w = at::empty({classes, dim}, weight.options());
   for (int64_t c0 = 0; c0 < classes; c0 += kClassChunk) {
@@ -164,11 +176,11 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
     const at::Tensor w_chunk = weight.narrow(0, c0, cc).contiguous();  // a copy only of a strided W's chunk
     const at::Tensor wc = gemm_operand(w_chunk, acc);  // a float32 chunk only off CUDA
     const at::Tensor dots = have_dots ? saved_dots.to(acc).contiguous() : mm_acc(x_gemm, wc.t(), acc).contiguous();
-    const at::Tensor gq = fp16 ? at::Tensor() : at::empty({n, cc}, xa.options());
-    const at::Tensor operand = fp16 ? at::empty({n, cc}, xa.options().dtype(at::kHalf))
-                               : bf16 ? at::empty({2 * n, cc}, xa.options().dtype(at::kBFloat16))
+    const at::Tensor gq = fp16 ? at::Tensor() : at::empty({n, cc}, acc_options);
+    const at::Tensor operand = fp16 ? at::empty({n, cc}, x.options().dtype(at::kHalf))
+                               : bf16 ? at::empty({2 * n, cc}, x.options().dtype(at::kBFloat16))
                                       : at::Tensor();
-    const at::Tensor coef = at::empty({cc}, xa.options());
+    const at::Tensor coef = at::empty({cc}, acc_options);
     Epilogue::grad(dots, c0, classes, inv_x, inv_w.narrow(0, c0, cc), ws.narrow(0, c0, cc), tg, ls, g, scale,
                    smoothing, gq, operand, coef);
     // grad_w_c = s sum_i Gq_ic x_unit_i - [|w_c| > eps] q_c^2 (sum_i G_ic z_ic) w_c
@@ -181,11 +193,12 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
       grad_x.add_(gx);
     }
   }
-  // grad_x_i = s r_i sum_c Gq_ic w_c - [|x_i| > eps] r_i^2 g_i (E_p[z]_i - T_i) x_i
-  const at::Tensor row_gz = g * (ez.to(acc) - tz.to(acc));
-  const at::Tensor row_coef = (xs.sqrt() > kCosineEps).to(acc) * inv_x * inv_x * row_gz;
-  grad_x.mul_((inv_x * scale).unsqueeze(1)).addcmul_(xa, row_coef.unsqueeze(1), -1.0);
-  return {grad_x.to(x.scalar_type()), grad_w};
+  // grad_x_i = s r_i sum_c Gq_ic w_c - [|x_i| > eps] r_i^2 g_i (E_p[z]_i - T_i) x_i, in x's dtype: one
+  // launch (eight elementwise ones and a conversion before)
+  const at::Tensor out = at::empty({n, dim}, x.options());
+  Epilogue::grad_x(grad_x.contiguous(), xc, xs, inv_x, g, ez.to(acc).contiguous(), tz.to(acc).contiguous(), scale,
+                   out);
+  return {out, grad_w};
 }
 
 }  // namespace vtreid

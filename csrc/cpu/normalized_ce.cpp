@@ -13,7 +13,103 @@
 namespace vtreid::cpu {
 namespace {
 
+// sum_k v_k^2 of row[0], row[stride], ...: eight running sums so the loop vectorises, added in a fixed order.
+template <typename acc_t, typename T>
+acc_t sum_of_squares(const T* row, int64_t dim, int64_t stride) {
+  constexpr int kLanes = 8;
+  acc_t lane[kLanes] = {};
+  int64_t k = 0;
+  if (stride == 1) {
+    for (; k + kLanes <= dim; k += kLanes) {
+      for (int l = 0; l < kLanes; ++l) {
+        const acc_t v = static_cast<acc_t>(row[k + l]);
+        lane[l] += v * v;
+      }
+    }
+  }
+  acc_t total = 0;
+  for (; k < dim; ++k) {
+    const acc_t v = static_cast<acc_t>(row[k * stride]);
+    total += v * v;
+  }
+  for (int l = 0; l < kLanes; ++l) total += lane[l];
+  return total;
+}
+
+template <typename acc_t>
+acc_t inverse_norm(acc_t sq) {
+  return acc_t(1) / std::max(std::sqrt(sq), static_cast<acc_t>(kCosineEps));
+}
+
 struct CpuEpilogue {
+  static void row_norms(const at::Tensor& src, const at::Tensor& sq, const at::Tensor& inv) {
+    const int64_t rows = src.size(0), dim = src.size(1), stride_row = src.stride(0), stride_col = src.stride(1);
+    AT_DISPATCH_FLOATING_TYPES(sq.scalar_type(), "normalized_ce_row_norms", [&] {
+      using acc_t = scalar_t;
+      acc_t *s = sq.mutable_data_ptr<acc_t>(), *r = inv.mutable_data_ptr<acc_t>();
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "normalized_ce_row_norms", [&] {
+        const scalar_t* p = src.const_data_ptr<scalar_t>();
+        at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) {
+            s[i] = sum_of_squares<acc_t>(p + i * stride_row, dim, stride_col);
+            r[i] = inverse_norm(s[i]);
+          }
+        });
+      });
+    });
+  }
+
+  static void unit_rows(const at::Tensor& sq, const at::Tensor& inv, const at::Tensor& x, const at::Tensor& unit) {
+    const int64_t rows = sq.size(0), dim = x.defined() ? x.size(1) : 0;
+    AT_DISPATCH_FLOATING_TYPES(sq.scalar_type(), "normalized_ce_unit_rows", [&] {
+      using acc_t = scalar_t;
+      const acc_t* s = sq.const_data_ptr<acc_t>();
+      acc_t* r = inv.mutable_data_ptr<acc_t>();
+      for (int64_t i = 0; i < rows; ++i) r[i] = inverse_norm(s[i]);
+      if (!x.defined()) return;
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "normalized_ce_unit_rows", [&] {
+        using x_t = scalar_t;
+        const x_t* xp = x.const_data_ptr<x_t>();
+        AT_DISPATCH_FLOATING_TYPES_AND(at::kHalf, unit.scalar_type(), "normalized_ce_unit_rows", [&] {
+          scalar_t* up = unit.mutable_data_ptr<scalar_t>();
+          at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+            for (int64_t i = begin; i < end; ++i) {
+              for (int64_t k = 0; k < dim; ++k) {
+                up[i * dim + k] = static_cast<scalar_t>(static_cast<acc_t>(xp[i * dim + k]) * r[i]);
+              }
+            }
+          });
+        });
+      });
+    });
+  }
+
+  static void grad_x(const at::Tensor& gx, const at::Tensor& x, const at::Tensor& sq, const at::Tensor& inv,
+                     const at::Tensor& g, const at::Tensor& ez, const at::Tensor& tz, double scale,
+                     const at::Tensor& out) {
+    const int64_t rows = x.size(0), dim = x.size(1);
+    AT_DISPATCH_FLOATING_TYPES(gx.scalar_type(), "normalized_ce_grad_x", [&] {
+      using acc_t = scalar_t;
+      const acc_t *gp = gx.const_data_ptr<acc_t>(), *s = sq.const_data_ptr<acc_t>(), *r = inv.const_data_ptr<acc_t>();
+      const acc_t *gr = g.const_data_ptr<acc_t>(), *e = ez.const_data_ptr<acc_t>(), *t = tz.const_data_ptr<acc_t>();
+      const acc_t sc = static_cast<acc_t>(scale);
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "normalized_ce_grad_x", [&] {
+        const scalar_t* xp = x.const_data_ptr<scalar_t>();
+        scalar_t* op = out.mutable_data_ptr<scalar_t>();
+        at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) {
+            const acc_t keep = std::sqrt(s[i]) > static_cast<acc_t>(kCosineEps) ? acc_t(1) : acc_t(0);
+            const acc_t row_coef = keep * r[i] * r[i] * (gr[i] * (e[i] - t[i])), a = r[i] * sc;
+            for (int64_t k = 0; k < dim; ++k) {
+              const int64_t idx = i * dim + k;
+              op[idx] = static_cast<scalar_t>(gp[idx] * a - static_cast<acc_t>(xp[idx]) * row_coef);
+            }
+          }
+        });
+      });
+    });
+  }
+
   // Fold one class chunk into each row's online log-sum-exp state (csrc/online_lse.h: the first chunk
   // starts it, the last writes the results).
   template <typename acc_t>

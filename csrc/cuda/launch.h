@@ -99,6 +99,11 @@ cudaError_t hetero_center_bwd(DType dtype, const void* x, const int64_t* slot, c
 //   [n, cc], kBFloat16 hi rows then lo rows [2n, cc]); `partials` [normalized_ce_grad_row_blocks(n), cc]
 //   is scratch (any contents); coef [cc] gets [|w_c| > eps] q_c^2 sum_i G_ic z_ic (wsq: |w_c|^2).
 // - weight_grad writes out = scale dir - coef_c w [cc, dim] in w's dtype (dir in acc_t).
+// - row_norms writes sq = sum_k src_k^2 and inv = 1 / max(sqrt(sq), eps) for the rows of src [rows, dim],
+//   read with the given element strides in any float dtype.
+// - unit_rows writes inv from sq, and unit = x inv [rows, dim] in unit_dtype when x is not null (x, unit
+//   contiguous; unit_dtype accumulates in acc_t).
+// - grad_x writes out = scale inv gx - [sqrt(sq) > eps] inv^2 g (ez - tz) x [rows, dim] in x's dtype.
 template <typename acc_t>
 cudaError_t normalized_ce_merge(const acc_t* dots, int64_t n, int64_t cc, int64_t c0, int64_t classes,
                                 const acc_t* inv_x, const acc_t* inv_w, const int64_t* target, acc_t scale,
@@ -112,6 +117,19 @@ cudaError_t normalized_ce_grad(const acc_t* dots, int64_t n, int64_t cc, int64_t
                                const acc_t* inv_x, const acc_t* inv_w, const acc_t* wsq, const int64_t* target,
                                const acc_t* lse, const acc_t* grad_row, acc_t scale, acc_t smoothing, acc_t* gq,
                                DType operand_dtype, void* operand, acc_t* partials, acc_t* coef, cudaStream_t stream);
+
+template <typename acc_t>
+cudaError_t normalized_ce_row_norms(DType src_dtype, const void* src, int64_t rows, int64_t dim, int64_t stride_row,
+                                    int64_t stride_col, acc_t* sq, acc_t* inv, cudaStream_t stream);
+
+template <typename acc_t>
+cudaError_t normalized_ce_unit_rows(const acc_t* sq, int64_t rows, acc_t* inv, DType x_dtype, const void* x,
+                                    int64_t dim, DType unit_dtype, void* unit, cudaStream_t stream);
+
+template <typename acc_t>
+cudaError_t normalized_ce_grad_x(const acc_t* gx, DType x_dtype, const void* x, const acc_t* sq, const acc_t* inv,
+                                 const acc_t* g, const acc_t* ez, const acc_t* tz, acc_t scale, int64_t rows,
+                                 int64_t dim, void* out, cudaStream_t stream);
 
 template <typename acc_t>
 cudaError_t normalized_ce_weight_grad(const acc_t* dir, DType w_dtype, const void* w, const acc_t* coef, acc_t scale,

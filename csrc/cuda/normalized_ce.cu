@@ -3,7 +3,9 @@
 // log-sum-exp state (one block per row, fixed-order tree reductions); build G q, the GEMM operand made
 // from it and the partial column sums of G z (one block per 16 rows x 32 columns), then the column
 // coefficients (one thread per column adding the row blocks' partials in order); and write the weight
-// gradient in W's dtype from the G q^T x_unit GEMM. No atomics: every sum has a fixed order.
+// gradient in W's dtype from the G q^T x_unit GEMM. Around the GEMMs, one launch per row pass: the
+// norms of x and W (forward), the inverse norms and x / |x| (backward), and grad_x in x's dtype from the
+// G q W GEMM. No atomics: every sum has a fixed order.
 #include <algorithm>
 #include <cfloat>
 #include <type_traits>
@@ -147,6 +149,79 @@ weight_grad_kernel(const acc_t* __restrict__ dir, const w_t* __restrict__ w, con
 
 constexpr int64_t kWeightGradMaxBlocksX = 8;  // blocks per row: at D = 2048, one element per thread
 
+template <typename acc_t>
+__device__ __forceinline__ acc_t inverse_norm(acc_t sq) {
+  return acc_t(1) / max(sqrt(sq), static_cast<acc_t>(kCosineEps));
+}
+
+// sq = sum_k src_k^2 and inv = 1 / max(sqrt(sq), eps): one block per row (rows on grid x, up to 2^31 - 1).
+template <typename acc_t, typename T>
+__global__ void __launch_bounds__(kThreads)
+row_norms_kernel(const T* __restrict__ src, int64_t dim, int64_t stride_row, int64_t stride_col, acc_t* __restrict__ sq,
+                 acc_t* __restrict__ inv) {
+  __shared__ acc_t scratch[kThreads];
+  const T* row = src + static_cast<int64_t>(blockIdx.x) * stride_row;
+  acc_t local = 0;
+  for (int64_t k = threadIdx.x; k < dim; k += kThreads) {
+    const acc_t v = static_cast<acc_t>(to_acc(row[k * stride_col]));
+    local += v * v;
+  }
+  const acc_t total = block_reduce(local, scratch, false);
+  if (threadIdx.x == 0) {
+    sq[blockIdx.x] = total;
+    inv[blockIdx.x] = inverse_norm(total);
+  }
+}
+
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+inverse_norms_kernel(const acc_t* __restrict__ sq, int64_t rows, acc_t* __restrict__ inv) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i < rows) inv[i] = inverse_norm(sq[i]);
+}
+
+// inv = 1 / max(sqrt(sq), eps) and unit = x inv in unit_t: one block per row.
+template <typename acc_t, typename T, typename unit_t>
+__global__ void __launch_bounds__(kThreads)
+unit_rows_kernel(const acc_t* __restrict__ sq, const T* __restrict__ x, int64_t dim, acc_t* __restrict__ inv,
+                 unit_t* __restrict__ unit) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * dim;
+  const acc_t r = inverse_norm(sq[blockIdx.x]);
+  if (threadIdx.x == 0) inv[blockIdx.x] = r;
+  for (int64_t k = threadIdx.x; k < dim; k += kThreads) {
+    const acc_t v = static_cast<acc_t>(to_acc(x[row + k])) * r;
+    unit[row + k] = from_acc<unit_t>(static_cast<typename Acc<unit_t>::type>(v));
+  }
+}
+
+// out = scale inv gx - [sqrt(sq) > eps] inv^2 g (ez - tz) x in x's dtype: one block per row.
+template <typename acc_t, typename T>
+__global__ void __launch_bounds__(kThreads)
+grad_x_kernel(const acc_t* __restrict__ gx, const T* __restrict__ x, const acc_t* __restrict__ sq,
+              const acc_t* __restrict__ inv, const acc_t* __restrict__ g, const acc_t* __restrict__ ez,
+              const acc_t* __restrict__ tz, acc_t scale, int64_t dim, T* __restrict__ out) {
+  const int64_t i = blockIdx.x, row = i * dim;
+  const acc_t r = inv[i];
+  const acc_t keep = sqrt(sq[i]) > static_cast<acc_t>(kCosineEps) ? acc_t(1) : acc_t(0);
+  const acc_t row_coef = keep * r * r * (g[i] * (ez[i] - tz[i])), a = r * scale;
+  for (int64_t k = threadIdx.x; k < dim; k += kThreads) {
+    const acc_t v = gx[row + k] * a - static_cast<acc_t>(to_acc(x[row + k])) * row_coef;
+    out[row + k] = from_acc<T>(static_cast<typename Acc<T>::type>(v));
+  }
+}
+
+// Calls f with a null pointer of the C++ type of `dtype`; false for an unknown dtype.
+template <typename F>
+bool with_type(DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::kFloat32: f(static_cast<float*>(nullptr)); return true;
+    case DType::kFloat16: f(static_cast<__half*>(nullptr)); return true;
+    case DType::kBFloat16: f(static_cast<__nv_bfloat16*>(nullptr)); return true;
+    case DType::kFloat64: f(static_cast<double*>(nullptr)); return true;
+    default: return false;
+  }
+}
+
 }  // namespace
 
 template <typename acc_t>
@@ -231,6 +306,58 @@ cudaError_t normalized_ce_weight_grad(const acc_t* dir, DType w_dtype, const voi
   return cudaGetLastError();
 }
 
+template <typename acc_t>
+cudaError_t normalized_ce_row_norms(DType src_dtype, const void* src, int64_t rows, int64_t dim, int64_t stride_row,
+                                    int64_t stride_col, acc_t* sq, acc_t* inv, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  if (rows > kMaxGridX) return cudaErrorInvalidConfiguration;
+  const bool known = with_type(src_dtype, [&](auto* typed) {
+    using T = std::remove_pointer_t<decltype(typed)>;
+    row_norms_kernel<acc_t, T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
+        static_cast<const T*>(src), dim, stride_row, stride_col, sq, inv);
+  });
+  return known ? cudaGetLastError() : cudaErrorInvalidValue;
+}
+
+template <typename acc_t>
+cudaError_t normalized_ce_unit_rows(const acc_t* sq, int64_t rows, acc_t* inv, DType x_dtype, const void* x,
+                                    int64_t dim, DType unit_dtype, void* unit, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  if (x == nullptr) {
+    inverse_norms_kernel<acc_t><<<blocks_for(rows, kThreads), kThreads, 0, stream>>>(sq, rows, inv);
+    return cudaGetLastError();
+  }
+  if (rows > kMaxGridX) return cudaErrorInvalidConfiguration;
+  // unit_dtype is the driver's choice (fp16 for fp16 x, else acc_t); any dtype that accumulates in acc_t works
+  bool launched = false;
+  const bool known = with_type(x_dtype, [&](auto* typed_x) {
+    using T = std::remove_pointer_t<decltype(typed_x)>;
+    with_type(unit_dtype, [&](auto* typed_unit) {
+      using U = std::remove_pointer_t<decltype(typed_unit)>;
+      if constexpr (std::is_same_v<typename Acc<U>::type, acc_t>) {
+        unit_rows_kernel<acc_t, T, U><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
+            sq, static_cast<const T*>(x), dim, inv, static_cast<U*>(unit));
+        launched = true;
+      }
+    });
+  });
+  return known && launched ? cudaGetLastError() : cudaErrorInvalidValue;
+}
+
+template <typename acc_t>
+cudaError_t normalized_ce_grad_x(const acc_t* gx, DType x_dtype, const void* x, const acc_t* sq, const acc_t* inv,
+                                 const acc_t* g, const acc_t* ez, const acc_t* tz, acc_t scale, int64_t rows,
+                                 int64_t dim, void* out, cudaStream_t stream) {
+  if (rows == 0 || dim == 0) return cudaSuccess;
+  if (rows > kMaxGridX) return cudaErrorInvalidConfiguration;
+  const bool known = with_type(x_dtype, [&](auto* typed) {
+    using T = std::remove_pointer_t<decltype(typed)>;
+    grad_x_kernel<acc_t, T><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
+        gx, static_cast<const T*>(x), sq, inv, g, ez, tz, scale, dim, static_cast<T*>(out));
+  });
+  return known ? cudaGetLastError() : cudaErrorInvalidValue;
+}
+
 #define VTREID_INSTANTIATE(T)                                                                                      \
   template cudaError_t normalized_ce_merge<T>(const T*, int64_t, int64_t, int64_t, int64_t, const T*, const T*,   \
                                               const int64_t*, T, T, LseRows<T>, cudaStream_t);                     \
@@ -238,7 +365,13 @@ cudaError_t normalized_ce_weight_grad(const acc_t* dir, DType w_dtype, const voi
                                              const T*, const int64_t*, const T*, const T*, T, T, T*, DType, void*,  \
                                              T*, T*, cudaStream_t);                                                \
   template cudaError_t normalized_ce_weight_grad<T>(const T*, DType, const void*, const T*, T, int64_t, int64_t,   \
-                                                    void*, cudaStream_t);
+                                                    void*, cudaStream_t);                                          \
+  template cudaError_t normalized_ce_row_norms<T>(DType, const void*, int64_t, int64_t, int64_t, int64_t, T*, T*,  \
+                                                  cudaStream_t);                                                   \
+  template cudaError_t normalized_ce_unit_rows<T>(const T*, int64_t, T*, DType, const void*, int64_t, DType, void*, \
+                                                  cudaStream_t);                                                   \
+  template cudaError_t normalized_ce_grad_x<T>(const T*, DType, const void*, const T*, const T*, const T*, const T*, \
+                                               const T*, T, int64_t, int64_t, void*, cudaStream_t);
 VTREID_INSTANTIATE(float)
 VTREID_INSTANTIATE(double)
 #undef VTREID_INSTANTIATE

@@ -128,6 +128,24 @@ int emu_hetero_center_bwd(int dtype, const void* x, const int64_t* slot, const i
                                              int64_t cc, int64_t dim, void* out) {                                 \
     return vtreid::cuda::normalized_ce_weight_grad<T>(dir, static_cast<vtreid::cuda::DType>(w_dtype), w, coef,     \
                                                       scale, cc, dim, out, nullptr);                               \
+  }                                                                                                                \
+  /* the row passes around the GEMMs; dtypes as DType codes */                                                   \
+  int emu_normalized_ce_row_norms_##SUFFIX(int src_dtype, const void* src, int64_t rows, int64_t dim,             \
+                                           int64_t stride_row, int64_t stride_col, T* sq, T* inv) {                \
+    return vtreid::cuda::normalized_ce_row_norms<T>(static_cast<vtreid::cuda::DType>(src_dtype), src, rows, dim,   \
+                                                    stride_row, stride_col, sq, inv, nullptr);                     \
+  }                                                                                                                \
+  int emu_normalized_ce_unit_rows_##SUFFIX(const T* sq, int64_t rows, T* inv, int x_dtype, const void* x,          \
+                                           int64_t dim, int unit_dtype, void* unit) {                             \
+    return vtreid::cuda::normalized_ce_unit_rows<T>(sq, rows, inv, static_cast<vtreid::cuda::DType>(x_dtype), x,   \
+                                                    dim, static_cast<vtreid::cuda::DType>(unit_dtype), unit,       \
+                                                    nullptr);                                                      \
+  }                                                                                                                \
+  int emu_normalized_ce_grad_x_##SUFFIX(const T* gx, int x_dtype, const void* x, const T* sq, const T* inv,        \
+                                        const T* g, const T* ez, const T* tz, T scale, int64_t rows, int64_t dim,  \
+                                        void* out) {                                                               \
+    return vtreid::cuda::normalized_ce_grad_x<T>(gx, static_cast<vtreid::cuda::DType>(x_dtype), x, sq, inv, g, ez, \
+                                                 tz, scale, rows, dim, out, nullptr);                              \
   }
 VTREID_EMU_NCE(float, f32)
 VTREID_EMU_NCE(double, f64)

@@ -781,6 +781,105 @@ def test_normalized_ce_weight_grad(cc, d, acc, w_dtype):
     torch.testing.assert_close(out, want.to(w_dtype), rtol=0, atol=0)
 
 
+def _nce_acc(acc):
+    return ("f32", ctypes.c_float) if acc == torch.float32 else ("f64", ctypes.c_double)
+
+
+def _inverse_norms(sq):
+    return 1.0 / sq.sqrt().clamp_min(1e-12)
+
+
+def _assert_inverse_norms(inv, sq):
+    """1 / max(sqrt(sq), eps) within 2 ulps: torch's CPU sqrt is not always correctly rounded."""
+    torch.testing.assert_close(inv, _inverse_norms(sq), atol=0, rtol=2 * torch.finfo(sq.dtype).eps)
+
+
+@pytest.mark.parametrize("acc,dtype", [(a, t) for a in (torch.float32, torch.float64) for t in DTYPES], ids=str)
+@pytest.mark.parametrize("rows,d", [(1, 1), (3, 7), (47, 129), (130, 300)])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_normalized_ce_row_norms(rows, d, acc, dtype, layout):
+    """|row|^2 in the accumulation dtype and 1 / max(|row|, eps) of x and of W, read in their own dtype and
+    strides (a transposed W: columns 1 row apart); a zero row gets 1 / eps, a duplicate the same norm."""
+    gen = torch.Generator().manual_seed(rows * 7 + d)
+    src = _features(rows, d, dtype, gen)
+    if layout == "transposed":
+        src = src.T.contiguous().T
+    sq = torch.full((rows,), float("nan"), dtype=acc)
+    inv = torch.full((rows,), float("nan"), dtype=acc)
+    sfx, _ = _nce_acc(acc)
+    _check(getattr(LIB, f"emu_normalized_ce_row_norms_{sfx}")(
+        DTYPE_CODES[dtype], _p(src), I64(rows), I64(d), I64(src.stride(0)), I64(src.stride(1)), _p(sq), _p(inv)),
+        "normalized_ce_row_norms")
+    want = (src.to(acc) ** 2).sum(1)
+    tol = TOLERANCES[acc]
+    torch.testing.assert_close(sq, want, atol=tol.atol, rtol=tol.rtol)
+    _assert_inverse_norms(inv, sq)
+    if rows >= 3:
+        assert sq[1] == sq[0] and sq[-1] == 0 and inv[-1] == 1e12
+
+
+@pytest.mark.parametrize("acc,dtype,unit", [(torch.float32, torch.float32, torch.float32),
+                                            (torch.float32, torch.float16, torch.float16),
+                                            (torch.float32, torch.bfloat16, torch.float32),
+                                            (torch.float32, torch.bfloat16, torch.bfloat16),
+                                            (torch.float64, torch.float64, torch.float64)], ids=str)
+@pytest.mark.parametrize("rows,d", [(1, 1), (3, 7), (130, 300)])
+def test_normalized_ce_unit_rows(rows, d, acc, dtype, unit):
+    """inv = 1 / max(sqrt(sq), eps) and x inv rounded once to the unit dtype (fp16 for fp16 x, as the
+    gradient GEMM takes it); with x null, the same inv alone (W's rows). Unit rows bitwise: one product, one
+    rounding."""
+    gen = torch.Generator().manual_seed(rows + d)
+    x = _features(rows, d, dtype, gen)
+    sq = (x.to(acc) ** 2).sum(1)
+    sfx, _ = _nce_acc(acc)
+    inv = torch.full((rows,), float("nan"), dtype=acc)
+    out = torch.full((rows, d), float("nan"), dtype=unit)
+    _check(getattr(LIB, f"emu_normalized_ce_unit_rows_{sfx}")(
+        _p(sq), I64(rows), _p(inv), DTYPE_CODES[dtype], _p(x), I64(d), DTYPE_CODES[unit], _p(out)),
+        "normalized_ce_unit_rows")
+    _assert_inverse_norms(inv, sq)
+    torch.testing.assert_close(out, (x.to(acc) * inv[:, None]).to(unit), atol=0, rtol=0)
+    inv_only = torch.full((rows,), float("nan"), dtype=acc)
+    _check(getattr(LIB, f"emu_normalized_ce_unit_rows_{sfx}")(
+        _p(sq), I64(rows), _p(inv_only), 0, _p(None), I64(0), 0, _p(None)), "normalized_ce_unit_rows")
+    torch.testing.assert_close(inv_only, inv, atol=0, rtol=0)
+
+
+def test_normalized_ce_unit_rows_refuses_a_unit_dtype_of_another_accumulation():
+    """A float32 accumulation cannot write float64 unit rows (nor the reverse): an error, not a wrong cast."""
+    sq, inv = torch.ones(2), torch.empty(2)
+    x, out = torch.ones(2, 3), torch.empty(2, 3, dtype=torch.float64)
+    assert LIB.emu_normalized_ce_unit_rows_f32(_p(sq), I64(2), _p(inv), 0, _p(x), I64(3), DTYPE_CODES[out.dtype],
+                                               _p(out)) != 0
+
+
+@pytest.mark.parametrize("acc,dtype", [(torch.float32, t) for t in (torch.float32, torch.float16, torch.bfloat16)]
+                         + [(torch.float64, torch.float64)], ids=str)
+@pytest.mark.parametrize("rows,d", [(1, 1), (3, 7), (130, 300)])
+def test_normalized_ce_grad_x(rows, d, acc, dtype):
+    """out = s r gx - [sqrt(sq) > eps] r^2 g (ez - tz) x in x's dtype, every row and feature past one block's
+    256; a zero row and a row shorter than eps keep only the GEMM term. Bitwise here: the emulation does not contract into FMAs."""
+    gen = torch.Generator().manual_seed(rows * 3 + d)
+    x = _features(rows, d, dtype, gen)
+    if rows >= 3:
+        x[-2] = 1e-15  # nonzero but |x| <= eps (0 in fp16): the normalisation's term is dropped, as for a zero row
+    sq = (x.to(acc) ** 2).sum(1)
+    inv = _inverse_norms(sq)
+    gx = torch.randn(rows, d, generator=gen, dtype=acc)
+    g, ez, tz = (torch.rand(rows, generator=gen, dtype=acc) for _ in range(3))
+    out = torch.full((rows, d), float("nan"), dtype=dtype)
+    sfx, ctype = _nce_acc(acc)
+    _check(getattr(LIB, f"emu_normalized_ce_grad_x_{sfx}")(
+        _p(gx), DTYPE_CODES[dtype], _p(x), _p(sq), _p(inv), _p(g), _p(ez), _p(tz), ctype(14.0), I64(rows), I64(d),
+        _p(out)), "normalized_ce_grad_x")
+    keep = (sq.sqrt() > 1e-12).to(acc)
+    row_coef = keep * inv * inv * (g * (ez - tz))
+    want = gx * (inv * 14.0)[:, None] - x.to(acc) * row_coef[:, None]
+    torch.testing.assert_close(out, want.to(dtype), atol=0, rtol=0)
+    if rows >= 3:
+        torch.testing.assert_close(out[-2:], (gx[-2:] * (inv[-2:, None] * 14.0)).to(dtype), atol=0, rtol=0)
+
+
 def test_normalized_ce_grad_grid_fills_a_wave_at_the_training_shape():
     """N = 256, C = 395 (SYSU-MM01) on a 132-SM GPU: the grad kernel has a block per SM at least (merge has
     one per row, weight_grad one per class row)."""
@@ -816,6 +915,11 @@ def test_grid_limits_large_row_counts(dry_run):
     f32 = ctypes.c_float(1.0)
     assert LIB.emu_normalized_ce_grad_f32(null, I64(n), I64(m), I64(0), I64(m), null, null, null, null, null, null, f32,
                                           f32, null, 0, null, null, null) == 0
+    assert LIB.emu_normalized_ce_row_norms_f32(0, null, I64(n), I64(d), I64(d), I64(1), null, null) == 0
+    assert LIB.emu_normalized_ce_unit_rows_f32(null, I64(n), null, 0, null, I64(d), 0, null) == 0  # inv only
+    unread = ctypes.c_void_p(64)  # a dry run reads no pointer; x non-null selects the unit-rows kernel
+    assert LIB.emu_normalized_ce_unit_rows_f32(null, I64(n), null, 0, unread, I64(d), 0, unread) == 0
+    assert LIB.emu_normalized_ce_grad_x_f32(null, 0, null, null, null, null, null, null, f32, I64(n), I64(d), null) == 0
 
 
 def test_zero_feature_dimension_launches_nothing(dry_run):
@@ -828,3 +932,5 @@ def test_zero_feature_dimension_launches_nothing(dry_run):
     assert LIB.emu_hetero_center_bwd(0, null, null, null, null, null, null, null, null, null, null, null, I64(1),
                                      I64(5), I64(0), 1, 0) == 0
     assert LIB.emu_normalized_ce_weight_grad_f32(null, 0, null, null, ctypes.c_float(1.0), I64(5), I64(0), null) == 0
+    assert LIB.emu_normalized_ce_grad_x_f32(null, 0, null, null, null, null, null, null, ctypes.c_float(1.0), I64(5),
+                                            I64(0), null) == 0

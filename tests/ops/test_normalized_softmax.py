@@ -191,6 +191,47 @@ def test_dots_are_not_kept_above_the_class_limit(backend):
         out = FUSED[backend].forward(x, w, target, 14.0, 0.0)
     assert out[6].shape == (0,)
 
+# ATen ops that launch no kernel on a GPU: allocations, views and no-op conversions.
+_NO_LAUNCH = {"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::as_strided", "aten::to", "aten::view",
+              "aten::t", "aten::transpose", "aten::narrow", "aten::slice", "aten::expand", "aten::unsqueeze",
+              "aten::alias", "aten::detach", "aten::contiguous", "aten::select", "aten::reshape", "aten::result_type"}
+
+
+def _aten_launches(fn):
+    """The ATen ops fn's op runs below its own entry, leaves of the profiler's tree, GEMMs counted whole."""
+    from collections import Counter
+
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    ops_run = Counter()
+
+    def walk(event):
+        for child in event.cpu_children:
+            if child.name == "aten::mm" or not child.cpu_children:
+                ops_run[child.name] += child.name not in _NO_LAUNCH
+            else:
+                walk(child)
+    for event in prof.events():
+        if event.name.startswith("vtreid::normalized_ce_"):
+            walk(event)
+    return +ops_run
+
+
+def test_native_runs_its_gemms_and_nothing_elementwise():
+    """The native driver's row passes (norms, unit rows, the final grad_x) are epilogue launches: at the
+    training shape in float32 the forward runs one ATen GEMM and the backward two, no elementwise chain
+    (before, 10 ATen launches in the forward and 20 in the backward). On CUDA the same driver runs."""
+    require_backend("native", "cpu")
+    op = FUSED["native"]
+    x, w, target = problem(256, 395, 64, "cpu", seed=12)
+    with torch.no_grad():
+        out = op.forward(x, w, target, 14.0, 0.1)
+        assert _aten_launches(lambda: op.forward(x, w, target, 14.0, 0.1)) == {"aten::mm": 1}
+        grad = torch.rand_like(out[0])
+        assert _aten_launches(lambda: op.backward(grad, x, w, target, *out[1:], 14.0, 0.1)) == {"aten::mm": 2}
+
+
 def test_bad_inputs_name_the_argument():
     x, w, target = problem(6, 4, 5, "cpu")
     with pytest.raises(ValueError, match=r"target must hold class indices in \[0, 4\)"):
