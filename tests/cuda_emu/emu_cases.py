@@ -392,10 +392,14 @@ def _mine(a, c, la, lc, ma, mc, metric, rules, self_mining, sms=WAVE_SMS):
     """hard_mining_fwd through the emulated launcher: (pos_d, pos_i, neg_d, neg_i, valid, asq, csq)."""
     n, m, d = a.shape[0], c.shape[0], a.shape[1]
     acc = _acc(a.dtype)
-    pos_d, neg_d = torch.zeros(n, dtype=acc), torch.zeros(n, dtype=acc)
-    pos_i, neg_i = torch.full((n,), -1), torch.full((n,), -1)
-    valid = torch.zeros(n, dtype=torch.bool)
-    asq, csq = torch.zeros(n, dtype=acc), torch.zeros(m, dtype=acc)
+    # As csrc/cuda_ops.cpp allocates them: uninitialised when there are anchors and candidates (the kernels
+    # write every output; here a poison that no output can hold), else the defaults.
+    poison = n > 0 and m > 0
+    dist_fill, index_fill = (_POISON_DIST, _POISON_INDEX) if poison else (0.0, -1)
+    pos_d, neg_d = torch.full((n,), dist_fill, dtype=acc), torch.full((n,), dist_fill, dtype=acc)
+    pos_i, neg_i = torch.full((n,), index_fill), torch.full((n,), index_fill)
+    valid = torch.full((n,), _POISON_BOOL if poison else 0, dtype=torch.uint8).view(torch.bool)
+    asq, csq = torch.full((n,), dist_fill, dtype=acc), torch.full((m,), dist_fill, dtype=acc)
     code = DTYPE_CODES[a.dtype]
     nbytes = LIB.emu_hard_mining_fwd_workspace_bytes(code, I64(n), I64(m), I64(d), ctypes.c_int(sms))
     # Garbage in the workspace: the kernels must not read what they did not write.
@@ -404,7 +408,15 @@ def _mine(a, c, la, lc, ma, mc, metric, rules, self_mining, sms=WAVE_SMS):
                                    _p(neg_i), _p(valid), _p(asq), _p(csq), _p(workspace), I64(n), I64(m), I64(d),
                                    METRIC_CODES[metric], RULES[rules[0]], RULES[rules[1]], int(self_mining),
                                    ctypes.c_int(sms)), "hard_mining_fwd")
+    if poison:
+        for name, t in (("pos_dist", pos_d), ("neg_dist", neg_d), ("asq", asq), ("csq", csq)):
+            assert not (t == _POISON_DIST).any(), f"hard_mining_fwd left {name} unwritten"
+        assert not ((pos_i == _POISON_INDEX) | (neg_i == _POISON_INDEX)).any(), "an index left unwritten"
+        assert (valid.view(torch.uint8) <= 1).all(), "valid left unwritten"
     return pos_d, pos_i, neg_d, neg_i, valid, asq, csq
+
+
+_POISON_DIST, _POISON_INDEX, _POISON_BOOL = -7.0, 2**40, 0x7F  # no distance, norm, index or bool is these
 
 
 def _mine_bwd(gp, gn, a, c, got, metric):
