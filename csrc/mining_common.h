@@ -27,6 +27,16 @@ struct MiningIds {
   at::Tensor anchor_labels, candidate_labels, anchor_modality, candidate_modality;
 };
 
+// Modality as the kernels read it: int32, 0 visible and any other value infrared (every backend). int32
+// goes as given (the kernels test != 0: no launch; vtreid.ops.hard_mining passes int32); another dtype
+// costs one launch, != 0 written as int32 (ne then to() was two).
+inline at::Tensor modality_ids(const at::Tensor& modality) {
+  if (modality.scalar_type() == at::kInt) return modality.contiguous();
+  at::Tensor ids = at::empty(modality.sizes(), modality.options().dtype(at::kInt));
+  at::ne_out(ids, modality, 0);
+  return ids;
+}
+
 inline MiningIds prepare_mining_ids(const at::Tensor& anchors, const at::Tensor& candidates,
                                     const at::Tensor& anchor_labels, const at::Tensor& candidate_labels,
                                     const std::optional<at::Tensor>& anchor_modality,
@@ -47,9 +57,8 @@ inline MiningIds prepare_mining_ids(const at::Tensor& anchors, const at::Tensor&
   if (ids.use_modality) {
     check_aux(*anchor_modality, "anchor_modality", anchors, "anchors", {anchors.size(0)});
     check_aux(*candidate_modality, "candidate_modality", anchors, "anchors", {candidates.size(0)});
-    // 0 is visible, any other value infrared (as in every backend): the kernels only ever see 0 / 1.
-    ids.anchor_modality = anchor_modality->ne(0).to(at::kInt).contiguous();
-    ids.candidate_modality = candidate_modality->ne(0).to(at::kInt).contiguous();
+    ids.anchor_modality = modality_ids(*anchor_modality);
+    ids.candidate_modality = modality_ids(*candidate_modality);
   }
   return ids;
 }

@@ -71,10 +71,11 @@ ANCHOR_CHUNK = tl.constexpr(32)
 
 @triton.jit
 def _rule_mask(rule: tl.constexpr, am, cm):
+    # modality 0 is visible and any other value infrared: int32 modality is taken as given
     if rule == 1:
-        return am[:, None] != cm[None, :]
+        return (am[:, None] != 0) != (cm[None, :] != 0)
     else:
-        return am[:, None] == cm[None, :]
+        return (am[:, None] != 0) == (cm[None, :] != 0)
 
 
 @triton.jit

@@ -26,8 +26,9 @@ namespace {
 constexpr int64_t kAnchorBlock = 512;
 constexpr int64_t kCandidateBlock = 1024;
 
+// Modality 0 is visible and any other value infrared, so the raw op takes int32 modality as given.
 inline bool rule_allows(Rule rule, int32_t a, int32_t c) {
-  return rule == kAny || (rule == kCross ? a != c : a == c);
+  return rule == kAny || (rule == kCross ? (a != 0) != (c != 0) : (a != 0) == (c != 0));
 }
 
 }  // namespace

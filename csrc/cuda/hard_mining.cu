@@ -54,8 +54,9 @@ static_assert(kRows == kCols && kRows == kSub * kSub, "the 4 x 4 thread grid of 
 static_assert(kTcStage == 16 * (kThreads / 32) && kTcParts * 16 == kTcStage, "tensor-core staging layout");
 static_assert(kStage % kTeams == 0 && (kRows * kStage) % kThreads == 0, "staging layout");
 
+// Modality 0 is visible and any other value infrared, so the raw op takes int32 modality as given.
 __device__ __forceinline__ bool rule_allows(int rule, int32_t a, int32_t c) {
-  return rule == 0 || (rule == 1 ? a != c : a == c);
+  return rule == 0 || (rule == 1 ? (a != 0) != (c != 0) : (a != 0) == (c != 0));
 }
 
 // (value, index) of the better candidate; index -1 means none (pair_math.h: mining_beats).

@@ -583,6 +583,25 @@ def test_hard_mining_nan_and_inf_rows_across_splits(dtype, metric, splits, minin
     assert got[0][got[4]].isnan().all() and got[2][got[4]].isnan().all()
 
 
+@pytest.mark.parametrize("rules", [("cross", "same"), ("same", "cross")])
+def test_hard_mining_nonzero_modality_is_infrared(rules):
+    """The launcher reads int32 modality as given: 0 visible, any other value infrared (the glue passes
+    int32 unconverted)."""
+    n, m, d = 47, 130, 7
+    gen = torch.Generator().manual_seed(4)
+    a, c = _features(n, d, torch.float32, gen), _features(m, d, torch.float32, gen)
+    la, lc = torch.randint(0, 5, (n,), generator=gen), torch.randint(0, 5, (m,), generator=gen)
+    ma = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int32)
+    mc = torch.randint(0, 2, (m,), generator=gen, dtype=torch.int32)
+    values = torch.tensor([3, -1, 7, 2**31 - 1], dtype=torch.int32)
+    raw_a = torch.where(ma == 0, 0, values[torch.arange(n) % 4])
+    raw_c = torch.where(mc == 0, 0, values[torch.arange(m) % 4])
+    want = _mine(a, c, la, lc, ma, mc, "euclidean", rules, False)
+    got = _mine(a, c, la, lc, raw_a, raw_c, "euclidean", rules, False)
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
 @pytest.mark.parametrize("splits", ["1", "2", "many"])
 @pytest.mark.parametrize("rules", [("any", "any"), ("cross", "same")])
 def test_hard_mining_invalid_anchors(rules, splits):

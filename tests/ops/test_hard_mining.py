@@ -186,6 +186,31 @@ def test_label_and_modality_dtypes(device, backend):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_fused_op_reads_nonzero_int32_modality_as_infrared(device, backend):
+    """The registered op takes int32 modality as given (no conversion launch) and reads 0 as visible and
+    any other value as infrared, as every backend does; other dtypes are converted by the op itself."""
+    require_backend(backend, device)
+    op = FUSED[backend]
+    x, labels, modality = make_batch(40, 12, 5, device, seed=21)
+    c, lc, mc = make_batch(33, 12, 5, device, seed=22)
+    raw_a = torch.where(modality == 0, 0, torch.tensor([3, -1, 7, 2**31 - 1])[torch.arange(40) % 4].to(device))
+    raw_c = torch.where(mc == 0, 0, -5)
+    for rules in (("cross", "same"), ("same", "cross")):
+        want = op.forward(x, labels, c, lc, modality.int(), mc.int(), "euclidean", *rules, False)
+        for am, cm in ((raw_a.int(), raw_c.int()), (raw_a, raw_c.to(torch.int8)), (raw_a.int(), raw_c.bool())):
+            got = op.forward(x, labels, c, lc, am, cm, "euclidean", *rules, False)
+            for g, w in zip(got[:5], want[:5]):
+                assert torch.equal(g, w), (rules, am.dtype, cm.dtype)
+    # a strided int32 view: the public op hands the kernels a contiguous one
+    strided = torch.stack([modality.int(), 1 - modality.int()], 1)[:, 0]
+    got = ops.hard_mining(x, labels, anchor_modality=strided, positive="cross", negative="same", backend=backend)
+    want = ops.hard_mining(x, labels, anchor_modality=modality, positive="cross", negative="same", backend=backend)
+    assert not strided.is_contiguous()
+    assert torch.equal(got.pos_index, want.pos_index) and torch.equal(got.neg_index, want.neg_index)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
 def test_deterministic(device, backend):
     """Many anchors share candidates (3 identities), so candidate gradients sum many pair terms."""
     require_backend(backend, device)

@@ -54,6 +54,14 @@ def _check_ids(t, name: str, length: int, device: torch.device, kind: str) -> to
     return t
 
 
+def _modality_ids(modality: torch.Tensor) -> torch.Tensor:
+    """int32 modality for the fused kernels, which read 0 as visible and any other value as infrared (as
+    every backend does): int32 goes as given, another dtype costs one launch (!= 0 written as int32)."""
+    if modality.dtype == torch.int32:
+        return modality.contiguous()
+    return torch.ne(modality, 0, out=torch.empty(modality.shape, dtype=torch.int32, device=modality.device))
+
+
 def _values_checked(t: torch.Tensor) -> bool:
     # A value check of a CUDA tensor would synchronise with the host; do it only when asked.
     return t.device.type == "cpu" or os.environ.get("VTREID_CHECK_VALUES", "0") == "1"
@@ -121,8 +129,8 @@ def hard_mining(anchors: torch.Tensor, anchor_labels: torch.Tensor, candidates: 
     labels_c = labels_a if self_mining else candidate_labels.to(torch.int64).contiguous()
     mod_a = mod_c = None
     if needs_modality:
-        mod_a = (anchor_modality != 0).to(torch.int32)  # 0 visible, any other value infrared (all backends)
-        mod_c = mod_a if self_mining else (candidate_modality != 0).to(torch.int32)
+        mod_a = _modality_ids(anchor_modality)
+        mod_c = mod_a if self_mining else _modality_ids(candidate_modality)
     pos_d, pos_i, neg_d, neg_i, valid, _, _ = FUSED[name].forward(
         anchors, labels_a, candidates, labels_c, mod_a, mod_c, metric, positive, negative, self_mining)
     return Mined(pos_d.to(anchors.dtype), pos_i, neg_d.to(anchors.dtype), neg_i, valid)
