@@ -234,12 +234,13 @@ struct CudaEpilogue {
     });
   }
   static void unit_rows(const at::Tensor& sq, const at::Tensor& inv, const at::Tensor& x, const at::Tensor& unit) {
-    const bool rows = x.defined();
+    const bool has_x = x.defined();  // else the inverse norms alone
     AT_DISPATCH_FLOATING_TYPES(sq.scalar_type(), "normalized_ce_unit_rows", [&] {
       check_launch(normalized_ce_unit_rows<scalar_t>(
                        sq.const_data_ptr<scalar_t>(), sq.size(0), inv.mutable_data_ptr<scalar_t>(),
-                       rows ? dtype_of(x) : DType::kFloat32, rows ? x.const_data_ptr() : nullptr, rows ? x.size(1) : 0,
-                       rows ? dtype_of(unit) : DType::kFloat32, rows ? unit.mutable_data_ptr() : nullptr,
+                       has_x ? dtype_of(x) : DType::kFloat32, has_x ? x.const_data_ptr() : nullptr,
+                       has_x ? x.size(1) : 0, has_x ? dtype_of(unit) : DType::kFloat32,
+                       has_x ? unit.mutable_data_ptr() : nullptr,
                        c10::cuda::getCurrentCUDAStream()),
                    "normalized_ce_bwd");
     });

@@ -35,6 +35,17 @@ VTREID_HD bool hd_isfinite(T v) {
 #endif
 }
 
+// 1 / max(|v|, eps) from |v|^2, as F.normalize divides; NaN stays NaN (clamp_min's rule).
+template <typename acc_t>
+VTREID_HD acc_t inverse_norm(acc_t sq) {
+  const acc_t norm = hd_sqrt(sq);
+  return acc_t(1) / (norm < acc_t(kCosineEps) ? acc_t(kCosineEps) : norm);
+}
+
+// Whether |v| > eps, i.e. the normalisation's own gradient term applies (it is 0 below eps).
+template <typename acc_t>
+VTREID_HD bool norm_above_eps(acc_t sq) { return hd_sqrt(sq) > acc_t(kCosineEps); }
+
 // Only finite rounding noise is flushed to 0: NaN and inf distances (a diverged model) propagate.
 template <typename acc_t>
 VTREID_HD acc_t distance_from_dot(acc_t dot, acc_t xsq, acc_t ysq, int metric, acc_t tau) {

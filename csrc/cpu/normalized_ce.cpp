@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../normalized_ce_driver.h"
+#include "../pair_math.h"
 #include "cpu_ops.h"
 
 namespace vtreid::cpu {
@@ -34,11 +35,6 @@ acc_t sum_of_squares(const T* row, int64_t dim, int64_t stride) {
   }
   for (int l = 0; l < kLanes; ++l) total += lane[l];
   return total;
-}
-
-template <typename acc_t>
-acc_t inverse_norm(acc_t sq) {
-  return acc_t(1) / std::max(std::sqrt(sq), static_cast<acc_t>(kCosineEps));
 }
 
 struct CpuEpilogue {
@@ -98,7 +94,7 @@ struct CpuEpilogue {
         scalar_t* op = out.mutable_data_ptr<scalar_t>();
         at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
           for (int64_t i = begin; i < end; ++i) {
-            const acc_t keep = std::sqrt(s[i]) > static_cast<acc_t>(kCosineEps) ? acc_t(1) : acc_t(0);
+            const acc_t keep = norm_above_eps(s[i]) ? acc_t(1) : acc_t(0);
             const acc_t row_coef = keep * r[i] * r[i] * (gr[i] * (e[i] - t[i])), a = r[i] * sc;
             for (int64_t k = 0; k < dim; ++k) {
               const int64_t idx = i * dim + k;
@@ -188,7 +184,7 @@ struct CpuEpilogue {
       const acc_t* w2 = wsq.const_data_ptr<acc_t>();
       acc_t* cf = coef.mutable_data_ptr<acc_t>();
       for (int64_t j = 0; j < cc; ++j) {
-        const acc_t keep = std::sqrt(w2[j]) > static_cast<acc_t>(kCosineEps) ? acc_t(1) : acc_t(0);
+        const acc_t keep = norm_above_eps(w2[j]) ? acc_t(1) : acc_t(0);
         cf[j] = keep * iw[j] * iw[j] * col[j];
       }
     });

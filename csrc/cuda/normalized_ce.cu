@@ -128,7 +128,7 @@ coef_kernel(const acc_t* __restrict__ partials, int64_t row_blocks, int64_t cc, 
   if (j >= cc) return;
   acc_t col = 0;
   for (int64_t b = 0; b < row_blocks; ++b) col += partials[b * cc + j];
-  const acc_t keep = sqrt(wsq[j]) > static_cast<acc_t>(kCosineEps) ? acc_t(1) : acc_t(0);
+  const acc_t keep = norm_above_eps(wsq[j]) ? acc_t(1) : acc_t(0);
   coef[j] = keep * inv_w[j] * inv_w[j] * col;
 }
 
@@ -148,11 +148,6 @@ weight_grad_kernel(const acc_t* __restrict__ dir, const w_t* __restrict__ w, con
 }
 
 constexpr int64_t kWeightGradMaxBlocksX = 8;  // blocks per row: at D = 2048, one element per thread
-
-template <typename acc_t>
-__device__ __forceinline__ acc_t inverse_norm(acc_t sq) {
-  return acc_t(1) / max(sqrt(sq), static_cast<acc_t>(kCosineEps));
-}
 
 // sq = sum_k src_k^2 and inv = 1 / max(sqrt(sq), eps): one block per row (rows on grid x, up to 2^31 - 1).
 template <typename acc_t, typename T>
@@ -202,7 +197,7 @@ grad_x_kernel(const acc_t* __restrict__ gx, const T* __restrict__ x, const acc_t
               const acc_t* __restrict__ tz, acc_t scale, int64_t dim, T* __restrict__ out) {
   const int64_t i = blockIdx.x, row = i * dim;
   const acc_t r = inv[i];
-  const acc_t keep = sqrt(sq[i]) > static_cast<acc_t>(kCosineEps) ? acc_t(1) : acc_t(0);
+  const acc_t keep = norm_above_eps(sq[i]) ? acc_t(1) : acc_t(0);
   const acc_t row_coef = keep * r * r * (g[i] * (ez[i] - tz[i])), a = r * scale;
   for (int64_t k = threadIdx.x; k < dim; k += kThreads) {
     const acc_t v = gx[row + k] * a - static_cast<acc_t>(to_acc(x[row + k])) * row_coef;

@@ -822,7 +822,7 @@ def _inverse_norms(sq):
 
 def _assert_inverse_norms(inv, sq):
     """1 / max(sqrt(sq), eps) within 2 ulps: torch's CPU sqrt is not always correctly rounded."""
-    torch.testing.assert_close(inv, _inverse_norms(sq), atol=0, rtol=2 * torch.finfo(sq.dtype).eps)
+    torch.testing.assert_close(inv, _inverse_norms(sq), atol=0, rtol=2 * torch.finfo(sq.dtype).eps, equal_nan=True)
 
 
 @pytest.mark.parametrize("acc,dtype", [(a, t) for a in (torch.float32, torch.float64) for t in DTYPES], ids=str)
@@ -833,6 +833,8 @@ def test_normalized_ce_row_norms(rows, d, acc, dtype, layout):
     strides (a transposed W: columns 1 row apart); a zero row gets 1 / eps, a duplicate the same norm."""
     gen = torch.Generator().manual_seed(rows * 7 + d)
     src = _features(rows, d, dtype, gen)
+    if rows >= 47:
+        src[2, 0] = float("nan")  # a NaN row: NaN norm and inverse, as torch's clamp_min propagates it
     if layout == "transposed":
         src = src.T.contiguous().T
     sq = torch.full((rows,), float("nan"), dtype=acc)
@@ -843,7 +845,7 @@ def test_normalized_ce_row_norms(rows, d, acc, dtype, layout):
         "normalized_ce_row_norms")
     want = (src.to(acc) ** 2).sum(1)
     tol = TOLERANCES[acc]
-    torch.testing.assert_close(sq, want, atol=tol.atol, rtol=tol.rtol)
+    torch.testing.assert_close(sq, want, atol=tol.atol, rtol=tol.rtol, equal_nan=True)
     _assert_inverse_norms(inv, sq)
     if rows >= 3:
         assert sq[1] == sq[0] and sq[-1] == 0 and inv[-1] == 1e12
