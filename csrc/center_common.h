@@ -25,12 +25,10 @@ inline CenterLayout prepare_center_layout(const at::Tensor& x, const at::Tensor&
   check_aux(order, "order", x, "x", {n});
   check_aux(seg, "seg", x, "x", {n + 1});
   check_aux(modality, "modality", x, "x", {n});
-  // 0 is visible, any other value infrared (as in every backend): the kernels only ever see 0 / 1.
-  return {metric, order.to(at::kLong).contiguous(), seg.to(at::kLong).contiguous(),
-          modality.ne(0).to(at::kInt).contiguous()};
+  return {metric, order.to(at::kLong).contiguous(), seg.to(at::kLong).contiguous(), modality_ids(modality)};
 }
 
-// Devices and shapes of hetero_center_bwd's inputs, for x [S, N, D]; returns modality as 0 / 1 int32.
+// Devices and shapes of hetero_center_bwd's inputs, for x [S, N, D]; returns modality as the kernels read it.
 inline at::Tensor check_center_bwd_inputs(const at::Tensor& x, const at::Tensor& slot, const at::Tensor& modality,
                                           const at::Tensor& hinge, const at::Tensor& centers,
                                           const at::Tensor& variances, const at::Tensor& counts,
@@ -49,7 +47,7 @@ inline at::Tensor check_center_bwd_inputs(const at::Tensor& x, const at::Tensor&
   if (grad_centers.has_value() && grad_centers->defined()) {
     check_aux(*grad_centers, "grad_centers", x, "x", {s, n, 2, d});
   }
-  return modality.ne(0).to(at::kInt).contiguous();
+  return modality_ids(modality);
 }
 
 }  // namespace vtreid

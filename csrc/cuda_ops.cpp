@@ -183,9 +183,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hetero_ce
   const at::Tensor xc = x.contiguous();
   const int64_t sets = xc.size(0), n = xc.size(1), dim = xc.size(2);
   const auto acc = xc.options().dtype(accumulation_type(xc.scalar_type()));
-  at::Tensor hinge = at::zeros({sets, n}, acc), centers = at::zeros({sets, n, 2, dim}, acc);
-  at::Tensor variances = at::zeros_like(centers), stats = at::zeros({sets, n, 5}, acc);
-  at::Tensor counts = at::zeros({n, 2}, ord.options());
+  // The kernel writes every slot, empty ones included (zeros), so nothing is filled first; counts are
+  // written by the first feature set's blocks, so they need zeros only when there is none.
+  at::Tensor hinge = at::empty({sets, n}, acc), centers = at::empty({sets, n, 2, dim}, acc);
+  at::Tensor variances = at::empty_like(centers), stats = at::empty({sets, n, 5}, acc);
+  at::Tensor counts = sets > 0 ? at::empty({n, 2}, ord.options()) : at::zeros({n, 2}, ord.options());
   check_launch(vtreid::cuda::hetero_center_fwd(dtype_of(xc), xc.const_data_ptr(), ord.const_data_ptr<int64_t>(),
                                                sg.const_data_ptr<int64_t>(), mod.const_data_ptr<int32_t>(),
                                                hinge.mutable_data_ptr(), centers.mutable_data_ptr(),

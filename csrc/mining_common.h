@@ -27,16 +27,6 @@ struct MiningIds {
   at::Tensor anchor_labels, candidate_labels, anchor_modality, candidate_modality;
 };
 
-// Modality as the kernels read it: int32, 0 visible and any other value infrared (every backend). int32
-// goes as given (the kernels test != 0: no launch; vtreid.ops.hard_mining passes int32); another dtype
-// costs one launch, != 0 written as int32 (ne then to() was two).
-inline at::Tensor modality_ids(const at::Tensor& modality) {
-  if (modality.scalar_type() == at::kInt) return modality.contiguous();
-  at::Tensor ids = at::empty(modality.sizes(), modality.options().dtype(at::kInt));
-  at::ne_out(ids, modality, 0);
-  return ids;
-}
-
 inline MiningIds prepare_mining_ids(const at::Tensor& anchors, const at::Tensor& candidates,
                                     const at::Tensor& anchor_labels, const at::Tensor& candidate_labels,
                                     const std::optional<at::Tensor>& anchor_modality,

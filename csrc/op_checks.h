@@ -43,6 +43,16 @@ inline at::ScalarType accumulation_type(at::ScalarType t) {
   return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// Modality as the kernels read it: int32, 0 visible and any other value infrared (every backend). int32
+// goes as given (the kernels test != 0: no launch; the Python layer passes int32); another dtype costs
+// one launch, != 0 written as int32 (ne then to() was two).
+inline at::Tensor modality_ids(const at::Tensor& modality) {
+  if (modality.scalar_type() == at::kInt) return modality.contiguous();
+  at::Tensor ids = at::empty(modality.sizes(), modality.options().dtype(at::kInt));
+  at::ne_out(ids, modality, 0);
+  return ids;
+}
+
 // x [n, d] and y [m, d] on one device with one feature dimension.
 inline void check_pair_inputs(const at::Tensor& x, const at::Tensor& y) {
   check_features(x, "x");

@@ -91,6 +91,10 @@ def _centers_fwd_kernel(
             tl.store(VARS + out_base + D + rd, v_ir, mask=mask_d)
             vd = v_vis - v_ir
             var_diff_sq += tl.sum(vd * vd, axis=0)
+        else:
+            zero = tl.zeros((BLOCK_D,), dtype=tl.float32)
+            tl.store(VARS + out_base + rd, zero, mask=mask_d)
+            tl.store(VARS + out_base + D + rd, zero, mask=mask_d)
     if s == 0:
         tl.store(COUNTS + 2 * k, n_vis.to(tl.int64))
         tl.store(COUNTS + 2 * k + 1, n_ir.to(tl.int64))
@@ -166,11 +170,13 @@ def forward(x, order, seg, modality, metric: str, strong: bool, margin: float):
     stats [S, N, 5]); float32 except counts. Slot k's hinge is [D + V - margin]_+ when both modalities are
     present, else 0; stats: ||c_vis - c_ir||^2, c_vis.c_ir, |c_vis|^2, |c_ir|^2, ||v_vis - v_ir||^2."""
     s, n, d = x.shape
-    hinge = torch.zeros((s, n), device=x.device, dtype=torch.float32)
-    centers = torch.zeros((s, n, 2, d), device=x.device, dtype=torch.float32)
-    variances = torch.zeros_like(centers)
-    counts = torch.zeros((n, 2), device=x.device, dtype=torch.int64)
-    stats = torch.zeros((s, n, 5), device=x.device, dtype=torch.float32)
+    # The kernel writes every slot, empty ones included, so nothing is filled first; counts are written by
+    # the first feature set's programs, so they need zeros only when there is none.
+    hinge = torch.empty((s, n), device=x.device, dtype=torch.float32)
+    centers = torch.empty((s, n, 2, d), device=x.device, dtype=torch.float32)
+    variances = torch.empty_like(centers)
+    counts = (torch.empty if s else torch.zeros)((n, 2), device=x.device, dtype=torch.int64)
+    stats = torch.empty((s, n, 5), device=x.device, dtype=torch.float32)
     if s and n:
         _centers_fwd_kernel[(n, s)](x, order, seg, modality, hinge, centers, variances, counts, stats, n, d,
                                     x.stride(0), x.stride(1), x.stride(2), float(margin),

@@ -33,9 +33,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hetero_ce
   const int64_t* op = ord.const_data_ptr<int64_t>();
   const int64_t* sp = sg.const_data_ptr<int64_t>();
   const int32_t* mp = mod.const_data_ptr<int32_t>();
+  // 0 is visible and any other value infrared, as in every backend: the index of the sample's centre.
+  const auto side = [mp](int64_t j) -> int64_t { return mp[j] != 0 ? 1 : 0; };
   int64_t* cnt = counts.mutable_data_ptr<int64_t>();
   for (int64_t k = 0; k < n; ++k) {
-    for (int64_t p = sp[k]; p < sp[k + 1]; ++p) ++cnt[2 * k + mp[op[p]]];
+    for (int64_t p = sp[k]; p < sp[k + 1]; ++p) ++cnt[2 * k + side(op[p])];
   }
   AT_DISPATCH_FLOATING_TYPES(acc, "hetero_center_fwd_cpu", [&] {
     using acc_t = scalar_t;
@@ -55,15 +57,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hetero_ce
         const acc_t* xs = xp + s * n * dim;
         for (int64_t p = sp[k]; p < sp[k + 1]; ++p) {
           const int64_t j = op[p];
-          acc_t* cm = c + mp[j] * dim;
+          acc_t* cm = c + side(j) * dim;
           for (int64_t d = 0; d < dim; ++d) cm[d] += xs[j * dim + d];
         }
         for (int64_t d = 0; d < 2 * dim; ++d) c[d] *= inv[d / dim];
         if (strong) {
           for (int64_t p = sp[k]; p < sp[k + 1]; ++p) {
             const int64_t j = op[p];
-            const acc_t* cm = c + mp[j] * dim;
-            acc_t* vm = v + mp[j] * dim;
+            const acc_t* cm = c + side(j) * dim;
+            acc_t* vm = v + side(j) * dim;
             for (int64_t d = 0; d < dim; ++d) {
               const acc_t dev = xs[j * dim + d] - cm[d];
               vm[d] += dev * dev;
@@ -125,7 +127,7 @@ at::Tensor hetero_center_bwd(const at::Tensor& x, const at::Tensor& slot, const 
     at::parallel_for(0, s_count * n, 4, [&](int64_t begin, int64_t end) {
       for (int64_t sj = begin; sj < end; ++sj) {
         const int64_t s = sj / n, j = sj % n, k = slp[j];
-        const int m = mp[j];
+        const int m = mp[j] != 0 ? 1 : 0;  // any non-zero value is infrared: never an index past 1
         const int64_t sk = s * n + k;
         const acc_t inv_n = acc_t(1) / std::max<int64_t>(cntp[2 * k + m], 1);
         // The hinge passes gradient only where it is active (h > 0 also means both modalities are present).

@@ -666,19 +666,29 @@ def test_hetero_center(n, d, dtype, metric, strong):
     modality[(labels == 2) & (modality == 1)] = 7  # unchecked values: any non-zero is infrared
     acc = _acc(dtype)
     slots = class_slots(labels)
-    hinge, stats = torch.zeros(sets, n, dtype=acc), torch.zeros(sets, n, 5, dtype=acc)
-    centers, variances = torch.zeros(sets, n, 2, d, dtype=acc), torch.zeros(sets, n, 2, d, dtype=acc)
-    counts = torch.zeros(n, 2, dtype=torch.int64)
+    # csrc/cuda_ops.cpp allocates the outputs uninitialised: here a poison no output can hold, which the
+    # kernel must overwrite everywhere, in the empty slots (past the classes) too.
+    hinge, stats = torch.full((sets, n), _POISON_DIST, dtype=acc), torch.full((sets, n, 5), _POISON_DIST, dtype=acc)
+    centers = torch.full((sets, n, 2, d), _POISON_DIST, dtype=acc)
+    variances = torch.full((sets, n, 2, d), _POISON_DIST, dtype=acc)
+    counts = torch.full((n, 2), _POISON_INDEX, dtype=torch.int64)
     code = METRIC_CODES[metric]
     _check(LIB.emu_hetero_center_fwd(DTYPE_CODES[dtype], _p(x), _p(slots.order), _p(slots.seg), _p(modality),
                                      _p(hinge), _p(centers), _p(variances), _p(counts), _p(stats), I64(sets), I64(n),
                                      I64(d), code, int(strong), ctypes.c_double(0.01)), "hetero_center_fwd")
+    for name, t in (("hinge", hinge), ("centers", centers), ("variances", variances), ("stats", stats)):
+        assert not (t == _POISON_DIST).any(), f"hetero_center_fwd left {name} unwritten"
+    assert not (counts == _POISON_INDEX).any(), "hetero_center_fwd left counts unwritten"
     xr = x.to(acc).requires_grad_()
     loss = reference.hetero_center_loss(xr, labels, modality, margin=0.01, metric=metric, strong=strong)
     k = int(slots.num_classes)
     _, ref_centers, ref_counts = reference.modality_centers(x.to(acc), labels, modality)
-    assert torch.equal(counts[:k], ref_counts)
+    assert torch.equal(counts[:k], ref_counts) and (counts[k:] == 0).all()
     assert_matches(centers[:, :k], ref_centers, dtype, "centers")
+    for name, t in (("hinge", hinge), ("centers", centers), ("variances", variances), ("stats", stats)):
+        assert (t[:, k:] == 0).all(), f"{name} of an empty slot is not 0"
+    if not strong:
+        assert (variances == 0).all()
     assert_matches(hinge.sum(-1), loss.detach(), dtype, "loss")
 
     grad_hinge = torch.rand(sets, dtype=acc, generator=gen)

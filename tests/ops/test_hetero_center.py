@@ -148,6 +148,11 @@ def test_class_slots_layout():
     assert slots.order.tolist() == [1, 4, 5, 0, 2, 3]
     assert slots.seg.tolist() == [0, 3, 5, 6, 6, 6, 6]
     assert slots.slot_labels.tolist() == [3, 7, 9, -1, -1, -1] and int(slots.num_classes) == 3
+    assert slots.sorted_slot.tolist() == [0, 0, 0, 1, 1, 2]
+    one = class_slots(torch.tensor([5], dtype=torch.int32))
+    assert one.seg.tolist() == [0, 1] and one.slot_labels.tolist() == [5] and int(one.num_classes) == 1
+    empty = class_slots(torch.tensor([], dtype=torch.int64))
+    assert empty.seg.tolist() == [0] and int(empty.num_classes) == 0
 
 
 @pytest.mark.parametrize("backend", ("reference", "native"))
@@ -176,6 +181,75 @@ def test_opcheck(device, backend):
         for grad_centers in (None, torch.randn_like(centers)):
             torch.library.opcheck(op.backward, (x.detach(), slots.slot, mod, hinge, centers, variances, counts, stats,
                                                 torch.randn_like(hinge), grad_centers, metric, strong))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_fused_op_reads_nonzero_int32_modality_as_infrared(device, backend):
+    """The registered op takes int32 modality as given (no conversion launch) and reads 0 as visible and
+    any other value as infrared, as every backend does; other dtypes are converted by the op itself."""
+    require_backend(backend, device)
+    op = FUSED[backend]
+    x, labels, modality = batch(2, 4, 3, 19, device, seed=11)
+    slots = class_slots(labels)
+    raw = torch.where(modality == 0, 0, torch.tensor([3, -1, 7, 2**31 - 1])[torch.arange(len(labels)) % 4].to(device))
+    for metric, strong in (("sqeuclidean", True), ("cosine", False)):
+        args = (slots.order, slots.seg, slots.slot)
+        want = op.forward(x, *args, modality.int(), metric, strong, 0.1)
+        for mod in (raw.int(), raw.to(torch.int8), raw.bool()):
+            got = op.forward(x, *args, mod, metric, strong, 0.1)
+            for g, w in zip(got, want):
+                assert torch.equal(g, w), (metric, mod.dtype)
+            grad_hinge = torch.linspace(0.5, 1.5, want[0].numel(), device=device).view_as(want[0])
+            bwd = (x, slots.slot, mod, *got, grad_hinge, None, metric, strong)
+            want_grad = op.backward(x, slots.slot, modality.int(), *want, grad_hinge, None, metric, strong)
+            assert torch.equal(op.backward(*bwd), want_grad), (metric, mod.dtype)
+
+
+class _PoisonedTorch:
+    """torch, except that empty / empty_like return memory full of a value no output of the forward holds
+    (the CPU allocator often hands back zeros, which would hide an output the kernel never writes)."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def _poison(t):
+        return t.fill_(float("nan") if t.is_floating_point() else -7)
+
+    def empty(self, *args, **kwargs):
+        return self._poison(torch.empty(*args, **kwargs))
+
+    def empty_like(self, *args, **kwargs):
+        return self._poison(torch.empty_like(*args, **kwargs))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_triton_forward_writes_every_output(device, monkeypatch):
+    """The Triton forward allocates its outputs without filling them: the kernel writes every slot, the
+    empty ones past the classes included, and zero variances when not strong."""
+    require_backend("triton", device)
+    from vtreid.kernels import hetero_center as kernel
+
+    x, labels, modality = batch(2, 3, 2, 37, device, seed=12)
+    labels[0] = 1000  # one class with one visible sample only
+    slots = class_slots(labels)
+    k = int(slots.num_classes)
+    monkeypatch.setattr(kernel, "torch", _PoisonedTorch())
+    for metric, strong in itertools.product(("sqeuclidean", "cosine"), (False, True)):
+        hinge, centers, variances, counts, stats = kernel.forward(x, slots.order, slots.seg, modality.int(), metric,
+                                                                  strong, 0.1)
+        want = FUSED["native"].forward(x.cpu(), slots.order.cpu(), slots.seg.cpu(), slots.slot.cpu(),
+                                       modality.int().cpu(), metric, strong, 0.1)
+        for name, got, w in zip(("hinge", "centers", "variances", "counts", "stats"),
+                                (hinge, centers, variances, counts, stats), want):
+            if name == "counts":
+                assert torch.equal(got.cpu(), w)
+            else:
+                assert_matches(got.cpu(), w, torch.float32, f"{name} {metric} strong={strong}")
+            slot_axis = 0 if name == "counts" else 1
+            assert (got.narrow(slot_axis, k, got.shape[slot_axis] - k) == 0).all(), f"{name} of an empty slot"
+        assert strong or (variances == 0).all()
 
 
 def test_bad_inputs_name_the_argument():

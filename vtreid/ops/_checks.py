@@ -1,8 +1,11 @@
 """Input validation shared by every op. Errors name the argument that is wrong.
 
-Checks look only at metadata (shape, dtype, device), never at values, so they cost no host sync.
+Checks look at metadata (shape, dtype, device), which costs no host sync. Values (class indices, modality)
+are checked only where that is free: CPU tensors, or any device with VTREID_CHECK_VALUES=1.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -63,3 +66,23 @@ def check_choice(value, name: str, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
     return value
+
+
+def values_checked(t: torch.Tensor) -> bool:
+    """Whether to check t's values: a check of a CUDA tensor would synchronise with the host, so only on
+    request (VTREID_CHECK_VALUES=1) there."""
+    return t.device.type == "cpu" or os.environ.get("VTREID_CHECK_VALUES", "0") == "1"
+
+
+def check_modality_values(modality: torch.Tensor, name: str) -> None:
+    if modality.dtype != torch.bool and values_checked(modality) and modality.numel():
+        if ((modality < 0) | (modality > 1)).any():
+            raise ValueError(f"{name} must hold 0 (visible) or 1 (infrared) only")
+
+
+def modality_ids(modality: torch.Tensor) -> torch.Tensor:
+    """int32 modality for the fused kernels, which read 0 as visible and any other value as infrared (as
+    every backend does): int32 goes as given, another dtype costs one launch (!= 0 written as int32)."""
+    if modality.dtype == torch.int32:
+        return modality.contiguous()
+    return torch.ne(modality, 0, out=torch.empty(modality.shape, dtype=torch.int32, device=modality.device))

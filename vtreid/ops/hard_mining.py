@@ -11,13 +11,13 @@ the streaming pass computed anyway. The public function casts the distances to t
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import torch
 
 from . import _backend, reference
-from ._checks import check_choice, check_feature_dims, check_features, check_same_device, check_same_dtype, check_tensor
+from ._checks import (check_choice, check_feature_dims, check_features, check_modality_values, check_same_device,
+                      check_same_dtype, check_tensor, modality_ids)
 from ._autocast import autocast_inputs
 from ._registry import register_fused_op
 
@@ -48,23 +48,9 @@ def _check_ids(t, name: str, length: int, device: torch.device, kind: str) -> to
         raise TypeError(f"{name} must have dtype {' or '.join(str(a) for a in allowed)}, got {t.dtype}")
     if t.device != device:
         raise ValueError(f"{name} is on {t.device} but the features are on {device}")
-    if kind == "modality" and t.dtype != torch.bool and _values_checked(t):
-        if t.numel() and ((t < 0) | (t > 1)).any():
-            raise ValueError(f"{name} must hold 0 (visible) or 1 (infrared) only")
+    if kind == "modality":
+        check_modality_values(t, name)
     return t
-
-
-def _modality_ids(modality: torch.Tensor) -> torch.Tensor:
-    """int32 modality for the fused kernels, which read 0 as visible and any other value as infrared (as
-    every backend does): int32 goes as given, another dtype costs one launch (!= 0 written as int32)."""
-    if modality.dtype == torch.int32:
-        return modality.contiguous()
-    return torch.ne(modality, 0, out=torch.empty(modality.shape, dtype=torch.int32, device=modality.device))
-
-
-def _values_checked(t: torch.Tensor) -> bool:
-    # A value check of a CUDA tensor would synchronise with the host; do it only when asked.
-    return t.device.type == "cpu" or os.environ.get("VTREID_CHECK_VALUES", "0") == "1"
 
 
 @autocast_inputs(lower=False)
@@ -129,8 +115,8 @@ def hard_mining(anchors: torch.Tensor, anchor_labels: torch.Tensor, candidates: 
     labels_c = labels_a if self_mining else candidate_labels.to(torch.int64).contiguous()
     mod_a = mod_c = None
     if needs_modality:
-        mod_a = _modality_ids(anchor_modality)
-        mod_c = mod_a if self_mining else _modality_ids(candidate_modality)
+        mod_a = modality_ids(anchor_modality)
+        mod_c = mod_a if self_mining else modality_ids(candidate_modality)
     pos_d, pos_i, neg_d, neg_i, valid, _, _ = FUSED[name].forward(
         anchors, labels_a, candidates, labels_c, mod_a, mod_c, metric, positive, negative, self_mining)
     return Mined(pos_d.to(anchors.dtype), pos_i, neg_d.to(anchors.dtype), neg_i, valid)

@@ -16,13 +16,12 @@ scalars the backward needs. Slots past the number of classes are empty (count 0)
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple
 
 import torch
 
 from . import _backend, reference
-from ._checks import check_choice, check_features, check_tensor
+from ._checks import check_choice, check_features, check_modality_values, check_tensor, modality_ids
 from ._autocast import autocast_inputs
 from ._registry import register_fused_op
 
@@ -36,25 +35,37 @@ class Centers(NamedTuple):
 
 
 class ClassSlots(NamedTuple):
-    order: torch.Tensor        # [N] samples stably sorted by label
-    seg: torch.Tensor          # [N + 1] slot k's samples are order[seg[k]:seg[k + 1]]
-    slot: torch.Tensor         # [N] each sample's slot
-    slot_labels: torch.Tensor  # [N] label of each slot, -1 past the last class
-    num_classes: torch.Tensor  # [] on the device
+    order: torch.Tensor          # [N] samples stably sorted by label
+    seg: torch.Tensor            # [N + 1] slot k's samples are order[seg[k]:seg[k + 1]]
+    slot: torch.Tensor           # [N] each sample's slot
+    sorted_labels: torch.Tensor  # [N] labels[order]
+    sorted_slot: torch.Tensor    # [N] slot[order]: 0, 0, 1, 1, 1, 2, ...
+
+    # The loss needs only the three above; these cost launches, so they are made when asked for.
+    @property
+    def slot_labels(self) -> torch.Tensor:
+        """[N] label of each slot, -1 past the last class (duplicate slots write the same label, so the
+        scatter is deterministic)."""
+        return torch.full_like(self.sorted_labels, -1).scatter_(0, self.sorted_slot, self.sorted_labels)
+
+    @property
+    def num_classes(self) -> torch.Tensor:
+        """[] on the device: the last slot + 1, or 0 for an empty batch."""
+        return (self.sorted_slot[-1:] + 1).sum()
 
 
 def class_slots(labels: torch.Tensor) -> ClassSlots:
     """Slot layout of a batch's labels with device ops only (no host synchronisation)."""
     n = labels.shape[0]
     sorted_labels, order = torch.sort(labels.to(torch.int64), stable=True)
-    new = torch.ones(n, dtype=torch.bool, device=labels.device)
-    new[1:] = sorted_labels[1:] != sorted_labels[:-1]
-    slot_sorted = torch.cumsum(new, 0) - 1
-    slot = torch.empty_like(slot_sorted).scatter_(0, order, slot_sorted)
-    seg = torch.searchsorted(slot_sorted, torch.arange(n + 1, device=labels.device))
-    # Duplicate slots write the same label, so the scatter is deterministic.
-    slot_labels = torch.full((n,), -1, dtype=torch.int64, device=labels.device).scatter_(0, slot_sorted, sorted_labels)
-    return ClassSlots(order, seg, slot, slot_labels, new.sum())
+    # A sample starts a new class where its sorted label differs from the one before; the first sample
+    # counts 0, so the running count is the slot (written in place: no ones / copy / minus-one launches).
+    starts = torch.zeros(n, dtype=torch.int64, device=labels.device)
+    torch.ne(sorted_labels[1:], sorted_labels[:-1], out=starts[1:])
+    sorted_slot = starts.cumsum_(0)
+    slot = torch.empty_like(sorted_slot).scatter_(0, order, sorted_slot)
+    seg = torch.searchsorted(sorted_slot, torch.arange(n + 1, device=labels.device))
+    return ClassSlots(order, seg, slot, sorted_labels, sorted_slot)
 
 
 def _check_inputs(x, labels, modality):
@@ -72,16 +83,13 @@ def _check_inputs(x, labels, modality):
             raise TypeError(f"{name} must have dtype {' or '.join(map(str, allowed))}, got {t.dtype}")
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-    # A value check of a CUDA tensor would synchronise with the host; do it only when asked.
-    if modality.dtype != torch.bool and (x.device.type == "cpu" or os.environ.get("VTREID_CHECK_VALUES") == "1"):
-        if modality.numel() and ((modality < 0) | (modality > 1)).any():
-            raise ValueError("modality must hold 0 (visible) or 1 (infrared) only")
+    check_modality_values(modality, "modality")
 
 
 def _fused(name, x, labels, modality, metric, strong, margin):
     xs = x if x.dim() == 3 else x[None]
     slots = class_slots(labels)
-    mod = (modality != 0).to(torch.int32)  # 0 visible, any other value infrared (all backends)
+    mod = modality_ids(modality)
     out = FUSED[name].forward(xs, slots.order, slots.seg, slots.slot, mod, metric, strong, margin)
     return slots, out
 

@@ -16,12 +16,12 @@ pairwise_distance scaled: scale * (1 - (1 - cos)).
 """
 from __future__ import annotations
 
-import os
 
 import torch
 
 from . import _backend, reference
-from ._checks import check_choice, check_feature_dims, check_features, check_same_device, check_same_dtype, check_tensor
+from ._checks import (check_choice, check_feature_dims, check_features, check_same_device, check_same_dtype, check_tensor,
+                      values_checked)
 from ._registry import register_fused_op
 from ._autocast import autocast_inputs
 from .pairwise_distance import pairwise_distance
@@ -82,7 +82,7 @@ def normalized_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: torc
         raise ValueError(f"target is on {target.device} but x is on {device}")
     if weight.shape[0] == 0:
         raise ValueError("weight must have at least one class row")
-    if (device.type == "cpu" or os.environ.get("VTREID_CHECK_VALUES") == "1") and target.numel():
+    if values_checked(target) and target.numel():
         if ((target < 0) | (target >= weight.shape[0])).any():
             raise ValueError(f"target must hold class indices in [0, {weight.shape[0]}) (weight has "
                              f"{weight.shape[0]} classes)")
