@@ -58,10 +58,15 @@ def build(out_dir: Path | None = None, asan: bool = True, sources: dict[str, str
     return lib
 
 
-def asan_runtime() -> str:
-    """The libasan g++ links against (to LD_PRELOAD into the Python that loads the library)."""
-    return subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+def asan_preload() -> str:
+    """LD_PRELOAD for the Python that loads the library: the libasan g++ links against, and libstdc++.
+
+    libstdc++ too because Python does not link it: loaded later (by torch), it comes after ASan has set
+    up its __cxa_throw interceptor, which then aborts the process on the first C++ exception ("CHECK
+    failed ... real___cxa_throw") instead of letting it reach Python, so a failing case crashed the run
+    instead of reporting its assertion."""
+    return " ".join(subprocess.run(["g++", f"-print-file-name={lib}"], capture_output=True, text=True,
+                                   check=True).stdout.strip() for lib in ("libasan.so", "libstdc++.so"))
 
 
 if __name__ == "__main__":
