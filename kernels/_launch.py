@@ -15,6 +15,10 @@ shape could not be captured in a CUDA graph); a bucket's configs are valid for e
 possibly a little less fast. Kernels take the buckets as extra (unused) integer arguments named
 ``*_BUCKET`` and list those in ``key``.
 
+``not_on(config, arch)`` marks a config the tuner never picks on that architecture (e.g. 80: sm_80's ptxas
+spills it although sm_90's does not); ``configs_for`` and ``prune_to_waves`` drop it there, and
+scripts/compile_triton.py does not compile it for that architecture.
+
 ``num_sms(device)`` and ``WAVE_SMS`` size the grids: a split launch picks its split count so that the
 training shapes give at least one program per SM (tests/kernels/test_launch_waves.py checks it for a
 132-SM H100 with every GPU config).
@@ -48,6 +52,20 @@ def _cuda_sms(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_arch(index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(index)
+    return 10 * major + minor
+
+
+def device_arch(device: torch.device) -> int | None:
+    """``device``'s compute capability as an integer (90 for sm_90; cached, no synchronisation), None off a
+    GPU."""
+    if device.type == "cuda":
+        return _cuda_arch(device.index if device.index is not None else torch.cuda.current_device())
+    return None
+
+
 def num_sms(device: torch.device) -> int:
     """Streaming multiprocessors of ``device``'s GPU (cached, no synchronisation); WAVE_SMS off a GPU."""
     if device.type == "cuda":
@@ -69,22 +87,36 @@ def configs_union(by_dtype: dict) -> list:
     return out
 
 
-def configs_for(by_dtype: dict, dtype: torch.dtype) -> list:
-    """The configs of ``by_dtype`` for inputs of ``dtype``: float32 runs IEEE dots, fp16/bf16 tensor cores."""
-    return by_dtype["fp32" if dtype == torch.float32 else "half"]
+def not_on(config, *archs: int):
+    """``config``, marked as never to be picked on these architectures (compute capability as 80, 90)."""
+    config.not_on = frozenset(archs)
+    return config
+
+
+def usable_on(config, arch: int | None) -> bool:
+    return arch not in getattr(config, "not_on", ())
+
+
+def configs_for(by_dtype: dict, dtype: torch.dtype, arch: int | None = None) -> list:
+    """The configs of ``by_dtype`` for inputs of ``dtype`` (float32 runs IEEE dots, fp16/bf16 tensor
+    cores), less those marked ``not_on`` ``arch``."""
+    return [c for c in by_dtype["fp32" if dtype == torch.float32 else "half"] if usable_on(c, arch)]
 
 
 def prune_to_waves(programs, by_dtype=None, operand=None):
-    """An autotune ``early_config_prune``: first the configs of the launch's precision (``by_dtype``,
-    chosen by the dtype of argument ``operand``), then those whose grid, ``programs(meta, args)``, gives
-    every SM of the device a program, when at least one does (at large sizes all do, and the tuner picks
-    among all of them); otherwise it keeps them all."""
+    """An autotune ``early_config_prune``: first the configs usable on the device's architecture
+    (``not_on``) and of the launch's precision (``by_dtype``, chosen by the dtype of argument
+    ``operand``), then those whose grid, ``programs(meta, args)``, gives every SM of the device a program,
+    when at least one does (at large sizes all do, and the tuner picks among all of them); otherwise it
+    keeps them all."""
     def prune(configs, nargs, **kwargs):
         args = {**nargs, **kwargs}
-        if by_dtype is not None and isinstance(args.get(operand), torch.Tensor):
-            allowed = configs_for(by_dtype, args[operand].dtype)
-            configs = [c for c in configs if any(c is a for a in allowed)] or list(configs)
         tensor = next(v for v in args.values() if isinstance(v, torch.Tensor))
+        arch = device_arch(tensor.device)
+        configs = [c for c in configs if usable_on(c, arch)] or list(configs)
+        if by_dtype is not None and isinstance(args.get(operand), torch.Tensor):
+            allowed = configs_for(by_dtype, args[operand].dtype, arch)
+            configs = [c for c in configs if any(c is a for a in allowed)] or list(configs)
         sms = num_sms(tensor.device)
         full = [c for c in configs if programs(c.kwargs, args) >= sms]
         return full or list(configs)

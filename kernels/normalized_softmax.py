@@ -50,8 +50,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import (INTERPRET, GRID_LIMITS, autotune, bucket, configs_union, num_sms, on_device_of, prune_to_waves,
-                      splits_for)
+from ._launch import (INTERPRET, GRID_LIMITS, autotune, bucket, configs_union, not_on, num_sms, on_device_of,
+                      prune_to_waves, splits_for)
 from .pairwise_distance import dot_tile, inverse_norm, row_norms
 
 def _cfg(bn, bc, bd, warps, stages):
@@ -82,7 +82,8 @@ _GRAD_BY_DTYPE = {
     "fp32": [_cfg(64, 64, 16, 8, 3), _cfg(32, 64, 32, 8, 3), _cfg(64, 32, 32, 8, 3),
              # one wave at N = 256, C = 395: 13 x 11 = 143, 25 x 6 = 150 programs
              _cfg(16, 32, 32, 4, 3), _cfg(16, 32, 64, 4, 2), _cfg(32, 16, 32, 4, 3)],
-    "half": [_cfg(64, 64, 64, 8, 3), _cfg(32, 64, 32, 4, 3), _cfg(16, 32, 128, 4, 3), _cfg(32, 16, 128, 4, 3)],
+    "half": [not_on(_cfg(64, 64, 64, 8, 3), 80),  # 8 bytes of spills on sm_80
+             _cfg(32, 64, 32, 4, 3), _cfg(16, 32, 128, 4, 3), _cfg(32, 16, 128, 4, 3)],
 }
 _FWD_CONFIGS = (configs_union(_FWD_BY_DTYPE), {"BLOCK_N": 16, "BLOCK_C": 256, "BLOCK_D": 32})  # interpreter: per tile
 _GRAD_CONFIGS = (configs_union(_GRAD_BY_DTYPE), {"BLOCK_N": 16, "BLOCK_C": 256, "BLOCK_D": 32})
@@ -98,9 +99,11 @@ GRAD_SPLITS: int | None = None
 #: Rows per program of the combine kernel.
 COMBINE_BLOCK = 128
 #: Tiles of _gq_mm_kernel (not autotuned: fixed so that grad_x at N = 256, D = 2048 has 256 programs).
+#: 8 warps: with 4, sm_80 spilled 8-16 bytes (half under Triton 3.9, float32 under 3.6); with 8 neither
+#: sm_80 nor sm_90 spills under either.
 MM_META = {"BLOCK_M": 32, "BLOCK_K": 32, "BLOCK_D": 64} if not INTERPRET else \
     {"BLOCK_M": 32, "BLOCK_K": 64, "BLOCK_D": 64}
-MM_WARPS, MM_STAGES = 4, 3
+MM_WARPS, MM_STAGES = 8, 3
 
 
 def _forced(value, limit: int) -> int:
@@ -332,6 +335,7 @@ def _gq_mm_kernel(
 
 _nce_fwd_kernel.dtype_configs = _FWD_BY_DTYPE
 _nce_grad_kernel.dtype_configs = _GRAD_BY_DTYPE
+_gq_mm_kernel.launch_options = {"num_warps": MM_WARPS, "num_stages": MM_STAGES}  # for scripts/compile_triton.py
 
 
 def mm_grid(m: int, d: int, meta: dict) -> tuple[int]:

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import INTERPRET, autotune, bucket, configs_union, num_sms, on_device_of, prune_to_waves
+from ._launch import INTERPRET, autotune, bucket, configs_union, not_on, num_sms, on_device_of, prune_to_waves
 
 METRIC_CODES = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
 
@@ -52,8 +52,9 @@ def _cfg(bn, bm, bd, warps, stages, group=8):
 # stride that was a runtime value, which the ops never launch: no vectorized loads, no pipelining, and
 # 128 x 128 x 64 and 128 x 256 "spilled".
 _FWD_BY_DTYPE = {
-    "fp32": [_cfg(128, 128, 32, 8, 3), _cfg(128, 64, 32, 8, 3), _cfg(64, 32, 64, 4, 3), _cfg(32, 16, 128, 4, 3),
-             _cfg(16, 16, 128, 2, 3)],
+    # sm_80's ptxas spills the two IEEE tiles marked not_on(80) (8-32 bytes at 255 registers)
+    "fp32": [_cfg(128, 128, 32, 8, 3), _cfg(128, 64, 32, 8, 3), not_on(_cfg(64, 32, 64, 4, 3), 80),
+             _cfg(32, 16, 128, 4, 3), not_on(_cfg(16, 16, 128, 2, 3), 80)],
     "half": [_cfg(128, 256, 64, 8, 3), _cfg(128, 128, 64, 8, 4), _cfg(128, 256, 32, 8, 4), _cfg(128, 128, 32, 8, 3),
              _cfg(64, 128, 32, 4, 4), _cfg(128, 64, 32, 8, 3), _cfg(64, 32, 64, 4, 3),
              _cfg(32, 16, 128, 4, 3), _cfg(16, 16, 128, 2, 3)],
@@ -66,14 +67,18 @@ def _bcfg(bn, bk, bd, warps, stages):
 
 
 _BWD_BY_DTYPE = {
-    "fp32": [_bcfg(64, 64, 128, 8, 3), _bcfg(32, 64, 64, 4, 3), _bcfg(16, 64, 64, 4, 3), _bcfg(16, 32, 128, 4, 3)],
+    # sm_80's ptxas gives the two larger float32 tiles 32 registers and a 3.3-6.2 KB stack of spills
+    # (sm_86 and sm_90 compile the same PTX at 80-255 registers): not_on(80)
+    "fp32": [not_on(_bcfg(64, 64, 128, 8, 3), 80), not_on(_bcfg(32, 64, 64, 4, 3), 80), _bcfg(16, 64, 64, 4, 3),
+             _bcfg(16, 32, 128, 4, 3)],
     # Half inputs multiply B (float32) by the widened input as two TF32 tensor-core GEMMs (_dot_2xtf32):
     # wgmma on sm_90 from BLOCK_N 64, mma.sync below. Both launches (the x side reads the coefficients by
     # rows, the y side by columns) compile without spills on sm_90. Spilling and left out: 128 x 32 x 128
     # with 4 warps (104-152 bytes, x side), 128 x 64 x 256 (104-208 bytes, x side). The 16- and 32-row
     # tiles are for the training shape (256 x 2048: 256 programs of 16 x 128), the 128-row ones for
     # 8192^2 x 2048.
-    "half": [_bcfg(128, 32, 128, 8, 3), _bcfg(128, 64, 64, 8, 3), _bcfg(128, 32, 64, 8, 3), _bcfg(64, 32, 128, 4, 3),
+    "half": [_bcfg(128, 32, 128, 8, 3), _bcfg(128, 64, 64, 8, 3), _bcfg(128, 32, 64, 8, 3),
+             not_on(_bcfg(64, 32, 128, 4, 3), 80),  # 16 bytes of spills on sm_80
              _bcfg(64, 32, 64, 4, 4), _bcfg(32, 32, 128, 8, 3), _bcfg(16, 32, 64, 4, 3), _bcfg(16, 32, 128, 8, 3)],
 }
 _BWD_INTERPRETER = {"BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_D": 32}

@@ -10,9 +10,12 @@ pointers and row strides 16-aligned) and under none ("strided", as for a transpo
 on a compile error, on shared memory above the architecture's per-block limit (sm_80: 163 KB, sm_90:
 227 KB, both with opt-in), or when the PTX uses an approximate square root (sqrt.approx: distances are
 compared exactly; the kernels use tl.sqrt_rn), or when a half variant of a GEMM kernel issues no
-tensor-core instruction (TENSOR_CORE_KERNELS). With ``--no-spills 90`` a register spill on sm_90 in a
-contiguous launch fails too: every config list is kept spill-free there (CI checks it with the pinned
-Triton and the GPU image's 3.6); spills of strided launches are listed, not failed.
+tensor-core instruction (TENSOR_CORE_KERNELS). With ``--no-spills 80 90`` a register spill in a
+contiguous launch on those architectures fails too: every config list is kept spill-free there (CI checks
+it with the pinned Triton and the GPU image's 3.6); spills of strided launches are listed, not failed. A
+config marked ``not_on(config, 80)`` in kernels/ (sm_80's ptxas spills it) is never tuned on sm_80, so it
+is not compiled for sm_80 either; a kernel launched with fixed options (``kernel.launch_options``) is
+compiled with those.
 
     python scripts/compile_triton.py                 full sweep, both architectures
     python scripts/compile_triton.py --subset        every kernel and every config at least once per arch (CI)
@@ -139,14 +142,21 @@ def kernels():
                 # list for its own dtypes only: those are the configs its launches can run
                 by_dtype = getattr(obj, "dtype_configs", None)
                 for config, c in zip(configs, obj.gpu_configs):
+                    config["not_on"] = tuple(sorted(getattr(c, "not_on", ())))  # never tuned there: not compiled
                     if by_dtype:
                         config["dtypes"] = tuple(
                             dt for dt in FLOAT_DTYPES
                             if any(c is a for a in by_dtype["fp32" if dt == "fp32" else "half"]))
                 out[name] = (jit_function(obj), configs)
             else:
-                out[name] = (jit_function(obj), [dict(num_warps=4, num_stages=3)])
+                out[name] = (jit_function(obj), [launch_options(obj)])
     return out
+
+
+def launch_options(kernel) -> dict:
+    """num_warps / num_stages of a kernel launched with fixed options (not autotuned): its own
+    ``launch_options``, else Triton's defaults."""
+    return dict(getattr(kernel, "launch_options", {"num_warps": 4, "num_stages": 3}))
 
 
 def jit_function(kernel):
@@ -239,7 +249,7 @@ def compile_one(job):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     fn, _ = kernels()[name]
-    meta = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages", "dtypes")}
+    meta = {k: v for k, v in config.items() if k not in ("num_warps", "num_stages", "dtypes", "not_on")}
     constexprs = {**constexprs, **meta}
     if "IEEE" in fn.arg_names:
         constexprs["IEEE"] = dtype == "fp32"
@@ -298,7 +308,7 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     parser.add_argument("--python", help="run with this interpreter instead (e.g. a venv with another Triton)")
     parser.add_argument("--no-spills", type=int, nargs="+", default=[], choices=sorted(SHARED_LIMIT), metavar="ARCH",
-                        help="also fail on any register spill for these architectures (CI: 90)")
+                        help="also fail on any register spill for these architectures (CI: 80 90)")
     args = parser.parse_args(argv)
     if args.python:
         rest = [a for a in (argv if argv is not None else sys.argv[1:])]
@@ -310,7 +320,8 @@ def main(argv=None) -> int:
     import triton
     names = args.kernel or sorted(VARIANTS)
     jobs = [(name, arch, *v) for name in names for arch in args.arch for v in variants(name, args.subset)
-            if not args.spec or any(v[3].startswith(prefix) for prefix in args.spec)]
+            if (not args.spec or any(v[3].startswith(prefix) for prefix in args.spec))
+            and arch not in v[2].get("not_on", ())]
     with ProcessPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(compile_one, jobs))
     mark_spills(rows, args.no_spills)

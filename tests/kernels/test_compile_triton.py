@@ -51,9 +51,9 @@ def test_no_spills_fails_only_the_named_architectures():
     assert rows[5]["error"] == "spills 40 B (--no-spills)"
 
 
-def test_ci_keeps_sm90_spill_free_with_both_tritons():
+def test_ci_keeps_sm80_and_sm90_spill_free_with_both_tritons():
     ci = (ROOT / ".ci/run").read_text()
-    assert ci.count("compile_triton.py --subset --no-spills 90") == 2, "the pinned Triton and the GPU image's 3.6"
+    assert ci.count("compile_triton.py --subset --no-spills 80 90") == 2, "the pinned Triton and the GPU image's 3.6"
 
 
 def test_tensor_core_instruction_and_which_half_variants_need_one():
@@ -118,6 +118,13 @@ def test_launch_specs_are_what_the_ops_launch(monkeypatch):
     # every contiguous spec is some launch's (the pairwise backward's x and y sides both happen)
     unused = {(name, spec) for name in seen for spec in script.LAUNCH_SPECS[name] if spec not in seen[name]}
     assert not unused, unused
+    # a kernel launched with fixed options (not autotuned) is compiled with the options it is launched with
+    for launch in launches:
+        if launch.meta:  # autotuned: the table compiles every config of its list
+            continue
+        options = script.launch_options(functions[launch.name])
+        used = {"num_warps": launch.args.get("num_warps", 4), "num_stages": launch.args.get("num_stages", 3)}
+        assert used == {k: options[k] for k in used}, (launch.name, used, options)
     for name, specs in script.LAUNCH_SPECS.items():
         fn = functions[name]
         for unit, aligned in specs.values():

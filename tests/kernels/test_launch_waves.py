@@ -78,6 +78,41 @@ def test_large_products_keep_every_config_of_their_precision(dtype):
     assert any(c.kwargs["BLOCK_N"] * c.kwargs["BLOCK_M"] >= 64 * 128 for c in half)
 
 
+def _tuned_kernels():
+    from vtreid.kernels import hard_mining, normalized_softmax
+    return {name: obj for module in (k_pair, hard_mining, normalized_softmax) for name, obj in vars(module).items()
+            if hasattr(obj, "dtype_configs")}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", sorted(_tuned_kernels()))
+def test_configs_marked_not_on_an_arch_are_never_tuned_there(monkeypatch, name, dtype):
+    """A config marked not_on(80) (sm_80's ptxas spills it) is pruned on an sm_80 device at every size,
+    and stays a candidate on sm_90, where at large sizes the precision's whole list is kept."""
+    kernel = _tuned_kernels()[name]
+    operand = torch.empty(0, dtype=dtype)
+    own = configs_for(kernel.dtype_configs, dtype)
+    for arch in (80, 90):
+        monkeypatch.setattr(_launch, "device_arch", lambda device, arch=arch: arch)
+        for size in (N, 8192):
+            args = {"X": operand, "A": operand, "B": operand, "N": size, "M": size, "K": size, "C": 100 * size,
+                    "D": D}
+            kept = kernel.early_config_prune(list(kernel.gpu_configs), args)
+            assert kept and all(any(c is o for o in own) for c in kept)
+            assert not any(arch in getattr(c, "not_on", ()) for c in kept), (arch, size)
+            if size == 8192:
+                assert len(kept) == len(configs_for(kernel.dtype_configs, dtype, arch))
+    assert len(configs_for(kernel.dtype_configs, dtype, 90)) == len(own)  # nothing is marked off sm_90
+
+
+def test_not_on_marks_only_the_architectures_named():
+    config = _launch.not_on(k_pair._cfg(16, 16, 32, 4, 3), 80)
+    assert not _launch.usable_on(config, 80)
+    assert _launch.usable_on(config, 90) and _launch.usable_on(config, None)
+    assert _launch.usable_on(k_pair._cfg(16, 16, 32, 4, 3), 80)
+    assert _launch.device_arch(torch.device("cpu")) is None
+
+
 def test_autotune_keys_are_bucketed():
     """A new batch or gallery size inside a power-of-two bucket reuses the tuned config: the keys name
     the *_BUCKET arguments, never the exact sizes."""

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 
 from . import _backend, reference
-from ._checks import (check_choice, check_feature_dims, check_features, check_same_device, check_same_dtype, check_tensor,
-                      values_checked)
+from ._checks import (check_choice, check_feature_dims, check_features, check_same_device, check_same_dtype,
+                      check_tensor, values_checked)
 from ._registry import register_fused_op
 from ._autocast import autocast_inputs
 from .pairwise_distance import pairwise_distance
