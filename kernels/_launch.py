@@ -115,7 +115,7 @@ def prune_to_waves(programs, by_dtype=None, operand=None):
         arch = device_arch(tensor.device)
         configs = [c for c in configs if usable_on(c, arch)] or list(configs)
         if by_dtype is not None and isinstance(args.get(operand), torch.Tensor):
-            allowed = configs_for(by_dtype, args[operand].dtype, arch)
+            allowed = configs_for(by_dtype, args[operand].dtype)
             configs = [c for c in configs if any(c is a for a in allowed)] or list(configs)
         sms = num_sms(tensor.device)
         full = [c for c in configs if programs(c.kwargs, args) >= sms]

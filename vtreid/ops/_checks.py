@@ -1,4 +1,5 @@
-"""Input validation shared by every op. Errors name the argument that is wrong.
+"""Input validation shared by every op (errors name the argument that is wrong), and the int32 modality
+the fused kernels read.
 
 Checks look at metadata (shape, dtype, device), which costs no host sync. Values (class indices, modality)
 are checked only where that is free: CPU tensors, or any device with VTREID_CHECK_VALUES=1.

@@ -16,7 +16,6 @@ pairwise_distance scaled: scale * (1 - (1 - cos)).
 """
 from __future__ import annotations
 
-
 import torch
 
 from . import _backend, reference
