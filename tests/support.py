@@ -106,6 +106,13 @@ def assert_half_gradient_within_rounding(got: torch.Tensor, want: torch.Tensor, 
     assert (err <= bound).all(), f"{got.dtype}: max error / bound {(err / bound).max():.2f}"
 
 
+def raw_modality(modality: torch.Tensor) -> torch.Tensor:
+    """int64 modality with 0 where ``modality`` is visible and, where infrared, values other than 1
+    (3, -1, 7, 2^31 - 1 in turn): every backend reads any non-zero value as infrared."""
+    values = torch.tensor([3, -1, 7, 2**31 - 1])[torch.arange(len(modality)) % 4].to(modality.device)
+    return torch.where(modality == 0, 0, values)
+
+
 # --- every Triton launch of the ops, recorded instead of run ------------------------------------------
 
 class Launch(NamedTuple):

@@ -6,7 +6,7 @@ import vtreid.ops as ops
 from vtreid.ops import reference
 from vtreid.ops.hard_mining import FUSED
 
-from support import DEVICES, FUSED_BACKENDS, TOLERANCES, assert_matches, dtypes_for, require_backend
+from support import DEVICES, FUSED_BACKENDS, TOLERANCES, assert_matches, dtypes_for, raw_modality, require_backend
 
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 RULES = [("any", "any"), ("cross", "same"), ("cross", "cross"), ("same", "any"), ("any", "cross")]
@@ -193,7 +193,7 @@ def test_fused_op_reads_nonzero_int32_modality_as_infrared(device, backend):
     op = FUSED[backend]
     x, labels, modality = make_batch(40, 12, 5, device, seed=21)
     c, lc, mc = make_batch(33, 12, 5, device, seed=22)
-    raw_a = torch.where(modality == 0, 0, torch.tensor([3, -1, 7, 2**31 - 1])[torch.arange(40) % 4].to(device))
+    raw_a = raw_modality(modality)
     raw_c = torch.where(mc == 0, 0, -5)
     for rules in (("cross", "same"), ("same", "cross")):
         want = op.forward(x, labels, c, lc, modality.int(), mc.int(), "euclidean", *rules, False)

@@ -7,7 +7,7 @@ import torch
 import vtreid.ops as ops
 from vtreid.ops.hetero_center import FUSED, class_slots
 
-from support import DEVICES, FUSED_BACKENDS, assert_matches, dtypes_for, require_backend
+from support import DEVICES, FUSED_BACKENDS, assert_matches, dtypes_for, raw_modality, require_backend
 
 OPTIONS = [dict(metric=m, strong=s, reduction=r, margin=a)
            for m, s, r, a in itertools.product(("sqeuclidean", "cosine"), (False, True), ("sum", "mean"), (0.0, 0.7))]
@@ -192,7 +192,7 @@ def test_fused_op_reads_nonzero_int32_modality_as_infrared(device, backend):
     op = FUSED[backend]
     x, labels, modality = batch(2, 4, 3, 19, device, seed=11)
     slots = class_slots(labels)
-    raw = torch.where(modality == 0, 0, torch.tensor([3, -1, 7, 2**31 - 1])[torch.arange(len(labels)) % 4].to(device))
+    raw = raw_modality(modality)
     for metric, strong in (("sqeuclidean", True), ("cosine", False)):
         args = (slots.order, slots.seg, slots.slot)
         want = op.forward(x, *args, modality.int(), metric, strong, 0.1)
