@@ -252,6 +252,16 @@ def test_triton_forward_writes_every_output(device, monkeypatch):
         assert strong or (variances == 0).all()
 
 
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_single_set_loss_is_a_view_of_the_fused_output(backend):
+    """x [N, D] gives a scalar by squeezing the fused [1] result (a view both ways), not by indexing it,
+    whose backward costs a zero fill and a copy."""
+    require_backend(backend, "cpu")
+    x, labels, modality = batch(None, 3, 2, 8, "cpu", seed=13)
+    loss = ops.hetero_center_loss(x.requires_grad_(), labels, modality, backend=backend)
+    assert loss.dim() == 0 and loss.grad_fn.name().startswith("SqueezeBackward"), loss.grad_fn.name()
+
+
 def test_bad_inputs_name_the_argument():
     x = torch.randn(6, 4)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])

@@ -141,7 +141,7 @@ def hetero_center_loss(x: torch.Tensor, labels: torch.Tensor, modality: torch.Te
     if reduction == "mean":
         loss = loss / (counts > 0).all(-1).sum().clamp_min(1)
     loss = loss.to(x.dtype)
-    return loss if x.dim() == 3 else loss[0]
+    return loss if x.dim() == 3 else loss.squeeze(0)  # a view both ways: loss[0]'s backward is two launches
 
 
 # --- fake kernels and autograd, shared by both fused backends ---------------------------------------
