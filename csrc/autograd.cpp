@@ -13,6 +13,8 @@
 #include <string_view>
 #include <tuple>
 
+#include "mining_common.h"
+
 namespace vtreid::autograd {
 namespace {
 
@@ -56,9 +58,9 @@ std::tuple<Tensor, Tensor, Tensor> pairwise_distance_fwd(const Tensor& x, const 
 }
 
 // --- hard_mining ----------------------------------------------------------------------------------------
-using Seven = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
-using MiningFwd = Seven(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
-                        const std::optional<Tensor>&, c10::string_view, c10::string_view, c10::string_view, bool);
+using MiningFwd = MiningFwdOut(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
+                               const std::optional<Tensor>&, c10::string_view, c10::string_view, c10::string_view,
+                               bool);
 using MiningBwd = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                              const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                              const Tensor&, const Tensor&, c10::string_view);
@@ -71,13 +73,14 @@ struct HardMining : torch::autograd::Function<HardMining> {
                              c10::string_view positive, c10::string_view negative, bool self_mining) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     static const auto fwd = op<MiningFwd>("vtreid::hard_mining_fwd");
-    auto [pos_d, pos_i, neg_d, neg_i, valid, asq, csq] =
+    auto [pos_d, pos_i, neg_d, neg_i, valid, asq, csq, pos_acc, neg_acc] =
         fwd.call(anchors, anchor_labels, candidates, candidate_labels, anchor_modality, candidate_modality, metric,
                  positive, negative, self_mining);
-    ctx->save_for_backward({anchors, candidates, pos_i, neg_i, pos_d, neg_d, asq, csq});
+    // The backward works from the accumulation-dtype distances; pos_d / neg_d carry the gradient.
+    ctx->save_for_backward({anchors, candidates, pos_i, neg_i, pos_acc, neg_acc, asq, csq});
     ctx->saved_data["metric"] = std::string(metric);
-    ctx->mark_non_differentiable({pos_i, neg_i, valid, asq, csq});
-    return {pos_d, pos_i, neg_d, neg_i, valid, asq, csq};
+    ctx->mark_non_differentiable({pos_i, neg_i, valid, asq, csq, pos_acc, neg_acc});
+    return {pos_d, pos_i, neg_d, neg_i, valid, asq, csq, pos_acc, neg_acc};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto bwd = op<MiningBwd>("vtreid::hard_mining_bwd");
@@ -88,13 +91,13 @@ struct HardMining : torch::autograd::Function<HardMining> {
   }
 };
 
-Seven hard_mining_fwd(const Tensor& anchors, const Tensor& anchor_labels, const Tensor& candidates,
-                      const Tensor& candidate_labels, const std::optional<Tensor>& anchor_modality,
-                      const std::optional<Tensor>& candidate_modality, c10::string_view metric,
-                      c10::string_view positive, c10::string_view negative, bool self_mining) {
+MiningFwdOut hard_mining_fwd(const Tensor& anchors, const Tensor& anchor_labels, const Tensor& candidates,
+                             const Tensor& candidate_labels, const std::optional<Tensor>& anchor_modality,
+                             const std::optional<Tensor>& candidate_modality, c10::string_view metric,
+                             c10::string_view positive, c10::string_view negative, bool self_mining) {
   const auto o = HardMining::apply(anchors, anchor_labels, candidates, candidate_labels, anchor_modality,
                                    candidate_modality, metric, positive, negative, self_mining);
-  return {o[0], o[1], o[2], o[3], o[4], o[5], o[6]};
+  return {o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8]};
 }
 
 // --- hetero_center --------------------------------------------------------------------------------------
@@ -138,6 +141,7 @@ Five hetero_center_fwd(const Tensor& x, const Tensor& order, const Tensor& seg, 
 }
 
 // --- normalized_ce --------------------------------------------------------------------------------------
+using Seven = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 using NceFwd = Seven(const Tensor&, const Tensor&, const Tensor&, double, double);
 using NceBwd = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                           const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,

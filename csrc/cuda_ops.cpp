@@ -104,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_bwd_cuda(const at::Tensor& 
   return {grad_x, grad_y};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hard_mining_fwd_cuda(
+MiningFwdOut hard_mining_fwd_cuda(
     const at::Tensor& anchors, const at::Tensor& anchor_labels, const at::Tensor& candidates,
     const at::Tensor& candidate_labels, const std::optional<at::Tensor>& anchor_modality,
     const std::optional<at::Tensor>& candidate_modality, std::string_view metric_name, std::string_view positive,
@@ -129,6 +129,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor pos_d = dists(n), neg_d = dists(n), pos_i = indices(), neg_i = indices();
   at::Tensor valid = run ? at::empty({n}, la.options().dtype(at::kBool)) : at::zeros({n}, la.options().dtype(at::kBool));
   at::Tensor asq = dists(n), csq = dists(m);
+  const auto out_dists = [&] { return run ? at::empty({n}, a.options()) : at::zeros({n}, a.options()); };
+  at::Tensor pos_out = out_dists(), neg_out = out_dists();
   if (run) {
     const int sms = multiprocessor_count(a.device());
     // Per-split partial bests when the candidates are split (see launch.h); uninitialised is fine.
@@ -141,11 +143,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                      use_modality ? mc.const_data_ptr<int32_t>() : nullptr, pos_d.mutable_data_ptr(),
                      pos_i.mutable_data_ptr<int64_t>(), neg_d.mutable_data_ptr(), neg_i.mutable_data_ptr<int64_t>(),
                      valid.mutable_data_ptr<bool>(), asq.mutable_data_ptr(), csq.mutable_data_ptr(),
+                     pos_out.mutable_data_ptr(), neg_out.mutable_data_ptr(),
                      workspace.numel() > 0 ? workspace.mutable_data_ptr() : nullptr, n, m, dim, metric, ids.pos_rule,
                      ids.neg_rule, self_mining, sms, c10::cuda::getCurrentCUDAStream()),
                  "hard_mining_fwd");
   }
-  return {pos_d, pos_i, neg_d, neg_i, valid, asq, csq};
+  return {pos_out, pos_i, neg_out, neg_i, valid, asq, csq, pos_d, neg_d};
 }
 
 std::tuple<at::Tensor, at::Tensor> hard_mining_bwd_cuda(
@@ -158,14 +161,17 @@ std::tuple<at::Tensor, at::Tensor> hard_mining_bwd_cuda(
   const c10::cuda::CUDAGuard guard(anchors.device());
   const auto acc = accumulation_type(anchors.scalar_type());
   const at::Tensor a = anchors.contiguous(), c = candidates.contiguous();
-  const at::Tensor gp = grad_pos.to(acc).contiguous(), gn = grad_neg.to(acc).contiguous();
+  // The kernel reads the gradients in the features' dtype with their strides (autograd hands them in that
+  // dtype, often expanded from a sum): no cast or copy launch.
+  const at::Tensor gp = grad_pos.to(a.scalar_type()), gn = grad_neg.to(a.scalar_type());
   const at::Tensor pd = pos_dist.to(acc).contiguous(), nd = neg_dist.to(acc).contiguous();
   const at::Tensor as = asq.to(acc).contiguous(), cs = csq.to(acc).contiguous();
   const at::Tensor pi = pos_index.to(at::kLong).contiguous(), ni = neg_index.to(at::kLong).contiguous();
   const int64_t n = a.size(0), m = c.size(0), dim = a.size(1);
   at::Tensor grad_a = at::empty_like(a), grad_c = at::empty_like(c);
   check_launch(vtreid::cuda::hard_mining_bwd(
-                   dtype_of(a), gp.const_data_ptr(), gn.const_data_ptr(), a.const_data_ptr(), c.const_data_ptr(),
+                   dtype_of(a), gp.const_data_ptr(), gp.stride(0), gn.const_data_ptr(), gn.stride(0),
+                   a.const_data_ptr(), c.const_data_ptr(),
                    pi.const_data_ptr<int64_t>(), ni.const_data_ptr<int64_t>(), pd.const_data_ptr(), nd.const_data_ptr(),
                    as.const_data_ptr(), cs.const_data_ptr(), grad_a.mutable_data_ptr(), grad_c.mutable_data_ptr(), n,
                    m, dim, metric, c10::cuda::getCurrentCUDAStream()),

@@ -4,6 +4,7 @@
 
 #include <optional>
 #include <string_view>
+#include <tuple>
 #include <utility>
 
 #include "op_checks.h"
@@ -11,6 +12,11 @@
 namespace vtreid {
 
 enum Rule : int { kAny = 0, kCross = 1, kSame = 2 };
+
+// hard_mining_fwd's outputs (csrc/ops.cpp): pos_dist, pos_index, neg_dist, neg_index, valid, asq, csq,
+// pos_dist_acc, neg_dist_acc.
+using MiningFwdOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                                at::Tensor, at::Tensor>;
 
 inline Rule parse_rule(std::string_view rule, const char* name) {
   if (rule == "any") return kAny;

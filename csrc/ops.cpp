@@ -11,13 +11,16 @@ TORCH_LIBRARY(vtreid, m) {
   m.def(
       "pairwise_distance_bwd(Tensor grad, Tensor dist, Tensor x, Tensor y, Tensor xsq, Tensor ysq, "
       "str metric) -> (Tensor grad_x, Tensor grad_y)");
-  // Distances in the accumulation dtype, indices int64 (-1 where invalid), valid bool, and the squared
-  // row norms of anchors and candidates, saved for the backward.
+  // Distances in the anchors' dtype (the differentiable outputs), indices int64 (-1 where invalid), valid
+  // bool; saved for the backward: the squared row norms of anchors and candidates and the same distances
+  // in the accumulation dtype (the kernels write both: no cast launch for half inputs).
   m.def(
       "hard_mining_fwd(Tensor anchors, Tensor anchor_labels, Tensor candidates, Tensor candidate_labels, "
       "Tensor? anchor_modality, Tensor? candidate_modality, str metric, str positive, str negative, "
       "bool self_mining) -> (Tensor pos_dist, Tensor pos_index, Tensor neg_dist, Tensor neg_index, Tensor valid, "
-      "Tensor asq, Tensor csq)");
+      "Tensor asq, Tensor csq, Tensor pos_dist_acc, Tensor neg_dist_acc)");
+  // grad_pos / grad_neg: any float dtype and stride (the CUDA kernel reads the anchors' dtype in place);
+  // pos_dist / neg_dist: the forward's accumulation-dtype distances.
   m.def(
       "hard_mining_bwd(Tensor grad_pos, Tensor grad_neg, Tensor anchors, Tensor candidates, Tensor pos_index, "
       "Tensor neg_index, Tensor pos_dist, Tensor neg_dist, Tensor asq, Tensor csq, str metric) "

@@ -125,11 +125,16 @@ def _fold_best(ok, dist, rm, big, best, best_i, FARTHEST: tl.constexpr):
 
 
 @triton.jit
-def _store_mined(POS_D, POS_I, NEG_D, NEG_I, VALID, rn, mask_n, best_pos, pos_i, best_neg, neg_i):
-    """The public result of a row: invalid rows (no positive or no negative) get distance 0, index -1."""
+def _store_mined(POS_D, POS_I, NEG_D, NEG_I, VALID, POS_OUT, NEG_OUT, rn, mask_n, best_pos, pos_i, best_neg, neg_i):
+    """The public result of a row: invalid rows (no positive or no negative) get distance 0, index -1. The
+    distances go out twice: float32 (saved for the backward) and in the features' dtype (POS_OUT / NEG_OUT)."""
     valid = (pos_i >= 0) & (neg_i >= 0)
-    tl.store(POS_D + rn, tl.where(valid, best_pos, 0.0), mask=mask_n)
-    tl.store(NEG_D + rn, tl.where(valid, best_neg, 0.0), mask=mask_n)
+    pos = tl.where(valid, best_pos, 0.0)
+    neg = tl.where(valid, best_neg, 0.0)
+    tl.store(POS_D + rn, pos, mask=mask_n)
+    tl.store(NEG_D + rn, neg, mask=mask_n)
+    tl.store(POS_OUT + rn, pos.to(POS_OUT.dtype.element_ty), mask=mask_n)
+    tl.store(NEG_OUT + rn, neg.to(NEG_OUT.dtype.element_ty), mask=mask_n)
     tl.store(POS_I + rn, tl.where(valid, pos_i, -1), mask=mask_n)
     tl.store(NEG_I + rn, tl.where(valid, neg_i, -1), mask=mask_n)
     tl.store(VALID + rn, valid.to(tl.int8), mask=mask_n)
@@ -144,7 +149,7 @@ def _forward_programs(meta, args):
 @triton.jit
 def _mining_fwd_kernel(
     A, C, AL, CL, AM, CM,
-    POS_D, POS_I, NEG_D, NEG_I, VALID, ASQ, CSQ,
+    POS_D, POS_I, NEG_D, NEG_I, VALID, ASQ, CSQ, POS_OUT, NEG_OUT,
     N, M, D,
     stride_an, stride_ad, stride_cn, stride_cd,
     tau, N_BUCKET, M_BUCKET, D_BUCKET,
@@ -152,7 +157,8 @@ def _mining_fwd_kernel(
     IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """POS_D / POS_I / NEG_D / NEG_I are [splits, N]: the result itself with one split, else row s holds
-    split s's raw (best, index) per anchor (index -1: none) for _mining_combine_kernel."""
+    split s's raw (best, index) per anchor (index -1: none) for _mining_combine_kernel, which then writes
+    POS_OUT / NEG_OUT [N] (the distances in the features' dtype)."""
     pid_n = tl.program_id(0)
     pid_s = tl.program_id(1)
     splits = tl.num_programs(1)
@@ -202,7 +208,8 @@ def _mining_fwd_kernel(
     if pid_s == 0:  # every split computes the same anchor norms; one writes them
         tl.store(ASQ + rn, asq, mask=mask_n)
     if splits == 1:
-        _store_mined(POS_D, POS_I, NEG_D, NEG_I, VALID, rn, mask_n, best_pos, pos_i, best_neg, neg_i)
+        _store_mined(POS_D, POS_I, NEG_D, NEG_I, VALID, POS_OUT, NEG_OUT, rn, mask_n, best_pos, pos_i, best_neg,
+                     neg_i)
     else:
         row = pid_s.to(tl.int64) * N + rn
         tl.store(POS_D + row, best_pos, mask=mask_n)
@@ -215,7 +222,7 @@ _mining_fwd_kernel.dtype_configs = _FWD_BY_DTYPE
 
 
 @triton.jit
-def _mining_combine_kernel(POS_D, POS_I, NEG_D, NEG_I, VALID, N, splits, BLOCK_N: tl.constexpr):
+def _mining_combine_kernel(POS_D, POS_I, NEG_D, NEG_I, VALID, POS_OUT, NEG_OUT, N, splits, BLOCK_N: tl.constexpr):
     """Fold the [splits, N] partial results in split order (= candidate order) and write the result to
     row 0. A program reads all rows of its anchors before it writes, and owns those anchors alone."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -231,7 +238,7 @@ def _mining_combine_kernel(POS_D, POS_I, NEG_D, NEG_I, VALID, N, splits, BLOCK_N
         best_neg, neg_i = _merge_best(best_neg, neg_i, tl.load(NEG_D + row, mask=mask_n, other=0.0),
                                       tl.load(NEG_I + row, mask=mask_n, other=-1), False)
         row += N
-    _store_mined(POS_D, POS_I, NEG_D, NEG_I, VALID, rn, mask_n, best_pos, pos_i, best_neg, neg_i)
+    _store_mined(POS_D, POS_I, NEG_D, NEG_I, VALID, POS_OUT, NEG_OUT, rn, mask_n, best_pos, pos_i, best_neg, neg_i)
 
 
 @triton.jit
@@ -407,7 +414,8 @@ def _fwd_metas():
 @on_device_of("anchors")
 def forward(anchors, anchor_labels, candidates, candidate_labels, anchor_modality, candidate_modality,
             metric: str, positive: str, negative: str, self_mining: bool, tau: float, splits: int | None = None):
-    """(pos_dist f32, pos_index i64, neg_dist f32, neg_index i64, valid bool, asq f32 [N], csq f32 [M]).
+    """(pos_dist, pos_index i64, neg_dist, neg_index i64, valid bool, asq f32 [N], csq f32 [M], pos_dist f32,
+    neg_dist f32): the distances in the anchors' dtype, then again in float32 for the backward.
 
     ``splits`` (default: the module's SPLITS, else forward_grid's choice) cuts the candidates into that
     many ranges; the result is the same for every count."""
@@ -416,9 +424,10 @@ def forward(anchors, anchor_labels, candidates, candidate_labels, anchor_modalit
     dev = anchors.device
     f32 = torch.float32
     if n == 0 or m == 0:  # nothing to mine: every anchor is invalid
-        return (anchors.new_zeros(n, dtype=f32), anchors.new_full((n,), -1, dtype=torch.int64),
-                anchors.new_zeros(n, dtype=f32), anchors.new_full((n,), -1, dtype=torch.int64),
-                anchors.new_zeros(n, dtype=torch.bool), (anchors.float() ** 2).sum(1), anchors.new_zeros(m, dtype=f32))
+        return (anchors.new_zeros(n), anchors.new_full((n,), -1, dtype=torch.int64), anchors.new_zeros(n),
+                anchors.new_full((n,), -1, dtype=torch.int64), anchors.new_zeros(n, dtype=torch.bool),
+                (anchors.float() ** 2).sum(1), anchors.new_zeros(m, dtype=f32), anchors.new_zeros(n, dtype=f32),
+                anchors.new_zeros(n, dtype=f32))
     splits = SPLITS if splits is None else splits
     sms = num_sms(dev)
     # The autotuner picks the config (and so the split count) at launch: room for the largest.
@@ -430,6 +439,8 @@ def forward(anchors, anchor_labels, candidates, candidate_labels, anchor_modalit
     valid = torch.empty(n, device=dev, dtype=torch.int8)
     asq = torch.empty(n, device=dev, dtype=f32)
     csq = torch.empty(m, device=dev, dtype=f32)
+    pos_out = torch.empty(n, device=dev, dtype=anchors.dtype)
+    neg_out = torch.empty(n, device=dev, dtype=anchors.dtype)
     am = anchor_modality if anchor_modality is not None else anchor_labels
     cm = candidate_modality if candidate_modality is not None else candidate_labels
     used = {}
@@ -440,24 +451,24 @@ def forward(anchors, anchor_labels, candidates, candidate_labels, anchor_modalit
 
     _mining_fwd_kernel[grid](
         anchors, candidates, anchor_labels, candidate_labels, am, cm,
-        pos_d, pos_i, neg_d, neg_i, valid, asq, csq,
+        pos_d, pos_i, neg_d, neg_i, valid, asq, csq, pos_out, neg_out,
         n, m, d, anchors.stride(0), anchors.stride(1), candidates.stride(0), candidates.stride(1), tau,
         bucket(n), bucket(m), bucket(d),
         METRIC=METRIC_CODES[metric], POS_RULE=RULE_CODES[positive], NEG_RULE=RULE_CODES[negative],
         SELF=self_mining, IEEE=anchors.dtype == torch.float32,
     )
     if used["grid"][1] > 1:
-        _mining_combine_kernel[combine_grid(n)](pos_d, pos_i, neg_d, neg_i, valid, n, used["grid"][1],
-                                                BLOCK_N=COMBINE_BLOCK)
+        _mining_combine_kernel[combine_grid(n)](pos_d, pos_i, neg_d, neg_i, valid, pos_out, neg_out, n,
+                                                used["grid"][1], BLOCK_N=COMBINE_BLOCK)
     # int8 0/1 read as bool: a view, not a conversion launch.
-    return pos_d[0], pos_i[0], neg_d[0], neg_i[0], valid.view(torch.bool), asq, csq
+    return pos_out, pos_i[0], neg_out, neg_i[0], valid.view(torch.bool), asq, csq, pos_d[0], neg_d[0]
 
 
 @on_device_of("anchors")
 def backward(grad_pos, grad_neg, anchors, candidates, pos_index, neg_index, pos_dist, neg_dist, asq, csq,
              metric: str):
-    """(grad_anchors, grad_candidates) in two launches; any grad strides (an expanded scalar grad is
-    read in place)."""
+    """(grad_anchors, grad_candidates) in two launches; grads of any float dtype and strides (an expanded
+    scalar grad is read in place); pos_dist / neg_dist: the forward's float32 distances."""
     n, d = anchors.shape
     m = candidates.shape[0]
     grad_a = torch.empty((n, d), device=anchors.device, dtype=anchors.dtype)

@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 FLOAT_DTYPES = ("fp32", "fp16", "bf16")
-FEATURE_PTRS = {"X", "Y", "A", "B", "C", "W", "OUT", "GRAD_A", "GRAD_X"}
+FEATURE_PTRS = {"X", "Y", "A", "B", "C", "W", "OUT", "GRAD_A", "GRAD_X", "POS_OUT", "NEG_OUT", "GP", "GN"}
 I64_PTRS = {"AL", "CL", "TARGET", "ORDER", "SEG", "SLOT", "POS_I", "NEG_I", "PI", "NI", "COUNTS"}
 I32_PTRS = {"AM", "CM", "MOD"}
 FLOAT_SCALARS = {"tau", "scale", "smoothing", "margin"}

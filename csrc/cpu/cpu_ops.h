@@ -6,6 +6,7 @@
 #include <string_view>
 #include <tuple>
 
+#include "../mining_common.h"
 #include "../normalized_ce_driver.h"
 
 namespace vtreid::cpu {
@@ -17,7 +18,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_bwd(
     const at::Tensor& grad, const at::Tensor& dist, const at::Tensor& x, const at::Tensor& y,
     const at::Tensor& xsq, const at::Tensor& ysq, std::string_view metric);
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hard_mining_fwd(
+MiningFwdOut hard_mining_fwd(
     const at::Tensor& anchors, const at::Tensor& anchor_labels, const at::Tensor& candidates,
     const at::Tensor& candidate_labels, const std::optional<at::Tensor>& anchor_modality,
     const std::optional<at::Tensor>& candidate_modality, std::string_view metric, std::string_view positive,

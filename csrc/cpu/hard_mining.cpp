@@ -12,8 +12,10 @@
 #include <torch/types.h>
 
 #include <limits>
-#include <tuple>
 #include <optional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
 
 #include "../mining_common.h"
 #include "../op_checks.h"
@@ -33,7 +35,7 @@ inline bool rule_allows(Rule rule, int32_t a, int32_t c) {
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hard_mining_fwd(
+MiningFwdOut hard_mining_fwd(
     const at::Tensor& anchors, const at::Tensor& anchor_labels, const at::Tensor& candidates,
     const at::Tensor& candidate_labels, const std::optional<at::Tensor>& anchor_modality,
     const std::optional<at::Tensor>& candidate_modality, std::string_view metric_name, std::string_view positive,
@@ -107,7 +109,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       if (!v[i]) { best_pos[i] = 0; best_neg[i] = 0; pi[i] = -1; ni[i] = -1; }
     }
   });
-  return {pos_d, pos_i, neg_d, neg_i, valid, asq, csq};
+  // The public distances: tensors of their own (never the saved ones, even when the dtypes agree), each
+  // value rounded once as .to() rounds it; written here rather than by copy ops, whose dispatch costs
+  // more than the loop at training sizes.
+  at::Tensor pos_out = at::empty({n}, anchors.options()), neg_out = at::empty({n}, anchors.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, anchors.scalar_type(), "hard_mining_fwd_cpu_out", [&] {
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    for (const auto& [from, to] : {std::pair{pos_d, pos_out}, std::pair{neg_d, neg_out}}) {
+      const acc_t* src = from.const_data_ptr<acc_t>();
+      scalar_t* dst = to.mutable_data_ptr<scalar_t>();
+      for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
+    }
+  });
+  return {pos_out, pos_i, neg_out, neg_i, valid, asq, csq, pos_d, neg_d};
 }
 
 std::tuple<at::Tensor, at::Tensor> hard_mining_bwd(

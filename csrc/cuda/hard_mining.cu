@@ -90,12 +90,29 @@ struct TcShared {
 };
 
 // Where the results go: the outputs (one split) or this split's rows of the workspace.
-template <typename acc_t>
+template <typename scalar_t>
 struct MiningOut {
+  using acc_t = typename Acc<scalar_t>::type;
   acc_t *pos_d, *neg_d;
   int64_t *pos_i, *neg_i;
-  bool* valid;  // null: write partials (no validity, index -1 = none)
+  bool* valid;                  // null: write partials (no validity, index -1 = none)
+  scalar_t *pos_out, *neg_out;  // the result's distances again in the features' dtype (null for partials)
 };
+
+// Anchor r's result: an anchor without a positive or a negative is invalid (distance 0, index -1).
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void store_result(const MiningOut<scalar_t>& out, int64_t r, acc_t best_pos,
+                                             int64_t best_pos_i, acc_t best_neg, int64_t best_neg_i) {
+  const bool ok = best_pos_i >= 0 && best_neg_i >= 0;
+  const acc_t pos = ok ? best_pos : acc_t(0), neg = ok ? best_neg : acc_t(0);
+  out.valid[r] = ok;
+  out.pos_d[r] = pos;
+  out.neg_d[r] = neg;
+  out.pos_out[r] = from_acc<scalar_t, acc_t>(pos);
+  out.neg_out[r] = from_acc<scalar_t, acc_t>(neg);
+  out.pos_i[r] = ok ? best_pos_i : -1;
+  out.neg_i[r] = ok ? best_neg_i : -1;
+}
 
 // The next stage, in the storage type (half the registers for 16-bit features); 0 outside the matrices.
 template <int kWidth, int kCount, typename scalar_t>
@@ -271,7 +288,7 @@ template <typename scalar_t, bool kTc>
 __global__ void __launch_bounds__(kThreads, (sizeof(typename Acc<scalar_t>::type) == 4 && !kTc) ? 2 : 1)
 mining_fwd_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ c, const int64_t* __restrict__ la,
                   const int64_t* __restrict__ lc, const int32_t* __restrict__ ma, const int32_t* __restrict__ mc,
-                  MiningOut<typename Acc<scalar_t>::type> out, typename Acc<scalar_t>::type* __restrict__ asq_out,
+                  MiningOut<scalar_t> out, typename Acc<scalar_t>::type* __restrict__ asq_out,
                   typename Acc<scalar_t>::type* __restrict__ csq_out, int64_t n, int64_t m, int64_t dim, int metric,
                   int pos_rule, int neg_rule, bool self_mining, typename Acc<scalar_t>::type tau, int64_t tiles) {
   using acc_t = typename Acc<scalar_t>::type;
@@ -336,12 +353,7 @@ mining_fwd_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ c
   }
   if (eb != 0 || r >= n) return;
   if (out.valid != nullptr) {
-    const bool ok = best_pos_i >= 0 && best_neg_i >= 0;
-    out.valid[r] = ok;
-    out.pos_d[r] = ok ? best_pos : acc_t(0);
-    out.neg_d[r] = ok ? best_neg : acc_t(0);
-    out.pos_i[r] = ok ? best_pos_i : -1;
-    out.neg_i[r] = ok ? best_neg_i : -1;
+    store_result(out, r, best_pos, best_pos_i, best_neg, best_neg_i);
   } else {
     const int64_t w = split * n + r;
     out.pos_d[w] = best_pos; out.pos_i[w] = best_pos_i;
@@ -350,9 +362,10 @@ mining_fwd_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ c
 }
 
 // One thread per anchor folds the splits' partials in split order.
-template <typename acc_t>
+template <typename scalar_t>
 __global__ void __launch_bounds__(256)
-mining_combine_kernel(MiningOut<acc_t> part, MiningOut<acc_t> out, int64_t n, int64_t splits) {
+mining_combine_kernel(MiningOut<scalar_t> part, MiningOut<scalar_t> out, int64_t n, int64_t splits) {
+  using acc_t = typename Acc<scalar_t>::type;
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= n) return;
   acc_t best_pos = 0, best_neg = 0;
@@ -361,12 +374,7 @@ mining_combine_kernel(MiningOut<acc_t> part, MiningOut<acc_t> out, int64_t n, in
     combine(best_pos, best_pos_i, part.pos_d[s * n + r], part.pos_i[s * n + r], true);
     combine(best_neg, best_neg_i, part.neg_d[s * n + r], part.neg_i[s * n + r], false);
   }
-  const bool ok = best_pos_i >= 0 && best_neg_i >= 0;
-  out.valid[r] = ok;
-  out.pos_d[r] = ok ? best_pos : acc_t(0);
-  out.neg_d[r] = ok ? best_neg : acc_t(0);
-  out.pos_i[r] = ok ? best_pos_i : -1;
-  out.neg_i[r] = ok ? best_neg_i : -1;
+  store_result(out, r, best_pos, best_pos_i, best_neg, best_neg_i);
 }
 
 // The pair coefficients of anchor i (an index outside [0, m) counts as no pair: never used to address memory).
@@ -376,23 +384,32 @@ struct AnchorPairs {
   PairCoefficients<acc_t> P, Q;
 };
 
-template <typename acc_t>
-__device__ __forceinline__ AnchorPairs<acc_t> anchor_pairs(int64_t i, const acc_t* gp, const acc_t* gn,
+// The upstream gradients of the public distances: the features' dtype, any stride (an expanded scalar
+// gradient has stride 0), read in place.
+template <typename scalar_t>
+struct MiningGrads {
+  const scalar_t *pos, *neg;
+  int64_t pos_stride, neg_stride;
+};
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ AnchorPairs<acc_t> anchor_pairs(int64_t i, const MiningGrads<scalar_t>& g,
                                                            const int64_t* pi, const int64_t* ni, const acc_t* pd,
                                                            const acc_t* nd, const acc_t* asq, const acc_t* csq,
                                                            int64_t m, int metric) {
   AnchorPairs<acc_t> s;
   s.p = pi[i] < m ? pi[i] : -1;
   s.q = ni[i] < m ? ni[i] : -1;
-  s.P = pair_coefficients<acc_t>(gp[i], pd[i], s.p, asq[i], s.p >= 0 ? csq[s.p] : acc_t(0), metric);
-  s.Q = pair_coefficients<acc_t>(gn[i], nd[i], s.q, asq[i], s.q >= 0 ? csq[s.q] : acc_t(0), metric);
+  s.P = pair_coefficients<acc_t>(to_acc(g.pos[i * g.pos_stride]), pd[i], s.p, asq[i],
+                                 s.p >= 0 ? csq[s.p] : acc_t(0), metric);
+  s.Q = pair_coefficients<acc_t>(to_acc(g.neg[i * g.neg_stride]), nd[i], s.q, asq[i],
+                                 s.q >= 0 ? csq[s.q] : acc_t(0), metric);
   return s;
 }
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kGradThreads)
-mining_bwd_kernel(const typename Acc<scalar_t>::type* __restrict__ gp,
-                  const typename Acc<scalar_t>::type* __restrict__ gn, const scalar_t* __restrict__ a,
+mining_bwd_kernel(MiningGrads<scalar_t> g, const scalar_t* __restrict__ a,
                   const scalar_t* __restrict__ c, const int64_t* __restrict__ pi, const int64_t* __restrict__ ni,
                   const typename Acc<scalar_t>::type* __restrict__ pd,
                   const typename Acc<scalar_t>::type* __restrict__ nd,
@@ -407,7 +424,7 @@ mining_bwd_kernel(const typename Acc<scalar_t>::type* __restrict__ gp,
   if (blockIdx.x < anchor_blocks) {  // uniform per block: no barrier below in this branch
     const int64_t i = static_cast<int64_t>(blockIdx.x) * kGradRows + warp;
     if (i >= n) return;
-    const AnchorPairs<acc_t> s = anchor_pairs(i, gp, gn, pi, ni, pd, nd, asq, csq, m, metric);
+    const AnchorPairs<acc_t> s = anchor_pairs(i, g, pi, ni, pd, nd, asq, csq, m, metric);
 #pragma unroll
     for (int u = 0; u < kGradPer; ++u) {
       const int64_t f = f0 + u * kGradLanes;
@@ -442,7 +459,7 @@ mining_bwd_kernel(const typename Acc<scalar_t>::type* __restrict__ gp,
       const int64_t p = pi[i] < m ? pi[i] : -1, q = ni[i] < m ? ni[i] : -1;
       const bool mine_p = p >= j0 && p < j0 + kGradRows, mine_q = q >= j0 && q < j0 + kGradRows;
       if (mine_p || mine_q) {
-        const AnchorPairs<acc_t> s = anchor_pairs(i, gp, gn, pi, ni, pd, nd, asq, csq, m, metric);
+        const AnchorPairs<acc_t> s = anchor_pairs(i, g, pi, ni, pd, nd, asq, csq, m, metric);
         if (mine_p) { lp = static_cast<int8_t>(p - j0); bp = s.P.beta; gp_ = s.P.gamma; }
         if (mine_q) { lq = static_cast<int8_t>(q - j0); bq = s.Q.beta; gq_ = s.Q.gamma; }
       }
@@ -477,8 +494,9 @@ mining_bwd_kernel(const typename Acc<scalar_t>::type* __restrict__ gp,
 template <typename scalar_t>
 cudaError_t fwd_typed(const void* a, const void* c, const int64_t* la, const int64_t* lc, const int32_t* ma,
                       const int32_t* mc, void* pos_d, int64_t* pos_i, void* neg_d, int64_t* neg_i, bool* valid,
-                      void* asq, void* csq, void* workspace, int64_t n, int64_t m, int64_t dim, int metric,
-                      int pos_rule, int neg_rule, bool self_mining, const MiningFwdGrid& grid, cudaStream_t stream) {
+                      void* asq, void* csq, void* pos_out, void* neg_out, void* workspace, int64_t n, int64_t m,
+                      int64_t dim, int metric, int pos_rule, int neg_rule, bool self_mining, const MiningFwdGrid& grid,
+                      cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
   // Tensor cores for half / bfloat16 from sm_80 on (a device query, no synchronisation).
   bool tensor_cores = false;
@@ -489,15 +507,16 @@ cudaError_t fwd_typed(const void* a, const void* c, const int64_t* la, const int
     if (err != cudaSuccess) return err;
     tensor_cores = major >= 8;
   }
-  const MiningOut<acc_t> out{static_cast<acc_t*>(pos_d), static_cast<acc_t*>(neg_d), pos_i, neg_i, valid};
-  MiningOut<acc_t> part = out;
+  const MiningOut<scalar_t> out{static_cast<acc_t*>(pos_d), static_cast<acc_t*>(neg_d), pos_i, neg_i, valid,
+                                 static_cast<scalar_t*>(pos_out), static_cast<scalar_t*>(neg_out)};
+  MiningOut<scalar_t> part = out;
   if (grid.splits > 1) {
     if (workspace == nullptr) return cudaErrorInvalidValue;
     // [splits, n] each: indices first (8-byte aligned for any acc_t), then values.
     const int64_t rows = grid.splits * n;
     int64_t* idx = static_cast<int64_t*>(workspace);
     acc_t* val = reinterpret_cast<acc_t*>(idx + 2 * rows);
-    part = MiningOut<acc_t>{val, val + rows, idx, idx + rows, nullptr};
+    part = MiningOut<scalar_t>{val, val + rows, idx, idx + rows, nullptr, nullptr, nullptr};
   }
   const dim3 blocks(static_cast<unsigned>(grid.anchor_blocks), static_cast<unsigned>(grid.splits));
   const acc_t tau = static_cast<acc_t>(zero_tolerance(dim));
@@ -514,15 +533,16 @@ cudaError_t fwd_typed(const void* a, const void* c, const int64_t* la, const int
         grid.tiles);
   }
   if (grid.splits > 1) {
-    mining_combine_kernel<acc_t><<<blocks_for(n, 256), 256, 0, stream>>>(part, out, n, grid.splits);
+    mining_combine_kernel<scalar_t><<<blocks_for(n, 256), 256, 0, stream>>>(part, out, n, grid.splits);
   }
   return cudaGetLastError();
 }
 
 template <typename scalar_t>
-cudaError_t bwd_typed(const void* gp, const void* gn, const void* a, const void* c, const int64_t* pi,
-                      const int64_t* ni, const void* pd, const void* nd, const void* asq, const void* csq,
-                      void* grad_a, void* grad_c, int64_t n, int64_t m, int64_t dim, int metric, cudaStream_t stream) {
+cudaError_t bwd_typed(const void* gp, int64_t gp_stride, const void* gn, int64_t gn_stride, const void* a,
+                      const void* c, const int64_t* pi, const int64_t* ni, const void* pd, const void* nd,
+                      const void* asq, const void* csq, void* grad_a, void* grad_c, int64_t n, int64_t m, int64_t dim,
+                      int metric, cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
   if (dim == 0 || n + m == 0) return cudaSuccess;
   const int64_t anchor_blocks = blocks_for(n, kGradRows);
@@ -531,7 +551,8 @@ cudaError_t bwd_typed(const void* gp, const void* gn, const void* a, const void*
   if (feature_blocks > kMaxGridYZ || blocks > kMaxGridX) return cudaErrorInvalidConfiguration;
   mining_bwd_kernel<scalar_t><<<dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(feature_blocks)),
                                 kGradThreads, 0, stream>>>(
-      static_cast<const acc_t*>(gp), static_cast<const acc_t*>(gn), static_cast<const scalar_t*>(a),
+      MiningGrads<scalar_t>{static_cast<const scalar_t*>(gp), static_cast<const scalar_t*>(gn), gp_stride, gn_stride},
+      static_cast<const scalar_t*>(a),
       static_cast<const scalar_t*>(c), pi, ni, static_cast<const acc_t*>(pd), static_cast<const acc_t*>(nd),
       static_cast<const acc_t*>(asq), static_cast<const acc_t*>(csq), static_cast<scalar_t*>(grad_a),
       static_cast<scalar_t*>(grad_c), n, m, dim, metric, anchor_blocks);
@@ -564,15 +585,15 @@ size_t hard_mining_fwd_workspace_bytes(DType dtype, int64_t n, int64_t m, int64_
 
 cudaError_t hard_mining_fwd(DType dtype, const void* a, const void* c, const int64_t* la, const int64_t* lc,
                             const int32_t* ma, const int32_t* mc, void* pos_d, int64_t* pos_i, void* neg_d,
-                            int64_t* neg_i, bool* valid, void* asq, void* csq, void* workspace, int64_t n, int64_t m,
-                            int64_t dim, int metric, int pos_rule, int neg_rule, bool self_mining, int sms,
-                            cudaStream_t stream) {
+                            int64_t* neg_i, bool* valid, void* asq, void* csq, void* pos_out, void* neg_out,
+                            void* workspace, int64_t n, int64_t m, int64_t dim, int metric, int pos_rule,
+                            int neg_rule, bool self_mining, int sms, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   const MiningFwdGrid grid = hard_mining_fwd_grid(n, m, dim, sms);
   if (grid.anchor_blocks > kMaxGridX) return cudaErrorInvalidConfiguration;
 #define VTREID_MINING_FWD(T) \
-  fwd_typed<T>(a, c, la, lc, ma, mc, pos_d, pos_i, neg_d, neg_i, valid, asq, csq, workspace, n, m, dim, metric, \
-               pos_rule, neg_rule, self_mining, grid, stream)
+  fwd_typed<T>(a, c, la, lc, ma, mc, pos_d, pos_i, neg_d, neg_i, valid, asq, csq, pos_out, neg_out, workspace, n, m, \
+               dim, metric, pos_rule, neg_rule, self_mining, grid, stream)
   switch (dtype) {
     case DType::kFloat32: return VTREID_MINING_FWD(float);
     case DType::kFloat16: return VTREID_MINING_FWD(__half);
@@ -583,11 +604,12 @@ cudaError_t hard_mining_fwd(DType dtype, const void* a, const void* c, const int
   return cudaErrorInvalidValue;
 }
 
-cudaError_t hard_mining_bwd(DType dtype, const void* gp, const void* gn, const void* a, const void* c,
-                            const int64_t* pi, const int64_t* ni, const void* pd, const void* nd, const void* asq,
-                            const void* csq, void* grad_a, void* grad_c, int64_t n, int64_t m, int64_t dim, int metric,
-                            cudaStream_t stream) {
-#define VTREID_MINING_BWD(T) bwd_typed<T>(gp, gn, a, c, pi, ni, pd, nd, asq, csq, grad_a, grad_c, n, m, dim, metric, stream)
+cudaError_t hard_mining_bwd(DType dtype, const void* gp, int64_t gp_stride, const void* gn, int64_t gn_stride,
+                            const void* a, const void* c, const int64_t* pi, const int64_t* ni, const void* pd,
+                            const void* nd, const void* asq, const void* csq, void* grad_a, void* grad_c, int64_t n,
+                            int64_t m, int64_t dim, int metric, cudaStream_t stream) {
+#define VTREID_MINING_BWD(T) \
+  bwd_typed<T>(gp, gp_stride, gn, gn_stride, a, c, pi, ni, pd, nd, asq, csq, grad_a, grad_c, n, m, dim, metric, stream)
   switch (dtype) {
     case DType::kFloat32: return VTREID_MINING_BWD(float);
     case DType::kFloat16: return VTREID_MINING_BWD(__half);

@@ -49,16 +49,17 @@ PairwiseBwdGrid pairwise_distance_bwd_grid(DType dtype, int64_t n, int64_t dim, 
 
 // Hardest positive / negative per anchor (rules: 0 any, 1 cross, 2 same). Features row-major
 // contiguous; labels int64; modality int32 (may be null when both rules are 0); distances and norms in
-// the accumulation type. asq / csq must be zero-initialised (they stay 0 when m == 0). The candidates are
-// split over grid dimension y until the grid fills `sms` SMs once (hard_mining_fwd_grid); with more than
-// one split, `workspace` must hold hard_mining_fwd_workspace_bytes(dtype, n, m, dim, sms) bytes (256-byte
-// aligned, any contents; null is fine when that is 0). Results do not depend on `sms`.
+// the accumulation type, and the distances again in the features' dtype (pos_out / neg_out). asq / csq
+// must be zero-initialised (they stay 0 when m == 0). The candidates are split over grid dimension y
+// until the grid fills `sms` SMs once (hard_mining_fwd_grid); with more than one split, `workspace` must
+// hold hard_mining_fwd_workspace_bytes(dtype, n, m, dim, sms) bytes (256-byte aligned, any contents; null
+// is fine when that is 0). Results do not depend on `sms`.
 cudaError_t hard_mining_fwd(DType dtype, const void* anchors, const void* candidates, const int64_t* anchor_labels,
                             const int64_t* candidate_labels, const int32_t* anchor_modality,
                             const int32_t* candidate_modality, void* pos_dist, int64_t* pos_index, void* neg_dist,
-                            int64_t* neg_index, bool* valid, void* asq, void* csq, void* workspace, int64_t n,
-                            int64_t m, int64_t dim, int metric, int pos_rule, int neg_rule, bool self_mining, int sms,
-                            cudaStream_t stream);
+                            int64_t* neg_index, bool* valid, void* asq, void* csq, void* pos_out, void* neg_out,
+                            void* workspace, int64_t n, int64_t m, int64_t dim, int metric, int pos_rule,
+                            int neg_rule, bool self_mining, int sms, cudaStream_t stream);
 
 // The launch configuration hard_mining_fwd uses: grid (anchor_blocks, splits) of `threads` threads, each
 // split a contiguous range of the `tiles` candidate tiles; `launches` kernels (a combine when splits > 1).
@@ -69,12 +70,13 @@ MiningFwdGrid hard_mining_fwd_grid(int64_t n, int64_t m, int64_t dim, int sms);
 size_t hard_mining_fwd_workspace_bytes(DType dtype, int64_t n, int64_t m, int64_t dim, int sms);
 
 // grad_anchors [n, dim] and grad_candidates [m, dim], in one launch. An index outside [0, m) counts as no
-// pair. grad_pos / grad_neg / distances / norms are in the accumulation type.
-cudaError_t hard_mining_bwd(DType dtype, const void* grad_pos, const void* grad_neg, const void* anchors,
-                            const void* candidates, const int64_t* pos_index, const int64_t* neg_index,
-                            const void* pos_dist, const void* neg_dist, const void* asq, const void* csq,
-                            void* grad_anchors, void* grad_candidates, int64_t n, int64_t m, int64_t dim, int metric,
-                            cudaStream_t stream);
+// pair. grad_pos / grad_neg are in the features' dtype, element i at [i * stride] (stride 0: one value
+// for all); distances and norms are in the accumulation type.
+cudaError_t hard_mining_bwd(DType dtype, const void* grad_pos, int64_t grad_pos_stride, const void* grad_neg,
+                            int64_t grad_neg_stride, const void* anchors, const void* candidates,
+                            const int64_t* pos_index, const int64_t* neg_index, const void* pos_dist,
+                            const void* neg_dist, const void* asq, const void* csq, void* grad_anchors,
+                            void* grad_candidates, int64_t n, int64_t m, int64_t dim, int metric, cudaStream_t stream);
 
 // Per-class modality centres and the Hetero-Center hinge. x is contiguous [sets, n, dim]; the samples
 // of class slot k are order[seg[k] .. seg[k + 1]); modality int32 (0 visible, any other value infrared); every float output and stats

@@ -60,12 +60,13 @@ void emu_pairwise_distance_bwd_grid(int dtype, int64_t n, int64_t dim, int sms, 
 int emu_hard_mining_fwd(int dtype, const void* anchors, const void* candidates, const int64_t* anchor_labels,
                         const int64_t* candidate_labels, const int32_t* anchor_modality,
                         const int32_t* candidate_modality, void* pos_dist, int64_t* pos_index, void* neg_dist,
-                        int64_t* neg_index, bool* valid, void* asq, void* csq, void* workspace, int64_t n, int64_t m,
-                        int64_t dim, int metric, int pos_rule, int neg_rule, int self_mining, int sms) {
+                        int64_t* neg_index, bool* valid, void* asq, void* csq, void* pos_out, void* neg_out,
+                        void* workspace, int64_t n, int64_t m, int64_t dim, int metric, int pos_rule, int neg_rule,
+                        int self_mining, int sms) {
   return vtreid::cuda::hard_mining_fwd(static_cast<DType>(dtype), anchors, candidates, anchor_labels, candidate_labels,
                                        anchor_modality, candidate_modality, pos_dist, pos_index, neg_dist, neg_index,
-                                       valid, asq, csq, workspace, n, m, dim, metric, pos_rule, neg_rule,
-                                       self_mining != 0, sms, nullptr);
+                                       valid, asq, csq, pos_out, neg_out, workspace, n, m, dim, metric, pos_rule,
+                                       neg_rule, self_mining != 0, sms, nullptr);
 }
 
 // out[5]: anchor_blocks, splits, tiles, threads, launches (vtreid::cuda::MiningFwdGrid).
@@ -80,13 +81,14 @@ int64_t emu_hard_mining_fwd_workspace_bytes(int dtype, int64_t n, int64_t m, int
       vtreid::cuda::hard_mining_fwd_workspace_bytes(static_cast<DType>(dtype), n, m, dim, sms));
 }
 
-int emu_hard_mining_bwd(int dtype, const void* grad_pos, const void* grad_neg, const void* anchors,
+int emu_hard_mining_bwd(int dtype, const void* grad_pos, int64_t grad_pos_stride, const void* grad_neg,
+                        int64_t grad_neg_stride, const void* anchors,
                         const void* candidates, const int64_t* pos_index, const int64_t* neg_index,
                         const void* pos_dist, const void* neg_dist, const void* asq, const void* csq,
                         void* grad_anchors, void* grad_candidates, int64_t n, int64_t m, int64_t dim, int metric) {
-  return vtreid::cuda::hard_mining_bwd(static_cast<DType>(dtype), grad_pos, grad_neg, anchors, candidates, pos_index,
-                                       neg_index, pos_dist, neg_dist, asq, csq, grad_anchors, grad_candidates, n, m,
-                                       dim, metric, nullptr);
+  return vtreid::cuda::hard_mining_bwd(static_cast<DType>(dtype), grad_pos, grad_pos_stride, grad_neg,
+                                       grad_neg_stride, anchors, candidates, pos_index, neg_index, pos_dist, neg_dist,
+                                       asq, csq, grad_anchors, grad_candidates, n, m, dim, metric, nullptr);
 }
 
 int emu_hetero_center_fwd(int dtype, const void* x, const int64_t* order, const int64_t* seg, const int32_t* modality,

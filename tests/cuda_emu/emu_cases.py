@@ -389,7 +389,8 @@ def _mining_grid(n, m, d, sms):
 
 
 def _mine(a, c, la, lc, ma, mc, metric, rules, self_mining, sms=WAVE_SMS):
-    """hard_mining_fwd through the emulated launcher: (pos_d, pos_i, neg_d, neg_i, valid, asq, csq)."""
+    """hard_mining_fwd through the emulated launcher: (pos_d, pos_i, neg_d, neg_i, valid, asq, csq, pos_out,
+    neg_out), the distances in the accumulation dtype and again in the features' dtype (out)."""
     n, m, d = a.shape[0], c.shape[0], a.shape[1]
     acc = _acc(a.dtype)
     # As csrc/cuda_ops.cpp allocates them: uninitialised when there are anchors and candidates (the kernels
@@ -400,12 +401,14 @@ def _mine(a, c, la, lc, ma, mc, metric, rules, self_mining, sms=WAVE_SMS):
     pos_i, neg_i = torch.full((n,), index_fill), torch.full((n,), index_fill)
     valid = torch.full((n,), _POISON_BOOL if poison else 0, dtype=torch.uint8).view(torch.bool)
     asq, csq = torch.full((n,), dist_fill, dtype=acc), torch.full((m,), dist_fill, dtype=acc)
+    pos_out, neg_out = torch.full((n,), dist_fill, dtype=a.dtype), torch.full((n,), dist_fill, dtype=a.dtype)
     code = DTYPE_CODES[a.dtype]
     nbytes = LIB.emu_hard_mining_fwd_workspace_bytes(code, I64(n), I64(m), I64(d), ctypes.c_int(sms))
     # Garbage in the workspace: the kernels must not read what they did not write.
     workspace = torch.full((max(nbytes, 1),), 0x7F, dtype=torch.uint8) if nbytes else None
     _check(LIB.emu_hard_mining_fwd(code, _p(a), _p(c), _p(la), _p(lc), _p(ma), _p(mc), _p(pos_d), _p(pos_i), _p(neg_d),
-                                   _p(neg_i), _p(valid), _p(asq), _p(csq), _p(workspace), I64(n), I64(m), I64(d),
+                                   _p(neg_i), _p(valid), _p(asq), _p(csq), _p(pos_out), _p(neg_out), _p(workspace),
+                                   I64(n), I64(m), I64(d),
                                    METRIC_CODES[metric], RULES[rules[0]], RULES[rules[1]], int(self_mining),
                                    ctypes.c_int(sms)), "hard_mining_fwd")
     if poison:
@@ -413,16 +416,21 @@ def _mine(a, c, la, lc, ma, mc, metric, rules, self_mining, sms=WAVE_SMS):
             assert not (t == _POISON_DIST).any(), f"hard_mining_fwd left {name} unwritten"
         assert not ((pos_i == _POISON_INDEX) | (neg_i == _POISON_INDEX)).any(), "an index left unwritten"
         assert (valid.view(torch.uint8) <= 1).all(), "valid left unwritten"
-    return pos_d, pos_i, neg_d, neg_i, valid, asq, csq
+    # The features' dtype copies are the accumulation-dtype results rounded once, as torch rounds them.
+    for out, acc_d in ((pos_out, pos_d), (neg_out, neg_d)):
+        torch.testing.assert_close(out, acc_d.to(a.dtype), rtol=0, atol=0, equal_nan=True)
+    return pos_d, pos_i, neg_d, neg_i, valid, asq, csq, pos_out, neg_out
 
 
 _POISON_DIST, _POISON_INDEX, _POISON_BOOL = -7.0, 2**40, 0x7F  # no distance, norm, index or bool is these
 
 
 def _mine_bwd(gp, gn, a, c, got, metric):
-    pos_d, pos_i, neg_d, neg_i, _, asq, csq = got
+    """hard_mining_bwd through the emulated launcher; gp / gn in the features' dtype, read with their strides."""
+    pos_d, pos_i, neg_d, neg_i, _, asq, csq = got[:7]
     ga, gc = torch.empty_like(a), torch.empty_like(c)
-    _check(LIB.emu_hard_mining_bwd(DTYPE_CODES[a.dtype], _p(gp), _p(gn), _p(a), _p(c), _p(pos_i), _p(neg_i), _p(pos_d),
+    _check(LIB.emu_hard_mining_bwd(DTYPE_CODES[a.dtype], _p(gp), I64(gp.stride(0)), _p(gn), I64(gn.stride(0)), _p(a),
+                                   _p(c), _p(pos_i), _p(neg_i), _p(pos_d),
                                    _p(neg_d), _p(asq), _p(csq), _p(ga), _p(gc), I64(a.shape[0]), I64(c.shape[0]),
                                    I64(a.shape[1]), METRIC_CODES[metric]), "hard_mining_bwd")
     return ga, gc
@@ -449,8 +457,8 @@ def _check_forward(got, want, dtype):
 
 def _check_backward(a, c, got, want, ar, cr, metric, self_mining, gen):
     dtype, acc, n = a.dtype, _acc(a.dtype), a.shape[0]
-    gp, gn = torch.rand(n, dtype=acc, generator=gen), torch.rand(n, dtype=acc, generator=gen)
-    (want[0] * gp + want[2] * gn).sum().backward()
+    gp, gn = torch.rand(n, generator=gen).to(dtype), torch.rand(n, generator=gen).to(dtype)
+    (want[0] * gp.to(acc) + want[2] * gn.to(acc)).sum().backward()
     ga, gc = _mine_bwd(gp, gn, a, c, got, metric)
     if self_mining:
         assert_matches((ga.to(acc) + gc.to(acc)).to(dtype), ar.grad.to(dtype), dtype, "grad")
@@ -633,10 +641,31 @@ def test_hard_mining_runs_are_bitwise_reproducible(dtype, mining_arch):
     runs = []
     for _ in range(2):
         got = _mine(a, c, la, lc, ma, mc, "euclidean", ("any", "any"), False)
-        gp = torch.linspace(0.5, 1.5, n)
+        gp = torch.linspace(0.5, 1.5, n).to(dtype)
         runs.append((*got, *_mine_bwd(gp, gp.flip(0), a, c, got, "euclidean")))
     for x, y in zip(*runs):
         assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_hard_mining_backward_reads_gradients_in_place(dtype, metric):
+    """The upstream gradients are read in the features' dtype with their strides: an expanded scalar
+    (stride 0, what a sum hands back) and every other element of a longer vector give bitwise what their
+    contiguous copies give."""
+    n, m, d = 37, 70, 19
+    gen = torch.Generator().manual_seed(6)
+    a, c, la, lc, ma, mc = _mining_inputs(n, m, d, dtype, gen, False)
+    got = _mine(a, c, la, lc, ma, mc, metric, ("cross", "any"), False)
+    expanded = torch.tensor(0.75, dtype=dtype).expand(n)
+    every_other = torch.rand(2 * n, generator=gen).to(dtype)[::2]
+    for gp, gn in ((expanded, every_other), (every_other, expanded)):
+        assert (gp.stride(0), gn.stride(0)) in ((0, 2), (2, 0))
+        strided = _mine_bwd(gp, gn, a, c, got, metric)
+        contiguous = _mine_bwd(gp.contiguous(), gn.contiguous(), a, c, got, metric)
+        for x, y in zip(strided, contiguous):
+            assert torch.equal(x, y)
+        assert strided[0].abs().sum() > 0
 
 
 def test_hard_mining_grid_fills_a_wave_at_training_shapes():
@@ -948,9 +977,9 @@ def test_grid_limits_large_row_counts(dry_run):
         assert LIB.emu_pairwise_distance_bwd_side(dtype, null, null, null, null, null, null, null, I64(n), I64(m),
                                                   I64(d), I64(m), I64(1), I64(m), I64(1), 0, WAVE_SMS) == 0
         assert LIB.emu_hard_mining_fwd(dtype, null, null, null, null, null, null, null, null, null, null, null, null,
-                                       null, null, I64(n), I64(m), I64(d), 0, 0, 0, 0, WAVE_SMS) == 0
-        assert LIB.emu_hard_mining_bwd(dtype, null, null, null, null, null, null, null, null, null, null, null, null,
-                                       I64(n), I64(m), I64(d), 0) == 0
+                                       null, null, null, null, I64(n), I64(m), I64(d), 0, 0, 0, 0, WAVE_SMS) == 0
+        assert LIB.emu_hard_mining_bwd(dtype, null, I64(1), null, I64(1), null, null, null, null, null, null, null,
+                                       null, null, null, I64(n), I64(m), I64(d), 0) == 0
         assert LIB.emu_hetero_center_fwd(dtype, null, null, null, null, null, null, null, null, null, I64(2), I64(n),
                                          I64(d), 1, 1, ctypes.c_double(0.0)) == 0
         assert LIB.emu_hetero_center_bwd(dtype, null, null, null, null, null, null, null, null, null, null, null,
@@ -970,8 +999,8 @@ def test_zero_feature_dimension_launches_nothing(dry_run):
     null = ctypes.c_void_p(0)
     assert LIB.emu_pairwise_distance_bwd_side(0, null, null, null, null, null, null, null, I64(5), I64(3), I64(0),
                                               I64(3), I64(1), I64(3), I64(1), 0, WAVE_SMS) == 0
-    assert LIB.emu_hard_mining_bwd(0, null, null, null, null, null, null, null, null, null, null, null, null,
-                                   I64(5), I64(3), I64(0), 0) == 0
+    assert LIB.emu_hard_mining_bwd(0, null, I64(1), null, I64(1), null, null, null, null, null, null, null, null,
+                                   null, null, I64(5), I64(3), I64(0), 0) == 0
     assert LIB.emu_hetero_center_bwd(0, null, null, null, null, null, null, null, null, null, null, null, I64(1),
                                      I64(5), I64(0), 1, 0) == 0
     assert LIB.emu_normalized_ce_weight_grad_f32(null, 0, null, null, ctypes.c_float(1.0), I64(5), I64(0), null) == 0

@@ -251,9 +251,32 @@ def test_opcheck(device, backend):
         for args in ((x, labels, x, labels, modality.int(), modality.int(), metric, "cross", "same", True),
                      (x, labels, c, lc, None, None, metric, "any", "any", False)):
             torch.library.opcheck(op.forward, args)
-            pos_d, pos_i, neg_d, neg_i, valid, asq, csq = op.forward(*args)
+            pos_d, pos_i, neg_d, neg_i, valid, asq, csq, pos_acc, neg_acc = op.forward(*args)
             gp, gn = torch.randn_like(pos_d), torch.randn_like(neg_d)
-            torch.library.opcheck(op.backward, (gp, gn, args[0], args[2], pos_i, neg_i, pos_d, neg_d, asq, csq, metric))
+            torch.library.opcheck(op.backward,
+                                  (gp, gn, args[0], args[2], pos_i, neg_i, pos_acc, neg_acc, asq, csq, metric))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_kernels_write_the_distances_in_the_input_dtype(device, backend):
+    """The fused forward writes the distances in the anchors' dtype beside the accumulation-dtype copies it
+    saves for the backward: the public result is the op's own output (no cast launch forward, none for
+    the gradient on its way back), the saved copy rounded once, and a tensor of its own."""
+    for dtype in dtypes_for(device, backend):
+        require_backend(backend, device, dtype)
+        x, labels, modality = make_batch(40, 24, 5, device, dtype, seed=8)
+        out = FUSED[backend].forward(x, labels, x, labels, modality.int(), modality.int(), "euclidean", "cross",
+                                     "any", True)
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        for got, saved in ((out[0], out[7]), (out[2], out[8])):
+            assert got.dtype == dtype and saved.dtype == acc
+            assert torch.equal(got, saved.to(dtype))
+            assert got.data_ptr() != saved.data_ptr()
+        mined = ops.hard_mining(x.detach().requires_grad_(), labels, anchor_modality=modality, positive="cross",
+                                backend=backend)
+        for t in (mined.pos_dist, mined.neg_dist):
+            assert "hardmining" in t.grad_fn.name().lower().replace("_", ""), t.grad_fn.name()
 
 
 def test_bad_inputs_name_the_argument():

@@ -127,6 +127,21 @@ def test_norms_are_written_once_and_right(monkeypatch, splits):
     assert_same(out, ref, f"splits={splits}")
 
 
+@pytest.mark.parametrize("splits", SPLIT_COUNTS)
+def test_input_dtype_distances_come_from_the_last_launch(splits):
+    """float16 anchors: with one split the forward kernel writes the float16 distances, with more the
+    combine does; either way they are the float32 results rounded once, invalid anchors included."""
+    x, labels, _ = make_batch(70, 40, 5, "cpu", torch.float16, seed=3)
+    c, lc, _ = make_batch(200, 40, 5, "cpu", torch.float16, seed=4)
+    labels[0] = 99  # no positive: invalid, distance 0 in both copies
+    out = k.forward(x, labels, c, lc, None, None, "euclidean", "any", "any", False, 1e-6, splits=splits)
+    assert out[0].dtype == out[2].dtype == torch.float16 and out[7].dtype == out[8].dtype == torch.float32
+    assert torch.equal(out[0], out[7].half()) and torch.equal(out[2], out[8].half())
+    assert not out[4][0] and out[0][0] == 0 and out[2][0] == 0
+    ref = k.forward(x, labels, c, lc, None, None, "euclidean", "any", "any", False, 1e-6, splits=1)
+    assert_same(out, ref, f"splits={splits}")
+
+
 # --- awkward inputs across split boundaries ---------------------------------------------------------
 
 def _tie_bank():
@@ -286,8 +301,8 @@ def test_backward_is_two_launches_without_sort(monkeypatch, d):
     c, lc, _ = make_batch(90, d, 6, "cpu", seed=3)
     launches = Launches(monkeypatch)
     with AtenOps(launches) as aten:
-        pd, pi, nd, ni, valid, asq, csq = k.forward(x, labels, c, lc, None, None, "euclidean", "any", "any", False,
-                                                    1e-6, splits=3)
+        _, pi, _, ni, valid, asq, csq, pd, nd = k.forward(x, labels, c, lc, None, None, "euclidean", "any", "any",
+                                                          False, 1e-6, splits=3)
     assert launches.names() == ["_mining_fwd_kernel", "_mining_combine_kernel"] and aten.ops == [], aten.ops
     sorts = []
     real_sort = torch.sort
@@ -312,6 +327,20 @@ def test_backward_through_autograd_launches_at_most_three_kernels(monkeypatch):
     launches = Launches(monkeypatch)
     loss.backward()
     assert len(launches.triton) <= 3 and "_candidate_grad_kernel" in launches.names(), launches.names()
+
+
+def test_half_distances_cost_no_cast_launch(monkeypatch):
+    """float16 anchors: the public op returns the kernels' own float16 distances, and their gradients
+    reach the backward kernels as they come: no conversion (_to_copy) forward or backward."""
+    x, labels, _ = make_batch(100, 20, 4, "cpu", torch.float16, seed=6)
+    xa = x.clone().requires_grad_()
+    launches = Launches(monkeypatch)
+    with AtenOps(launches) as aten:
+        out = ops.hard_mining(xa, labels, backend="triton")
+        (out.pos_dist.sum() + out.neg_dist.sum()).backward()
+    assert out.pos_dist.dtype == torch.float16 and xa.grad.dtype == torch.float16
+    assert "_to_copy" not in aten.ops and "copy_" not in aten.ops, aten.ops
+    assert launches.names()[-2:] == ["_mining_pair_grad_kernel", "_candidate_grad_kernel"], launches.names()
 
 
 @pytest.mark.parametrize("d", (5, 64))
@@ -385,8 +414,12 @@ def test_combine_alone_follows_the_fold_rule():
     nd = torch.tensor([[q[s][0] for q in neg] for s in range(3)])
     ni = torch.tensor([[q[s][1] for q in neg] for s in range(3)])
     valid = torch.empty(5, dtype=torch.int8)
-    k._mining_combine_kernel[k.combine_grid(5)](pd, pi, nd, ni, valid, 5, 3, BLOCK_N=k.COMBINE_BLOCK)
+    pos_out, neg_out = torch.empty(5, dtype=torch.float16), torch.empty(5, dtype=torch.float16)
+    k._mining_combine_kernel[k.combine_grid(5)](pd, pi, nd, ni, valid, pos_out, neg_out, 5, 3,
+                                                BLOCK_N=k.COMBINE_BLOCK)
     assert pi[0].tolist() == [2, 9, 3, -1, 1] and ni[0].tolist() == [4, 4, 4, -1, 4]
     assert valid.tolist() == [1, 1, 1, 0, 1]
     assert pd[0, 0] == 1.0 and pd[0, 1].isnan() and pd[0, 2] == -inf and pd[0, 3] == 0 and pd[0, 4].isnan()
     assert nd[0].tolist()[:3] == [3.0, 3.0, 3.0] and nd[0, 3] == 0
+    torch.testing.assert_close(pos_out, pd[0].half(), rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(neg_out, nd[0].half(), rtol=0, atol=0, equal_nan=True)

@@ -5,9 +5,11 @@ Fused backends (each a forward/backward pair of torch.library ops with fake kern
     native: torch.ops.vtreid.hard_mining_fwd / _bwd         (csrc/, CPU and CUDA)
     triton: torch.ops.vtreid.hard_mining_triton_fwd / _bwd  (kernels/hard_mining.py)
 
-The forward returns (pos_dist, pos_index, neg_dist, neg_index, valid, asq, csq): distances in float32
-(float64 for float64 inputs) so the backward works from full-precision values, and the squared row norms
-the streaming pass computed anyway. The public function casts the distances to the input dtype.
+The forward returns (pos_dist, pos_index, neg_dist, neg_index, valid, asq, csq, pos_dist_acc, neg_dist_acc):
+the distances in the input dtype (what the public function returns, the outputs that carry the gradient),
+the squared row norms the streaming pass computed anyway, and the same distances in float32 (float64 for
+float64 inputs), saved so the backward works from full-precision values. The kernels write both copies of
+the distances, so half inputs cost no cast launch either way (forward, or the gradient's way back).
 """
 from __future__ import annotations
 
@@ -117,9 +119,9 @@ def hard_mining(anchors: torch.Tensor, anchor_labels: torch.Tensor, candidates: 
     if needs_modality:
         mod_a = modality_ids(anchor_modality)
         mod_c = mod_a if self_mining else modality_ids(candidate_modality)
-    pos_d, pos_i, neg_d, neg_i, valid, _, _ = FUSED[name].forward(
-        anchors, labels_a, candidates, labels_c, mod_a, mod_c, metric, positive, negative, self_mining)
-    return Mined(pos_d.to(anchors.dtype), pos_i, neg_d.to(anchors.dtype), neg_i, valid)
+    out = FUSED[name].forward(anchors, labels_a, candidates, labels_c, mod_a, mod_c, metric, positive, negative,
+                              self_mining)
+    return Mined(*out[:5])
 
 
 # --- fake kernels and autograd, shared by both fused backends ---------------------------------------
@@ -128,9 +130,10 @@ def _fake_forward(anchors, anchor_labels, candidates, candidate_labels, anchor_m
                   metric, positive, negative, self_mining):
     n, m = anchors.shape[0], candidates.shape[0]
     acc = torch.float64 if anchors.dtype == torch.float64 else torch.float32
-    return (anchors.new_empty(n, dtype=acc), anchors.new_empty(n, dtype=torch.int64), anchors.new_empty(n, dtype=acc),
+    return (anchors.new_empty(n), anchors.new_empty(n, dtype=torch.int64), anchors.new_empty(n),
             anchors.new_empty(n, dtype=torch.int64), anchors.new_empty(n, dtype=torch.bool),
-            anchors.new_empty(n, dtype=acc), anchors.new_empty(m, dtype=acc))
+            anchors.new_empty(n, dtype=acc), anchors.new_empty(m, dtype=acc), anchors.new_empty(n, dtype=acc),
+            anchors.new_empty(n, dtype=acc))
 
 
 def _fake_backward(grad_pos, grad_neg, anchors, candidates, pos_index, neg_index, pos_dist, neg_dist, asq, csq,
@@ -141,14 +144,15 @@ def _fake_backward(grad_pos, grad_neg, anchors, candidates, pos_index, neg_index
 
 def _setup_context(ctx, inputs, output):
     anchors, _, candidates, _, _, _, metric, _, _, _ = inputs
-    pos_d, pos_i, neg_d, neg_i, valid, asq, csq = output
-    ctx.save_for_backward(anchors, candidates, pos_i, neg_i, pos_d, neg_d, asq, csq)
+    _, pos_i, _, neg_i, valid, asq, csq, pos_acc, neg_acc = output
+    # The backward works from the accumulation-dtype distances; pos_dist / neg_dist carry the gradient.
+    ctx.save_for_backward(anchors, candidates, pos_i, neg_i, pos_acc, neg_acc, asq, csq)
     ctx.metric = metric
-    ctx.mark_non_differentiable(pos_i, neg_i, valid, asq, csq)
+    ctx.mark_non_differentiable(pos_i, neg_i, valid, asq, csq, pos_acc, neg_acc)
 
 
 def _make_backward(backward_op):
-    def backward(ctx, grad_pos, _gpi, grad_neg, _gni, _gv, _gasq, _gcsq):
+    def backward(ctx, grad_pos, _gpi, grad_neg, _gni, _gv, _gasq, _gcsq, _gpa, _gna):
         anchors, candidates, pos_i, neg_i, pos_d, neg_d, asq, csq = ctx.saved_tensors
         grad_a, grad_c = backward_op(grad_pos, grad_neg, anchors, candidates, pos_i, neg_i, pos_d, neg_d, asq, csq,
                                      ctx.metric)
@@ -163,7 +167,7 @@ def _triton_forward(anchors: torch.Tensor, anchor_labels: torch.Tensor, candidat
                     candidate_labels: torch.Tensor, anchor_modality: torch.Tensor | None,
                     candidate_modality: torch.Tensor | None, metric: str, positive: str, negative: str,
                     self_mining: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                                torch.Tensor, torch.Tensor]:
+                                                torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from vtreid.kernels import hard_mining as kernel
     return kernel.forward(anchors, anchor_labels, candidates, candidate_labels, anchor_modality, candidate_modality,
                           metric, positive, negative, self_mining, reference.zero_tolerance(anchors.shape[1]))
