@@ -151,6 +151,15 @@ def test_synth_help_describes_every_option_with_its_default(capsys):
     assert exc.value.code == 2 and "--ids must be at least 1" in capsys.readouterr().err
 
 
+def test_synth_into_an_unwritable_place_exits_2_naming_it(tmp_path, capsys):
+    """As train / evaluate / extract / export / visualize report a file they cannot write."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert data_cli(["synth", "--layout", "regdb", "--out", str(blocker / "out"), "--ids", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(blocker) in err
+
+
 def test_corrupt_or_missing_image_names_the_path(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")

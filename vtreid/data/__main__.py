@@ -61,9 +61,9 @@ def main(argv=None) -> int:
         images = args.images or (3 if args.layout == "sysu" else 4)
         try:
             out = writer(args.out, ids=args.ids, images=images, height=args.height, width=args.width, seed=args.seed)
-        except OSError as exc:
-            print(f"{parser.prog} synth: error: {exc}", file=sys.stderr)
-            return 1
+        except OSError as exc:  # as the other tools report a file they cannot write: status 2
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         print(f"wrote a synthetic {args.layout} dataset to {out} in {time.time() - start:.1f}s")
         return 0
     if args.workers is not None and args.workers < 1:
