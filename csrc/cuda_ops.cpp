@@ -216,7 +216,8 @@ at::Tensor hetero_center_bwd_cuda(const at::Tensor& x, const at::Tensor& slot, c
   const auto acc = accumulation_type(x.scalar_type());
   const at::Tensor xc = x.contiguous();
   const at::Tensor sl = slot.to(at::kLong).contiguous(), cnt = counts.to(at::kLong).contiguous();
-  const at::Tensor h = hinge.to(acc).contiguous(), gh = grad_hinge.to(acc).contiguous();
+  // grad_hinge is read with its strides: autograd hands back the sum's gradient expanded, not a copy.
+  const at::Tensor h = hinge.to(acc).contiguous(), gh = grad_hinge.to(acc);
   const at::Tensor c = centers.to(acc).contiguous(), v = variances.to(acc).contiguous(), st = stats.to(acc).contiguous();
   const bool has_gc = grad_centers.has_value() && grad_centers->defined();
   const at::Tensor gc = has_gc ? grad_centers->to(acc).contiguous() : at::Tensor();
@@ -224,7 +225,8 @@ at::Tensor hetero_center_bwd_cuda(const at::Tensor& x, const at::Tensor& slot, c
   check_launch(vtreid::cuda::hetero_center_bwd(dtype_of(xc), xc.const_data_ptr(), sl.const_data_ptr<int64_t>(),
                                                mod.const_data_ptr<int32_t>(), h.const_data_ptr(), c.const_data_ptr(),
                                                v.const_data_ptr(), cnt.const_data_ptr<int64_t>(), st.const_data_ptr(),
-                                               gh.const_data_ptr(), has_gc ? gc.const_data_ptr() : nullptr,
+                                               gh.const_data_ptr(), gh.stride(0), gh.stride(1),
+                                               has_gc ? gc.const_data_ptr() : nullptr,
                                                grad_x.mutable_data_ptr(), xc.size(0), xc.size(1), xc.size(2), metric,
                                                strong, c10::cuda::getCurrentCUDAStream()),
                "hetero_center_bwd");

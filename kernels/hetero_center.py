@@ -116,7 +116,7 @@ def _centers_fwd_kernel(
 @triton.jit
 def _centers_bwd_kernel(
     X, SLOT, MOD, HINGE, CENTERS, VARS, COUNTS, STATS, G_HINGE, G_CENTERS, GRAD_X,
-    N, D, stride_xs, stride_xn, stride_xd, stride_gs, stride_gk, stride_gm,
+    N, D, stride_xs, stride_xn, stride_xd, stride_hs, stride_hn, stride_gs, stride_gk, stride_gm,
     METRIC: tl.constexpr, STRONG: tl.constexpr, HAS_G_CENTERS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     j = tl.program_id(0)  # samples on grid axis 0 (axes 1 and 2 stop at 65535)
@@ -129,7 +129,8 @@ def _centers_bwd_kernel(
     inv_n = 1.0 / tl.maximum(n_m, 1.0)
     # The hinge passes gradient only where it is active (h > 0 also means both modalities are present).
     h = tl.load(HINGE + s.to(tl.int64) * N + k)
-    g = tl.where(h > 0.0, tl.load(G_HINGE + s.to(tl.int64) * N + k), 0.0)
+    # G_HINGE with its strides: the sum's gradient arrives expanded (stride 0 along the classes).
+    g = tl.where(h > 0.0, tl.load(G_HINGE + s.to(tl.int64) * stride_hs + k * stride_hn).to(tl.float32), 0.0)
     base = (s.to(tl.int64) * N + k) * 2 * D
     c_m = tl.load(CENTERS + base + m * D + rd, mask=mask_d, other=0.0)
     c_o = tl.load(CENTERS + base + (1 - m) * D + rd, mask=mask_d, other=0.0)
@@ -194,7 +195,8 @@ def backward(x, slot, modality, hinge, centers, variances, counts, stats, grad_h
         gc = grad_centers.contiguous() if grad_centers is not None else centers
         block_d = _block_d(d)
         _centers_bwd_kernel[(n, s, triton.cdiv(d, block_d))](
-            x, slot, modality, hinge, centers, variances, counts, stats, grad_hinge.float().contiguous(), gc, grad_x,
-            n, d, x.stride(0), x.stride(1), x.stride(2), gc.stride(0), gc.stride(1), gc.stride(2),
+            x, slot, modality, hinge, centers, variances, counts, stats, grad_hinge, gc, grad_x,
+            n, d, x.stride(0), x.stride(1), x.stride(2), grad_hinge.stride(0), grad_hinge.stride(1),
+            gc.stride(0), gc.stride(1), gc.stride(2),
             METRIC=METRIC_CODES[metric], STRONG=strong, HAS_G_CENTERS=grad_centers is not None, BLOCK_D=block_d)
     return grad_x

@@ -93,9 +93,9 @@ centers_bwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ s
                    const typename Acc<scalar_t>::type* __restrict__ centers,
                    const typename Acc<scalar_t>::type* __restrict__ vars, const int64_t* __restrict__ counts,
                    const typename Acc<scalar_t>::type* __restrict__ stats,
-                   const typename Acc<scalar_t>::type* __restrict__ grad_hinge,
-                   const typename Acc<scalar_t>::type* __restrict__ grad_centers, scalar_t* __restrict__ grad_x,
-                   int64_t n, int64_t dim, int metric, bool strong) {
+                   const typename Acc<scalar_t>::type* __restrict__ grad_hinge, int64_t gh_stride_s,
+                   int64_t gh_stride_n, const typename Acc<scalar_t>::type* __restrict__ grad_centers,
+                   scalar_t* __restrict__ grad_x, int64_t n, int64_t dim, int metric, bool strong) {
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t j = blockIdx.x, s = blockIdx.y;
   const int64_t d = static_cast<int64_t>(blockIdx.z) * kThreads + threadIdx.x;
@@ -106,7 +106,7 @@ centers_bwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ s
   const int64_t count = counts[2 * k + m];
   const acc_t inv_n = acc_t(1) / (count > 0 ? count : 1);
   // The hinge passes gradient only where it is active (h > 0 also means both modalities are present).
-  const acc_t g = hinge[sk] > acc_t(0) ? grad_hinge[sk] : acc_t(0);
+  const acc_t g = hinge[sk] > acc_t(0) ? grad_hinge[s * gh_stride_s + k * gh_stride_n] : acc_t(0);
   const acc_t cm = centers[(sk * 2 + m) * dim + d], co = centers[(sk * 2 + 1 - m) * dim + d];
   acc_t own = 2, other = 2;  // d dist / d c_m = own * c_m - other * c_o
   if (metric == kCosine) {
@@ -142,8 +142,8 @@ cudaError_t fwd_typed(const void* x, const int64_t* order, const int64_t* seg, c
 template <typename scalar_t>
 cudaError_t bwd_typed(const void* x, const int64_t* slot, const int32_t* mod, const void* hinge, const void* centers,
                       const void* vars, const int64_t* counts, const void* stats, const void* grad_hinge,
-                      const void* grad_centers, void* grad_x, int64_t sets, int64_t n, int64_t dim, int metric,
-                      bool strong, cudaStream_t stream) {
+                      int64_t gh_stride_s, int64_t gh_stride_n, const void* grad_centers, void* grad_x, int64_t sets,
+                      int64_t n, int64_t dim, int metric, bool strong, cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
   if (dim == 0) return cudaSuccess;
   if (n > kMaxGridX || sets > kMaxGridYZ || blocks_for(dim, kThreads) > kMaxGridYZ) {
@@ -153,7 +153,8 @@ cudaError_t bwd_typed(const void* x, const int64_t* slot, const int32_t* mod, co
   centers_bwd_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
       static_cast<const scalar_t*>(x), slot, mod, static_cast<const acc_t*>(hinge), static_cast<const acc_t*>(centers),
       static_cast<const acc_t*>(vars), counts, static_cast<const acc_t*>(stats), static_cast<const acc_t*>(grad_hinge),
-      static_cast<const acc_t*>(grad_centers), static_cast<scalar_t*>(grad_x), n, dim, metric, strong);
+      gh_stride_s, gh_stride_n, static_cast<const acc_t*>(grad_centers), static_cast<scalar_t*>(grad_x), n, dim,
+      metric, strong);
   return cudaGetLastError();
 }
 
@@ -179,12 +180,13 @@ cudaError_t hetero_center_fwd(DType dtype, const void* x, const int64_t* order, 
 
 cudaError_t hetero_center_bwd(DType dtype, const void* x, const int64_t* slot, const int32_t* modality,
                               const void* hinge, const void* centers, const void* variances, const int64_t* counts,
-                              const void* stats, const void* grad_hinge, const void* grad_centers, void* grad_x,
-                              int64_t sets, int64_t n, int64_t dim, int metric, bool strong, cudaStream_t stream) {
+                              const void* stats, const void* grad_hinge, int64_t grad_hinge_stride_s,
+                              int64_t grad_hinge_stride_n, const void* grad_centers, void* grad_x, int64_t sets,
+                              int64_t n, int64_t dim, int metric, bool strong, cudaStream_t stream) {
   if (sets == 0 || n == 0) return cudaSuccess;
-#define VTREID_HC_BWD(T) \
-  bwd_typed<T>(x, slot, modality, hinge, centers, variances, counts, stats, grad_hinge, grad_centers, grad_x, sets, \
-               n, dim, metric, strong, stream)
+#define VTREID_HC_BWD(T)                                                                                      \
+  bwd_typed<T>(x, slot, modality, hinge, centers, variances, counts, stats, grad_hinge, grad_hinge_stride_s,  \
+               grad_hinge_stride_n, grad_centers, grad_x, sets, n, dim, metric, strong, stream)
   switch (dtype) {
     case DType::kFloat32: return VTREID_HC_BWD(float);
     case DType::kFloat16: return VTREID_HC_BWD(__half);

@@ -87,11 +87,13 @@ cudaError_t hetero_center_fwd(DType dtype, const void* x, const int64_t* order, 
                               double margin, cudaStream_t stream);
 
 // grad_x [sets, n, dim] (x's type) from grad_hinge [sets, n] and grad_centers [sets, n, 2, dim] (may be
-// null), both in the accumulation type.
+// null, else contiguous), both in the accumulation type. grad_hinge's element (s, k) is at
+// [s * grad_hinge_stride_s + k * grad_hinge_stride_n]: the expanded gradient of a sum is read in place.
 cudaError_t hetero_center_bwd(DType dtype, const void* x, const int64_t* slot, const int32_t* modality,
                               const void* hinge, const void* centers, const void* variances, const int64_t* counts,
-                              const void* stats, const void* grad_hinge, const void* grad_centers, void* grad_x,
-                              int64_t sets, int64_t n, int64_t dim, int metric, bool strong, cudaStream_t stream);
+                              const void* stats, const void* grad_hinge, int64_t grad_hinge_stride_s,
+                              int64_t grad_hinge_stride_n, const void* grad_centers, void* grad_x, int64_t sets,
+                              int64_t n, int64_t dim, int metric, bool strong, cudaStream_t stream);
 
 // Epilogues of the normalized cross-entropy driver (csrc/normalized_ce_driver.h), for acc_t float or
 // double, all arrays contiguous:

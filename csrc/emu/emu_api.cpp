@@ -100,11 +100,12 @@ int emu_hetero_center_fwd(int dtype, const void* x, const int64_t* order, const 
 
 int emu_hetero_center_bwd(int dtype, const void* x, const int64_t* slot, const int32_t* modality, const void* hinge,
                           const void* centers, const void* variances, const int64_t* counts, const void* stats,
-                          const void* grad_hinge, const void* grad_centers, void* grad_x, int64_t sets, int64_t n,
-                          int64_t dim, int metric, int strong) {
+                          const void* grad_hinge, int64_t grad_hinge_stride_s, int64_t grad_hinge_stride_n,
+                          const void* grad_centers, void* grad_x, int64_t sets, int64_t n, int64_t dim, int metric,
+                          int strong) {
   return vtreid::cuda::hetero_center_bwd(static_cast<DType>(dtype), x, slot, modality, hinge, centers, variances,
-                                         counts, stats, grad_hinge, grad_centers, grad_x, sets, n, dim, metric,
-                                         strong != 0, nullptr);
+                                         counts, stats, grad_hinge, grad_hinge_stride_s, grad_hinge_stride_n,
+                                         grad_centers, grad_x, sets, n, dim, metric, strong != 0, nullptr);
 }
 
 #define VTREID_EMU_NCE(T, SUFFIX)                                                                                  \

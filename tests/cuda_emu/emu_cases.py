@@ -722,12 +722,19 @@ def test_hetero_center(n, d, dtype, metric, strong):
 
     grad_hinge = torch.rand(sets, dtype=acc, generator=gen)
     (loss * grad_hinge).sum().backward()
-    grad_x = torch.empty_like(x)
-    gh = grad_hinge[:, None].expand(sets, n).contiguous()
-    _check(LIB.emu_hetero_center_bwd(DTYPE_CODES[dtype], _p(x), _p(slots.slot), _p(modality), _p(hinge), _p(centers),
-                                     _p(variances), _p(counts), _p(stats), _p(gh), _p(None), _p(grad_x), I64(sets),
-                                     I64(n), I64(d), code, int(strong)), "hetero_center_bwd")
-    assert_matches(grad_x, xr.grad.to(dtype), dtype, "grad x")
+    # The sum's gradient as autograd hands it back (expanded: stride 0 along the classes), read in place,
+    # and its contiguous copy: bitwise the same.
+    expanded = grad_hinge[:, None].expand(sets, n)
+    grads = []
+    for gh in (expanded, expanded.contiguous()):
+        grad_x = torch.empty_like(x)
+        _check(LIB.emu_hetero_center_bwd(DTYPE_CODES[dtype], _p(x), _p(slots.slot), _p(modality), _p(hinge),
+                                         _p(centers), _p(variances), _p(counts), _p(stats), _p(gh), I64(gh.stride(0)),
+                                         I64(gh.stride(1)), _p(None), _p(grad_x), I64(sets), I64(n), I64(d), code,
+                                         int(strong)), "hetero_center_bwd")
+        grads.append(grad_x)
+    assert torch.equal(grads[0], grads[1])
+    assert_matches(grads[0], xr.grad.to(dtype), dtype, "grad x")
 
 
 # --- normalized cross-entropy epilogues -----------------------------------------------------------------
@@ -982,8 +989,8 @@ def test_grid_limits_large_row_counts(dry_run):
                                        null, null, null, I64(n), I64(m), I64(d), 0) == 0
         assert LIB.emu_hetero_center_fwd(dtype, null, null, null, null, null, null, null, null, null, I64(2), I64(n),
                                          I64(d), 1, 1, ctypes.c_double(0.0)) == 0
-        assert LIB.emu_hetero_center_bwd(dtype, null, null, null, null, null, null, null, null, null, null, null,
-                                         I64(2), I64(n), I64(d), 1, 1) == 0
+        assert LIB.emu_hetero_center_bwd(dtype, null, null, null, null, null, null, null, null, null, I64(1), I64(0),
+                                         null, null, I64(2), I64(n), I64(d), 1, 1) == 0
     f32 = ctypes.c_float(1.0)
     assert LIB.emu_normalized_ce_grad_f32(null, I64(n), I64(m), I64(0), I64(m), null, null, null, null, null, null, f32,
                                           f32, null, 0, null, null, null) == 0
@@ -1001,8 +1008,8 @@ def test_zero_feature_dimension_launches_nothing(dry_run):
                                               I64(3), I64(1), I64(3), I64(1), 0, WAVE_SMS) == 0
     assert LIB.emu_hard_mining_bwd(0, null, I64(1), null, I64(1), null, null, null, null, null, null, null, null,
                                    null, null, I64(5), I64(3), I64(0), 0) == 0
-    assert LIB.emu_hetero_center_bwd(0, null, null, null, null, null, null, null, null, null, null, null, I64(1),
-                                     I64(5), I64(0), 1, 0) == 0
+    assert LIB.emu_hetero_center_bwd(0, null, null, null, null, null, null, null, null, null, I64(1), I64(0), null,
+                                     null, I64(1), I64(5), I64(0), 1, 0) == 0
     assert LIB.emu_normalized_ce_weight_grad_f32(null, 0, null, null, ctypes.c_float(1.0), I64(5), I64(0), null) == 0
     assert LIB.emu_normalized_ce_grad_x_f32(null, 0, null, null, null, null, null, null, ctypes.c_float(1.0), I64(5),
                                             I64(0), null) == 0

@@ -29,12 +29,13 @@ def _triton():
 
 
 class Launches:
-    """Records every Triton launch of kernels/hard_mining.py (name, grid) while installed; the aten ops
-    run outside those launches (the interpreter's own tensor work inside a launch is not counted)."""
+    """Records every Triton launch of a kernels/ module (default kernels/hard_mining.py: name, grid) while
+    installed; the aten ops run outside those launches (the interpreter's own tensor work inside a launch
+    is not counted)."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, module=k):
         self.triton, self.inside = [], 0
-        for name, obj in vars(k).items():
+        for name, obj in vars(module).items():
             if name.endswith("_kernel"):
                 target = obj.fn if hasattr(obj, "configs") else obj  # an autotuner launches its function
                 monkeypatch.setattr(target, "run", self._wrap(name, target.run), raising=False)

@@ -252,6 +252,28 @@ def test_triton_forward_writes_every_output(device, monkeypatch):
         assert strong or (variances == 0).all()
 
 
+def test_triton_backward_reads_the_expanded_hinge_gradient_in_place(monkeypatch):
+    """The loss sums the hinge values, so autograd hands the backward an expanded [S, N] gradient (stride 0
+    along the classes): the kernel reads it with its strides, one launch and no copy, and gives bitwise
+    what the contiguous copy gives."""
+    require_backend("triton", "cpu")
+    from vtreid.kernels import hetero_center as kernel
+    from test_hard_mining_split import AtenOps, Launches
+
+    x, labels, modality = batch(2, 3, 2, 8, "cpu", seed=14)
+    calls, real = [], kernel.backward
+    monkeypatch.setattr(kernel, "backward", lambda *args: calls.append(args) or real(*args))
+    ops.hetero_center_loss(x.clone().requires_grad_(), labels, modality, backend="triton").sum().backward()
+    (args,) = calls
+    grad_hinge = args[8]
+    assert grad_hinge.stride(1) == 0, grad_hinge.stride()
+    launches = Launches(monkeypatch, kernel)
+    with AtenOps(launches) as aten:
+        got = real(*args)
+    assert launches.names() == ["_centers_bwd_kernel"] and aten.ops == [], (launches.names(), aten.ops)
+    assert torch.equal(got, real(*args[:8], grad_hinge.contiguous(), *args[9:]))
+
+
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 def test_single_set_loss_is_a_view_of_the_fused_output(backend):
     """x [N, D] gives a scalar by squeezing the fused [1] result (a view both ways), not by indexing it,
