@@ -113,7 +113,13 @@ def _centers_fwd_kernel(
     tl.store(stats + 4, var_diff_sq)
 
 
-@triton.jit
+# The hinge gradient's strides depend on how the caller reduces the loss (an expanded scalar: (0, 0); a
+# vector per set: (1, 0); a full [S, N] tensor: (N, 1)). Left unspecialized, one compiled kernel serves
+# every pattern instead of a JIT recompile per pattern; they index one scalar load per program.
+_BWD_UNSPECIALIZED = ("stride_hs", "stride_hn")
+
+
+@triton.jit(do_not_specialize=_BWD_UNSPECIALIZED)
 def _centers_bwd_kernel(
     X, SLOT, MOD, HINGE, CENTERS, VARS, COUNTS, STATS, G_HINGE, G_CENTERS, GRAD_X,
     N, D, stride_xs, stride_xn, stride_xd, stride_hs, stride_hn, stride_gs, stride_gk, stride_gm,
@@ -200,3 +206,6 @@ def backward(x, slot, modality, hinge, centers, variances, counts, stats, grad_h
             gc.stride(0), gc.stride(1), gc.stride(2),
             METRIC=METRIC_CODES[metric], STRONG=strong, HAS_G_CENTERS=grad_centers is not None, BLOCK_D=block_d)
     return grad_x
+
+
+_centers_bwd_kernel.unspecialized = _BWD_UNSPECIALIZED  # for the launch-spec test (tests/kernels)
