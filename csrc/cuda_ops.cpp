@@ -121,16 +121,17 @@ MiningFwdOut hard_mining_fwd_cuda(
   const int64_t n = a.size(0), m = c.size(0), dim = a.size(1);
   const auto acc_options = a.options().dtype(accumulation_type(a.scalar_type()));
   // With anchors and candidates the kernels write every output (asq by the first split, csq by the first
-  // anchor block: tests/cuda_emu poisons them), so they are not filled: seven memset launches fewer per
+  // anchor block: tests/cuda_emu poisons them), so they are not filled: nine fill launches fewer per
   // call at the training shape. Without candidates no kernel runs and the outputs are the defaults.
   const bool run = n > 0 && m > 0;
-  const auto dists = [&](int64_t size) { return run ? at::empty({size}, acc_options) : at::zeros({size}, acc_options); };
-  const auto indices = [&] { return run ? at::empty({n}, la.options()) : at::full({n}, -1, la.options()); };
-  at::Tensor pos_d = dists(n), neg_d = dists(n), pos_i = indices(), neg_i = indices();
-  at::Tensor valid = run ? at::empty({n}, la.options().dtype(at::kBool)) : at::zeros({n}, la.options().dtype(at::kBool));
-  at::Tensor asq = dists(n), csq = dists(m);
-  const auto out_dists = [&] { return run ? at::empty({n}, a.options()) : at::zeros({n}, a.options()); };
-  at::Tensor pos_out = out_dists(), neg_out = out_dists();
+  const auto output = [&](int64_t size, const at::TensorOptions& options, double fill) {
+    return run ? at::empty({size}, options) : at::full({size}, fill, options);
+  };
+  at::Tensor pos_d = output(n, acc_options, 0), neg_d = output(n, acc_options, 0);
+  at::Tensor pos_i = output(n, la.options(), -1), neg_i = output(n, la.options(), -1);
+  at::Tensor valid = output(n, la.options().dtype(at::kBool), 0);
+  at::Tensor asq = output(n, acc_options, 0), csq = output(m, acc_options, 0);
+  at::Tensor pos_out = output(n, a.options(), 0), neg_out = output(n, a.options(), 0);
   if (run) {
     const int sms = multiprocessor_count(a.device());
     // Per-split partial bests when the candidates are split (see launch.h); uninitialised is fine.

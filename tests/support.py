@@ -5,6 +5,7 @@ from typing import NamedTuple
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from vtreid.ops import _backend
 
@@ -113,6 +114,51 @@ def raw_modality(modality: torch.Tensor) -> torch.Tensor:
     return torch.where(modality == 0, 0, values)
 
 
+# --- the launches and aten ops a launcher really runs (Triton interpreter) ------------------------------
+
+class Launches:
+    """Records every Triton launch of a kernels/ module (name, grid) while installed, the kernels still
+    running; AtenOps counts the aten ops run outside those launches (the interpreter's own tensor work
+    inside a launch is not counted)."""
+
+    def __init__(self, monkeypatch, module):
+        self.triton, self.inside = [], 0
+        for name, obj in vars(module).items():
+            if name.endswith("_kernel"):
+                target = obj.fn if hasattr(obj, "configs") else obj  # an autotuner launches its function
+                monkeypatch.setattr(target, "run", self._wrap(name, target.run), raising=False)
+
+    def _wrap(self, name, real):
+        def run(*args, grid, **kwargs):
+            self.triton.append((name, tuple(grid(kwargs)) if callable(grid) else tuple(grid)))
+            self.inside += 1
+            try:
+                return real(*args, grid=grid, **kwargs)
+            finally:
+                self.inside -= 1
+        return run
+
+    def names(self):
+        return [name for name, _ in self.triton]
+
+    def grid(self, name):
+        return [grid for n, grid in self.triton if n == name][-1]
+
+
+class AtenOps(TorchDispatchMode):
+    """The aten ops a launcher runs itself: on a GPU each one that is not an allocation or a view is a launch."""
+    FREE = {"empty", "empty_strided", "view", "select", "slice", "alias", "detach", "as_strided", "expand", "t"}
+
+    def __init__(self, launches: Launches):
+        super().__init__()
+        self.launches, self.ops = launches, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.launches.inside and func.overloadpacket.__name__ not in self.FREE:
+            self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
 # --- every Triton launch of the ops, recorded instead of run ------------------------------------------
 
 class Launch(NamedTuple):
@@ -176,8 +222,9 @@ def launch_every_op(n: int, m: int, d: int, c: int, dtype: torch.dtype) -> None:
     k_pair.backward(dist, dist, x, y, torch.ones(n), torch.ones(m), "euclidean")
     k_mining.forward(x, labels, y, labels_y, mod, mod_y, "euclidean", "any", "cross", y is x, 0.0)
     idx = torch.arange(n) % m
-    k_mining.backward(torch.ones(n), torch.ones(n), x, y, idx, idx, torch.ones(n), torch.ones(n), torch.ones(n),
-                      torch.ones(m), "euclidean")
+    grad = torch.ones(n, dtype=dtype)  # the distances' gradient comes in the features' dtype
+    k_mining.backward(grad, grad, x, y, idx, idx, torch.ones(n), torch.ones(n), torch.ones(n), torch.ones(m),
+                      "euclidean")
     slots = hetero_center.class_slots(labels)
     out = k_center.forward(x[None], slots.order, slots.seg, mod, "sqeuclidean", False, 0.0)
     k_center.backward(x[None], slots.slot, mod, out[0], out[1], out[2], out[3], out[4], torch.ones(1, n), None,

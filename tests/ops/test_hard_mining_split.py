@@ -8,13 +8,12 @@ import os
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import vtreid.ops as ops
 from vtreid.kernels import _launch
 from vtreid.kernels import hard_mining as k
 
-from support import TOLERANCES, assert_matches, require_backend
+from support import TOLERANCES, AtenOps, Launches, assert_matches, require_backend
 from test_hard_mining import METRICS, check, make_batch, mine
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton interpreter")
@@ -26,49 +25,6 @@ SPLIT_COUNTS = (1, 2, 3, 64)  # 64: more than the tiles of every case here, so c
 @pytest.fixture(autouse=True)
 def _triton():
     require_backend("triton", "cpu", torch.float32)
-
-
-class Launches:
-    """Records every Triton launch of a kernels/ module (default kernels/hard_mining.py: name, grid) while
-    installed; the aten ops run outside those launches (the interpreter's own tensor work inside a launch
-    is not counted)."""
-
-    def __init__(self, monkeypatch, module=k):
-        self.triton, self.inside = [], 0
-        for name, obj in vars(module).items():
-            if name.endswith("_kernel"):
-                target = obj.fn if hasattr(obj, "configs") else obj  # an autotuner launches its function
-                monkeypatch.setattr(target, "run", self._wrap(name, target.run), raising=False)
-
-    def _wrap(self, name, real):
-        def run(*args, grid, **kwargs):
-            self.triton.append((name, tuple(grid(kwargs)) if callable(grid) else tuple(grid)))
-            self.inside += 1
-            try:
-                return real(*args, grid=grid, **kwargs)
-            finally:
-                self.inside -= 1
-        return run
-
-    def names(self):
-        return [name for name, _ in self.triton]
-
-    def grid(self, name):
-        return [grid for n, grid in self.triton if n == name][-1]
-
-
-class AtenOps(TorchDispatchMode):
-    """The aten ops a launcher runs itself: on a GPU each one that is not an allocation or a view is a launch."""
-    FREE = {"empty", "empty_strided", "view", "select", "slice", "alias", "detach", "as_strided", "expand", "t"}
-
-    def __init__(self, launches):
-        super().__init__()
-        self.launches, self.ops = launches, []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not self.launches.inside and func.overloadpacket.__name__ not in self.FREE:
-            self.ops.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
 
 
 def forced(monkeypatch, splits):
@@ -106,7 +62,7 @@ def test_forced_splits_match_reference_and_one_split(monkeypatch, metric, rules)
         results, grads = [], None
         for splits in SPLIT_COUNTS:
             forced(monkeypatch, splits)
-            launches = Launches(monkeypatch)
+            launches = Launches(monkeypatch, k)
             got, grads = run_all("triton", *args, grads=grads, **extra)
             blocks, used = launches.grid("_mining_fwd_kernel")
             tiles = -(-(m or n) // TILE)
@@ -244,7 +200,7 @@ def test_invalid_anchors_and_tiny_shapes(monkeypatch, splits):
     # N = 1 against a bank of several splits; M smaller than one tile (one split whatever is asked)
     c, lc, _ = make_batch(4 * TILE, 9, 3, "cpu", seed=12)
     check("triton", "cpu", torch.float32, x[:1], lc[:1], c, lc)
-    launches = Launches(monkeypatch)
+    launches = Launches(monkeypatch, k)
     check("triton", "cpu", torch.float32, x[:6], lc[:6], c[:5], lc[:5])
     assert launches.grid("_mining_fwd_kernel")[1] == 1 and "_mining_combine_kernel" not in launches.names()
     check("triton", "cpu", torch.float32, x[:1], lc[:1], c[:1], lc[:1])
@@ -300,7 +256,7 @@ def test_grids_at_the_training_shapes(dtype):
 def test_backward_is_two_launches_without_sort(monkeypatch, d):
     x, labels, _ = make_batch(130, d, 6, "cpu", seed=2)
     c, lc, _ = make_batch(90, d, 6, "cpu", seed=3)
-    launches = Launches(monkeypatch)
+    launches = Launches(monkeypatch, k)
     with AtenOps(launches) as aten:
         _, pi, _, ni, valid, asq, csq, pd, nd = k.forward(x, labels, c, lc, None, None, "euclidean", "any", "any",
                                                           False, 1e-6, splits=3)
@@ -308,7 +264,7 @@ def test_backward_is_two_launches_without_sort(monkeypatch, d):
     sorts = []
     real_sort = torch.sort
     monkeypatch.setattr(torch, "sort", lambda *a, **kw: sorts.append(1) or real_sort(*a, **kw))
-    launches = Launches(monkeypatch)
+    launches = Launches(monkeypatch, k)
     grad, expanded = torch.randn(130), torch.ones(()).expand(130)
     with AtenOps(launches) as aten:
         # an expanded (stride 0) upstream gradient is read in place, not copied
@@ -325,7 +281,7 @@ def test_backward_through_autograd_launches_at_most_three_kernels(monkeypatch):
     xa = x.clone().requires_grad_()
     out = ops.hard_mining(xa, labels, backend="triton")
     loss = out.pos_dist.sum() - out.neg_dist.sum()
-    launches = Launches(monkeypatch)
+    launches = Launches(monkeypatch, k)
     loss.backward()
     assert len(launches.triton) <= 3 and "_candidate_grad_kernel" in launches.names(), launches.names()
 
@@ -335,7 +291,7 @@ def test_half_distances_cost_no_cast_launch(monkeypatch):
     reach the backward kernels as they come: no conversion (_to_copy) forward or backward."""
     x, labels, _ = make_batch(100, 20, 4, "cpu", torch.float16, seed=6)
     xa = x.clone().requires_grad_()
-    launches = Launches(monkeypatch)
+    launches = Launches(monkeypatch, k)
     with AtenOps(launches) as aten:
         out = ops.hard_mining(xa, labels, backend="triton")
         (out.pos_dist.sum() + out.neg_dist.sum()).backward()

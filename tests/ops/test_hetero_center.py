@@ -7,7 +7,8 @@ import torch
 import vtreid.ops as ops
 from vtreid.ops.hetero_center import FUSED, class_slots
 
-from support import DEVICES, FUSED_BACKENDS, assert_matches, dtypes_for, raw_modality, require_backend
+from support import (DEVICES, FUSED_BACKENDS, AtenOps, Launches, assert_matches, dtypes_for, raw_modality,
+                     require_backend)
 
 OPTIONS = [dict(metric=m, strong=s, reduction=r, margin=a)
            for m, s, r, a in itertools.product(("sqeuclidean", "cosine"), (False, True), ("sum", "mean"), (0.0, 0.7))]
@@ -258,7 +259,6 @@ def test_triton_backward_reads_the_expanded_hinge_gradient_in_place(monkeypatch)
     what the contiguous copy gives."""
     require_backend("triton", "cpu")
     from vtreid.kernels import hetero_center as kernel
-    from test_hard_mining_split import AtenOps, Launches
 
     x, labels, modality = batch(2, 3, 2, 8, "cpu", seed=14)
     calls, real = [], kernel.backward
