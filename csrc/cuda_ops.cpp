@@ -162,16 +162,21 @@ std::tuple<at::Tensor, at::Tensor> hard_mining_bwd_cuda(
   const c10::cuda::CUDAGuard guard(anchors.device());
   const auto acc = accumulation_type(anchors.scalar_type());
   const at::Tensor a = anchors.contiguous(), c = candidates.contiguous();
-  // The kernel reads the gradients in the features' dtype with their strides (autograd hands them in that
-  // dtype, often expanded from a sum): no cast or copy launch.
-  const at::Tensor gp = grad_pos.to(a.scalar_type()), gn = grad_neg.to(a.scalar_type());
+  // The kernel reads the gradients with their strides (autograd hands them in the features' dtype, often
+  // expanded from a sum): no cast or copy launch. It reads the accumulation type too, so a direct call with
+  // float32 gradients for half features keeps their precision; any other dtype is converted to that.
+  const auto grad_type = grad_pos.scalar_type() == grad_neg.scalar_type() &&
+                                 (grad_pos.scalar_type() == a.scalar_type() || grad_pos.scalar_type() == acc)
+                             ? grad_pos.scalar_type()
+                             : acc;
+  const at::Tensor gp = grad_pos.to(grad_type), gn = grad_neg.to(grad_type);
   const at::Tensor pd = pos_dist.to(acc).contiguous(), nd = neg_dist.to(acc).contiguous();
   const at::Tensor as = asq.to(acc).contiguous(), cs = csq.to(acc).contiguous();
   const at::Tensor pi = pos_index.to(at::kLong).contiguous(), ni = neg_index.to(at::kLong).contiguous();
   const int64_t n = a.size(0), m = c.size(0), dim = a.size(1);
   at::Tensor grad_a = at::empty_like(a), grad_c = at::empty_like(c);
   check_launch(vtreid::cuda::hard_mining_bwd(
-                   dtype_of(a), gp.const_data_ptr(), gp.stride(0), gn.const_data_ptr(), gn.stride(0),
+                   dtype_of(a), dtype_of(gp), gp.const_data_ptr(), gp.stride(0), gn.const_data_ptr(), gn.stride(0),
                    a.const_data_ptr(), c.const_data_ptr(),
                    pi.const_data_ptr<int64_t>(), ni.const_data_ptr<int64_t>(), pd.const_data_ptr(), nd.const_data_ptr(),
                    as.const_data_ptr(), cs.const_data_ptr(), grad_a.mutable_data_ptr(), grad_c.mutable_data_ptr(), n,

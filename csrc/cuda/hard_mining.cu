@@ -384,12 +384,23 @@ struct AnchorPairs {
   PairCoefficients<acc_t> P, Q;
 };
 
-// The upstream gradients of the public distances: the features' dtype, any stride (an expanded scalar
-// gradient has stride 0), read in place.
+// The upstream gradients of the public distances, read in place: the features' dtype (what autograd hands
+// the op) or, when \c in_acc, the accumulation type (a direct call with float32 gradients for half
+// features keeps their precision); any stride (an expanded scalar gradient has stride 0).
 template <typename scalar_t>
 struct MiningGrads {
-  const scalar_t *pos, *neg;
+  using acc_t = typename Acc<scalar_t>::type;
+  const void *pos, *neg;
   int64_t pos_stride, neg_stride;
+  bool in_acc;
+
+  __device__ __forceinline__ acc_t pos_at(int64_t i) const { return at(pos, i * pos_stride); }
+  __device__ __forceinline__ acc_t neg_at(int64_t i) const { return at(neg, i * neg_stride); }
+
+ private:
+  __device__ __forceinline__ acc_t at(const void* g, int64_t k) const {
+    return in_acc ? static_cast<const acc_t*>(g)[k] : to_acc(static_cast<const scalar_t*>(g)[k]);
+  }
 };
 
 template <typename scalar_t, typename acc_t>
@@ -400,9 +411,9 @@ __device__ __forceinline__ AnchorPairs<acc_t> anchor_pairs(int64_t i, const Mini
   AnchorPairs<acc_t> s;
   s.p = pi[i] < m ? pi[i] : -1;
   s.q = ni[i] < m ? ni[i] : -1;
-  s.P = pair_coefficients<acc_t>(to_acc(g.pos[i * g.pos_stride]), pd[i], s.p, asq[i],
+  s.P = pair_coefficients<acc_t>(g.pos_at(i), pd[i], s.p, asq[i],
                                  s.p >= 0 ? csq[s.p] : acc_t(0), metric);
-  s.Q = pair_coefficients<acc_t>(to_acc(g.neg[i * g.neg_stride]), nd[i], s.q, asq[i],
+  s.Q = pair_coefficients<acc_t>(g.neg_at(i), nd[i], s.q, asq[i],
                                  s.q >= 0 ? csq[s.q] : acc_t(0), metric);
   return s;
 }
@@ -539,10 +550,10 @@ cudaError_t fwd_typed(const void* a, const void* c, const int64_t* la, const int
 }
 
 template <typename scalar_t>
-cudaError_t bwd_typed(const void* gp, int64_t gp_stride, const void* gn, int64_t gn_stride, const void* a,
-                      const void* c, const int64_t* pi, const int64_t* ni, const void* pd, const void* nd,
-                      const void* asq, const void* csq, void* grad_a, void* grad_c, int64_t n, int64_t m, int64_t dim,
-                      int metric, cudaStream_t stream) {
+cudaError_t bwd_typed(bool grads_in_acc, const void* gp, int64_t gp_stride, const void* gn, int64_t gn_stride,
+                      const void* a, const void* c, const int64_t* pi, const int64_t* ni, const void* pd,
+                      const void* nd, const void* asq, const void* csq, void* grad_a, void* grad_c, int64_t n,
+                      int64_t m, int64_t dim, int metric, cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
   if (dim == 0 || n + m == 0) return cudaSuccess;
   const int64_t anchor_blocks = blocks_for(n, kGradRows);
@@ -551,7 +562,7 @@ cudaError_t bwd_typed(const void* gp, int64_t gp_stride, const void* gn, int64_t
   if (feature_blocks > kMaxGridYZ || blocks > kMaxGridX) return cudaErrorInvalidConfiguration;
   mining_bwd_kernel<scalar_t><<<dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(feature_blocks)),
                                 kGradThreads, 0, stream>>>(
-      MiningGrads<scalar_t>{static_cast<const scalar_t*>(gp), static_cast<const scalar_t*>(gn), gp_stride, gn_stride},
+      MiningGrads<scalar_t>{gp, gn, gp_stride, gn_stride, grads_in_acc},
       static_cast<const scalar_t*>(a),
       static_cast<const scalar_t*>(c), pi, ni, static_cast<const acc_t*>(pd), static_cast<const acc_t*>(nd),
       static_cast<const acc_t*>(asq), static_cast<const acc_t*>(csq), static_cast<scalar_t*>(grad_a),
@@ -604,12 +615,15 @@ cudaError_t hard_mining_fwd(DType dtype, const void* a, const void* c, const int
   return cudaErrorInvalidValue;
 }
 
-cudaError_t hard_mining_bwd(DType dtype, const void* gp, int64_t gp_stride, const void* gn, int64_t gn_stride,
-                            const void* a, const void* c, const int64_t* pi, const int64_t* ni, const void* pd,
-                            const void* nd, const void* asq, const void* csq, void* grad_a, void* grad_c, int64_t n,
-                            int64_t m, int64_t dim, int metric, cudaStream_t stream) {
+cudaError_t hard_mining_bwd(DType dtype, DType grad_dtype, const void* gp, int64_t gp_stride, const void* gn,
+                            int64_t gn_stride, const void* a, const void* c, const int64_t* pi, const int64_t* ni,
+                            const void* pd, const void* nd, const void* asq, const void* csq, void* grad_a,
+                            void* grad_c, int64_t n, int64_t m, int64_t dim, int metric, cudaStream_t stream) {
+  const DType acc_dtype = dtype == DType::kFloat64 ? DType::kFloat64 : DType::kFloat32;
+  if (grad_dtype != dtype && grad_dtype != acc_dtype) return cudaErrorInvalidValue;
 #define VTREID_MINING_BWD(T) \
-  bwd_typed<T>(gp, gp_stride, gn, gn_stride, a, c, pi, ni, pd, nd, asq, csq, grad_a, grad_c, n, m, dim, metric, stream)
+  bwd_typed<T>(grad_dtype != dtype, gp, gp_stride, gn, gn_stride, a, c, pi, ni, pd, nd, asq, csq, grad_a, grad_c, n, \
+               m, dim, metric, stream)
   switch (dtype) {
     case DType::kFloat32: return VTREID_MINING_BWD(float);
     case DType::kFloat16: return VTREID_MINING_BWD(__half);

@@ -70,10 +70,11 @@ MiningFwdGrid hard_mining_fwd_grid(int64_t n, int64_t m, int64_t dim, int sms);
 size_t hard_mining_fwd_workspace_bytes(DType dtype, int64_t n, int64_t m, int64_t dim, int sms);
 
 // grad_anchors [n, dim] and grad_candidates [m, dim], in one launch. An index outside [0, m) counts as no
-// pair. grad_pos / grad_neg are in the features' dtype, element i at [i * stride] (stride 0: one value
-// for all); distances and norms are in the accumulation type.
-cudaError_t hard_mining_bwd(DType dtype, const void* grad_pos, int64_t grad_pos_stride, const void* grad_neg,
-                            int64_t grad_neg_stride, const void* anchors, const void* candidates,
+// pair. grad_pos / grad_neg are of grad_dtype, the features' dtype or their accumulation type (another:
+// cudaErrorInvalidValue), element i at [i * stride] (stride 0: one value for all); distances and norms
+// are in the accumulation type.
+cudaError_t hard_mining_bwd(DType dtype, DType grad_dtype, const void* grad_pos, int64_t grad_pos_stride,
+                            const void* grad_neg, int64_t grad_neg_stride, const void* anchors, const void* candidates,
                             const int64_t* pos_index, const int64_t* neg_index, const void* pos_dist,
                             const void* neg_dist, const void* asq, const void* csq, void* grad_anchors,
                             void* grad_candidates, int64_t n, int64_t m, int64_t dim, int metric, cudaStream_t stream);

@@ -81,12 +81,13 @@ int64_t emu_hard_mining_fwd_workspace_bytes(int dtype, int64_t n, int64_t m, int
       vtreid::cuda::hard_mining_fwd_workspace_bytes(static_cast<DType>(dtype), n, m, dim, sms));
 }
 
-int emu_hard_mining_bwd(int dtype, const void* grad_pos, int64_t grad_pos_stride, const void* grad_neg,
-                        int64_t grad_neg_stride, const void* anchors, const void* candidates,
+int emu_hard_mining_bwd(int dtype, int grad_dtype, const void* grad_pos, int64_t grad_pos_stride,
+                        const void* grad_neg, int64_t grad_neg_stride, const void* anchors, const void* candidates,
                         const int64_t* pos_index, const int64_t* neg_index, const void* pos_dist,
                         const void* neg_dist, const void* asq, const void* csq, void* grad_anchors,
                         void* grad_candidates, int64_t n, int64_t m, int64_t dim, int metric) {
-  return vtreid::cuda::hard_mining_bwd(static_cast<DType>(dtype), grad_pos, grad_pos_stride, grad_neg,
+  return vtreid::cuda::hard_mining_bwd(static_cast<DType>(dtype), static_cast<DType>(grad_dtype), grad_pos,
+                                       grad_pos_stride, grad_neg,
                                        grad_neg_stride, anchors, candidates, pos_index, neg_index, pos_dist, neg_dist,
                                        asq, csq, grad_anchors, grad_candidates, n, m, dim, metric, nullptr);
 }

@@ -426,13 +426,15 @@ _POISON_DIST, _POISON_INDEX, _POISON_BOOL = -7.0, 2**40, 0x7F  # no distance, no
 
 
 def _mine_bwd(gp, gn, a, c, got, metric):
-    """hard_mining_bwd through the emulated launcher; gp / gn in the features' dtype, read with their strides."""
+    """hard_mining_bwd through the emulated launcher; gp / gn (one dtype: the features' or their accumulation
+    type) read with their strides."""
     pos_d, pos_i, neg_d, neg_i, _, asq, csq = got[:7]
+    assert gp.dtype == gn.dtype
     ga, gc = torch.empty_like(a), torch.empty_like(c)
-    _check(LIB.emu_hard_mining_bwd(DTYPE_CODES[a.dtype], _p(gp), I64(gp.stride(0)), _p(gn), I64(gn.stride(0)), _p(a),
-                                   _p(c), _p(pos_i), _p(neg_i), _p(pos_d),
-                                   _p(neg_d), _p(asq), _p(csq), _p(ga), _p(gc), I64(a.shape[0]), I64(c.shape[0]),
-                                   I64(a.shape[1]), METRIC_CODES[metric]), "hard_mining_bwd")
+    _check(LIB.emu_hard_mining_bwd(DTYPE_CODES[a.dtype], DTYPE_CODES[gp.dtype], _p(gp), I64(gp.stride(0)), _p(gn),
+                                   I64(gn.stride(0)), _p(a), _p(c), _p(pos_i), _p(neg_i), _p(pos_d), _p(neg_d), _p(asq),
+                                   _p(csq), _p(ga), _p(gc), I64(a.shape[0]), I64(c.shape[0]), I64(a.shape[1]),
+                                   METRIC_CODES[metric]), "hard_mining_bwd")
     return ga, gc
 
 
@@ -666,6 +668,30 @@ def test_hard_mining_backward_reads_gradients_in_place(dtype, metric):
         for x, y in zip(strided, contiguous):
             assert torch.equal(x, y)
         assert strided[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_hard_mining_backward_reads_accumulation_dtype_gradients(dtype):
+    """Float32 gradients for half features (a direct call of the op) are read at full precision, not
+    rounded to the features' dtype first: the result is what the float32 values give, and differs from
+    what their half roundings give. Another gradient dtype is refused, not misread."""
+    n, m, d = 37, 70, 19
+    gen = torch.Generator().manual_seed(8)
+    a, c, la, lc, ma, mc = _mining_inputs(n, m, d, dtype, gen, False)
+    got = _mine(a, c, la, lc, ma, mc, "euclidean", ("any", "any"), False)
+    want, ar, cr = _reference_mining(a, c, la, lc, ma, mc, "euclidean", ("any", "any"), False)
+    _check_forward(got, want, dtype)
+    gp, gn = 1 + torch.rand(n, generator=gen) / 1000, torch.rand(n, generator=gen)  # fp16/bf16 round gp to 1
+    (want[0] * gp + want[2] * gn).sum().backward()
+    ga, gc = _mine_bwd(gp, gn, a, c, got, "euclidean")
+    assert_matches(ga, ar.grad.to(dtype), dtype, "grad anchors")
+    assert_matches(gc, cr.grad.to(dtype), dtype, "grad candidates")
+    rounded = _mine_bwd(gp.to(dtype), gn.to(dtype), a, c, got, "euclidean")
+    assert not torch.equal(torch.cat([ga.flatten(), gc.flatten()]), torch.cat([x.flatten() for x in rounded]))
+    other = gp.double()
+    assert LIB.emu_hard_mining_bwd(DTYPE_CODES[dtype], DTYPE_CODES[torch.float64], _p(other), I64(1), _p(other),
+                                   I64(1), _p(a), _p(c), _p(got[1]), _p(got[3]), _p(got[0]), _p(got[2]), _p(got[5]),
+                                   _p(got[6]), _p(ga), _p(gc), I64(n), I64(m), I64(d), 0) != 0
 
 
 def test_hard_mining_grid_fills_a_wave_at_training_shapes():
@@ -985,8 +1011,8 @@ def test_grid_limits_large_row_counts(dry_run):
                                                   I64(d), I64(m), I64(1), I64(m), I64(1), 0, WAVE_SMS) == 0
         assert LIB.emu_hard_mining_fwd(dtype, null, null, null, null, null, null, null, null, null, null, null, null,
                                        null, null, null, null, I64(n), I64(m), I64(d), 0, 0, 0, 0, WAVE_SMS) == 0
-        assert LIB.emu_hard_mining_bwd(dtype, null, I64(1), null, I64(1), null, null, null, null, null, null, null,
-                                       null, null, null, I64(n), I64(m), I64(d), 0) == 0
+        assert LIB.emu_hard_mining_bwd(dtype, dtype, null, I64(1), null, I64(1), null, null, null, null, null, null,
+                                       null, null, null, null, I64(n), I64(m), I64(d), 0) == 0
         assert LIB.emu_hetero_center_fwd(dtype, null, null, null, null, null, null, null, null, null, I64(2), I64(n),
                                          I64(d), 1, 1, ctypes.c_double(0.0)) == 0
         assert LIB.emu_hetero_center_bwd(dtype, null, null, null, null, null, null, null, null, null, I64(1), I64(0),
@@ -1006,7 +1032,7 @@ def test_zero_feature_dimension_launches_nothing(dry_run):
     null = ctypes.c_void_p(0)
     assert LIB.emu_pairwise_distance_bwd_side(0, null, null, null, null, null, null, null, I64(5), I64(3), I64(0),
                                               I64(3), I64(1), I64(3), I64(1), 0, WAVE_SMS) == 0
-    assert LIB.emu_hard_mining_bwd(0, null, I64(1), null, I64(1), null, null, null, null, null, null, null, null,
+    assert LIB.emu_hard_mining_bwd(0, 0, null, I64(1), null, I64(1), null, null, null, null, null, null, null, null,
                                    null, null, I64(5), I64(3), I64(0), 0) == 0
     assert LIB.emu_hetero_center_bwd(0, null, null, null, null, null, null, null, null, null, I64(1), I64(0), null,
                                      null, I64(1), I64(5), I64(0), 1, 0) == 0

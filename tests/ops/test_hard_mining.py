@@ -279,6 +279,31 @@ def test_kernels_write_the_distances_in_the_input_dtype(device, backend):
             assert "hardmining" in t.grad_fn.name().lower().replace("_", ""), t.grad_fn.name()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_backward_op_reads_float32_gradients_of_half_features_at_full_precision(device, backend):
+    """A direct call of the backward op with float32 gradients for half features (autograd hands the
+    features' dtype) uses them as given, not rounded to half first, in every backend: the CUDA kernel
+    reads either dtype."""
+    for dtype in (d for d in dtypes_for(device, backend) if d in (torch.float16, torch.bfloat16)):
+        require_backend(backend, device, dtype)
+        x, labels, _ = make_batch(40, 24, 5, device, dtype, seed=9)
+        op = FUSED[backend]
+        out = op.forward(x, labels, x, labels, None, None, "euclidean", "any", "any", True)
+        gen = torch.Generator().manual_seed(9)
+        gp = (1 + torch.rand(40, generator=gen) / 1000).to(device)  # rounds to 1 (+ one step) in half
+        gn = torch.rand(40, generator=gen).to(device)
+        got = op.backward(gp, gn, x, x, out[1], out[3], out[7], out[8], out[5], out[6], "euclidean")
+        rounded = op.backward(gp.to(dtype), gn.to(dtype), x, x, out[1], out[3], out[7], out[8], out[5], out[6],
+                              "euclidean")
+        xr = x.float().requires_grad_()
+        pos_d, pos_i, neg_d, neg_i, _ = reference.hard_mining(xr, labels)
+        assert torch.equal(pos_i, out[1]) and torch.equal(neg_i, out[3])
+        (pos_d * gp + neg_d * gn).sum().backward()
+        assert_matches(got[0] + got[1], xr.grad.to(dtype), dtype, f"{backend} {dtype} grad")
+        assert not torch.equal(got[0] + got[1], rounded[0] + rounded[1]), f"{backend} {dtype}: gradients rounded"
+
+
 def test_bad_inputs_name_the_argument():
     x = torch.randn(6, 4)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
