@@ -17,7 +17,9 @@ possibly a little less fast. Kernels take the buckets as extra (unused) integer 
 
 ``not_on(config, arch)`` marks a config the tuner never picks on that architecture (e.g. 80: sm_80's ptxas
 spills it although sm_90's does not); ``configs_for`` and ``prune_to_waves`` drop it there, and
-scripts/compile_triton.py does not compile it for that architecture.
+scripts/compile_triton.py does not compile it for that architecture. ``SM_86_89`` names the consumer and
+inference parts (sm_86: RTX 30xx, A10, A40; sm_89: RTX 40xx, L4, L40), on which ptxas allocates registers
+alike (the compile table's rows for the two are identical) and differently from sm_80.
 
 ``num_sms(device)`` and ``WAVE_SMS`` size the grids: a split launch picks its split count so that the
 training shapes give at least one program per SM (tests/kernels/test_launch_waves.py checks it for a
@@ -40,6 +42,9 @@ GRID_LIMITS = (2**31 - 1, 65535, 65535)
 
 #: SM count assumed off a GPU (CPU tensors, the interpreter): an H100 SXM's, the largest target.
 WAVE_SMS = 132
+
+#: sm_86 and sm_89, for not_on: one ptxas behaviour in the compile table (and 99 KB of shared memory a block).
+SM_86_89 = (86, 89)
 
 
 def bucket(n: int) -> int:

@@ -32,8 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import (GRID_LIMITS, autotune, bucket, configs_union, not_on, num_sms, on_device_of, prune_to_waves,
-                      splits_for)
+from ._launch import (GRID_LIMITS, SM_86_89, autotune, bucket, configs_union, not_on, num_sms, on_device_of,
+                      prune_to_waves, splits_for)
 from ._launch import configs_for as _configs_for
 from .pairwise_distance import METRIC_CODES, distance_epilogue, dot_and_norms
 
@@ -58,13 +58,15 @@ def _cfg(bn, bm, bd, warps, stages):
 # fold keeps several [BLOCK_N, BLOCK_M] tiles live. (Until Step 14 the spill table compiled a runtime
 # feature stride, under which 64 x 128 and 128 x 64 spilled too, and 32 x 32 with 4 warps.) 16 x 16 x 64
 # is half only: in float32 (FMA) it spills 8 bytes for cosine under Triton 3.6.
-# On sm_80 the half tiles marked not_on(80) spill 8-24 bytes (16 x 16 under Triton 3.6, 64 x 64 x 64 under
-# 3.9); there the candidate splits still fill the GPU with the 16 x 32 tile.
+# On sm_80, sm_86 and sm_89 the half tiles marked not_on spill 8-24 bytes (16 x 16 under Triton 3.6, 64 x 64 x
+# 64 under 3.9); there the candidate splits still fill the GPU with the 16 x 32 tile. That tile spills 8 bytes
+# on sm_86 / sm_89 under Triton 3.9 in 8 of its 54 half variants (euclidean with a cross or same rule) and is
+# kept: without it the training shape gets 64 programs, less than one per SM of an RTX 3090 (82).
 _SMALL = [_cfg(16, 32, 32, 4, 3), _cfg(32, 32, 32, 8, 3)]
 _FWD_BY_DTYPE = {"fp32": [_cfg(16, 16, 32, 4, 3)] + _SMALL,
-                 "half": [not_on(_cfg(16, 16, 32, 4, 3), 80)] + _SMALL + [
-                     not_on(_cfg(16, 16, 64, 4, 3), 80), _cfg(64, 128, 32, 8, 2), _cfg(128, 64, 32, 8, 2),
-                     _cfg(64, 64, 32, 8, 2), not_on(_cfg(64, 64, 64, 8, 2), 80)]}
+                 "half": [not_on(_cfg(16, 16, 32, 4, 3), 80, *SM_86_89)] + _SMALL + [
+                     not_on(_cfg(16, 16, 64, 4, 3), 80, *SM_86_89), _cfg(64, 128, 32, 8, 2),
+                     _cfg(128, 64, 32, 8, 2), _cfg(64, 64, 32, 8, 2), not_on(_cfg(64, 64, 64, 8, 2), 80, *SM_86_89)]}
 _FWD_CONFIGS = (configs_union(_FWD_BY_DTYPE), {"BLOCK_N": 16, "BLOCK_M": 32, "BLOCK_D": 32})
 
 COMBINE_BLOCK = 128  # anchors per program of _mining_combine_kernel

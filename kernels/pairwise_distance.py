@@ -31,7 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import INTERPRET, autotune, bucket, configs_union, not_on, num_sms, on_device_of, prune_to_waves
+from ._launch import (INTERPRET, SM_86_89, autotune, bucket, configs_union, not_on, num_sms, on_device_of,
+                      prune_to_waves)
 
 METRIC_CODES = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
 
@@ -78,7 +79,7 @@ _BWD_BY_DTYPE = {
     # tiles are for the training shape (256 x 2048: 256 programs of 16 x 128), the 128-row ones for
     # 8192^2 x 2048.
     "half": [_bcfg(128, 32, 128, 8, 3), _bcfg(128, 64, 64, 8, 3), _bcfg(128, 32, 64, 8, 3),
-             not_on(_bcfg(64, 32, 128, 4, 3), 80),  # 16 bytes of spills on sm_80
+             not_on(_bcfg(64, 32, 128, 4, 3), 80, *SM_86_89),  # 8-16 bytes of spills there
              _bcfg(64, 32, 64, 4, 4), _bcfg(32, 32, 128, 8, 3), _bcfg(16, 32, 64, 4, 3), _bcfg(16, 32, 128, 8, 3)],
 }
 _BWD_INTERPRETER = {"BLOCK_N": 32, "BLOCK_K": 32, "BLOCK_D": 32}

@@ -1,28 +1,29 @@
 """Compile every Triton kernel of kernels/ for real GPUs, without a GPU, and tabulate what it costs.
 
 For each kernel, every autotune config (the GPU list, ``kernel.gpu_configs``), every input dtype and every
-constexpr variant the ops launch, compiles for sm_80 and sm_90 (``GPUTarget("cuda", arch, 32)``) and
-writes one row per variant: registers, spilled bytes, local (stack) bytes, shared memory, the
-tensor-core instruction the PTX issues (wgmma, mma.sync, or none), and whether the loads are pipelined
-(asynchronous copies to shared memory over num_stages). Each variant is compiled under the specialization
-Triton's JIT gives the ops' launches on contiguous features (LAUNCH_SPECS: unit strides are constants,
-pointers and row strides 16-aligned) and under none ("strided", as for a transposed view). Fails (exit 1)
-on a compile error, on shared memory above the architecture's per-block limit (sm_80: 163 KB, sm_90:
-227 KB, both with opt-in), or when the PTX uses an approximate square root (sqrt.approx: distances are
-compared exactly; the kernels use tl.sqrt_rn), or when a half variant of a GEMM kernel issues no
-tensor-core instruction (TENSOR_CORE_KERNELS). With ``--no-spills 80 90`` a register spill in a
-contiguous launch on those architectures fails too: every config list is kept spill-free there (CI checks
-it with the pinned Triton and the GPU image's 3.6); spills of strided launches are listed, not failed. A
-config marked ``not_on(config, 80)`` in kernels/ (sm_80's ptxas spills it) is never tuned on sm_80, so it
-is not compiled for sm_80 either; a kernel launched with fixed options (``kernel.launch_options``) is
-compiled with those.
+constexpr variant the ops launch, compiles for sm_80 and sm_90 (``GPUTarget("cuda", arch, 32)``; --arch also
+takes 86 and 89, the RTX 30xx / 40xx, A10, L4 and L40 parts) and writes one row per variant: registers,
+spilled bytes, local (stack) bytes, shared memory, the tensor-core instruction the PTX issues (wgmma,
+mma.sync, or none), and whether the loads are pipelined (asynchronous copies to shared memory over
+num_stages). Each variant is compiled under the specialization Triton's JIT gives the ops' launches on
+contiguous features (LAUNCH_SPECS: unit strides are constants, pointers and row strides 16-aligned) and under
+none ("strided", as for a transposed view). Fails (exit 1) on a compile error, on shared memory above the
+architecture's per-block limit (sm_80: 163 KB, sm_86 / sm_89: 99 KB, sm_90: 227 KB, all with opt-in), or
+when the PTX uses an approximate square root (sqrt.approx: distances are compared exactly; the kernels use
+tl.sqrt_rn), or when a half variant of a GEMM kernel issues no tensor-core instruction (TENSOR_CORE_KERNELS).
+With ``--no-spills 80 90`` a register spill in a contiguous launch on those architectures fails too: every
+config list is kept spill-free there (CI checks it with the pinned Triton and the GPU image's 3.6); spills of
+strided launches are listed, not failed. A config marked ``not_on(config, 80)`` in kernels/ (sm_80's ptxas
+spills it) is never tuned on sm_80, so it is not compiled for sm_80 either (likewise 86 and 89, marked
+together as ``SM_86_89``: their rows are identical); a kernel launched with fixed options
+(``kernel.launch_options``) is compiled with those.
 
     python scripts/compile_triton.py                 full sweep, both architectures
     python scripts/compile_triton.py --subset        every kernel and every config at least once per arch (CI)
     python scripts/compile_triton.py --python PY     run the sweep with another interpreter (another Triton,
                                                      e.g. the GPU image's 3.6 in its own venv)
-Options: --arch 80 90, --kernel NAME (repeatable), --spec contiguous|strided (repeatable), --out table.tsv,
---jobs N, --no-spills ARCH [ARCH ...].
+Options: --arch 80 86 89 90 (default 80 90), --kernel NAME (repeatable), --spec contiguous|strided
+(repeatable), --out table.tsv, --jobs N, --no-spills ARCH [ARCH ...].
 Registers and spills come from cuobjdump --dump-resource-usage on the cubin (Triton's bundled one; no GPU).
 Spilled bytes are the per-thread stack frame (STACK), not LOCAL, which cuobjdump leaves at 0: a Triton
 kernel has no local arrays and no calls, so its stack frame is spill space (ptxas -v on the same PTX
@@ -43,7 +44,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 FLOAT_DTYPES = ("fp32", "fp16", "bf16")
 FEATURE_PTRS = {"X", "Y", "A", "B", "C", "W", "OUT", "GRAD_A", "GRAD_X", "POS_OUT", "NEG_OUT", "GP", "GN"}
 I64_PTRS = {"AL", "CL", "TARGET", "ORDER", "SEG", "SLOT", "POS_I", "NEG_I", "PI", "NI", "COUNTS"}
@@ -308,7 +309,8 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     parser.add_argument("--python", help="run with this interpreter instead (e.g. a venv with another Triton)")
     parser.add_argument("--no-spills", type=int, nargs="+", default=[], choices=sorted(SHARED_LIMIT), metavar="ARCH",
-                        help="also fail on any register spill for these architectures (CI: 80 90)")
+                        help="also fail on any register spill for these architectures (CI: 80 90; 86 has one "
+                             "known 8-byte exception, see kernels/hard_mining.py)")
     args = parser.parse_args(argv)
     if args.python:
         rest = [a for a in (argv if argv is not None else sys.argv[1:])]

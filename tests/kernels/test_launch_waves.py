@@ -88,11 +88,12 @@ def _tuned_kernels():
 @pytest.mark.parametrize("name", sorted(_tuned_kernels()))
 def test_configs_marked_not_on_an_arch_are_never_tuned_there(monkeypatch, name, dtype):
     """A config marked not_on(80) (sm_80's ptxas spills it) is pruned on an sm_80 device at every size,
-    and stays a candidate on sm_90, where at large sizes the precision's whole list is kept."""
+    likewise on sm_86 / sm_89, and stays a candidate on sm_90, where at large sizes the precision's whole
+    list is kept. Every architecture keeps a config of the precision."""
     kernel = _tuned_kernels()[name]
     operand = torch.empty(0, dtype=dtype)
     own = configs_for(kernel.dtype_configs, dtype)
-    for arch in (80, 90):
+    for arch in (80, *_launch.SM_86_89, 90):
         monkeypatch.setattr(_launch, "device_arch", lambda device, arch=arch: arch)
         for size in (N, 8192):
             args = {"X": operand, "A": operand, "B": operand, "N": size, "M": size, "K": size, "C": 100 * size,
