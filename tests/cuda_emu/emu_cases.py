@@ -681,7 +681,7 @@ def test_hard_mining_backward_reads_accumulation_dtype_gradients(dtype):
     got = _mine(a, c, la, lc, ma, mc, "euclidean", ("any", "any"), False)
     want, ar, cr = _reference_mining(a, c, la, lc, ma, mc, "euclidean", ("any", "any"), False)
     _check_forward(got, want, dtype)
-    gp, gn = 1 + torch.rand(n, generator=gen) / 1000, torch.rand(n, generator=gen)  # fp16/bf16 round gp to 1
+    gp, gn = 1 + torch.rand(n, generator=gen) / 1000, torch.rand(n, generator=gen)  # half: 1 (+ one step)
     (want[0] * gp + want[2] * gn).sum().backward()
     ga, gc = _mine_bwd(gp, gn, a, c, got, "euclidean")
     assert_matches(ga, ar.grad.to(dtype), dtype, "grad anchors")
