@@ -165,10 +165,9 @@ std::tuple<at::Tensor, at::Tensor> hard_mining_bwd_cuda(
   // The kernel reads the gradients with their strides (autograd hands them in the features' dtype, often
   // expanded from a sum): no cast or copy launch. It reads the accumulation type too, so a direct call with
   // float32 gradients for half features keeps their precision; any other dtype is converted to that.
-  const auto grad_type = grad_pos.scalar_type() == grad_neg.scalar_type() &&
-                                 (grad_pos.scalar_type() == a.scalar_type() || grad_pos.scalar_type() == acc)
-                             ? grad_pos.scalar_type()
-                             : acc;
+  const auto given = grad_pos.scalar_type();
+  const bool readable = given == grad_neg.scalar_type() && (given == a.scalar_type() || given == acc);
+  const auto grad_type = readable ? given : acc;
   const at::Tensor gp = grad_pos.to(grad_type), gn = grad_neg.to(grad_type);
   const at::Tensor pd = pos_dist.to(acc).contiguous(), nd = neg_dist.to(acc).contiguous();
   const at::Tensor as = asq.to(acc).contiguous(), cs = csq.to(acc).contiguous();

@@ -19,7 +19,8 @@ TORCH_LIBRARY(vtreid, m) {
       "Tensor? anchor_modality, Tensor? candidate_modality, str metric, str positive, str negative, "
       "bool self_mining) -> (Tensor pos_dist, Tensor pos_index, Tensor neg_dist, Tensor neg_index, Tensor valid, "
       "Tensor asq, Tensor csq, Tensor pos_dist_acc, Tensor neg_dist_acc)");
-  // grad_pos / grad_neg: any float dtype and stride (the CUDA kernel reads the anchors' dtype in place);
+  // grad_pos / grad_neg: any float dtype and stride (the CUDA kernel reads the anchors' dtype or their
+  // accumulation dtype in place, and converts any other);
   // pos_dist / neg_dist: the forward's accumulation-dtype distances.
   m.def(
       "hard_mining_bwd(Tensor grad_pos, Tensor grad_neg, Tensor anchors, Tensor candidates, Tensor pos_index, "

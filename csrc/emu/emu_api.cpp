@@ -87,9 +87,9 @@ int emu_hard_mining_bwd(int dtype, int grad_dtype, const void* grad_pos, int64_t
                         const void* neg_dist, const void* asq, const void* csq, void* grad_anchors,
                         void* grad_candidates, int64_t n, int64_t m, int64_t dim, int metric) {
   return vtreid::cuda::hard_mining_bwd(static_cast<DType>(dtype), static_cast<DType>(grad_dtype), grad_pos,
-                                       grad_pos_stride, grad_neg,
-                                       grad_neg_stride, anchors, candidates, pos_index, neg_index, pos_dist, neg_dist,
-                                       asq, csq, grad_anchors, grad_candidates, n, m, dim, metric, nullptr);
+                                       grad_pos_stride, grad_neg, grad_neg_stride, anchors, candidates, pos_index,
+                                       neg_index, pos_dist, neg_dist, asq, csq, grad_anchors, grad_candidates, n, m,
+                                       dim, metric, nullptr);
 }
 
 int emu_hetero_center_fwd(int dtype, const void* x, const int64_t* order, const int64_t* seg, const int32_t* modality,
