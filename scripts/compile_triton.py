@@ -2,19 +2,20 @@
 
 For each kernel, every autotune config (the GPU list, ``kernel.gpu_configs``), every input dtype and every
 constexpr variant the ops launch, compiles for sm_80 and sm_90 (``GPUTarget("cuda", arch, 32)``; --arch also
-takes 86 and 89, the RTX 30xx / 40xx, A10, L4 and L40 parts) and writes one row per variant: registers,
-spilled bytes, local (stack) bytes, shared memory, the tensor-core instruction the PTX issues (wgmma,
-mma.sync, or none), and whether the loads are pipelined (asynchronous copies to shared memory over
-num_stages). Each variant is compiled under the specialization Triton's JIT gives the ops' launches on
-contiguous features (LAUNCH_SPECS: unit strides are constants, pointers and row strides 16-aligned) and under
-none ("strided", as for a transposed view). Fails (exit 1) on a compile error, on shared memory above the
-architecture's per-block limit (sm_80: 163 KB, sm_86 / sm_89: 99 KB, sm_90: 227 KB, all with opt-in), or
-when the PTX uses an approximate square root (sqrt.approx: distances are compared exactly; the kernels use
-tl.sqrt_rn), or when a half variant of a GEMM kernel issues no tensor-core instruction (TENSOR_CORE_KERNELS).
-With ``--no-spills 80 90`` a register spill in a contiguous launch on those architectures fails too: every
-config list is kept spill-free there (CI checks it with the pinned Triton and the GPU image's 3.6); spills of
-strided launches are listed, not failed. A config marked ``not_on(config, 80)`` in kernels/ (sm_80's ptxas
-spills it) is never tuned on sm_80, so it is not compiled for sm_80 either (likewise 86 and 89, marked
+takes 86 and 89, the RTX 30xx / 40xx, A10, L4 and L40 parts, 87 (Jetson Orin), 100 (B200) and 120 (RTX 50xx,
+RTX PRO 6000 Blackwell)) and writes one row per variant: registers, spilled bytes, local (stack) bytes, shared
+memory, the tensor-core instruction the PTX issues (tcgen05, wgmma, mma.sync, or none), and whether the loads
+are pipelined (asynchronous copies to shared memory over num_stages). Each variant is compiled under the
+specialization Triton's JIT gives the ops' launches on contiguous features (LAUNCH_SPECS: unit strides are
+constants, pointers and row strides 16-aligned) and under none ("strided", as for a transposed view). Fails
+(exit 1) on a compile error, on shared memory above the architecture's per-block limit (sm_80 / sm_87: 163 KB,
+sm_86 / sm_89 / sm_120: 99 KB, sm_90 / sm_100: 227 KB, all with opt-in), or when the PTX uses an approximate
+square root (sqrt.approx: distances are compared exactly; the kernels use tl.sqrt_rn), or when a half variant
+of a GEMM kernel issues no tensor-core instruction (TENSOR_CORE_KERNELS). With ``--no-spills 80 90`` a
+register spill in a contiguous launch on those architectures fails too: every config list is kept spill-free
+there (CI checks it with the pinned Triton and the GPU image's 3.6); spills of strided launches are listed,
+not failed. A config marked ``not_on(config, 80)`` in kernels/ (sm_80's ptxas spills it) is never tuned on
+sm_80, so it is not compiled for sm_80 either (likewise on every other architecture; 86 and 89 are marked
 together as ``SM_86_89``: their rows are identical); a kernel launched with fixed options
 (``kernel.launch_options``) is compiled with those.
 
@@ -22,7 +23,7 @@ together as ``SM_86_89``: their rows are identical); a kernel launched with fixe
     python scripts/compile_triton.py --subset        every kernel and every config at least once per arch (CI)
     python scripts/compile_triton.py --python PY     run the sweep with another interpreter (another Triton,
                                                      e.g. the GPU image's 3.6 in its own venv)
-Options: --arch 80 86 89 90 (default 80 90), --kernel NAME (repeatable), --spec contiguous|strided
+Options: --arch 80 86 87 89 90 100 120 (default 80 90), --kernel NAME (repeatable), --spec contiguous|strided
 (repeatable), --out table.tsv, --jobs N, --no-spills ARCH [ARCH ...].
 Registers and spills come from cuobjdump --dump-resource-usage on the cubin (Triton's bundled one; no GPU).
 Spilled bytes are the per-thread stack frame (STACK), not LOCAL, which cuobjdump leaves at 0: a Triton
@@ -44,7 +45,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024,
+                120: 99 * 1024}
 FLOAT_DTYPES = ("fp32", "fp16", "bf16")
 FEATURE_PTRS = {"X", "Y", "A", "B", "C", "W", "OUT", "GRAD_A", "GRAD_X", "POS_OUT", "NEG_OUT", "GP", "GN"}
 I64_PTRS = {"AL", "CL", "TARGET", "ORDER", "SEG", "SLOT", "POS_I", "NEG_I", "PI", "NI", "COUNTS"}
@@ -273,7 +275,7 @@ def compile_one(job):
         problems.append("approximate sqrt (sqrt.approx) in the PTX")
     mma = tensor_core_instruction(compiled.asm["ptx"])
     if mma == "-" and dtype != "fp32" and runs_a_gemm(name, constexprs):
-        problems.append("no tensor-core instruction (mma/wgmma) in a half variant")
+        problems.append("no tensor-core instruction (mma/wgmma/tcgen05) in a half variant")
     spill = max(usage.get("LOCAL", 0), usage.get("STACK", 0))
     return dict(row, regs=usage.get("REG", -1), spill_bytes=spill, stack=usage.get("STACK", 0),
                 shared=shared, mma=mma, pipelined="yes" if pipelined(compiled.asm["ttgir"]) else "no",
@@ -286,7 +288,10 @@ def runs_a_gemm(name: str, constexprs: dict) -> bool:
 
 
 def tensor_core_instruction(ptx: str) -> str:
-    """The tensor-core instruction a kernel's PTX issues: wgmma (sm_90 warpgroup), mma (mma.sync), or -."""
+    """The tensor-core instruction a kernel's PTX issues: tcgen05 (sm_100's tensor-memory MMA), wgmma (sm_90
+    warpgroup), mma (mma.sync), or -."""
+    if "tcgen05.mma" in ptx:
+        return "tcgen05"
     return "wgmma" if "wgmma.mma_async" in ptx else "mma" if re.search(r"\bmma\.sync\.", ptx) else "-"
 
 
@@ -334,14 +339,14 @@ def main(argv=None) -> int:
         args.out.write_text("\n".join(lines) + "\n")
     print(f"Triton {triton.__version__}: {len(rows)} variants of {len(names)} kernels")
     print(f"{'kernel':<26} {'arch':<6} {'dtype':<5} {'spec':<12} {'w/s':<5} {'regs':>4} {'spill':>6} {'shared':>7} "
-          f"{'mma':<5} {'pipe':<4}  variant")
+          f"{'mma':<7} {'pipe':<4}  variant")
     for r in rows:
         if r.get("error") and "regs" not in r:
             print(f"{r['kernel']:<26} {r['arch']:<6} {r['dtype']:<5} {r['spec']:<12} FAILED: {r['error']}")
             continue
         mark = f"  !! {r['error']}" if r["error"] else ""
         print(f"{r['kernel']:<26} {r['arch']:<6} {r['dtype']:<5} {r['spec']:<12} {r['warps']}/{r['stages']:<3} "
-              f"{r['regs']:>4} {r['spill_bytes']:>6} {r['shared']:>7} {r['mma']:<5} {r['pipelined']:<4}  "
+              f"{r['regs']:>4} {r['spill_bytes']:>6} {r['shared']:>7} {r['mma']:<7} {r['pipelined']:<4}  "
               f"{r['variant']}{mark}")
     failures = [r for r in rows if r.get("error")]
     for arch in args.arch:

@@ -60,6 +60,8 @@ def test_ci_keeps_sm80_and_sm90_spill_free_with_both_tritons():
 
 def test_tensor_core_instruction_and_which_half_variants_need_one():
     script = _script()
+    assert script.tensor_core_instruction("tcgen05.mma.cta_group::1.kind::f16 [%r1], %rd2;") == "tcgen05"
+    assert script.tensor_core_instruction("tcgen05.alloc.cta_group::1.sync.aligned.shared::cta.b32") == "-"
     assert script.tensor_core_instruction("wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32 {") == "wgmma"
     assert script.tensor_core_instruction("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {") == "mma"
     assert script.tensor_core_instruction("fma.rn.f32 %f1, %f2, %f3, %f4;") == "-"
