@@ -17,9 +17,12 @@ possibly a little less fast. Kernels take the buckets as extra (unused) integer 
 
 ``not_on(config, arch)`` marks a config the tuner never picks on that architecture (e.g. 80: sm_80's ptxas
 spills it although sm_90's does not); ``configs_for`` and ``prune_to_waves`` drop it there, and
-scripts/compile_triton.py does not compile it for that architecture. ``SM_86_89`` names the consumer and
-inference parts (sm_86: RTX 30xx, A10, A40; sm_89: RTX 40xx, L4, L40), on which ptxas allocates registers
-alike (the compile table's rows for the two are identical) and differently from sm_80.
+scripts/compile_triton.py does not compile it for that architecture. The marks cover the architectures the
+compile table sweeps: 80, 86, 87 (Jetson Orin), 89, 90, 100 (B200) and 120 (RTX 50xx, RTX PRO 6000
+Blackwell); another one (sm_103, sm_121, ...) matches none and may tune over every config. ``SM_86_89``
+names the consumer and inference parts (sm_86: RTX 30xx, A10, A40; sm_89: RTX 40xx, L4, L40), on which
+ptxas allocates registers alike (the compile table's rows for the two are identical) and differently
+from sm_80.
 
 ``num_sms(device)`` and ``WAVE_SMS`` size the grids: a split launch picks its split count so that the
 training shapes give at least one program per SM (tests/kernels/test_launch_waves.py checks it for a

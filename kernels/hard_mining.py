@@ -58,15 +58,17 @@ def _cfg(bn, bm, bd, warps, stages):
 # fold keeps several [BLOCK_N, BLOCK_M] tiles live. (Until Step 14 the spill table compiled a runtime
 # feature stride, under which 64 x 128 and 128 x 64 spilled too, and 32 x 32 with 4 warps.) 16 x 16 x 64
 # is half only: in float32 (FMA) it spills 8 bytes for cosine under Triton 3.6.
-# On sm_80, sm_86 and sm_89 the half tiles marked not_on spill 8-24 bytes (16 x 16 under Triton 3.6, 64 x 64 x
-# 64 under 3.9); there the candidate splits still fill the GPU with the 16 x 32 tile. That tile spills 8 bytes
-# on sm_86 / sm_89 under Triton 3.9 in 8 of its 54 half variants (euclidean with a cross or same rule) and is
-# kept: without it the training shape gets 64 programs, less than one per SM of an RTX 3090 (82).
-_SMALL = [_cfg(16, 32, 32, 4, 3), _cfg(32, 32, 32, 8, 3)]
-_FWD_BY_DTYPE = {"fp32": [_cfg(16, 16, 32, 4, 3)] + _SMALL,
-                 "half": [not_on(_cfg(16, 16, 32, 4, 3), 80, *SM_86_89)] + _SMALL + [
-                     not_on(_cfg(16, 16, 64, 4, 3), 80, *SM_86_89), _cfg(64, 128, 32, 8, 2),
-                     _cfg(128, 64, 32, 8, 2), _cfg(64, 64, 32, 8, 2), not_on(_cfg(64, 64, 64, 8, 2), 80, *SM_86_89)]}
+# The half list's small tiles differ from float32's: 16 x 16 x 32 with 2 warps and 16 x 32 x 32 with 2 stages
+# compile without spills on every architecture of the compile table, where with 4 warps and 3 stages they
+# spilled 8-24 bytes on sm_80, sm_86, sm_87, sm_89 or sm_120 (Triton 3.6 or 3.9); and the 16 x 16 tile is what
+# fills an L40 (142 SMs) at the training shape: 256 programs, where 16 x 32 gives 128. The other marked tiles
+# spill 8-64 bytes on the architectures named (on sm_100 the tcgen05 tiles' epilogues; 32 x 32 x 32 float32 8
+# bytes there).
+_FWD_BY_DTYPE = {"fp32": [_cfg(16, 16, 32, 4, 3), _cfg(16, 32, 32, 4, 3), not_on(_cfg(32, 32, 32, 8, 3), 100)],
+                 "half": [_cfg(16, 16, 32, 2, 3), _cfg(16, 32, 32, 4, 2), _cfg(32, 32, 32, 8, 3),
+                          not_on(_cfg(16, 16, 64, 4, 3), 80, 87, *SM_86_89), _cfg(64, 128, 32, 8, 2),
+                          not_on(_cfg(128, 64, 32, 8, 2), 100), not_on(_cfg(64, 64, 32, 8, 2), 100, 120),
+                          not_on(_cfg(64, 64, 64, 8, 2), 80, 87, *SM_86_89, 100)]}
 _FWD_CONFIGS = (configs_union(_FWD_BY_DTYPE), {"BLOCK_N": 16, "BLOCK_M": 32, "BLOCK_D": 32})
 
 COMBINE_BLOCK = 128  # anchors per program of _mining_combine_kernel

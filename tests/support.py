@@ -1,6 +1,8 @@
 """Shared test helpers: the device list, the backends each device can run, and the tolerance table."""
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -25,6 +27,15 @@ TOLERANCES = {
 }
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compile_triton_script():
+    """scripts/compile_triton.py as a module (its helpers and tables; nothing is compiled on import)."""
+    spec = importlib.util.spec_from_file_location("compile_triton", ROOT / "scripts/compile_triton.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 FUSED_BACKENDS = ("native", "triton")
 
 

@@ -1,5 +1,6 @@
 """Every Triton launch fills a GPU at the training shapes (Step 14): N = 256 samples, D = 2048 features,
-C = 395 classes (SYSU-MM01), on a 132-SM H100, for every GPU config the autotuner may pick there.
+C = 395 classes (SYSU-MM01), on a 132-SM H100 and on the largest part of every architecture the compile
+table sweeps, for every GPU config the autotuner may pick there.
 
 A kernel with too few programs leaves SMs idle whatever its tuning; these tests compute the grids with
 the same pure functions the launchers use (no GPU needed), so a config list or a split rule that would
@@ -8,13 +9,25 @@ under-fill the GPU fails here. At large sizes every config must stay available t
 import pytest
 import torch
 
-from support import launch_every_op, record_launches
+from support import compile_triton_script, launch_every_op, record_launches
 from vtreid.kernels import _launch
 from vtreid.kernels._launch import configs_for
+from vtreid.kernels import hard_mining as k_mining
+from vtreid.kernels import normalized_softmax as k_nce
 from vtreid.kernels import pairwise_distance as k_pair
 
 SMS = 132
 N, D, C = 256, 2048, 395
+#: The SM count of the largest part of each architecture the compile table sweeps
+#: (scripts/compile_triton.py --arch): where a config list marked for that architecture must still give
+#: every SM a program.
+LARGEST_PART_SMS = {80: 108,   # A100
+                    86: 84,    # A40, RTX A6000, RTX 3090 Ti
+                    87: 16,    # Jetson AGX Orin
+                    89: 142,   # L40, L40S
+                    90: 132,   # H100 SXM, H200
+                    100: 148,  # B200
+                    120: 188}  # RTX PRO 6000 Blackwell
 CPU = torch.empty(0)  # stands in for the launch's tensors: num_sms() of a CPU tensor is WAVE_SMS
 
 
@@ -88,12 +101,12 @@ def _tuned_kernels():
 @pytest.mark.parametrize("name", sorted(_tuned_kernels()))
 def test_configs_marked_not_on_an_arch_are_never_tuned_there(monkeypatch, name, dtype):
     """A config marked not_on(80) (sm_80's ptxas spills it) is pruned on an sm_80 device at every size,
-    likewise on sm_86 / sm_89, and stays a candidate on sm_90, where at large sizes the precision's whole
-    list is kept. Every architecture keeps a config of the precision."""
+    likewise on every other architecture of the compile table, and stays a candidate on sm_90, where at
+    large sizes the precision's whole list is kept. Every architecture keeps a config of the precision."""
     kernel = _tuned_kernels()[name]
     operand = torch.empty(0, dtype=dtype)
     own = configs_for(kernel.dtype_configs, dtype)
-    for arch in (80, *_launch.SM_86_89, 90):
+    for arch in LARGEST_PART_SMS:
         monkeypatch.setattr(_launch, "device_arch", lambda device, arch=arch: arch)
         for size in (N, 8192):
             args = {"X": operand, "A": operand, "B": operand, "N": size, "M": size, "K": size, "C": 100 * size,
@@ -129,15 +142,26 @@ def test_autotune_keys_are_bucketed():
 SMALL_EPILOGUES = {"_nce_combine_kernel", "_mining_combine_kernel"}
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_every_launch_at_training_shapes_fills_a_wave(monkeypatch, dtype):
+def test_the_wave_table_names_the_compile_tables_architectures():
+    assert set(LARGEST_PART_SMS) == set(compile_triton_script().SHARED_LIMIT)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("arch", [None, *LARGEST_PART_SMS])
+def test_every_launch_at_training_shapes_fills_a_wave(monkeypatch, arch, dtype):
     """Each op forward and backward at N = 256, D = 2048 (C = 395): every Triton launch, every config the
-    tuner may pick there, at least one program per SM of an H100. Grids only: nothing runs."""
+    tuner may pick there, at least one program per SM, on an H100 as the launchers see it off a GPU (arch
+    None: WAVE_SMS, nothing marked off) and on the largest part of each architecture of the compile table
+    (its not_on marks pruned, its SM count). Grids only: nothing runs."""
+    sms = SMS if arch is None else LARGEST_PART_SMS[arch]
+    monkeypatch.setattr(_launch, "device_arch", lambda device: arch)
+    for module in (_launch, k_pair, k_mining, k_nce):
+        monkeypatch.setattr(module, "num_sms", lambda device: sms)
     launches = record_launches(monkeypatch)
     launch_every_op(N, N, D, C, dtype)
     seen = {launch.name for launch in launches}
     assert {"_pairwise_fwd_kernel", "_pairwise_bwd_kernel", "_centers_fwd_kernel", "_centers_bwd_kernel",
             "_nce_fwd_kernel", "_nce_grad_kernel"} <= seen, seen
     assert any(name.startswith("_mining") for name in seen), seen
-    short = [launch[:3] for launch in launches if launch.programs < SMS and launch.name not in SMALL_EPILOGUES]
-    assert not short, f"launches below one wave of {SMS} SMs: {short}"
+    short = [launch[:3] for launch in launches if launch.programs < sms and launch.name not in SMALL_EPILOGUES]
+    assert not short, f"launches below one wave of {sms} SMs: {short}"
