@@ -26,7 +26,7 @@ from sm_80.
 
 ``num_sms(device)`` and ``WAVE_SMS`` size the grids: a split launch picks its split count so that the
 training shapes give at least one program per SM (tests/kernels/test_launch_waves.py checks it for a
-132-SM H100 with every GPU config).
+132-SM H100 and for the largest part of each swept architecture, with every GPU config tuned there).
 """
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ TOLERANCES = {
 }
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+FUSED_BACKENDS = ("native", "triton")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -36,7 +37,6 @@ def compile_triton_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-FUSED_BACKENDS = ("native", "triton")
 
 
 def dtypes_for(device: str, backend: str = "reference"):
