@@ -3,14 +3,11 @@ correctly rounded square root (tl.sqrt is sqrt.approx on a GPU; the interpreter'
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from support import compile_triton_script, launch_every_op, record_launches
-
-ROOT = Path(__file__).resolve().parents[2]
+from support import ROOT, compile_triton_script, launch_every_op, record_launches
 
 
 def test_compile_table_for_a_kernel_using_sqrt(tmp_path):

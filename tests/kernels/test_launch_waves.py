@@ -150,13 +150,14 @@ def test_the_wave_table_names_the_compile_tables_architectures():
 @pytest.mark.parametrize("arch", [None, *LARGEST_PART_SMS])
 def test_every_launch_at_training_shapes_fills_a_wave(monkeypatch, arch, dtype):
     """Each op forward and backward at N = 256, D = 2048 (C = 395): every Triton launch, every config the
-    tuner may pick there, at least one program per SM, on an H100 as the launchers see it off a GPU (arch
-    None: WAVE_SMS, nothing marked off) and on the largest part of each architecture of the compile table
-    (its not_on marks pruned, its SM count). Grids only: nothing runs."""
+    tuner may pick there, at least one program per SM: on an H100 as the launchers see it off a GPU (arch
+    None: nothing patched, WAVE_SMS and no architecture) and on the largest part of each architecture of
+    the compile table (its not_on marks pruned, its SM count). Grids only: nothing runs."""
     sms = SMS if arch is None else LARGEST_PART_SMS[arch]
-    monkeypatch.setattr(_launch, "device_arch", lambda device: arch)
-    for module in (_launch, k_pair, k_mining, k_nce):
-        monkeypatch.setattr(module, "num_sms", lambda device: sms)
+    if arch is not None:
+        monkeypatch.setattr(_launch, "device_arch", lambda device: arch)
+        for module in (_launch, k_pair, k_mining, k_nce):
+            monkeypatch.setattr(module, "num_sms", lambda device: sms)
     launches = record_launches(monkeypatch)
     launch_every_op(N, N, D, C, dtype)
     seen = {launch.name for launch in launches}
