@@ -18,6 +18,12 @@ from setuptools import setup
 
 PACKAGES = ["vtreid", "vtreid.ops", "vtreid.models", "vtreid.data", "vtreid.eval", "vtreid.losses", "vtreid.methods",
             "vtreid.training", "vtreid.kernels"]
+# The presets are data-only directories: setuptools ships a directory's files as package data only when the
+# directory is a package itself (listed here), and warns that it will stop otherwise.
+PRESETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vtreid", "presets")
+PRESET_PACKAGES = ["vtreid.presets"] + sorted(
+    f"vtreid.presets.{name}" for name in os.listdir(PRESETS) if os.path.isdir(os.path.join(PRESETS, name)))
+PACKAGES += PRESET_PACKAGES
 # kernels/ sits at the top of the tree (one of the three layers) but is imported as vtreid.kernels.
 PACKAGE_DIR = {"vtreid": "vtreid", "vtreid.kernels": "kernels"}
 
@@ -71,7 +77,7 @@ ext_modules, cmdclass = _native_extensions()
 setup(
     packages=PACKAGES,
     package_dir=PACKAGE_DIR,
-    package_data={"vtreid": ["presets/*.yaml", "presets/*/*.yaml"]},
+    package_data={name: ["*.yaml"] for name in PRESET_PACKAGES},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )
