@@ -5,6 +5,7 @@ The expected values are computed from the network's outputs with loops over the 
 then agree with each other on every term and on every parameter gradient.
 """
 import math
+import sys
 
 import pytest
 import torch
@@ -307,3 +308,16 @@ def test_fused_ops_under_autocast_match_the_reference(method):
         scale = ref_grads[name].abs().max().clamp_min(1e-3)
         torch.testing.assert_close(grads[name] / scale, ref_grads[name] / scale, rtol=5e-2, atol=5e-2,
                                    msg=lambda s: f"{method} gradient of {name} under autocast: {s}")
+
+
+@pytest.mark.parametrize("method", ["hsme", "hc"])
+def test_training_batches_give_the_fused_ops_int32_modality(method, monkeypatch):
+    """Batch.modality is the kernels' int32, so no training step pays a conversion launch per op call."""
+    seen = []
+    for module in (sys.modules["vtreid.ops.hard_mining"], sys.modules["vtreid.ops.hetero_center"]):
+        real = module.modality_ids
+        monkeypatch.setattr(module, "modality_ids", lambda t, real=real: seen.append(t.dtype) or real(t))
+    m, model = build(method)
+    with ops.use_backend("native"):
+        m.objective(model, make_batch(method))
+    assert seen and set(seen) == {torch.int32}, seen

@@ -34,7 +34,9 @@ class Batch:
         self.infrared = batch["infrared"].to(device, non_blocking=True)
         vis, ir = batch["visible_labels"], batch["infrared_labels"]
         self.labels = torch.cat([vis, ir]).to(device, non_blocking=True)
-        self.modality = torch.cat([torch.zeros_like(vis), torch.ones_like(ir)]).to(device, non_blocking=True)
+        # int32, the fused ops' modality dtype: any other costs each op call a conversion launch
+        self.modality = torch.cat([torch.zeros(len(vis), dtype=torch.int32),
+                                   torch.ones(len(ir), dtype=torch.int32)]).to(device, non_blocking=True)
         self.num_visible = len(vis)
 
     def __len__(self) -> int:
