@@ -448,9 +448,9 @@ def main(argv=None) -> int:
         with ops.use_backend(backend) if backend != "auto" else contextlib.nullcontext():
             run = Run(cfg, out, resume_state, ctx, device)
             out.mkdir(parents=True, exist_ok=True)
-            writers = Writers(out, enabled=ctx.is_main)
+            writers = Writers(out, enabled=ctx.is_main, resume_step=None if resume_state is None else run.step)
             if resume_state is None and ctx.is_main:
-                (out / "config.yaml").write_text(dump(cfg))
+                ckpt_io.write_text_atomic(out / "config.yaml", dump(cfg))
                 writers.log(f"vtreid.train: {cfg['method']} on {cfg['dataset']['name']}, configuration:\n{dump(cfg)}")
             else:
                 writers.drop_metrics_after(run.step)

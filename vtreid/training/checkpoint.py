@@ -37,14 +37,15 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_atomic(obj, path: str | os.PathLike) -> Path:
-    """torch.save to ``path`` so that a reader sees the old file or the whole new one, never a part."""
+def _replace_atomic(path: str | os.PathLike, write) -> Path:
+    """``write(file)`` into a temporary file beside ``path``, fsynced, renamed over ``path``: a reader (or a
+    run after a power cut) sees the old file or the whole new one, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -58,11 +59,14 @@ def save_atomic(obj, path: str | os.PathLike) -> Path:
     return path
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def save_atomic(obj, path: str | os.PathLike) -> Path:
+    """torch.save to ``path``, atomically."""
+    return _replace_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """``text`` (UTF-8) to ``path``, atomically."""
+    return _replace_atomic(path, lambda f: f.write(text.encode()))
 
 
 def load(path: str | os.PathLike) -> dict:

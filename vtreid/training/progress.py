@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from vtreid.training.checkpoint import write_text_atomic
+
 
 def _duration(seconds: float) -> str:
     seconds = int(max(0, seconds))
@@ -69,12 +71,15 @@ class Writers:
     """log.txt, metrics.jsonl and (optionally) TensorBoard of one run directory; ``enabled=False``
     writes nothing (the non-zero ranks of a distributed run)."""
 
-    def __init__(self, out: Path, enabled: bool = True):
+    def __init__(self, out: Path, enabled: bool = True, resume_step: int | None = None):
+        """``resume_step``: the step a resumed run continues after; TensorBoard drops what a crashed run
+        logged after it, as ``drop_metrics_after`` does for metrics.jsonl."""
         self.out, self.enabled, self.tensorboard = Path(out), enabled, None
         if enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.tensorboard = SummaryWriter(str(self.out / "tensorboard"))
+                purge = None if resume_step is None else resume_step + 1
+                self.tensorboard = SummaryWriter(str(self.out / "tensorboard"), purge_step=purge)
             except ImportError:
                 pass
 
@@ -102,12 +107,20 @@ class Writers:
 
     def drop_metrics_after(self, step: int) -> None:
         """On a resume from ``step``: lines a crashed run wrote after its last checkpoint are dropped, so
-        metrics.jsonl reads as one uninterrupted run."""
+        metrics.jsonl reads as one uninterrupted run; so is a line it left torn (a power cut, a full disk).
+        The file is replaced atomically: an interruption here keeps the history."""
         path = self.out / "metrics.jsonl"
         if not self.enabled or not path.is_file():
             return
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+        kept = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line)
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
 
     def close(self) -> None:
         if self.tensorboard is not None:
