@@ -30,8 +30,8 @@ from vtreid import ops
 from vtreid.methods import METHODS, VARIANTS, Batch, get_method
 from vtreid.training import checkpoint as ckpt_io
 from vtreid.training import distributed
-from vtreid.training.config import (DATASETS, DEFAULT_METHOD, ConfigError, check_against, dump, load_yaml, merge,
-                                    parse_override, resolve)
+from vtreid.training.config import (DATASETS, DEFAULT_METHOD, ConfigError, check_against, dump, get, load_yaml,
+                                    merge, parse_override, resolve)
 from vtreid.training.data import EpochBatches, load_split, train_loader
 from vtreid.training.evaluation import evaluate_model, format_results
 from vtreid.training.progress import Progress, Writers
@@ -39,8 +39,12 @@ from vtreid.training.signals import StopRequest
 
 OP_FAMILIES = ("pairwise_distance", "hard_mining", "hetero_center_loss", "normalized_cross_entropy")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-#: settings a resumed run may change (how long, how often, where); anything else must match
-RESUMABLE_CHANGES = ("train", "eval")
+#: settings a resumed run may change: where it runs and reads the data, how it logs, evaluates and checkpoints,
+#: and where it stops within the schedule. Anything else (the schedule's length, the epoch's size, the precision,
+#: the loss's scope) would make the continued run differ from the one the checkpoint began.
+RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.eval_every", "train.eval_at_start",
+                     "train.checkpoint_every", "train.workers", "train.device", "train.backend", "train.compile",
+                     "train.deterministic", "dataset.root", "eval")
 
 
 class TrainingError(RuntimeError):
@@ -96,6 +100,15 @@ def flag_settings(args) -> dict:
     return prune(flags)
 
 
+def leaves(settings: dict, prefix: str = ""):
+    """(dotted key, value) of every setting in a nested dict."""
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 def resolve_config(args) -> tuple[dict, dict | None, Path]:
     """(configuration, checkpoint to resume or None, run directory)."""
     flags = flag_settings(args)
@@ -116,11 +129,10 @@ def resolve_config(args) -> tuple[dict, dict | None, Path]:
             changes = merge(changes, parse_override(text))
         changes = merge(changes, flags)
         check_against(cfg, changes, "resume")
-        for key, value in changes.items():
-            if key not in RESUMABLE_CHANGES and value != cfg.get(key) and not (
-                    isinstance(value, dict) and merge(cfg[key], value) == cfg[key]):
-                raise ConfigError(f"cannot change {key!r} when resuming (only {', '.join(RESUMABLE_CHANGES)} settings "
-                                  f"may change); start a new run instead")
+        for key, value in leaves(changes):
+            if value != get(cfg, key) and not any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES):
+                raise ConfigError(f"cannot change {key!r} when resuming (only {', '.join(RESUMABLE_CHANGES)} may "
+                                  f"change); start a new run instead")
         cfg = merge(cfg, changes)
         out = Path(args.out) if args.out else path.resolve().parent.parent
         return cfg, state, out
@@ -216,6 +228,8 @@ class Run:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.forward_model = torch.compile(model) if self.cfg["train"]["compile"] else model
+        self.buffers = list(self.model.buffers())
+        self.good_buffers, self.good_rng = [b.clone() for b in self.buffers], None
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -274,9 +288,24 @@ class Run:
         ckpt_io.set_rng_state(state["rng"][self.ctx.rank])
 
     # -- one step --------------------------------------------------------------------------------
+    def keep_good_state(self) -> None:
+        """What a forward changes besides the weights (BatchNorm statistics, every RNG), before the step:
+        a step whose loss is non-finite is undone to it (``undo_failed_step``) before the checkpoint."""
+        if self.buffers:
+            torch._foreach_copy_(self.good_buffers, self.buffers)  # one launch per dtype, not one per buffer
+        self.good_rng = ckpt_io.rng_state()
+
+    def undo_failed_step(self) -> None:
+        """Back to the state after the last good step: a failed step's forward has run, its optimiser steps not."""
+        if self.buffers:
+            torch._foreach_copy_(self.buffers, self.good_buffers)
+        if self.good_rng is not None:
+            ckpt_io.set_rng_state(self.good_rng)
+
     def train_step(self, raw: dict) -> dict[str, torch.Tensor] | None:
         """Forward, loss terms, backward and optimiser step(s); returns the detached terms, or None when
         the fp16 scaler skipped a step whose loss overflowed."""
+        self.keep_good_state()
         batch = Batch(raw, self.device)
         if self.sync_by_hand:
             distributed.broadcast_buffers(self.model)  # as DDP does before each forward
@@ -418,15 +447,17 @@ def train(run: Run, writers: Writers) -> int:
                     return stop.exit_code if stop.requested else 128 + 15
     except TrainingError as exc:
         progress.close()
-        path = run.save()  # the state after the last good step: the failing step changed nothing
+        run.undo_failed_step()
+        path = run.save()
         writers.log(f"error: {exc}; the last good step's checkpoint is {path}")
         return 1
     progress.close()
-    run.save()
+    run.save()  # the training is safe before the (long) final evaluation
     result = evaluate(run, writers, None, final=True)
     if result["score"] > run.best_score:
         run.best_score = result["score"]
         run.save("best.pt")
+        run.save()  # with the new best score: a resumed run must not replace best.pt by a worse network
     if run.ctx.is_main:
         ckpt_io.write_text_atomic(run.out / "results.json", results_json(run, result))
     writers.log(f"done: {run.step} steps; results in {run.out / 'results.json'}")

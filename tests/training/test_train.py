@@ -171,9 +171,25 @@ def test_a_non_finite_loss_stops_with_the_term_and_keeps_the_last_good_step(tmp_
         return terms
 
     monkeypatch.setattr(ExpAT, "objective", poisoned)
-    run(tmp_path / "nan", "expat", "train.max_steps=10", expect=1)
+    run(tmp_path / "nan", "expat", "--deterministic", "train.max_steps=10", expect=1)
     assert "the loss term 'expat' is nan at step 3" in capsys.readouterr().out
-    assert final_state(tmp_path / "nan")["step"] == 2
+    # the failed step's forward ran (BatchNorm statistics, RNG): the checkpoint is the state before it
+    kept = final_state(tmp_path / "nan")
+    monkeypatch.setattr(ExpAT, "objective", objective)
+    good = checkpoint.load(run(tmp_path / "good", "expat", "--deterministic", "train.max_steps=2") / "checkpoints" / "last.pt")
+    assert kept["step"] == good["step"] == 2
+    assert kept["model"].keys() == good["model"].keys() and any("running_mean" in k for k in good["model"])
+    for key in good["model"]:
+        assert torch.equal(kept["model"][key], good["model"][key]), key
+    assert torch.equal(kept["rng"][0]["torch"], good["rng"][0]["torch"])
+    assert kept["rng"][0]["python"] == good["rng"][0]["python"]
+
+
+def test_the_final_evaluation_s_best_score_is_in_last_pt(tmp_path):
+    """A resume of a finished run must not replace best.pt with a worse network at its next evaluation."""
+    out = run(tmp_path / "r", "hsme", "train.max_steps=2")
+    score = checkpoint.load(out / "checkpoints" / "best.pt")["best_score"]
+    assert score > float("-inf") and final_state(out)["best_score"] == score
 
 
 @pytest.mark.parametrize("args, message", [
@@ -205,7 +221,11 @@ def test_resuming_with_a_changed_method_or_model_is_an_error(tmp_path, capsys):
     assert train.main(["--resume", "--out", str(out), "--method", "lccrf"]) == 2
     err = capsys.readouterr().err
     assert "cannot resume" in err and "trained with method 'expat'" in err
-    assert train.main(["--resume", "--out", str(out), "model.arch=resnet18"]) == 2
-    assert "cannot change 'model' when resuming" in capsys.readouterr().err
+    for change in ("model.arch=resnet18", "train.epoch_steps=5", "train.amp=fp16", "train.length=9", "seed=3"):
+        assert train.main(["--resume", "--out", str(out), change]) == 2, change
+        assert f"cannot change '{change.split('=')[0]}' when resuming" in capsys.readouterr().err
+    # where, how often, how far: these may change (and an unchanged value of any setting may be given)
+    assert train.main(["--resume", "--out", str(out), "train.max_steps=2", "train.log_every=5", "eval.trials_final=1",
+                       "train.workers=0", "model.arch=resnet_tiny", f"dataset.root={tmp_path}"]) == 0
     assert train.main(["--resume", "--out", str(tmp_path / "absent")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
