@@ -16,6 +16,11 @@ Prints a table (mean +- std over trials) and writes the JSON of every trial with
 checkpoint's test sets (or --dataset / --data-root / --trial's) as ``python -m vtreid.extract`` does and
 evaluates them here. Settings not given come from the checkpoint (protocol from its dataset; SYSU mode,
 shots, metric and eval.trials_final; RegDB: both directions, as the trainer reports them).
+
+--combine RESULTS... pools the trials of several runs' results JSON files (the trainer's results.json or
+this command's --out) into one mean +- std per setting: RegDB is reported over ten models, one per trial
+list (dataset.trial=1..10), and seeds of one setting combine the same way. The files must hold the same
+settings, method and dataset; two RegDB files of one trial are an error.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vtreid.eval import evaluate_regdb, evaluate_sysu, format_table, load_rand_perm
+from vtreid.eval import combine_summaries, evaluate_regdb, evaluate_sysu, format_table, load_rand_perm
 
 KEYS = ("features", "ids", "cams", "modalities")
 FORMAT = ("a dict saved with torch.save (.pt) or numpy.savez (.npz) holding features [N, D], ids [N], cams [N] "
@@ -174,6 +179,39 @@ def checkpoint_features(args) -> tuple[dict, dict]:
                   "step": loaded.step}
 
 
+def combine_files(paths: list[str]) -> dict:
+    """The trainer's results.json shape over several runs' files: every setting's trials pooled, each
+    trial tagged with its file ("run")."""
+    from vtreid.plots import read_results   # the reader of every results format (plots import matplotlib lazily)
+
+    about, settings, per_setting, protocols = {}, None, {}, {}
+    for path in paths:
+        results = read_results(path)
+        data = json.loads(Path(path).read_text())
+        for key in ("method", "dataset"):
+            if key in data:
+                if about.setdefault(key, data[key]) != data[key]:
+                    raise ValueError(f"{path}: {key} {data[key]!r}, but {paths[0]} is {about[key]!r}; combine the "
+                                     f"runs of one setting")
+        if settings is None:
+            settings = list(results)
+        elif set(results) != set(settings):
+            raise ValueError(f"{path} holds {sorted(results)}, but {paths[0]} holds {sorted(settings)}")
+        protocol = data.get("protocol")
+        if data.get("dataset") == "regdb" and protocol in protocols:
+            raise ValueError(f"{path} and {protocols[protocol]} are both {protocol!r}: RegDB's runs combine one per "
+                             f"trial list")
+        protocols.setdefault(protocol, path)
+        for name, summary in results.items():
+            trials = summary.get("trials")
+            if not isinstance(trials, list) or not trials:
+                raise ValueError(f"{path}: {name!r} has no per-trial results to combine")
+            per_setting.setdefault(name, []).append({"trials": [{**t, "run": str(path)} for t in trials]})
+    results = {name: combine_summaries(summaries) for name, summaries in per_setting.items()}
+    return {**about, "combined": [str(p) for p in paths], "protocol": "; ".join(str(p) for p in protocols),
+            "results": results}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vtreid.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -181,6 +219,8 @@ def main(argv=None) -> int:
     source.add_argument("--features", help="a features file (.pt / .npz) described above, e.g. from "
                         "python -m vtreid.extract")
     source.add_argument("--checkpoint", help="a training checkpoint: extract its test sets, then evaluate")
+    source.add_argument("--combine", nargs="+", metavar="RESULTS", help="results JSON files of several runs: their "
+                        "trials pooled (RegDB's ten trials, or seeds)")
     parser.add_argument("--dataset", choices=("synthetic", "sysu", "regdb"), help="--checkpoint: another dataset")
     parser.add_argument("--data-root", help="--checkpoint: the dataset folder (default: the checkpoint's)")
     parser.add_argument("--trial", type=int, help="--checkpoint: RegDB trial (default: the checkpoint's)")
@@ -203,6 +243,18 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device here; use --device cpu")
 
+    if args.combine:
+        try:
+            combined = combine_files(args.combine)
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for name, summary in combined["results"].items():
+            print(format_table(f"{name}, {len(args.combine)} runs", summary))
+        if args.out:
+            Path(args.out).write_text(json.dumps(combined, indent=2))
+            print(f"wrote {args.out}")
+        return 0
     try:
         if args.checkpoint:
             data, about = checkpoint_features(args)

@@ -350,3 +350,61 @@ def test_bad_inputs():
         rank_metrics(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2), torch.zeros(2), sysu_rules=True)
     with pytest.raises(ValueError, match="gallery_ids must be a 1-D tensor of length 2"):
         rank_metrics(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2), torch.zeros(3))
+
+
+def regdb_results(tmp_path, trial, values, method="hsme"):
+    """A trainer results.json of one RegDB trial whose two directions score ``values`` (one per trial)."""
+    summary = lambda v: {"trials": [dict.fromkeys(("rank1", "rank5", "rank10", "rank20", "mAP", "mINP"), v)],  # noqa: E731
+                         **{k: {"mean": v, "std": 0.0} for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")}}
+    path = tmp_path / f"trial{trial}-{method}.json"
+    path.write_text(json.dumps({"method": method, "dataset": "regdb", "step": 5,
+                                "protocol": f"regdb trial {trial}, both directions",
+                                "results": {"RegDB visible_to_thermal": summary(values[0]),
+                                            "RegDB thermal_to_visible": summary(values[1])}}))
+    return str(path)
+
+
+def test_combine_pools_the_runs_trials_into_one_mean_and_std(tmp_path, capsys):
+    """RegDB's reported figure: the mean (and std) over ten models, one per trial list."""
+    scores = [(0.1 * t, 0.05 * t) for t in range(1, 4)]
+    files = [regdb_results(tmp_path, t, v) for t, v in zip(range(1, 4), scores)]
+    out = tmp_path / "combined.json"
+    assert evaluate_cli(["--combine", *files, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "RegDB visible_to_thermal, 3 runs" in printed and "20.00 +- 8.16" in printed   # 10, 20, 30 %
+    combined = json.loads(out.read_text())
+    assert combined["method"] == "hsme" and combined["dataset"] == "regdb" and combined["combined"] == files
+    v2t = combined["results"]["RegDB visible_to_thermal"]
+    assert v2t["mAP"]["mean"] == pytest.approx(0.2) and v2t["mAP"]["std"] == pytest.approx(np.std([0.1, 0.2, 0.3]))
+    assert [t["run"] for t in v2t["trials"]] == files
+    assert combined["results"]["RegDB thermal_to_visible"]["rank1"]["mean"] == pytest.approx(0.1)
+    # the trainer's results and evaluate --features' JSON combine too (SYSU: every run's gallery draws pooled)
+    sysu = tmp_path / "sysu.json"
+    assert evaluate_cli(["--features", str(features_file(tmp_path, ".pt")), "--protocol", "sysu", "--trials", "2",
+                         "--out", str(sysu)]) == 0
+    capsys.readouterr()
+    assert evaluate_cli(["--combine", str(sysu), str(sysu), "--out", str(out)]) == 0
+    assert len(json.loads(out.read_text())["results"]["SYSU-MM01 all single-shot"]["trials"]) == 4
+
+
+@pytest.mark.parametrize("case, message", [
+    ("same trial", "are both 'regdb trial 1, both directions'"),
+    ("other method", "method 'lccrf', but"),
+    ("other settings", "holds ['RegDB visible_to_thermal']"),
+    ("no trials", "has no per-trial results to combine"),
+    ("missing", "results file not found"),
+])
+def test_combine_refuses_files_that_are_not_one_setting(tmp_path, capsys, case, message):
+    first = regdb_results(tmp_path, 1, (0.1, 0.2))
+    (tmp_path / "other").mkdir()
+    second = regdb_results(tmp_path / "other", 1 if case == "same trial" else 2, (0.3, 0.4),
+                           method="lccrf" if case == "other method" else "hsme")
+    data = json.loads(open(second).read())
+    if case == "other settings":
+        del data["results"]["RegDB thermal_to_visible"]
+    elif case == "no trials":
+        data["results"]["RegDB thermal_to_visible"].pop("trials")
+    open(second, "w").write(json.dumps(data))
+    if case == "missing":
+        second = str(tmp_path / "absent.json")
+    assert message in run_cli_error(["--combine", first, second], capsys)

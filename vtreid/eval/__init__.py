@@ -4,8 +4,10 @@
                  gallery_cams=None, *, metric="euclidean", ranks=(1, 5, 10, 20), sysu_rules=False,
                  chunk_size=None) -> dict
     python -m vtreid.evaluate --features FILE --protocol sysu|regdb ...
+    python -m vtreid.evaluate --combine RUN1/results.json RUN2/results.json ...   (e.g. RegDB's ten trials)
 """
 from .metrics import rank_metrics, topk
-from .protocols import evaluate_regdb, evaluate_sysu, format_table, load_rand_perm, sysu_gallery
+from .protocols import combine_summaries, evaluate_regdb, evaluate_sysu, format_table, load_rand_perm, sysu_gallery
 
-__all__ = ["evaluate_regdb", "evaluate_sysu", "format_table", "load_rand_perm", "rank_metrics", "sysu_gallery", "topk"]
+__all__ = ["combine_summaries", "evaluate_regdb", "evaluate_sysu", "format_table", "load_rand_perm", "rank_metrics",
+           "sysu_gallery", "topk"]

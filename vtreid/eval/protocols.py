@@ -97,6 +97,15 @@ def _summary(per_trial: list[dict]) -> dict:
     return out
 
 
+def combine_summaries(summaries: list[dict]) -> dict:
+    """One summary over several runs' trials pooled (RegDB: one model per trial, the ten reported as mean
+    and std; or several seeds of one setting). Each summary is ``_summary``'s, with its per-trial list."""
+    pooled = [trial for summary in summaries for trial in summary["trials"]]
+    if not pooled:
+        raise ValueError("no trials to combine")
+    return _summary(pooled)
+
+
 def _scalars(result: dict) -> dict:
     return {k: float(result[k]) for k in REPORTED}
 
