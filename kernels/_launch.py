@@ -19,10 +19,10 @@ possibly a little less fast. Kernels take the buckets as extra (unused) integer 
 spills it although sm_90's does not); ``configs_for`` and ``prune_to_waves`` drop it there, and
 scripts/compile_triton.py does not compile it for that architecture. The marks cover the architectures the
 compile table sweeps: 80, 86, 87 (Jetson Orin), 89, 90, 100 (B200) and 120 (RTX 50xx, RTX PRO 6000
-Blackwell); another one (sm_103, sm_121, ...) matches none and may tune over every config. ``SM_86_89``
-names the consumer and inference parts (sm_86: RTX 30xx, A10, A40; sm_89: RTX 40xx, L4, L40), on which
-ptxas allocates registers alike (the compile table's rows for the two are identical) and differently
-from sm_80.
+Blackwell), and 103 (B300) and 121 (DGX Spark), which a mark of 100 or 120 covers (``SAME_SPILLS``); another
+one (sm_110, ...) matches none and may tune over every config. ``SM_86_89`` names the consumer and inference
+parts (sm_86: RTX 30xx, A10, A40; sm_89: RTX 40xx, L4, L40), on which ptxas allocates registers alike (the
+compile table's rows for the two are identical) and differently from sm_80.
 
 ``num_sms(device)`` and ``WAVE_SMS`` size the grids: a split launch picks its split count so that the
 training shapes give at least one program per SM (tests/kernels/test_launch_waves.py checks it for a
@@ -48,6 +48,10 @@ WAVE_SMS = 132
 
 #: sm_86 and sm_89, for not_on: one ptxas behaviour in the compile table (and 99 KB of shared memory a block).
 SM_86_89 = (86, 89)
+
+#: Architectures a not_on mark extends to: their full sweeps (Triton 3.9's ptxas 12.9; 3.6's knows neither) spill
+#: in the same configs as the marked one's (sm_103: exactly sm_100's marks; sm_121: all but one of sm_120's).
+SAME_SPILLS = {100: (103,), 120: (121,)}
 
 
 def bucket(n: int) -> int:
@@ -96,8 +100,9 @@ def configs_union(by_dtype: dict) -> list:
 
 
 def not_on(config, *archs: int):
-    """``config``, marked as never to be picked on these architectures (compute capability as 80, 90)."""
-    config.not_on = frozenset(archs)
+    """``config``, marked as never to be picked on these architectures (compute capability as 80, 90; a mark
+    of 100 or 120 covers 103 or 121 too: ``SAME_SPILLS``)."""
+    config.not_on = frozenset(archs).union(*(SAME_SPILLS.get(a, ()) for a in archs))
     return config
 
 

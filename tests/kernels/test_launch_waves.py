@@ -27,7 +27,9 @@ LARGEST_PART_SMS = {80: 108,   # A100
                     89: 142,   # L40, L40S
                     90: 132,   # H100 SXM, H200
                     100: 148,  # B200
-                    120: 188}  # RTX PRO 6000 Blackwell
+                    103: 160,  # B300 (Blackwell Ultra's full 160; a part with fewer is covered by the count)
+                    120: 188,  # RTX PRO 6000 Blackwell
+                    121: 48}   # DGX Spark (GB10)
 CPU = torch.empty(0)  # stands in for the launch's tensors: num_sms() of a CPU tensor is WAVE_SMS
 
 
@@ -124,6 +126,10 @@ def test_not_on_marks_only_the_architectures_named():
     assert not _launch.usable_on(config, 80)
     assert _launch.usable_on(config, 90) and _launch.usable_on(config, None)
     assert _launch.usable_on(k_pair._cfg(16, 16, 32, 4, 3), 80)
+    # sm_103 and sm_121 spill where sm_100 and sm_120 do (their sweeps): a mark of one covers the other
+    blackwell = _launch.not_on(k_pair._cfg(16, 16, 32, 4, 3), 100, 120)
+    assert {a for a in (80, 86, 89, 90, 100, 103, 110, 120, 121) if not _launch.usable_on(blackwell, a)} == {
+        100, 103, 120, 121}
     assert _launch.device_arch(torch.device("cpu")) is None
 
 
