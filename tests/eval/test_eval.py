@@ -1,5 +1,6 @@
 """vtreid.eval: metrics against hand-computed rankings and the numpy loop, protocols, top-k, CLI."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -408,3 +409,14 @@ def test_combine_refuses_files_that_are_not_one_setting(tmp_path, capsys, case, 
     if case == "missing":
         second = str(tmp_path / "absent.json")
     assert message in run_cli_error(["--combine", first, second], capsys)
+
+
+@pytest.mark.parametrize("name", ["RegDB", "synthetic (SYSU) all single-shot, 10 runs"])
+def test_the_table_s_columns_line_up(name):
+    from vtreid.eval import format_table
+    summary = {k: {"mean": 0.5, "std": 0.1} for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")}
+    head, row = format_table(name, summary).splitlines()
+    assert head.startswith(name + " ")
+    heading_ends = [m.end() for m in re.finditer(r"\S+", head[len(name):])]
+    value_ends = [m.end() for m in re.finditer(r"\d+\.\d\d \+-\s*\d+\.\d\d", row[len(name):])]
+    assert len(value_ends) == 6 and heading_ends[-6:] == value_ends, format_table(name, summary)

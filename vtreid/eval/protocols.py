@@ -159,7 +159,8 @@ def evaluate_regdb(query: dict, gallery: dict, *, metric: str = "euclidean") -> 
 
 
 def format_table(name: str, summary: dict) -> str:
-    head = f"{name:<28}" + "".join(f"{k:>16}" for k in REPORTED)
-    row = f"{'mean +- std (%)':<28}" + "".join(
+    width = max(28, len(name) + 1)  # the columns line up under a long setting name too
+    head = f"{name:<{width}}" + "".join(f"{k:>17}" for k in REPORTED)
+    row = f"{'mean +- std (%)':<{width}}" + "".join(
         f"{100 * summary[k]['mean']:>9.2f} +-{100 * summary[k]['std']:>5.2f}" for k in REPORTED)
     return head + "\n" + row
