@@ -297,6 +297,37 @@ def test_loader_splits_modalities_in_batch_order(sysu_root):
     assert sum(sizes) == 40 and sizes[0] == 7
 
 
+def test_every_training_draw_gets_its_own_augmentation(sysu_root):
+    """A record drawn twice in an epoch (here with replacement: 8 images a modality from identities that have
+    8 visible and 4 infrared) is augmented twice; a draw's augmentation is the same in every run, with any
+    number of workers."""
+    from vtreid.training.data import EpochBatches
+    records = sysu.load(sysu_root).train
+    batches = EpochBatches(IdentityBalancedSampler(records, identities=2, per_modality=8, seed=0), 2)
+    transform = Transform((64, 32), train=True, padding=8, flip=True, erasing=0.5)
+    images, index = {}, {}
+    for workers in (0, 2):
+        loader = build_loader(records, transform, batch_sampler=batches, seed=0, workers=workers)
+        for step, batch in enumerate(loader):
+            for part in ("visible", "infrared"):
+                images[workers, step, part], index[workers, step, part] = batch[part], batch[f"{part}_index"]
+    for key in images:
+        assert torch.equal(images[key], images[(2, *key[1:])]) and torch.equal(index[key], index[(2, *key[1:])])
+    draws = [(idx, img) for key in images if key[0] == 0 for idx, img in zip(index[key].tolist(), images[key])]
+    repeated = Counter(idx for idx, _ in draws)
+    assert sum(n > 1 for n in repeated.values()) >= 5, repeated   # infrared images drawn more than once
+    for record in repeated:
+        same = [img for idx, img in draws if idx == record]
+        assert all(not torch.equal(same[0], other) for other in same[1:]), record
+
+
+def test_augmentation_seeds_do_not_collide_across_epochs_or_seeds():
+    from vtreid.data.loader import augmentation_seed
+    seeds = {augmentation_seed(seed, epoch, index) for seed in range(3) for epoch in range(3) for index in range(20011)}
+    assert len(seeds) == 3 * 3 * 20011   # the old linear mix gave (e + 1, i) the seed of (e, i + 10007)
+    assert augmentation_seed(0, 1, 3) == augmentation_seed(0, 1, 3) < 2**63
+
+
 def test_random_erasing_draws_the_aspect_ratio_uniformly():
     """Zhong et al.: r_e ~ U(0.3, 1/0.3), so the median h/w of the erased box is about 1.8 (a log-uniform
     draw, as before, gives 1.0), and the box is filled with 0 (the mean colour after normalisation)."""

@@ -2,16 +2,27 @@
 
 A batch is a dict with the visible and infrared parts split apart in batch order: ``visible``
 [Bv, 3, H, W], ``infrared`` [Bi, 3, H, W], and per part ``*_labels``, ``*_cams``, ``*_index`` (record
-indices). Augmentation for record i in epoch e draws from a generator seeded with (seed, e, i), so a
-run is reproducible whatever the number of workers.
+indices). Each training draw augments from its own generator, seeded with a hash of (seed, epoch, step,
+slot in the batch, record): a record drawn twice in an epoch (the Hetero-Center epoch is several passes of
+its sampler; a small identity is drawn with replacement) gets two augmentations, and a run is reproducible
+whatever the number of workers, resumes included. Evaluation items (a plain record index) hash (seed,
+epoch, record).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .records import INFRARED, Record, load_image
 from .transforms import Transform
+
+
+def augmentation_seed(*key: int) -> int:
+    """A 63-bit seed hashed from ``key`` (numpy's SeedSequence): distinct keys give unrelated seeds, where a
+    linear mix of (seed, epoch, index) gave record i of epoch e + 1 the seed of record i + 10007 of epoch e."""
+    high, low = np.random.SeedSequence([int(k) % 2**64 for k in key]).generate_state(2, np.uint32)
+    return (int(high) << 32 | int(low)) % 2**63
 
 
 class ReIDDataset(Dataset):
@@ -24,9 +35,14 @@ class ReIDDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        """``key``: a record index, or a training draw (index, epoch, step, slot) from ``EpochBatches``."""
+        if isinstance(key, tuple):
+            index, seed = key[0], augmentation_seed(self.seed, *key[1:], key[0])
+        else:
+            index, seed = key, augmentation_seed(self.seed, self.epoch, key)
         r = self.records[index]
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch * 10_007 + index) % 2**63)
+        generator = torch.Generator().manual_seed(seed)
         image = self.transform(load_image(r.path, r.modality), generator)
         return {"image": image, "label": r.label, "cam": r.cam, "modality": r.modality, "index": index}
 

@@ -72,6 +72,8 @@ class EpochBatches(torch.utils.data.Sampler):
     Epoch e runs the sampler's own epochs e * 1000, e * 1000 + 1, ... until ``length`` batches are out
     (an epoch may be longer than one pass over the identities, as the Hetero-Center authors define it),
     and skips the first ``start`` of them on a resume: the sequence depends only on the seed and e.
+    Each item is a draw (record index, e, step in the epoch, slot in the batch): the dataset seeds the
+    draw's augmentation with it (vtreid.data.loader).
     """
 
     def __init__(self, sampler, length: int):
@@ -89,7 +91,7 @@ class EpochBatches(torch.utils.data.Sampler):
             self.sampler.set_epoch(self.epoch * 1000 + round_)
             for batch in self.sampler:
                 if produced >= self.start:
-                    yield batch
+                    yield [(index, self.epoch, produced, slot) for slot, index in enumerate(batch)]
                 produced += 1
                 if produced >= self.length:
                     return
