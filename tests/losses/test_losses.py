@@ -49,6 +49,10 @@ def test_prediction_kl(detach):
     assert (target.grad is None) == detach
     zero = losses.prediction_kl(logits.detach(), logits.detach())
     assert abs(float(zero)) < 1e-6
+    total = losses.prediction_kl(target, logits, reduction="sum")   # eq. 6 as the paper writes it
+    assert math.isclose(float(total), 5 * expected, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        losses.prediction_kl(target, logits, reduction="batchmean")
 
 
 # --- reciprocal ranking (HSME) ---------------------------------------------------------------------------
@@ -118,8 +122,9 @@ def test_expat_and_eat_compose_the_papers_terms():
     e = lambda a, p, n, c: sum(math.exp(term(a[k], p[k], n[k], c)) for k in range(5)) / 5  # noqa: E731
     expat = 0.7 * e(t.a_v, t.p_i, t.n_i, False) + 1.3 * e(t.a_i, t.p_v, t.n_v, False)     # expAT eq. 10
     assert math.isclose(float(losses.expat_loss(t, alpha=0.7, beta=1.3)), expat, rel_tol=1e-9)
-    assert math.isclose(float(losses.expat_loss(t, alpha=0.7, bidirectional=False)),
-                        0.7 * e(t.a_v, t.p_i, t.n_i, False), rel_tol=1e-9)
+    # uni-directional (Table II): anchor, positive and negative of each triplet from one modality
+    assert math.isclose(float(losses.expat_loss(t, alpha=0.7, beta=1.3, bidirectional=False)),
+                        0.7 * e(t.a_v, t.p_v, t.n_v, False) + 1.3 * e(t.a_i, t.p_i, t.n_i, False), rel_tol=1e-9)
     eat = (e(t.a_v, t.p_i, t.n_i, True) + e(t.a_v, t.p_i, t.n_v, True)                      # eq. 15
            + e(t.a_i, t.p_v, t.n_v, True) + e(t.a_i, t.p_v, t.n_i, True))                   # eq. 16
     assert math.isclose(float(losses.eat_loss(t)), eat, rel_tol=1e-9)

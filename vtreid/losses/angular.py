@@ -1,4 +1,4 @@
-"""Angular triplet losses over sampled tuples: expAT (Ye et al.) and LCCRF's EAT (Zhang et al.).
+"""Angular triplet losses over sampled tuples: expAT (Ye et al.) and LCCRF's EAT (Gao et al.).
 
 Both train on the tuple sampler's batches (vtreid.data.samplers.TupleSampler): per identity a visible
 anchor a_v with an infrared positive p_i and negative n_i, and an infrared anchor a_i with a visible
@@ -73,12 +73,16 @@ def expat_loss(t: Tuples, *, alpha: float = 1.0, beta: float = 1.0, xi: float = 
     """expAT (Ye et al., eq. 10):  alpha (1/N) sum exp([cos(a_v, n_i)]_+ - cos(a_v, p_i) + xi)
                          + beta  (1/N) sum exp([cos(a_i, n_v)]_+ - cos(a_i, p_v) + xi),
     alpha = beta = xi = 1. Variants: form "exp_of_mean" (authors' code), "linear" (AT), "hinge" (cosine
-    triplet); bidirectional=False keeps the visible-anchor term only (the paper's uni-directional ablation).
+    triplet); bidirectional=False is the paper's uni-directional ablation (section IV-C-4, Table II: "the
+    anchor, positive and negative terms in a triplet are all from the same modality"): the same two terms
+    on (a_v, p_v, n_v) and (a_i, p_i, n_i), each tuple's same-modality positive and negative.
     """
-    loss = alpha * angular_triplet_loss(t.a_v, t.p_i, t.n_i, form=form, xi=xi)
     if bidirectional:
-        loss = loss + beta * angular_triplet_loss(t.a_i, t.p_v, t.n_v, form=form, xi=xi)
-    return loss
+        first, second = (t.a_v, t.p_i, t.n_i), (t.a_i, t.p_v, t.n_v)
+    else:
+        first, second = (t.a_v, t.p_v, t.n_v), (t.a_i, t.p_i, t.n_i)
+    return (alpha * angular_triplet_loss(*first, form=form, xi=xi)
+            + beta * angular_triplet_loss(*second, form=form, xi=xi))
 
 
 def eat_loss(t: Tuples, *, form: str = "exp", xi: float = 1.0) -> torch.Tensor:
