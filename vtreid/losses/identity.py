@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vtreid.ops._checks import check_tensor
+from vtreid.ops._checks import check_choice, check_tensor
 
 from ._common import accumulate
 
@@ -28,9 +28,11 @@ def identity_loss(logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing
     return per_sample.view(s, b).mean(1).sum()
 
 
-def prediction_kl(target_logits: torch.Tensor, logits: torch.Tensor, *, detach_target: bool = True) -> torch.Tensor:
+def prediction_kl(target_logits: torch.Tensor, logits: torch.Tensor, *, detach_target: bool = True,
+                  reduction: str = "mean") -> torch.Tensor:
     """KL(p_target || p) of paired rows, averaged over the pairs (HSME eq. 6; the paper sums over the
-    batch, the mean keeps the weight independent of batch size, as for the other HSME terms).
+    batch, ``reduction="sum"``; the mean keeps the weight independent of batch size, as for the other HSME
+    terms).
 
     HSME eq. 7-8: L_identity1 = L_sphere(visible) + KL(p2 || p1), L_identity2 = L_sphere(thermal) +
     KL(p1 || p2), p1 / p2 the class distributions of the paired visible / thermal images; call
@@ -46,4 +48,5 @@ def prediction_kl(target_logits: torch.Tensor, logits: torch.Tensor, *, detach_t
     target = target_logits.detach() if detach_target else target_logits
     log_p_target = F.log_softmax(accumulate(target), dim=1)
     log_p = F.log_softmax(accumulate(logits), dim=1)
-    return F.kl_div(log_p, log_p_target, reduction="batchmean", log_target=True)
+    check_choice(reduction, "reduction", ("mean", "sum"))
+    return F.kl_div(log_p, log_p_target, reduction="batchmean" if reduction == "mean" else "sum", log_target=True)

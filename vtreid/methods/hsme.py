@@ -27,7 +27,7 @@ class HSME(Method):
     name = network = "hsme"
     variants = {
         "per_stream": {"optim": {"per_stream": True}},
-        "sum": {"loss": {"reduction": "sum"}},                 # the paper's sums over anchors
+        "sum": {"loss": {"reduction": "sum"}},   # the paper's sums over the batch: ranking (eq. 10, 12), KL (eq. 6)
         "kl_both_ways": {"loss": {"detach_kl_target": False}},
     }
     backbone_prefixes = ("streams.", "resnet.")
@@ -47,14 +47,14 @@ class HSME(Method):
         embedding = model(batch.visible, batch.infrared)["embedding"]
         classifier = unwrap(model).classifier
         logits = ops.normalized_logits(embedding, classifier.weight, scale=classifier.scale)
-        detach = self.loss_cfg["detach_kl_target"]
+        detach, reduction = self.loss_cfg["detach_kl_target"], self.loss_cfg["reduction"]
         ranking = reciprocal_ranking_loss(*self.global_rows(embedding, batch.labels, batch.modality),
-                                          margin=self.loss_cfg["margin"], reduction=self.loss_cfg["reduction"])
+                                          margin=self.loss_cfg["margin"], reduction=reduction)
         return {
             "id_visible": identity_loss(logits[:b], batch.labels[:b]),
-            "kl_visible": prediction_kl(logits[b:], logits[:b], detach_target=detach),   # KL(p2 || p1)
+            "kl_visible": prediction_kl(logits[b:], logits[:b], detach_target=detach, reduction=reduction),  # p2||p1
             "id_thermal": identity_loss(logits[b:], batch.labels[b:]),
-            "kl_thermal": prediction_kl(logits[:b], logits[b:], detach_target=detach),   # KL(p1 || p2)
+            "kl_thermal": prediction_kl(logits[:b], logits[b:], detach_target=detach, reduction=reduction),  # p1||p2
             "intra": ranking.intra,
             "cross": ranking.cross,
         }
