@@ -243,6 +243,24 @@ def test_variants_set_what_they_name():
     assert config("lccrf", "variant=[cmkd_sum]", "loss.cmkd=mean")["loss"]["cmkd"] == "mean"  # explicit key wins
     assert config("hc", "variant=[authors_head]")["model"]["authors_head"] is True
     assert config("expat", "variant=[sysu_296]")["dataset"]["train_ids"] == "train"
+    paper = config("lccrf", "variant=[paper_augmentation]")["input"]
+    assert (paper["flip"], paper["padding"], paper["erasing"]) == (False, 0, 0.5)
+
+
+def test_hsme_sum_variant_sums_every_batch_term_as_the_paper():
+    """Eq. 6 (KL), 10 and 12 (ranking) sum over the batch: the variant scales each by its row count."""
+    mean_terms = terms_and_grads("hsme", "reference")[0]
+    m, model = build("hsme", "variant=[sum]")
+    batch = make_batch("hsme")
+    with ops.use_backend("reference"):
+        torch.manual_seed(123)
+        summed = m.objective(model, batch)
+    b = batch.num_visible
+    for name in ("kl_visible", "kl_thermal"):
+        torch.testing.assert_close(summed[name].detach(), b * mean_terms[name], msg=name)
+    for name in ("id_visible", "id_thermal"):
+        torch.testing.assert_close(summed[name].detach(), mean_terms[name], msg=name)
+    assert summed["intra"] >= mean_terms["intra"] and summed["cross"] >= mean_terms["cross"]
 
 
 def test_bad_configuration_names_the_setting_and_the_choices():

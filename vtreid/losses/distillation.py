@@ -1,4 +1,4 @@
-"""LCCRF's cross-modality knowledge distillation (Zhang et al., eq. 5)."""
+"""LCCRF's cross-modality knowledge distillation (Gao et al., eq. 5)."""
 from __future__ import annotations
 
 import torch

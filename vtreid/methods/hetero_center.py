@@ -5,8 +5,10 @@ Per stripe p of P = 6, on the L2-normalised stripe features (section III-C; the 
 the stripes summed; lambda = 0.5 (1.0 for the p = 1 baseline, ``hc_baseline``). CE is the batch mean (the
 authors' code, whose lambda is kept). Batches: 4 identities x (8 visible + 8 infrared). SGD momentum
 0.9, lr 1e-2 for 30 epochs then 1e-4, 60 epochs; an epoch shows about as many images as the visible
-training set holds (the authors' sampler), not one pass over the identities.
-Variants: margin, cosine centre distance, the strong constraint (section IV-E), the authors' head and
+training set holds (the authors' sampler), not one pass over the identities. The paper does not give the
+10-pixel padding before its random crop, the 60 epochs in all, weight decay 5e-4 or the LeakyReLU slope 0.1:
+chosen here (the preset says so).
+Variants: margin, cosine centre distance, the strong constraint (section V-E), the authors' head and
 optimiser.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""LCCRF: enumerate angular triplet (EAT) + cross-modality knowledge distillation (Zhang et al.;
+"""LCCRF: enumerate angular triplet (EAT) + cross-modality knowledge distillation (Gao et al.;
 METHODS.md section 4).
 
     L = L_EAT + C + L_CMKD + L_ID                                                   (eq. 17-20)
@@ -8,7 +8,9 @@ METHODS.md section 4).
     L_ID = CE_rgb + CE_ir on the anchors, label smoothing 0.1 (eq. 20), on the BN feature.
 Tuple batches (N = 8: 6N images), Adam 3e-4 with 500 warm-up steps from 1/3, x0.1 at 10k and 20k, 30k
 steps, 384 x 128 with flip, 10-pixel pad + crop and random erasing 0.5. Weight decay 5e-4: the
-authors' code (the paper does not say).
+authors' code (the paper does not say). The paper names only label smoothing and random erasing (section
+4.3) and claims "no other data augment skills"; the input size, flip, pad + crop (METHODS.md) and last
+stride 1 are AGW's, as the non-local blocks and GeM are. Variant "paper_augmentation": no flip, no pad.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class LCCRF(Method):
         "cmkd_sum": {"loss": {"cmkd": "sum"}},
         "no_compactness": {"loss": {"compactness": False}},
         "linear": {"loss": {"form": "linear"}},         # EAT before the exponential (eq. 8-14)
+        "paper_augmentation": {"input": {"flip": False, "padding": 0}},   # random erasing only (section 4.3)
     }
 
     def __init__(self, cfg, num_classes):

@@ -1,6 +1,6 @@
 """SphereReID (Fan et al.): the Sphere loss on network-D embeddings (METHODS.md section 1).
 
-    L = -(1/N) sum_i log softmax(s cos(theta_{i,c}))_{y_i},  x_i and every w_c L2-normalised, s = 14  (eq. 4)
+    L = -(1/N) sum_i log softmax(s cos(theta_{i,c}))_{y_i},  x_i and every w_c L2-normalised, s = 14  (eq. 6)
 
 One shared ResNet-50, network-D head (dropout 0.25, section 4.3's final network), P = 16 x K = 4
 identity-balanced batches (K split over the modalities), Adam (beta2 0.99), warm-up 5e-5 -> 1e-3 over
