@@ -9,7 +9,8 @@ With p1 / p2 the class distributions of the paired visible / thermal images (Sph
     optimisers, one minimising L_visible = L_id1 + L_intra + L_cross over the visible stream and the
     shared layers, one L_thermal over the thermal stream and the shared layers.
 D-HSME: stage 1 is HSME; then W (m x n) = U S V^T, W <- U S, frozen (eq. 15); stage 2 trains as many
-steps again with a fresh optimiser that does not hold W. m < n is an error.
+steps again with a fresh optimiser that does not hold W, and the schedule restarts (lr 0.01, x0.1 at 70%
+of the stage; the paper says only "train the network again till convergence"). m < n is an error.
 Settings the paper does not give (METHODS.md): SGD momentum 0.9, lr 0.01, weight decay 5e-4, lr x0.1
 at 70% of the steps; 288 x 144 input, random crop after 10-pixel padding.
 """
