@@ -14,8 +14,9 @@
 
 namespace vtreid {
 
+// max(a, b) for a floor b (an eps, 0): a NaN a stays NaN, as torch's clamp_min (CUDA's fmax would drop it).
 template <typename T>
-VTREID_HD T hd_max(T a, T b) { return a > b ? a : b; }
+VTREID_HD T hd_max(T a, T b) { return a < b ? b : a; }
 
 template <typename T>
 VTREID_HD T hd_sqrt(T v) {
@@ -89,7 +90,7 @@ VTREID_HD PairCoefficients<acc_t> pair_coefficients(acc_t g, acc_t d, int64_t id
     return {na > acc_t(kCosineEps) ? g * cos * inv_a * inv_a : acc_t(0), -g * inv_a * inv_c,
             nc > acc_t(kCosineEps) ? g * cos * inv_c * inv_c : acc_t(0)};
   }
-  if (!(d > acc_t(0))) return {0, 0, 0};
+  if (d == acc_t(0)) return {0, 0, 0};  // a flushed pair; a NaN d passes its NaN on, as the reference
   const acc_t k = metric == kEuclidean ? g / d : acc_t(2) * g;
   return {k, -k, k};
 }

@@ -35,7 +35,7 @@ import triton.language as tl
 from ._launch import (GRID_LIMITS, SM_86_89, autotune, bucket, configs_union, not_on, num_sms, on_device_of,
                       prune_to_waves, splits_for)
 from ._launch import configs_for as _configs_for
-from .pairwise_distance import METRIC_CODES, distance_epilogue, dot_and_norms
+from .pairwise_distance import METRIC_CODES, distance_epilogue, dot_and_norms, max_keep_nan
 
 RULE_CODES = {"any": 0, "cross": 1, "same": 2}
 
@@ -252,15 +252,15 @@ def _pair_coefficients(g, d, idx, asq, csq, METRIC: tl.constexpr):
     if METRIC == 2:
         na = tl.sqrt_rn(asq)
         nc = tl.sqrt_rn(csq)
-        inv_a = 1.0 / tl.maximum(na, 1e-12)
-        inv_c = 1.0 / tl.maximum(nc, 1e-12)
+        inv_a = 1.0 / max_keep_nan(na, 1e-12)
+        inv_c = 1.0 / max_keep_nan(nc, 1e-12)
         gc = tl.where(chosen, g, 0.0)
         cos = 1.0 - d
         beta = -gc * inv_a * inv_c
         alpha = tl.where(na > 1e-12, gc * cos * inv_a * inv_a, 0.0)
         gamma = tl.where(nc > 1e-12, gc * cos * inv_c * inv_c, 0.0)
     else:
-        live = chosen & (d > 0.0)
+        live = chosen & (d != 0.0)  # flushed pairs have no gradient; NaN ones pass it on
         if METRIC == 0:
             k = tl.where(live, g / tl.where(live, d, 1.0), 0.0)
         else:

@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from ._launch import on_device_of
+from .pairwise_distance import max_keep_nan
 
 METRIC_CODES = {"sqeuclidean": 1, "cosine": 2}
 
@@ -99,12 +100,12 @@ def _centers_fwd_kernel(
         tl.store(COUNTS + 2 * k, n_vis.to(tl.int64))
         tl.store(COUNTS + 2 * k + 1, n_ir.to(tl.int64))
     if METRIC == 2:
-        inv = 1.0 / (tl.maximum(tl.sqrt_rn(vis_sq), 1e-12) * tl.maximum(tl.sqrt_rn(ir_sq), 1e-12))
+        inv = 1.0 / (max_keep_nan(tl.sqrt_rn(vis_sq), 1e-12) * max_keep_nan(tl.sqrt_rn(ir_sq), 1e-12))
         dist = 1.0 - dot * inv
     else:
         dist = diff_sq
     both = (n_vis > 0.0) & (n_ir > 0.0)
-    tl.store(HINGE + s.to(tl.int64) * N + k, tl.where(both, tl.maximum(dist + var_diff_sq - margin, 0.0), 0.0))
+    tl.store(HINGE + s.to(tl.int64) * N + k, tl.where(both, max_keep_nan(dist + var_diff_sq - margin, 0.0), 0.0))
     stats = STATS + (s.to(tl.int64) * N + k) * 5
     tl.store(stats, diff_sq)
     tl.store(stats + 1, dot)
@@ -133,10 +134,10 @@ def _centers_bwd_kernel(
     m = (tl.load(MOD + j) != 0).to(tl.int32)  # any non-zero value is infrared: never an index past 1
     n_m = tl.load(COUNTS + 2 * k + m).to(tl.float32)
     inv_n = 1.0 / tl.maximum(n_m, 1.0)
-    # The hinge passes gradient only where it is active (h > 0 also means both modalities are present).
+    # The hinge passes gradient where it is active or NaN, as relu (h != 0 also means both modalities are present).
     h = tl.load(HINGE + s.to(tl.int64) * N + k)
     # G_HINGE with its strides: the sum's gradient arrives expanded (stride 0 along the classes).
-    g = tl.where(h > 0.0, tl.load(G_HINGE + s.to(tl.int64) * stride_hs + k * stride_hn).to(tl.float32), 0.0)
+    g = tl.where(h != 0.0, tl.load(G_HINGE + s.to(tl.int64) * stride_hs + k * stride_hn).to(tl.float32), 0.0)
     base = (s.to(tl.int64) * N + k) * 2 * D
     c_m = tl.load(CENTERS + base + m * D + rd, mask=mask_d, other=0.0)
     c_o = tl.load(CENTERS + base + (1 - m) * D + rd, mask=mask_d, other=0.0)
@@ -146,8 +147,8 @@ def _centers_bwd_kernel(
         sq_m = tl.load(stats + 2 + m)
         sq_o = tl.load(stats + 3 - m)
         norm_m = tl.sqrt_rn(sq_m)
-        inv_m = 1.0 / tl.maximum(norm_m, 1e-12)
-        inv_o = 1.0 / tl.maximum(tl.sqrt_rn(sq_o), 1e-12)
+        inv_m = 1.0 / max_keep_nan(norm_m, 1e-12)
+        inv_o = 1.0 / max_keep_nan(tl.sqrt_rn(sq_o), 1e-12)
         cos = dot * inv_m * inv_o
         own = tl.where(norm_m > 1e-12, cos * inv_m * inv_m, 0.0)
         d_center = own * c_m - c_o * inv_m * inv_o

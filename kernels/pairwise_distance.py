@@ -191,9 +191,16 @@ def sqrt_rn_selects(x):
 
 
 @triton.jit
+def max_keep_nan(x, floor):
+    """max(x, floor) with a NaN x kept, as torch's clamp_min and relu (tl.maximum alone returns the floor):
+    a diverged model's NaN must reach the outputs that read it."""
+    return tl.maximum(x, floor, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def inverse_norm(sq):
-    """1 / max(|v|, 1e-12) from |v|^2, as F.normalize's eps."""
-    return 1.0 / tl.maximum(tl.sqrt_rn(sq), 1e-12)
+    """1 / max(|v|, 1e-12) from |v|^2, as F.normalize's eps; NaN stays NaN."""
+    return 1.0 / max_keep_nan(tl.sqrt_rn(sq), 1e-12)
 
 
 @triton.jit
@@ -369,10 +376,11 @@ def _pairwise_coef_kernel(
     # close pairs (large g / d, x ~ y) leaves an error of the size of the whole term, and the cosine one
     # overflows half for tiny-norm rows.
     if METRIC == 0:
-        coef = tl.where(d > 0.0, g / tl.where(d > 0.0, d, 1.0), 0.0)
+        # 0 at flushed pairs only: a NaN distance passes its NaN on, as the reference's sqrt does
+        coef = tl.where(d != 0.0, g / tl.where(d != 0.0, d, 1.0), 0.0)
         sums = coef
     elif METRIC == 1:
-        coef = tl.where(d > 0.0, 2.0 * g, 0.0)
+        coef = tl.where(d != 0.0, 2.0 * g, 0.0)
         sums = coef
     else:
         inv_x = inverse_norm(tl.load(XSQ + rn, mask=mask_n, other=1.0))
@@ -429,7 +437,7 @@ def _pairwise_bwd_kernel(
         row_coef += tl.load(PART + t * N + rn64, mask=mask_n, other=0.0)
     if METRIC == 2:
         a_norm = tl.sqrt_rn(tl.load(ASQ + rn, mask=mask_n, other=1.0))
-        inv_a = 1.0 / tl.maximum(a_norm, 1e-12)
+        inv_a = 1.0 / max_keep_nan(a_norm, 1e-12)
         row_coef = tl.where(a_norm > 1e-12, row_coef * inv_a * inv_a, 0.0)
     at = tl.load(A + rn64[:, None] * stride_an + rd64[None, :] * stride_ad,
                  mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)

@@ -130,8 +130,9 @@ at::Tensor hetero_center_bwd(const at::Tensor& x, const at::Tensor& slot, const 
         const int m = mp[j] != 0 ? 1 : 0;  // any non-zero value is infrared: never an index past 1
         const int64_t sk = s * n + k;
         const acc_t inv_n = acc_t(1) / std::max<int64_t>(cntp[2 * k + m], 1);
-        // The hinge passes gradient only where it is active (h > 0 also means both modalities are present).
-        const acc_t g = hp[sk] > acc_t(0) ? ghp[sk] : acc_t(0);
+        // The hinge passes gradient where it is active or NaN, as relu (h != 0 also means both modalities are
+        // present).
+        const acc_t g = hp[sk] != acc_t(0) ? ghp[sk] : acc_t(0);
         const acc_t* cm = cp + (sk * 2 + m) * dim;
         const acc_t* co = cp + (sk * 2 + 1 - m) * dim;
         acc_t own = 0, other = 2;  // d dist / d c_m = own * c_m - other * c_o

@@ -54,7 +54,7 @@ void backward_coefficients(acc_t* coef, const acc_t* dist, const acc_t* xsq, con
       }
       const acc_t factor = metric == kSqEuclidean ? acc_t(2) : acc_t(1);
       for (int64_t j = 0; j < m; ++j) {
-        const acc_t cij = d[j] > acc_t(0) ? (metric == kEuclidean ? c[j] / d[j] : factor * c[j]) : acc_t(0);
+        const acc_t cij = d[j] != acc_t(0) ? (metric == kEuclidean ? c[j] / d[j] : factor * c[j]) : acc_t(0);
         c[j] = cij;
         s += cij;
       }

@@ -75,10 +75,10 @@ centers_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ o
 #pragma unroll
     for (int q = 0; q < 5; ++q) out[q] = partial[q][0];
     const acc_t dist = metric == kCosine
-        ? acc_t(1) - partial[1][0] / (max(sqrt(partial[2][0]), acc_t(kCosineEps)) *
-                                      max(sqrt(partial[3][0]), acc_t(kCosineEps)))
+        ? acc_t(1) - partial[1][0] / (hd_max(sqrt(partial[2][0]), acc_t(kCosineEps)) *
+                                      hd_max(sqrt(partial[3][0]), acc_t(kCosineEps)))
         : partial[0][0];
-    hinge[s * n + k] = (n_vis > 0 && n_ir > 0) ? max(dist + partial[4][0] - margin, acc_t(0)) : acc_t(0);
+    hinge[s * n + k] = (n_vis > 0 && n_ir > 0) ? hd_max(dist + partial[4][0] - margin, acc_t(0)) : acc_t(0);
     if (s == 0) {
       counts[2 * k] = n_vis;
       counts[2 * k + 1] = n_ir;
@@ -105,15 +105,15 @@ centers_bwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ s
   const int64_t sk = s * n + k;
   const int64_t count = counts[2 * k + m];
   const acc_t inv_n = acc_t(1) / (count > 0 ? count : 1);
-  // The hinge passes gradient only where it is active (h > 0 also means both modalities are present).
-  const acc_t g = hinge[sk] > acc_t(0) ? grad_hinge[s * gh_stride_s + k * gh_stride_n] : acc_t(0);
+  // The hinge passes gradient where it is active or NaN, as relu (h != 0 also means both modalities are present).
+  const acc_t g = hinge[sk] != acc_t(0) ? grad_hinge[s * gh_stride_s + k * gh_stride_n] : acc_t(0);
   const acc_t cm = centers[(sk * 2 + m) * dim + d], co = centers[(sk * 2 + 1 - m) * dim + d];
   acc_t own = 2, other = 2;  // d dist / d c_m = own * c_m - other * c_o
   if (metric == kCosine) {
     const acc_t* st = stats + sk * 5;
     const acc_t norm_m = sqrt(st[2 + m]);
-    const acc_t inv_m = acc_t(1) / max(norm_m, acc_t(kCosineEps));
-    const acc_t inv_o = acc_t(1) / max(sqrt(st[3 - m]), acc_t(kCosineEps));
+    const acc_t inv_m = acc_t(1) / hd_max(norm_m, acc_t(kCosineEps));
+    const acc_t inv_o = acc_t(1) / hd_max(sqrt(st[3 - m]), acc_t(kCosineEps));
     own = norm_m > acc_t(kCosineEps) ? st[1] * inv_m * inv_o * inv_m * inv_m : acc_t(0);
     other = inv_m * inv_o;
   }

@@ -461,11 +461,11 @@ __device__ __forceinline__ void bwd_stage_slice(
     if (i < n && j < k) {
       const acc_t g = coef_s[kk][row], d = term_s[kk][row];
       if (metric == kCosine) {
-        const acc_t na = max(sqrt(asq[i]), acc_t(kCosineEps)), nb = max(sqrt(bsq[j]), acc_t(kCosineEps));
+        const acc_t na = hd_max(sqrt(asq[i]), acc_t(kCosineEps)), nb = hd_max(sqrt(bsq[j]), acc_t(kCosineEps));
         c = g / (na * nb);
         t = g * (acc_t(1) - d);
       } else {
-        c = d > acc_t(0) ? (metric == kEuclidean ? g / d : acc_t(2) * g) : acc_t(0);
+        c = d != acc_t(0) ? (metric == kEuclidean ? g / d : acc_t(2) * g) : acc_t(0);
         t = c;
       }
     }

@@ -85,3 +85,49 @@ def test_a_non_finite_first_row_stays_in_its_row(backend):
     (want_grad,) = torch.autograd.grad(want[1:].sum(), x)
     assert grad[1:].isfinite().all()
     torch.testing.assert_close(grad[1:], want_grad[1:], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_gradients_propagate_nan_as_the_reference(backend, metric):
+    """A NaN feature's gradients are NaN wherever the reference's are: the backward's zero-distance mask
+    (d > 0) and the norm floor (max(|v|, eps), which dropped NaN in Triton and CUDA) used to turn them into
+    zeros or 1e12-sized finite numbers."""
+    require_backend(backend, "cpu", torch.float32)
+    torch.manual_seed(0)
+    x, y = torch.randn(6, 5), torch.randn(4, 5)
+    x[0, 0] = float("nan")
+
+    def grads(b):
+        xs, ys = x.clone().requires_grad_(), y.clone().requires_grad_()
+        d = ops.pairwise_distance(xs, ys, metric=metric, backend=b)
+        # every anchor mines the NaN row 0 (a NaN distance beats every number): as positive or negative
+        mined = ops.hard_mining(xs, torch.tensor([0, 0, 1, 1, 2, 2]), metric=metric, backend=b)
+        return torch.autograd.grad(d.sum(), (xs, ys)) + torch.autograd.grad((mined.pos_dist + mined.neg_dist).sum(),
+                                                                             xs)
+    for got, want, name in zip(grads(backend), grads("reference"), ("pairwise x", "pairwise y", "mining")):
+        assert torch.equal(got.isnan(), want.isnan()), f"{name}: NaN pattern\n{got}\n{want}"
+        torch.testing.assert_close(got, want, equal_nan=True, atol=1e-4, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
+@pytest.mark.parametrize("strong", [False, True])
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_hetero_center_loss_propagates_nan(backend, metric, strong):
+    """The hinge max(h, 0) returned 0 for a NaN h in Triton (and CUDA): a NaN feature gave a finite loss."""
+    require_backend(backend, "cpu", torch.float32)
+    torch.manual_seed(0)
+    x = torch.randn(8, 5)
+    x[0, 0] = float("nan")
+    labels, modality = torch.tensor([3, 3, 1, 1, 7, 7, 3, 1]), torch.tensor([0, 1, 0, 1, 0, 0, 1, 1])
+    loss = ops.hetero_center_loss(x, labels, modality, metric=metric, strong=strong, backend=backend)
+    assert loss.isnan(), loss
+    assert ops.hetero_center_loss(x, labels, modality, metric=metric, strong=strong, backend="reference").isnan()
+    # the NaN row's class (3) reads it; the hinge's gradient reaches every row of a class it read, as relu's
+    xs, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    (got,) = torch.autograd.grad(ops.hetero_center_loss(xs, labels, modality, metric=metric, strong=strong,
+                                                        backend=backend), xs)
+    (want,) = torch.autograd.grad(ops.hetero_center_loss(xr, labels, modality, metric=metric, strong=strong,
+                                                         backend="reference"), xr)
+    assert torch.equal(got.isnan(), want.isnan()), f"NaN pattern\n{got}\n{want}"
+    torch.testing.assert_close(got, want, equal_nan=True, atol=1e-4, rtol=1e-4)
