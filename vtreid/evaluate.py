@@ -175,8 +175,26 @@ def checkpoint_features(args) -> tuple[dict, dict]:
     args.metric = args.metric or e["metric"]
     args.direction = args.direction or "both"
     data = extract_split(loaded, args.dataset, args.data_root, args.trial)
-    return data, {"method": cfg["method"], "dataset": cfg["dataset"]["name"], "checkpoint": str(args.checkpoint),
-                  "step": loaded.step}
+    about = {"method": cfg["method"], "dataset": cfg["dataset"]["name"], "checkpoint": str(args.checkpoint),
+             "step": loaded.step}
+    if cfg["dataset"]["name"] == "regdb":
+        about["trial"] = cfg["dataset"]["trial"]   # RegDB's runs combine one per trial (--combine)
+    return data, about
+
+
+def _setting(name: str) -> str:
+    """A setting's name without its trial count (the trainer writes "..., 10 trial(s)"): runs evaluated
+    with other counts pool their trials alike."""
+    return re.sub(r", \d+ trial\(s\)$", "", name)
+
+
+def _regdb_trial(data: dict) -> int | None:
+    """The RegDB trial list a results file was evaluated on: evaluate --checkpoint's "trial", the
+    trainer's protocol "regdb trial N, ..."."""
+    if "trial" in data:
+        return data["trial"]
+    found = re.match(r"regdb trial (\d+)", str(data.get("protocol", "")))
+    return int(found.group(1)) if found else None
 
 
 def combine_files(paths: list[str]) -> dict:
@@ -184,9 +202,9 @@ def combine_files(paths: list[str]) -> dict:
     trial tagged with its file ("run")."""
     from vtreid.plots import read_results   # the reader of every results format (plots import matplotlib lazily)
 
-    about, settings, per_setting, protocols = {}, None, {}, {}
+    about, settings, per_setting, trials_seen = {}, None, {}, {}
     for path in paths:
-        results = read_results(path)
+        results = {_setting(name): summary for name, summary in read_results(path).items()}
         data = json.loads(Path(path).read_text())
         for key in ("method", "dataset"):
             if key in data:
@@ -197,19 +215,20 @@ def combine_files(paths: list[str]) -> dict:
             settings = list(results)
         elif set(results) != set(settings):
             raise ValueError(f"{path} holds {sorted(results)}, but {paths[0]} holds {sorted(settings)}")
-        protocol = data.get("protocol")
-        if data.get("dataset") == "regdb" and protocol in protocols:
-            raise ValueError(f"{path} and {protocols[protocol]} are both {protocol!r}: RegDB's runs combine one per "
-                             f"trial list")
-        protocols.setdefault(protocol, path)
+        trial = _regdb_trial(data) if data.get("dataset") == "regdb" else None
+        if trial is not None and trial in trials_seen:
+            raise ValueError(f"{path} and {trials_seen[trial]} are both RegDB trial {trial}: RegDB's runs combine one "
+                             f"per trial list")
+        trials_seen.setdefault(trial, path)
         for name, summary in results.items():
             trials = summary.get("trials")
             if not isinstance(trials, list) or not trials:
                 raise ValueError(f"{path}: {name!r} has no per-trial results to combine")
             per_setting.setdefault(name, []).append({"trials": [{**t, "run": str(path)} for t in trials]})
     results = {name: combine_summaries(summaries) for name, summaries in per_setting.items()}
-    return {**about, "combined": [str(p) for p in paths], "protocol": "; ".join(str(p) for p in protocols),
-            "results": results}
+    protocol = "; ".join(sorted(results)) + (f" (RegDB trials {sorted(t for t in trials_seen if t is not None)})"
+                                             if about.get("dataset") == "regdb" else "")
+    return {**about, "combined": [str(p) for p in paths], "protocol": protocol, "results": results}
 
 
 def main(argv=None) -> int:

@@ -389,7 +389,8 @@ def test_combine_pools_the_runs_trials_into_one_mean_and_std(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("same trial", "are both 'regdb trial 1, both directions'"),
+    ("same trial", "are both RegDB trial 1"),
+    ("same trial from evaluate", "are both RegDB trial 1"),
     ("other method", "method 'lccrf', but"),
     ("other settings", "holds ['RegDB visible_to_thermal']"),
     ("no trials", "has no per-trial results to combine"),
@@ -406,9 +407,33 @@ def test_combine_refuses_files_that_are_not_one_setting(tmp_path, capsys, case, 
     elif case == "no trials":
         data["results"]["RegDB thermal_to_visible"].pop("trials")
     open(second, "w").write(json.dumps(data))
+    if case == "same trial from evaluate":   # evaluate --checkpoint --out's shape: "trial", no trial in protocol
+        data = {**data, "trial": 1, "protocol": "RegDB visible_to_thermal, RegDB thermal_to_visible"}
+        open(second, "w").write(json.dumps(data))
     if case == "missing":
         second = str(tmp_path / "absent.json")
     assert message in run_cli_error(["--combine", first, second], capsys)
+
+
+def test_combine_takes_the_trainers_and_evaluates_files_together(tmp_path, capsys):
+    """The trainer names a SYSU setting with its trial count, evaluate --checkpoint --out without; RegDB
+    trials come from the trainer's protocol or evaluate's "trial"."""
+    trainer = json.loads(open(regdb_results(tmp_path, 1, (0.1, 0.2))).read())
+    sysu = {k: v for k, v in trainer["results"]["RegDB visible_to_thermal"].items()}
+    for name, data in (("a.json", {"method": "hc", "dataset": "sysu", "protocol": "sysu all shots=1 trials=10",
+                                   "results": {"SYSU-MM01 all single-shot, 10 trial(s)": sysu}}),
+                       ("b.json", {"method": "hc", "dataset": "sysu", "checkpoint": "x.pt",
+                                   "protocol": "SYSU-MM01 all single-shot",
+                                   "results": {"SYSU-MM01 all single-shot": sysu}})):
+        (tmp_path / name).write_text(json.dumps(data))
+    assert evaluate_cli(["--combine", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    assert "SYSU-MM01 all single-shot, 2 runs" in capsys.readouterr().out
+    evaluate_out = {**trainer, "trial": 2, "protocol": "RegDB visible_to_thermal, RegDB thermal_to_visible"}
+    (tmp_path / "c.json").write_text(json.dumps(evaluate_out))
+    out = tmp_path / "combined.json"
+    assert evaluate_cli(["--combine", str(tmp_path / "trial1-hsme.json"), str(tmp_path / "c.json"),
+                         "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["protocol"].endswith("(RegDB trials [1, 2])")
 
 
 @pytest.mark.parametrize("name", ["RegDB", "synthetic (SYSU) all single-shot, 10 runs"])
