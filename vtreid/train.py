@@ -312,15 +312,16 @@ class Run:
         with self.autocast():
             terms = self.method.objective(self.forward_model, batch)
         losses = self.method.losses(terms)
-        detached = {k: v.detach().float() for k, v in terms.items()}
-        total = sum(detached.values())
-        if distributed.all_agree(not bool(torch.isfinite(total)), self.device):  # the one host sync per step
+        # The global batch's terms, as one process would log them (a rank's terms read its own rows); a
+        # non-finite term on any rank is non-finite here on every rank, so all stop or skip together.
+        names = list(terms)
+        values = distributed.mean_over_ranks(torch.stack([terms[k].detach().float() for k in names]))
+        detached = dict(zip(names, values))
+        if not bool(torch.isfinite(values.sum())):  # the one host sync per step
             if self.scaler.is_enabled():
                 self.scaler.update(self.scaler.get_scale() / 2)  # fp16 overflow: skip, as the scaler would
                 return None
-            bad = next((k for k, v in detached.items() if not bool(torch.isfinite(v))), None)
-            if bad is None:
-                raise TrainingError(f"a loss term went non-finite on another rank at step {self.step + 1}")
+            bad = next(k for k, v in detached.items() if not bool(torch.isfinite(v)))
             raise TrainingError(f"the loss term {bad!r} is {float(detached[bad])} at step {self.step + 1}")
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
@@ -371,6 +372,9 @@ def metrics_record(run: Run, terms: dict, images: int, data_time: float, step_ti
 
 
 def evaluate(run: Run, writers: Writers, progress: Progress | None, final: bool) -> dict:
+    # DDP hands rank 0's BatchNorm statistics to the others at each forward, and each rank's batch moves its
+    # own after: every rank extracts part of the test set, so all take rank 0's, those the checkpoint holds.
+    distributed.broadcast_buffers(run.model)
     start = time.perf_counter()
     result = evaluate_model(run.model, run.split, run.test_transform, run.cfg, device=run.device, final=final,
                             autocast=run.autocast)

@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 from vtreid.data import Record
 from vtreid.data.samplers import IdentityBalancedSampler, PairSampler, PKSampler, TupleSampler
 from vtreid.methods import VARIANTS, Batch, get_method
+from vtreid.training import distributed
 from vtreid.training.config import ConfigError, resolve
 
 TIMEOUT = 120      # one rank process, start to exit; these runs take 5-10 s alone on 2 cores
@@ -94,16 +95,18 @@ def model_and_method(method, *overrides):
     return m, model
 
 
-def ddp_step(rank, world, port, method, out):
+def ddp_step(rank, world, port, method, overrides, out):
     torchrun_env(rank, world, port)
     torch.distributed.init_process_group("gloo")
-    m, model = model_and_method(method)
+    m, model = model_and_method(method, *overrides)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     batch = part(method, lambda labels: (labels // 2) == rank)
     terms = m.objective(ddp, batch)
     sum(terms.values()).backward()
+    logged = distributed.mean_over_ranks(torch.stack([v.detach() for v in terms.values()]))   # as the trainer logs
     if rank == 0:
-        torch.save({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, out)
+        torch.save({"grads": {n: p.grad for n, p in model.named_parameters() if p.grad is not None},
+                    "terms": dict(zip(terms, logged))}, out)
     leave_after_barrier()
 
 
@@ -119,17 +122,23 @@ def leave_after_barrier():
     os._exit(0)
 
 
-@pytest.mark.parametrize("method", ["hsme", "hc"])
-def test_ddp_step_with_global_mining_equals_one_process_with_the_global_batch(method, tmp_path):
-    spawn(ddp_step, method, str(tmp_path / "grads.pt"))
-    ddp_grads = torch.load(tmp_path / "grads.pt")
-    m, model = model_and_method(method)
+@pytest.mark.parametrize("method, overrides", [("hsme", ()), ("hc", ()), ("hsme", ("variant=[sum]",))])
+def test_ddp_step_with_global_mining_equals_one_process_with_the_global_batch(method, overrides, tmp_path):
+    """The gradients and the logged terms (each rank's, averaged over the ranks) of a two-rank step are the
+    one-process ones of the global batch; HSME's sum variant included (its KL sums read one rank's pairs)."""
+    spawn(ddp_step, method, overrides, str(tmp_path / "grads.pt"))
+    saved = torch.load(tmp_path / "grads.pt")
+    ddp_grads, ddp_terms = saved["grads"], saved["terms"]
+    m, model = model_and_method(method, *overrides)
     terms = m.objective(model, part(method, lambda labels: torch.ones_like(labels, dtype=torch.bool)))
     sum(terms.values()).backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert grads.keys() == ddp_grads.keys() and len(grads) > 10
     for name in grads:
         torch.testing.assert_close(ddp_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=lambda s: f"{name}: {s}")
+    assert ddp_terms.keys() == terms.keys()
+    for name, value in terms.items():
+        torch.testing.assert_close(ddp_terms[name], value.detach(), rtol=1e-5, atol=1e-6, msg=lambda s: f"{name}: {s}")
 
 
 # -- HSME per_stream (two optimisers, no DDP): the same gradients as one process with the global batch --
@@ -268,7 +277,7 @@ def test_two_rank_run_of_hsme_per_stream(tmp_path, monkeypatch):
             assert torch.equal(value, ranks[0][name]), name
 
 
-def test_two_rank_run_writes_once_checkpoints_and_resumes(tmp_path):
+def test_two_rank_run_writes_once_checkpoints_and_resumes(tmp_path, monkeypatch):
     out, cache = tmp_path / "run", str(tmp_path / "cache")
     from vtreid.training.data import synthetic_root
     os.environ["VTREID_CACHE"] = cache
@@ -283,6 +292,16 @@ def test_two_rank_run_writes_once_checkpoints_and_resumes(tmp_path):
     assert log.count("vtreid.train: expat on synthetic") == 1 and "(2 process(es))" in log
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
     assert state["step"] == 2 and len(state["rng"]) == 2                          # both ranks' RNG states
+    # Both ranks extracted test features with rank 0's BatchNorm statistics, those of the checkpoint: one
+    # process evaluating it finds the same numbers (each rank's own statistics gave others).
+    from vtreid.evaluate import main as evaluate_cli
+    monkeypatch.setenv("VTREID_CACHE", cache)
+    assert evaluate_cli(["--checkpoint", str(out / "checkpoints" / "last.pt"), "--device", "cpu",
+                         "--out", str(tmp_path / "one.json")]) == 0
+    (one,) = json.loads((tmp_path / "one.json").read_text())["results"].values()
+    (two,) = json.loads((out / "results.json").read_text())["results"].values()
+    for key in ("rank1", "rank5", "rank10", "mAP", "mINP"):
+        assert one[key]["mean"] == pytest.approx(two[key]["mean"], abs=1e-6), key
     spawn(run_rank, str(out), cache, ["--resume", "train.max_steps=4"])
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
     assert state["step"] == 4

@@ -24,6 +24,7 @@ from vtreid.data import Transform
 from vtreid.models import build_model
 from vtreid.training.config import ConfigError
 from vtreid.training.distributed import gather, per_rank
+from vtreid.training.distributed import world_size as num_ranks
 
 
 class Batch:
@@ -84,6 +85,12 @@ class Method:
         """The rows of every rank (train.global_mining, on by default): mining and centres then see the
         global batch, with gradients back to each rank's rows. One process: the tensors themselves."""
         return gather(*tensors) if self.cfg["train"]["global_mining"] else tensors
+
+    @staticmethod
+    def rank_sum(term: torch.Tensor) -> torch.Tensor:
+        """A sum over this rank's rows, scaled by the number of ranks: the gradients DDP averages over the
+        ranks (and the logged terms, averaged likewise) are then those of the sum over the global batch."""
+        return term * num_ranks()
 
     def steps_per_epoch(self, records, sampler) -> int:
         """Batches in one epoch; by default one pass of the sampler over the identities."""

@@ -51,11 +51,15 @@ class HSME(Method):
         detach, reduction = self.loss_cfg["detach_kl_target"], self.loss_cfg["reduction"]
         ranking = reciprocal_ranking_loss(*self.global_rows(embedding, batch.labels, batch.modality),
                                           margin=self.loss_cfg["margin"], reduction=reduction)
+        # the KL terms read this rank's pairs only: their sum is scaled to the global batch's (rank_sum)
+        global_sum = self.rank_sum if reduction == "sum" else (lambda term: term)
         return {
             "id_visible": identity_loss(logits[:b], batch.labels[:b]),
-            "kl_visible": prediction_kl(logits[b:], logits[:b], detach_target=detach, reduction=reduction),  # p2||p1
+            "kl_visible": global_sum(prediction_kl(logits[b:], logits[:b], detach_target=detach,  # KL(p2 || p1)
+                                                   reduction=reduction)),
             "id_thermal": identity_loss(logits[b:], batch.labels[b:]),
-            "kl_thermal": prediction_kl(logits[:b], logits[b:], detach_target=detach, reduction=reduction),  # p1||p2
+            "kl_thermal": global_sum(prediction_kl(logits[:b], logits[b:], detach_target=detach,  # KL(p1 || p2)
+                                                   reduction=reduction)),
             "intra": ranking.intra,
             "cross": ranking.cross,
         }

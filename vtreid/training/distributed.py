@@ -190,6 +190,16 @@ def all_agree(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """``t`` averaged over the ranks (a NaN on one rank is NaN on every rank); one process: ``t``. The loss
+    terms a step logs: a rank's mean over its rows, averaged, is the mean over the global batch."""
+    if world_size() == 1:
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t / world_size()
+
+
 def gather_objects(obj) -> list:
     if world_size() == 1:
         return [obj]
