@@ -5,6 +5,7 @@
 // backward ops are ordinary dispatcher calls, so torch.compile and opcheck see the same graph as with the
 // Python formulas.
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
@@ -22,6 +23,11 @@ using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 using torch::autograd::variable_list;
+
+// A backward runs as its forward does (vtreid/ops/_autocast.py runs the forward with autocast off): the
+// at::mm calls inside the _bwd kernels must keep their dtypes, not be cast to bf16 / fp16 when the user
+// calls backward() inside torch.autocast (the native NCE backward then failed: no bf16 weight-grad kernel).
+using NoAutocast = c10::impl::ExcludeDispatchKeyGuard;
 
 // The registered op (all backends: the dispatcher picks CPU or CUDA from the tensors).
 template <typename Signature>
@@ -45,6 +51,7 @@ struct PairwiseDistance : torch::autograd::Function<PairwiseDistance> {
     return {dist, xsq, ysq};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
     static const auto bwd = op<PairwiseBwd>("vtreid::pairwise_distance_bwd");
     const auto s = ctx->get_saved_variables();
     auto [grad_x, grad_y] = bwd.call(grads[0], s[2], s[0], s[1], s[3], s[4], ctx->saved_data["metric"].toStringRef());
@@ -83,6 +90,7 @@ struct HardMining : torch::autograd::Function<HardMining> {
     return {pos_d, pos_i, neg_d, neg_i, valid, asq, csq, pos_acc, neg_acc};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
     static const auto bwd = op<MiningBwd>("vtreid::hard_mining_bwd");
     const auto s = ctx->get_saved_variables();
     auto [grad_a, grad_c] = bwd.call(grads[0], grads[2], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
@@ -124,6 +132,7 @@ struct HeteroCenter : torch::autograd::Function<HeteroCenter> {
     return {hinge, centers, variances, counts, stats};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
     static const auto bwd = op<CenterBwd>("vtreid::hetero_center_bwd");
     const auto s = ctx->get_saved_variables();
     const Tensor grad_hinge = grads[0].defined() ? grads[0] : at::zeros_like(s[3]);
@@ -160,6 +169,7 @@ struct NormalizedCe : torch::autograd::Function<NormalizedCe> {
     return {loss, lse, ez, tz, xsq, wsq, dots};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
     static const auto bwd = op<NceBwd>("vtreid::normalized_ce_bwd");
     const auto s = ctx->get_saved_variables();
     auto [grad_x, grad_w] = bwd.call(grads[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8],
@@ -183,4 +193,10 @@ TORCH_LIBRARY_IMPL(vtreid, Autograd, m) {
   m.impl("hard_mining_fwd", &vtreid::autograd::hard_mining_fwd);
   m.impl("hetero_center_fwd", &vtreid::autograd::hetero_center_fwd);
   m.impl("normalized_ce_fwd", &vtreid::autograd::normalized_ce_fwd);
+  // The backward ops have no derivative: a double backward (create_graph=True) through them is an error
+  // that names the op, as with the Triton ops, instead of the deprecated fallthrough that treated their
+  // outputs as constants and gave silently wrong second derivatives.
+  for (const char* op : {"pairwise_distance_bwd", "hard_mining_bwd", "hetero_center_bwd", "normalized_ce_bwd"}) {
+    m.impl(op, torch::autograd::autogradNotImplementedFallback());
+  }
 }

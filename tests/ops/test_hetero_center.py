@@ -140,6 +140,10 @@ def test_modality_centers(device, backend):
                                            * upstream).sum(), xr)
         assert_matches(grad, ref_grad, torch.float32, "grad through centers")
         assert got.counts[-1].tolist() == [1, 0] and (got.centers[..., -1, 1, :] == 0).all()
+    # classes come in the labels' dtype on every backend (the fused path sorts them as int64)
+    small = ops.modality_centers(x, labels.to(torch.int32), modality, backend=backend)
+    assert small.classes.dtype == torch.int32 == ops.modality_centers(x, labels.to(torch.int32), modality,
+                                                                      backend="reference").classes.dtype
 
 
 def test_class_slots_layout():
@@ -306,5 +310,10 @@ def test_bad_inputs_name_the_argument():
         ops.hetero_center_loss(x, labels, modality, reduction="none")
     with pytest.raises(TypeError, match="margin"):
         ops.hetero_center_loss(x, labels, modality, margin="0.1")
+    with pytest.raises(TypeError, match="margin must be a float, got bool"):   # the reference crashed on it
+        ops.hetero_center_loss(x, labels, modality, margin=True)
+    for bad in (float("nan"), float("-inf")):
+        with pytest.raises(ValueError, match="margin must be a finite number"):
+            ops.hetero_center_loss(x, labels, modality, margin=bad)
     with pytest.raises(ValueError, match="labels must be a 1-D"):
         ops.modality_centers(torch.randn(2, 6, 4), labels[:, None], modality)

@@ -85,3 +85,47 @@ def test_mining_gradient_of_one_side_only():
         grads.append(torch.autograd.grad(pos_d.sum(), xl)[0])
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+
+
+def _each_op(backend, x, w):
+    """One scalar per op family of ``x`` (and ``w``, the class weights), on ``backend``."""
+    import vtreid.ops as ops
+    labels, modality = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1] * 3)
+    mined = ops.hard_mining(x, labels, backend=backend)
+    return {"pairwise_distance": ops.pairwise_distance(x, backend=backend).square().sum(),
+            "hard_mining": (mined.pos_dist - mined.neg_dist).square().sum(),
+            "hetero_center": ops.hetero_center_loss(x, labels, modality, backend=backend),
+            "normalized_ce": ops.normalized_cross_entropy(x, w, labels, scale=5.0, backend=backend)}
+
+
+@pytest.mark.parametrize("backend", ["native", "triton"])
+def test_double_backward_is_an_error_naming_the_op(backend):
+    """The backward ops have no derivative. The native ones fell through PyTorch's deprecated path, which
+    took their outputs for constants: second derivatives came out silently wrong (1760 for 1167)."""
+    require_backend(backend, "cpu", torch.float32)
+    x, w = torch.randn(6, 4, requires_grad=True), torch.randn(3, 4, requires_grad=True)
+    for family, loss in _each_op(backend, x, w).items():
+        (grad,) = torch.autograd.grad(loss, x, create_graph=True)
+        with pytest.raises(RuntimeError, match=f"{family}.*bwd|{family}_bwd"):
+            torch.autograd.grad(grad.square().sum(), x)
+
+
+@pytest.mark.parametrize("backend", ["native", "triton"])
+def test_backward_inside_autocast_runs_at_the_forwards_precision(backend):
+    """backward() called inside torch.autocast: the native NCE backward failed (its weight gradient has no
+    bfloat16 kernel) and the others ran their matrix products in bfloat16. Float32 features keep float32
+    gradients (the ops under autocast take one dtype; the distances are float32 ops here)."""
+    require_backend(backend, "cpu", torch.float32)
+    torch.manual_seed(0)
+    x, w = torch.randn(6, 40), torch.randn(3, 40)
+    grads = {}
+    for name, autocast in (("plain", False), ("autocast", True)):
+        xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            losses = _each_op(backend, xs, ws)
+            for family, loss in losses.items():
+                grads[name, family] = torch.autograd.grad(loss, xs)[0]
+    for family in ("pairwise_distance", "hard_mining", "hetero_center"):
+        torch.testing.assert_close(grads["autocast", family], grads["plain", family], rtol=1e-5, atol=1e-5,
+                                   msg=lambda s: f"{family}: {s}")
+    assert grads["autocast", "normalized_ce"].isfinite().all()   # bfloat16 inputs there (as F.linear): runs

@@ -242,8 +242,11 @@ def test_bad_inputs_name_the_argument():
         ops.normalized_cross_entropy(x, w, target.float(), scale=14.0)
     with pytest.raises(ValueError, match="target must be a 1-D tensor of length 6"):
         ops.normalized_cross_entropy(x, w, target[:3], scale=14.0)
-    with pytest.raises(ValueError, match="scale must be positive"):
+    with pytest.raises(ValueError, match="scale must be a finite positive number"):
         ops.normalized_cross_entropy(x, w, target, scale=0.0)
+    for bad in (float("inf"), float("nan")):   # every loss inf or NaN otherwise
+        with pytest.raises(ValueError, match="scale must be a finite positive number"):
+            ops.normalized_cross_entropy(x, w, target, scale=bad)
     with pytest.raises(TypeError, match="scale must be a float"):
         ops.normalized_cross_entropy(x, w, target, scale="14")
     with pytest.raises(ValueError, match="label_smoothing"):

@@ -6,6 +6,7 @@ are checked only where that is free: CPU tensors, or any device with VTREID_CHEC
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -61,6 +62,16 @@ def check_same_dtype(tensors: dict[str, torch.Tensor]) -> torch.dtype:
 def check_feature_dims(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str) -> None:
     if a.shape[-1] != b.shape[-1]:
         raise ValueError(f"{a_name} has feature dimension {a.shape[-1]} but {b_name} has {b.shape[-1]}")
+
+
+def check_real(value, name: str, *, positive: bool = False) -> float:
+    """A finite real number (not a bool), positive when asked: a NaN or inf margin or scale would turn every
+    loss into NaN or inf, and a bool reached the reference as a tensor operand."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not math.isfinite(value) or (positive and not value > 0):
+        raise ValueError(f"{name} must be a finite{' positive' if positive else ''} number, got {value}")
+    return float(value)
 
 
 def check_choice(value, name: str, choices) -> str:

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 
 from . import _backend, reference
-from ._checks import check_choice, check_features, check_modality_values, check_tensor, modality_ids
+from ._checks import check_choice, check_features, check_modality_values, check_real, check_tensor, modality_ids
 from ._autocast import autocast_inputs
 from ._registry import register_fused_op
 
@@ -110,7 +110,7 @@ def modality_centers(x: torch.Tensor, labels: torch.Tensor, modality: torch.Tens
     slots, (_, centers, _, counts, _) = _fused(name, x, labels, modality, "sqeuclidean", False, 0.0)
     k = int(slots.num_classes)
     centers = centers[:, :k].to(x.dtype)
-    return Centers(slots.slot_labels[:k], centers if x.dim() == 3 else centers[0], counts[:k])
+    return Centers(slots.slot_labels[:k].to(labels.dtype), centers if x.dim() == 3 else centers[0], counts[:k])
 
 
 @autocast_inputs(lower=False)
@@ -130,8 +130,7 @@ def hetero_center_loss(x: torch.Tensor, labels: torch.Tensor, modality: torch.Te
     _check_inputs(x, labels, modality)
     check_choice(metric, "metric", reference.CENTER_METRICS)
     check_choice(reduction, "reduction", reference.REDUCTIONS)
-    if not isinstance(margin, (int, float)):
-        raise TypeError(f"margin must be a float, got {type(margin).__name__}")
+    margin = check_real(margin, "margin")
     name = _backend.resolve(backend, x.device, x.dtype, "hetero_center_loss")
     if name == "reference":
         return reference.hetero_center_loss(x, labels, modality, margin=margin, metric=metric, strong=bool(strong),

@@ -19,22 +19,14 @@ from __future__ import annotations
 import torch
 
 from . import _backend, reference
-from ._checks import (check_choice, check_feature_dims, check_features, check_same_device, check_same_dtype,
-                      check_tensor, values_checked)
+from ._checks import (check_choice, check_feature_dims, check_features, check_real, check_same_device,
+                      check_same_dtype, check_tensor, values_checked)
 from ._registry import register_fused_op
 from ._autocast import autocast_inputs
 from .pairwise_distance import pairwise_distance
 
 #: Largest class count for which the forward keeps x.W^T for the backward (= kClassChunk in csrc/).
 SAVED_DOTS_MAX_CLASSES = 8192
-
-
-def _check_scale(scale) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float, got {type(scale).__name__}")
-    if not scale > 0:
-        raise ValueError(f"scale must be positive, got {scale}")
-    return float(scale)
 
 
 def _check_pair(x, weight):
@@ -50,7 +42,7 @@ def normalized_logits(x: torch.Tensor, weight: torch.Tensor, *, scale: float = 1
                       backend: str | None = None) -> torch.Tensor:
     """scale * <x_i / |x_i|, w_c / |w_c|>: [N, C] logits of a cosine classifier (norms clamped at 1e-12)."""
     device = _check_pair(x, weight)
-    scale = _check_scale(scale)
+    scale = check_real(scale, "scale", positive=True)
     name = _backend.resolve(backend, device, x.dtype, "normalized_logits")
     if name == "reference":
         return reference.normalized_logits(x, weight, scale)
@@ -71,7 +63,7 @@ def normalized_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: torc
     VTREID_CHECK_VALUES=1, since the check needs a host sync).
     """
     device = _check_pair(x, weight)
-    scale = _check_scale(scale)
+    scale = check_real(scale, "scale", positive=True)
     check_tensor(target, "target")
     if target.dim() != 1 or target.shape[0] != x.shape[0]:
         raise ValueError(f"target must be a 1-D tensor of length {x.shape[0]}, got shape {tuple(target.shape)}")
