@@ -35,12 +35,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vtreid import _cli as cli
 from vtreid.eval import combine_summaries, evaluate_regdb, evaluate_sysu, format_table, load_rand_perm
 
 KEYS = ("features", "ids", "cams", "modalities")
 FORMAT = ("a dict saved with torch.save (.pt) or numpy.savez (.npz) holding features [N, D], ids [N], cams [N] "
           "and modalities [N] (0 visible, 1 infrared), optionally paths [N]")
 MODALITY_NAMES = {0: "visible", 1: "infrared"}
+
+
+def _is_training_checkpoint(path: Path) -> bool:
+    """Whether a torch.save archive holds vtreid.train's checkpoint keys (read without unpickling it)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickled = b"".join(archive.read(n) for n in archive.namelist() if n.endswith("data.pkl"))
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return all(key in pickled for key in (b"optimizers", b"schedulers", b"config"))
 
 
 def _read(path: Path):
@@ -55,6 +66,9 @@ def _read(path: Path):
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a foreign file
         text = str(exc)
         unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if _is_training_checkpoint(path):
+            raise ValueError(f"{path} is a training checkpoint, not a features file: evaluate it with --checkpoint "
+                             f"{path}, or write its features with python -m vtreid.extract") from None
         if "numpy" in text:
             reason = ("it holds numpy arrays, which torch.load(weights_only=True) refuses; save torch tensors "
                       "(torch.from_numpy) or write an .npz with numpy.savez")
@@ -128,16 +142,6 @@ def _part(data: dict, modality: int) -> dict:
     rows = (data["modalities"] == modality).nonzero().flatten()
     return {"features": data["features"][rows], "ids": data["ids"][rows].numpy(), "cams": data["cams"][rows].numpy(),
             "paths": [data["paths"][i] for i in rows.tolist()]}
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 DIRECTIONS = ("visible_to_thermal", "thermal_to_visible")
@@ -246,21 +250,16 @@ def main(argv=None) -> int:
     parser.add_argument("--protocol", choices=("sysu", "regdb"), help="required with --features")
     parser.add_argument("--mode", choices=("all", "indoor"), help="SYSU search mode (default all)")
     parser.add_argument("--shots", type=int, choices=(1, 10), help="SYSU single- or multi-shot (default 1)")
-    parser.add_argument("--trials", type=_positive, help="SYSU gallery draws (default 10)")
+    parser.add_argument("--trials", type=cli.positive_int, help="SYSU gallery draws (default 10)")
     parser.add_argument("--rand-perm", default=None, help="SYSU exp/rand_perm_cam.mat (official galleries)")
     parser.add_argument("--direction", choices=DIRECTIONS + ("both",),
                         help="RegDB query modality (default visible_to_thermal; --checkpoint: both)")
     parser.add_argument("--metric", choices=("euclidean", "cosine"), help="default euclidean")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    parser.add_argument("--device", type=cli.device, default="cuda" if torch.cuda.is_available() else "cpu",
                         help="default: cuda when a GPU is present, else cpu")
-    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--out", type=cli.output_file, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        parser.error(f"unknown device {args.device!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch sees no CUDA device here; use --device cpu")
+    device = torch.device(args.device)
 
     if args.combine:
         try:

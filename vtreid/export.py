@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from vtreid import _cli as cli
 from vtreid.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vtreid.extract import Loaded, load_checkpoint
 
@@ -127,9 +128,9 @@ def check_onnx(loaded: Loaded, path: str | Path, *, batch: tuple[int, int] = (3,
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vtreid.export", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a training checkpoint")
-    parser.add_argument("--onnx", required=True, help="the ONNX file to write")
-    parser.add_argument("--opset", type=int, default=OPSET)
-    parser.add_argument("--device", default="cpu", help="where the network is traced (default cpu)")
+    parser.add_argument("--onnx", required=True, type=cli.output_file, help="the ONNX file to write")
+    parser.add_argument("--opset", type=cli.positive_int, default=OPSET)
+    parser.add_argument("--device", type=cli.device, default="cpu", help="where the network is traced (default cpu)")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest difference accepted by the check")
     args = parser.parse_args(argv)

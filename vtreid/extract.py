@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from vtreid import _cli as cli
 from vtreid.data import Record
 from vtreid.training import checkpoint as ckpt_io
 from vtreid.training.config import DATASETS, ConfigError
@@ -160,12 +161,12 @@ def save_features(features: dict, path: str | Path) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vtreid.extract", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a training checkpoint (checkpoints/best.pt or last.pt)")
-    parser.add_argument("--out", required=True, help="features file to write (.pt, or .npz)")
+    parser.add_argument("--out", required=True, type=cli.output_file, help="features file to write (.pt, or .npz)")
     parser.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's dataset")
     parser.add_argument("--data-root", help="the dataset folder (default: the checkpoint's)")
-    parser.add_argument("--trial", type=int, help="RegDB trial (default: the checkpoint's)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, help="default: the checkpoint's eval.batch_size")
+    parser.add_argument("--trial", type=cli.positive_int, help="RegDB trial (default: the checkpoint's)")
+    parser.add_argument("--device", type=cli.device, default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=cli.positive_int, help="default: the checkpoint's eval.batch_size")
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes")
     args = parser.parse_args(argv)
     try:

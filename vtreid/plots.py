@@ -96,7 +96,11 @@ def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
     if not path.is_file():
         raise FileNotFoundError(f"metrics file not found: {path}")
     train, evals = [], []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file; is it a metrics.jsonl of vtreid.train?") from None
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

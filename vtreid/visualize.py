@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from vtreid import _cli as cli
 from vtreid.eval import rank_metrics, sysu_gallery
 from vtreid.evaluate import load_features as _load_features
 from vtreid.ops import pairwise_distance
@@ -229,9 +230,9 @@ def _protocol_options(p: argparse.ArgumentParser, trials: bool) -> None:
     p.add_argument("--mode", choices=("all", "indoor"), default="all", help="SYSU search mode")
     p.add_argument("--shots", type=int, choices=(1, 10), default=1, help="SYSU single- or multi-shot")
     if trials:
-        p.add_argument("--trials", type=int, default=10, help="SYSU gallery draws averaged")
+        p.add_argument("--trials", type=cli.positive_int, default=10, help="SYSU gallery draws averaged")
     else:
-        p.add_argument("--trial", type=int, default=1, help="SYSU gallery draw shown")
+        p.add_argument("--trial", type=cli.positive_int, default=1, help="SYSU gallery draw shown (1, 2, ...)")
     p.add_argument("--direction", choices=("visible_to_thermal", "thermal_to_visible"), default="visible_to_thermal",
                    help="RegDB query modality")
     p.add_argument("--metric", choices=("euclidean", "cosine"), default="euclidean")
@@ -243,24 +244,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("ranks", help="rank-list PNGs, one per query")
     r.add_argument("--features", required=True, help="features file with paths (python -m vtreid.extract)")
-    r.add_argument("--out", required=True, help="folder for the PNGs")
+    r.add_argument("--out", required=True, type=cli.output_folder, help="folder for the PNGs")
     r.add_argument("--queries", type=_indices, help="query indices, e.g. 0,5,9")
-    r.add_argument("--worst", type=int, help="the N queries with the lowest AP")
-    r.add_argument("--top", type=int, default=10, help="gallery images per query")
+    r.add_argument("--worst", type=cli.positive_int, help="the N queries with the lowest AP")
+    r.add_argument("--top", type=cli.positive_int, default=10, help="gallery images per query")
     r.add_argument("--image-root", help="folder the features file's relative paths start from")
     _protocol_options(r, trials=False)
     c = sub.add_parser("cmc", help="CMC curves of several runs on one chart (matplotlib)")
     c.add_argument("--results", nargs="+", default=[], help="results JSON files: points at ranks 1, 5, 10, 20")
     c.add_argument("--features", nargs="+", default=[], help="features files: the full curve")
     c.add_argument("--labels", nargs="+", help="one label per file (results first, then features)")
-    c.add_argument("--max-rank", type=int, default=20)
+    c.add_argument("--max-rank", type=cli.positive_int, default=20)
     c.add_argument("--title", default="CMC")
-    c.add_argument("--out", required=True, help="the PNG to write")
+    c.add_argument("--out", required=True, type=cli.png_file, help="the PNG to write")
     _protocol_options(c, trials=True)
     t = sub.add_parser("curves", help="loss terms, lr and R1 / mAP over the steps (matplotlib)")
     t.add_argument("--metrics", nargs="+", required=True, help="metrics.jsonl of one or more runs")
     t.add_argument("--labels", nargs="+", help="one label per file")
-    t.add_argument("--out", required=True, help="the PNG to write")
+    t.add_argument("--out", required=True, type=cli.png_file, help="the PNG to write")
     args = parser.parse_args(argv)
     if args.command == "cmc" and not args.results and not args.features:
         parser.error("cmc needs --results FILE... and / or --features FILE...")

@@ -145,3 +145,42 @@ def test_bad_input_files_are_one_line_naming_the_file(command, content, tmp_path
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(path) in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["visualize", "ranks", "--features", "F", "--out", "OUT", "--worst", "-2"], "--worst"),
+    (["visualize", "ranks", "--features", "F", "--out", "OUT", "--top", "0"], "--top"),
+    (["visualize", "ranks", "--features", "F", "--out", "OUT", "--trial", "0"], "--trial"),
+    (["visualize", "ranks", "--features", "F", "--out", "A_FILE"], "--out"),
+    (["visualize", "cmc", "--results", "F", "--out", "c.png", "--max-rank", "0"], "--max-rank"),
+    (["visualize", "cmc", "--results", "F", "--out", "c.png", "--trials", "0"], "--trials"),
+    (["visualize", "cmc", "--results", "F", "--out", "curves"], "--out"),
+    (["visualize", "curves", "--metrics", "F", "--out", "A_FOLDER"], "--out"),
+    (["extract", "--checkpoint", "C", "--out", "A_FOLDER"], "--out"),
+    (["extract", "--checkpoint", "C", "--out", "f.pt", "--device", "cuda:7"], "--device"),
+    (["export", "--checkpoint", "C", "--onnx", "m.onnx", "--device", "cuda:7"], "--device"),
+    (["evaluate", "--features", "F", "--protocol", "sysu", "--out", "A_FOLDER"], "--out"),
+])
+def test_bad_options_are_usage_errors_naming_them_before_any_work(argv, option, tmp_path, monkeypatch, capsys):
+    """Out-of-range counts, a folder given as the file to write (or the reverse), a PNG without .png (which
+    matplotlib would have renamed) and a GPU the machine lacks: before, tracebacks or silent odd output."""
+    if "cuda:7" in argv and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    import importlib
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "A_FOLDER").mkdir()
+    (tmp_path / "A_FILE").write_text("x")
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(f"vtreid.{argv[0]}").main(argv[1:])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"argument {option}" in err and "Traceback" not in err, err
+
+
+def test_a_training_checkpoint_or_a_binary_file_is_named_for_what_it_is(trained_run, capsys):
+    from vtreid import evaluate
+    ckpt = trained_run / "checkpoints" / "last.pt"
+    assert evaluate.main(["--features", str(ckpt), "--protocol", "sysu"]) == 2
+    assert f"{ckpt} is a training checkpoint" in capsys.readouterr().err
+    from vtreid import plots
+    with pytest.raises(ValueError, match=f"{ckpt} is not a text file"):   # was: 'utf-8' codec can't decode
+        plots.read_metrics(ckpt)
