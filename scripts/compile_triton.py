@@ -2,22 +2,22 @@
 
 For each kernel, every autotune config (the GPU list, ``kernel.gpu_configs``), every input dtype and every
 constexpr variant the ops launch, compiles for sm_80 and sm_90 (``GPUTarget("cuda", arch, 32)``; --arch also
-takes 86 and 89, the RTX 30xx / 40xx, A10, L4 and L40 parts, 87 (Jetson Orin), 100 (B200), 103 (B300), 120
-(RTX 50xx, RTX PRO 6000 Blackwell) and 121 (DGX Spark); 103 and 121 need Triton 3.9's ptxas) and writes one row per variant: registers, spilled bytes, local (stack) bytes, shared
-memory, the tensor-core instruction the PTX issues (tcgen05, wgmma, mma.sync, or none), and whether the loads
-are pipelined (asynchronous copies to shared memory over num_stages). Each variant is compiled under the
-specialization Triton's JIT gives the ops' launches on contiguous features (LAUNCH_SPECS: unit strides are
-constants, pointers and row strides 16-aligned) and under none ("strided", as for a transposed view). Fails
-(exit 1) on a compile error, on shared memory above the architecture's per-block limit (sm_80 / sm_87: 163 KB,
-sm_86 / sm_89 / sm_120 / sm_121: 99 KB, sm_90 / sm_100 / sm_103: 227 KB, all with opt-in), or when the PTX uses an approximate
-square root (sqrt.approx: distances are compared exactly; the kernels use tl.sqrt_rn), or when a half variant
-of a GEMM kernel issues no tensor-core instruction (TENSOR_CORE_KERNELS). With ``--no-spills 80 90`` a
-register spill in a contiguous launch on those architectures fails too: every config list is kept spill-free
-there (CI checks it with the pinned Triton and the GPU image's 3.6); spills of strided launches are listed,
-not failed. A config marked ``not_on(config, 80)`` in kernels/ (sm_80's ptxas spills it) is never tuned on
-sm_80, so it is not compiled for sm_80 either (likewise on every other architecture; 86 and 89 are marked
-together as ``SM_86_89``: their rows are identical; a mark of 100 or 120 covers 103 or 121, whose sweeps spill
-in the same configs); a kernel launched with fixed options
+takes 86 and 89, the RTX 30xx / 40xx, A10, L4 and L40 parts, 87 (Jetson Orin), 100 (B200), 103 (B300), 120 (RTX
+50xx, RTX PRO 6000 Blackwell) and 121 (DGX Spark); 103 and 121 need Triton 3.9's ptxas) and writes one row per
+variant: registers, spilled bytes, local (stack) bytes, shared memory, the tensor-core instruction the PTX
+issues (tcgen05, wgmma, mma.sync, or none), and whether the loads are pipelined (asynchronous copies to shared
+memory over num_stages). Each variant is compiled under the specialization Triton's JIT gives the ops' launches
+on contiguous features (LAUNCH_SPECS: unit strides are constants, pointers and row strides 16-aligned) and under
+none ("strided", as for a transposed view). Fails (exit 1) on a compile error, on shared memory above the
+architecture's per-block limit (sm_80 / sm_87: 163 KB, sm_86 / sm_89 / sm_120 / sm_121: 99 KB, sm_90 / sm_100 /
+sm_103: 227 KB, all with opt-in), or when the PTX uses an approximate square root (sqrt.approx: distances are
+compared exactly; the kernels use tl.sqrt_rn), or when a half variant of a GEMM kernel issues no tensor-core
+instruction (TENSOR_CORE_KERNELS). With ``--no-spills 80 90`` a register spill in a contiguous launch on those
+architectures fails too: every config list is kept spill-free there (CI checks it with the pinned Triton and the
+GPU image's 3.6); spills of strided launches are listed, not failed. A config marked ``not_on(config, 80)`` in
+kernels/ (sm_80's ptxas spills it) is never tuned on sm_80, so it is not compiled for sm_80 either (likewise on
+every other architecture; 86 and 89 are marked together as ``SM_86_89``: their rows are identical; a mark of 100
+or 120 covers 103 or 121, whose sweeps spill in the same configs); a kernel launched with fixed options
 (``kernel.launch_options``) is compiled with those.
 
     python scripts/compile_triton.py                 full sweep, both architectures

@@ -355,8 +355,8 @@ def test_bad_inputs():
 
 def regdb_results(tmp_path, trial, values, method="hsme"):
     """A trainer results.json of one RegDB trial whose two directions score ``values`` (one per trial)."""
-    summary = lambda v: {"trials": [dict.fromkeys(("rank1", "rank5", "rank10", "rank20", "mAP", "mINP"), v)],  # noqa: E731
-                         **{k: {"mean": v, "std": 0.0} for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")}}
+    keys = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
+    summary = lambda v: {"trials": [dict.fromkeys(keys, v)], **{k: {"mean": v, "std": 0.0} for k in keys}}  # noqa: E731
     path = tmp_path / f"trial{trial}-{method}.json"
     path.write_text(json.dumps({"method": method, "dataset": "regdb", "step": 5,
                                 "protocol": f"regdb trial {trial}, both directions",

@@ -176,7 +176,8 @@ def test_a_non_finite_loss_stops_with_the_term_and_keeps_the_last_good_step(tmp_
     # the failed step's forward ran (BatchNorm statistics, RNG): the checkpoint is the state before it
     kept = final_state(tmp_path / "nan")
     monkeypatch.setattr(ExpAT, "objective", objective)
-    good = checkpoint.load(run(tmp_path / "good", "expat", "--deterministic", "train.max_steps=2") / "checkpoints" / "last.pt")
+    good_run = run(tmp_path / "good", "expat", "--deterministic", "train.max_steps=2")
+    good = checkpoint.load(good_run / "checkpoints" / "last.pt")
     assert kept["step"] == good["step"] == 2
     assert kept["model"].keys() == good["model"].keys() and any("running_mean" in k for k in good["model"])
     for key in good["model"]:

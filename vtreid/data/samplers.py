@@ -1,17 +1,17 @@
 """Cross-modality batch samplers (METHODS.md), each reproducible from a seed and data-parallel ready.
 
 Every sampler yields batches (lists of record indices) built from groups of identities. An epoch is a
-seeded permutation of the eligible identities (seed and epoch shared by all ranks, so they agree),
-cut into groups of ``group`` identities; rank r takes groups r, r + world, r + 2 world, ... so ranks
-never share a group's identity within an epoch (TupleSampler's negatives may be any other identity). Which identities are eligible depends on the sampler: the
-identity-balanced, pair and tuple samplers take only identities with images in both modalities (so each
-of their groups holds both), the PK sampler any identity with an image (a group may then lack a
-modality, as single-modality SphereReID batches do). Epoch length, per rank:
-max(1, eligible identities // (group x world)) batches. When there are fewer identities than one round
-of groups needs, the permutation is repeated (an identity may then appear twice in an epoch, or in one
-batch: 64 pairs from 12 identities hold each about 5 times; the losses go by label, so that is sound).
-``set_epoch(e)`` reshuffles. Within an identity, images are drawn without replacement when it has
-enough, else with replacement.
+seeded permutation of the eligible identities (seed and epoch shared by all ranks, so they agree), cut
+into groups of ``group`` identities; rank r takes groups r, r + world, r + 2 world, ... so ranks never
+share a group's identity within an epoch (TupleSampler's negatives may be any other identity). Which
+identities are eligible depends on the sampler: the identity-balanced, pair and tuple samplers take only
+identities with images in both modalities (so each of their groups holds both), the PK sampler any
+identity with an image (a group may then lack a modality, as single-modality SphereReID batches do).
+Epoch length, per rank: max(1, eligible identities // (group x world)) batches. When there are fewer
+identities than one round of groups needs, the permutation is repeated (an identity may then appear twice
+in an epoch, or in one batch: 64 pairs from 12 identities hold each about 5 times; the losses go by
+label, so that is sound). ``set_epoch(e)`` reshuffles. Within an identity, images are drawn without
+replacement when it has enough, else with replacement.
 
 Batch layouts (the loader's collate splits each batch into its visible and infrared parts, keeping
 order):

@@ -7,7 +7,8 @@ on the CSBN feature (eq. 1, 14), xi = 1, alpha = beta = 1, label smoothing 0.1. 
 random erasing 0.5, no flip (the paper names none). The paper's warm-up length is not given: 500 steps
 from 1/3, as LCCRF's authors; weight decay 5e-4 as their code.
 Variants: exp_of_mean (the authors' code), at (no exp), cosine_triplet, unidirectional (Table II: each
-triplet within one modality), csbn_full, csbn_none, sysu_296 (train on SYSU-MM01's 296 training identities only, as the paper).
+triplet within one modality), csbn_full, csbn_none, sysu_296 (train on SYSU-MM01's 296 training
+identities only, as the paper).
 """
 from __future__ import annotations
 
