@@ -207,7 +207,11 @@ def combine_files(paths: list[str]) -> dict:
     from vtreid.plots import read_results   # the reader of every results format (plots import matplotlib lazily)
 
     about, settings, per_setting, trials_seen = {}, None, {}, {}
+    seen = {}
     for path in paths:
+        if Path(path).resolve() in seen:
+            raise ValueError(f"{path} is given twice (as {seen[Path(path).resolve()]}): each run counts once")
+        seen[Path(path).resolve()] = path
         results = {_setting(name): summary for name, summary in read_results(path).items()}
         data = json.loads(Path(path).read_text())
         for key in ("method", "dataset"):

@@ -384,7 +384,8 @@ def test_combine_pools_the_runs_trials_into_one_mean_and_std(tmp_path, capsys):
     assert evaluate_cli(["--features", str(features_file(tmp_path, ".pt")), "--protocol", "sysu", "--trials", "2",
                          "--out", str(sysu)]) == 0
     capsys.readouterr()
-    assert evaluate_cli(["--combine", str(sysu), str(sysu), "--out", str(out)]) == 0
+    (tmp_path / "sysu-seed2.json").write_text(sysu.read_text())   # another run of the setting
+    assert evaluate_cli(["--combine", str(sysu), str(tmp_path / "sysu-seed2.json"), "--out", str(out)]) == 0
     assert len(json.loads(out.read_text())["results"]["SYSU-MM01 all single-shot"]["trials"]) == 4
 
 
@@ -395,6 +396,7 @@ def test_combine_pools_the_runs_trials_into_one_mean_and_std(tmp_path, capsys):
     ("other settings", "holds ['RegDB visible_to_thermal']"),
     ("no trials", "has no per-trial results to combine"),
     ("missing", "results file not found"),
+    ("twice", "is given twice"),
 ])
 def test_combine_refuses_files_that_are_not_one_setting(tmp_path, capsys, case, message):
     first = regdb_results(tmp_path, 1, (0.1, 0.2))
@@ -412,6 +414,8 @@ def test_combine_refuses_files_that_are_not_one_setting(tmp_path, capsys, case, 
         open(second, "w").write(json.dumps(data))
     if case == "missing":
         second = str(tmp_path / "absent.json")
+    if case == "twice":
+        second = str(tmp_path / "other" / ".." / "trial1-hsme.json")
     assert message in run_cli_error(["--combine", first, second], capsys)
 
 
