@@ -204,7 +204,7 @@ def _regdb_trial(data: dict) -> int | None:
 def combine_files(paths: list[str]) -> dict:
     """The trainer's results.json shape over several runs' files: every setting's trials pooled, each
     trial tagged with its file ("run")."""
-    from vtreid.plots import read_results   # the reader of every results format (plots import matplotlib lazily)
+    from vtreid.plots import read_results_file   # reads every results format (plots import matplotlib lazily)
 
     about, settings, per_setting, trials_seen = {}, None, {}, {}
     seen = {}
@@ -212,8 +212,8 @@ def combine_files(paths: list[str]) -> dict:
         if Path(path).resolve() in seen:
             raise ValueError(f"{path} is given twice (as {seen[Path(path).resolve()]}): each run counts once")
         seen[Path(path).resolve()] = path
-        results = {_setting(name): summary for name, summary in read_results(path).items()}
-        data = json.loads(Path(path).read_text())
+        data, entries = read_results_file(path)
+        results = {_setting(name): summary for name, summary in entries.items()}
         for key in ("method", "dataset"):
             if key in data:
                 if about.setdefault(key, data[key]) != data[key]:

@@ -44,13 +44,18 @@ def _read_json(path: Path) -> dict:
 def read_results(path: str | Path) -> dict[str, dict]:
     """{protocol name: summary} of a results JSON: the trainer's results.json / evaluate --checkpoint's
     ({"results": {name: summary}}) or evaluate --features' ({"protocol": name, rank1: ..., ...})."""
+    return read_results_file(path)[1]
+
+
+def read_results_file(path: str | Path) -> tuple[dict, dict[str, dict]]:
+    """(the whole JSON object, read_results' entries) of a results file, read once."""
     path = Path(path)
     data = _read_json(path)
     entries = data["results"] if isinstance(data.get("results"), dict) else {data.get("protocol", path.stem): data}
     for name, summary in entries.items():
         if not isinstance(summary, dict) or any(not isinstance(summary.get(f"rank{k}"), dict) for k in RANKS):
             raise ValueError(f"{path} is not a vtreid results file ({name!r} lacks rank1/5/10/20 mean and std)")
-    return entries
+    return data, entries
 
 
 def cmc_plot(curves: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]], out: str | Path,

@@ -7,6 +7,8 @@ tensor arguments to one dtype and runs with autocast off:
 
     lower=True   autocast's dtype (normalized_logits / normalized_cross_entropy: matmul-like, as F.linear)
     lower=False  the widest dtype among the inputs (distances, mining, centres: as torch.cdist promotes)
+
+The backward runs with autocast off too (``without_autocast``; the native ops' in csrc/autograd.cpp).
 """
 from __future__ import annotations
 
@@ -32,3 +34,17 @@ def autocast_inputs(lower: bool):
                 return op(*(cast(a) for a in args), **{k: cast(v) for k, v in kwargs.items()})
         return wrapper
     return decorate
+
+
+def without_autocast(backward):
+    """An autograd backward(ctx, *grads) run as autocast_inputs runs its forward, with autocast off: the
+    torch calls in the Triton launchers keep their dtypes when backward() is called inside torch.autocast
+    (csrc/autograd.cpp does the same for the native ops)."""
+    @functools.wraps(backward)
+    def run(ctx, *grads):
+        device = next((g.device.type for g in grads if isinstance(g, torch.Tensor)), None)
+        if device is None or not torch.is_autocast_enabled(device):
+            return backward(ctx, *grads)
+        with torch.autocast(device, enabled=False):
+            return backward(ctx, *grads)
+    return run

@@ -15,6 +15,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from . import _backend
+from ._autocast import without_autocast
 
 
 class FusedOp(NamedTuple):
@@ -37,19 +38,6 @@ def _native_ops(name: str):
     return pair
 
 
-def _without_autocast(backward: Callable) -> Callable:
-    """``backward`` run as the forward runs (vtreid.ops._autocast: autocast off), so the torch calls in the
-    launchers keep their dtypes when backward() is called inside torch.autocast (csrc/autograd.cpp does the
-    same for the native ops)."""
-    def run(ctx, *grads):
-        device = next((g.device.type for g in grads if isinstance(g, torch.Tensor)), None)
-        if device is None or not torch.is_autocast_enabled(device):
-            return backward(ctx, *grads)
-        with torch.autocast(device, enabled=False):
-            return backward(ctx, *grads)
-    return run
-
-
 def register_fused_op(name: str, *, triton, fake_forward, fake_backward, setup_context, make_backward,
                       ) -> dict[str, FusedOp]:
     """Give both fused backends of ``name`` their fake kernels and autograd; returns {backend: FusedOp}."""
@@ -62,7 +50,7 @@ def register_fused_op(name: str, *, triton, fake_forward, fake_backward, setup_c
         torch.library.register_fake(forward)(fake_forward)
         torch.library.register_fake(backward)(fake_backward)
         if backend == "triton":  # the native forward's autograd is registered in C++
-            torch.library.register_autograd(forward, _without_autocast(make_backward(backward)),
+            torch.library.register_autograd(forward, without_autocast(make_backward(backward)),
                                             setup_context=setup_context)
         fused[backend] = FusedOp(forward, backward)
     return fused
