@@ -94,21 +94,36 @@ def hard_mining(anchors, anchor_labels, candidates=None, candidate_labels=None, 
         none = torch.full((len(anchors),), -1, dtype=torch.int64, device=anchors.device)
         return (zero.to(anchors.dtype), none, zero.to(anchors.dtype), none.clone(),
                 torch.zeros(len(anchors), dtype=torch.bool, device=anchors.device))
-    same_id = anchor_labels[:, None] == candidate_labels[None, :]
-    pos_mask = same_id & modality_mask(positive, anchor_modality, candidate_modality)
-    neg_mask = ~same_id & modality_mask(negative, anchor_modality, candidate_modality)
-    if self_mining:
-        pos_mask = pos_mask & ~torch.eye(len(anchors), dtype=torch.bool, device=anchors.device)
+    pos_mask, neg_mask = mining_masks(anchor_labels, candidate_labels, anchor_modality, candidate_modality,
+                                      positive, negative, self_mining)
     valid = pos_mask.any(1) & neg_mask.any(1)
     inf = torch.tensor(float("inf"), dtype=dist.dtype, device=dist.device)
     # argmax/argmin return the first extreme value: ties pick the lowest index.
     pos_index = torch.where(pos_mask, dist.detach(), -inf).argmax(1)
     neg_index = torch.where(neg_mask, dist.detach(), inf).argmin(1)
+    return mined_pairs(dist, pos_index, neg_index, valid, anchors.dtype)
+
+
+def mining_masks(anchor_labels, candidate_labels, anchor_modality, candidate_modality, positive, negative,
+                 self_mining: bool):
+    """[N, M] masks of the candidates hard_mining may pick as each anchor's positive and negative."""
+    same_id = anchor_labels[:, None] == candidate_labels[None, :]
+    pos_mask = same_id & modality_mask(positive, anchor_modality, candidate_modality)
+    neg_mask = ~same_id & modality_mask(negative, anchor_modality, candidate_modality)
+    if self_mining:
+        pos_mask = pos_mask & ~torch.eye(len(anchor_labels), dtype=torch.bool, device=anchor_labels.device)
+    return pos_mask, neg_mask
+
+
+def mined_pairs(dist, pos_index, neg_index, valid, dtype):
+    """hard_mining's result for given chosen indices: the distances of the chosen pairs (on dist's autograd
+    graph), and distance 0, index -1 for invalid anchors."""
     zero = torch.zeros((), dtype=dist.dtype, device=dist.device)
-    pos_dist = torch.where(valid, dist.gather(1, pos_index[:, None])[:, 0], zero)
-    neg_dist = torch.where(valid, dist.gather(1, neg_index[:, None])[:, 0], zero)
+    pos_safe, neg_safe = pos_index.clamp_min(0), neg_index.clamp_min(0)
+    pos_dist = torch.where(valid, dist.gather(1, pos_safe[:, None])[:, 0], zero)
+    neg_dist = torch.where(valid, dist.gather(1, neg_safe[:, None])[:, 0], zero)
     none = torch.full_like(pos_index, -1)
-    return (pos_dist.to(anchors.dtype), torch.where(valid, pos_index, none), neg_dist.to(anchors.dtype),
+    return (pos_dist.to(dtype), torch.where(valid, pos_index, none), neg_dist.to(dtype),
             torch.where(valid, neg_index, none), valid)
 
 
