@@ -48,13 +48,15 @@ struct PairwiseDistance : torch::autograd::Function<PairwiseDistance> {
     ctx->save_for_backward({x, y, dist, xsq, ysq});
     ctx->saved_data["metric"] = std::string(metric);
     ctx->mark_non_differentiable({xsq, ysq});
+    ctx->set_materialize_grads(false);  // see HardMining
     return {dist, xsq, ysq};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
     static const auto bwd = op<PairwiseBwd>("vtreid::pairwise_distance_bwd");
     const auto s = ctx->get_saved_variables();
-    auto [grad_x, grad_y] = bwd.call(grads[0], s[2], s[0], s[1], s[3], s[4], ctx->saved_data["metric"].toStringRef());
+    const Tensor grad = grads[0].defined() ? grads[0] : at::zeros_like(s[2]);
+    auto [grad_x, grad_y] = bwd.call(grad, s[2], s[0], s[1], s[3], s[4], ctx->saved_data["metric"].toStringRef());
     return {grad_x, grad_y, Tensor()};
   }
 };
@@ -87,14 +89,21 @@ struct HardMining : torch::autograd::Function<HardMining> {
     ctx->save_for_backward({anchors, candidates, pos_i, neg_i, pos_acc, neg_acc, asq, csq});
     ctx->saved_data["metric"] = std::string(metric);
     ctx->mark_non_differentiable({pos_i, neg_i, valid, asq, csq, pos_acc, neg_acc});
+    // Only pos_d and neg_d carry gradients: materialized, the seven others were seven zero-fill launches a
+    // step (a non-differentiable output's gradient is materialized too).
+    ctx->set_materialize_grads(false);
     return {pos_d, pos_i, neg_d, neg_i, valid, asq, csq, pos_acc, neg_acc};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
     static const auto bwd = op<MiningBwd>("vtreid::hard_mining_bwd");
     const auto s = ctx->get_saved_variables();
-    auto [grad_a, grad_c] = bwd.call(grads[0], grads[2], s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
-                                     ctx->saved_data["metric"].toStringRef());
+    // A loss of one side only: the other side's gradient is a zero of stride 0 (the kernels take any stride).
+    const auto or_zero = [&](const Tensor& g) {
+      return g.defined() ? g : at::zeros({}, s[0].options()).expand({s[0].size(0)});
+    };
+    auto [grad_a, grad_c] = bwd.call(or_zero(grads[0]), or_zero(grads[2]), s[0], s[1], s[2], s[3], s[4], s[5], s[6],
+                                     s[7], ctx->saved_data["metric"].toStringRef());
     return {grad_a, Tensor(), grad_c, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
@@ -166,13 +175,15 @@ struct NormalizedCe : torch::autograd::Function<NormalizedCe> {
     ctx->saved_data["scale"] = scale;
     ctx->saved_data["label_smoothing"] = label_smoothing;
     ctx->mark_non_differentiable({lse, ez, tz, xsq, wsq, dots});
+    ctx->set_materialize_grads(false);  // see HardMining
     return {loss, lse, ez, tz, xsq, wsq, dots};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
     static const auto bwd = op<NceBwd>("vtreid::normalized_ce_bwd");
     const auto s = ctx->get_saved_variables();
-    auto [grad_x, grad_w] = bwd.call(grads[0].contiguous(), s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8],
+    const Tensor grad = grads[0].defined() ? grads[0].contiguous() : at::zeros({s[0].size(0)}, s[0].options());
+    auto [grad_x, grad_w] = bwd.call(grad, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8],
                                      ctx->saved_data["scale"].toDouble(),
                                      ctx->saved_data["label_smoothing"].toDouble());
     return {grad_x, grad_w, Tensor(), Tensor(), Tensor()};

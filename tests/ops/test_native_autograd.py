@@ -70,21 +70,44 @@ def test_hetero_center_gradient_of_either_or_both_outputs_agrees_across_backends
         torch.testing.assert_close(native, parts[0] + parts[1], rtol=1e-4, atol=1e-5)
 
 
-def test_mining_gradient_of_one_side_only():
-    """A loss that uses only the positive distances: the negative side's gradient is materialized as
-    zeros, as the Python formula's is."""
+@pytest.mark.parametrize("side", ["pos", "neg"])
+def test_mining_gradient_of_one_side_only(side):
+    """A loss that uses one side's distances only: the other side's gradient is undefined (no outputs'
+    gradients are materialized) and the backward ops get a zero of stride 0 for it, on both backends."""
     require_backend("native", "cpu")
     require_backend("triton", "cpu")
     g = torch.Generator().manual_seed(7)
     x = torch.randn(10, 6, generator=g, dtype=torch.float32)
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+    slot = 0 if side == "pos" else 2
     grads = []
     for backend in ("native", "triton"):
         xl = x.clone().requires_grad_()
-        pos_d = hm.FUSED[backend].forward(xl, labels, xl, labels, None, None, "euclidean", "any", "any", True)[0]
-        grads.append(torch.autograd.grad(pos_d.sum(), xl)[0])
-    assert grads[0].abs().sum() > 0
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+        dist = hm.FUSED[backend].forward(xl, labels, xl, labels, None, None, "euclidean", "any", "any", True)[slot]
+        grads.append(torch.autograd.grad(dist.sum(), xl)[0])
+    xl = x.clone().requires_grad_()
+    want = torch.autograd.grad(hm.reference.hard_mining(xl, labels)[slot].sum(), xl)[0]
+    assert want.abs().sum() > 0
+    for got in grads:
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["native", "triton"])
+def test_backward_fills_no_zero_gradient_for_unused_outputs(backend):
+    """The forwards return saved by-products (norms, indices, statistics) beside the differentiable outputs.
+    Materialized, their gradients were zero-filled tensors: 2 (pairwise), 7 (mining) and 6 (normalized CE)
+    allocations and fill launches in every backward, a fixed cost per call that the ops paid on a GPU."""
+    require_backend(backend, "cpu", torch.float32)
+    from support import AtenOps
+
+    class Outside:  # AtenOps counts the ops run while no Triton launch is in progress
+        inside = 0
+    x, w = torch.randn(6, 4, requires_grad=True), torch.randn(3, 4, requires_grad=True)
+    for family, loss in _each_op(backend, x, w).items():
+        with AtenOps(Outside()) as aten:
+            torch.autograd.grad(loss, [x, w], allow_unused=True)
+        fills = [op for op in aten.ops if op in {"zeros", "zeros_like", "fill_", "zero_", "new_zeros", "full"}]
+        assert not fills, f"{family}: {aten.ops}"
 
 
 def _each_op(backend, x, w):

@@ -149,11 +149,16 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(anchors, candidates, pos_i, neg_i, pos_acc, neg_acc, asq, csq)
     ctx.metric = metric
     ctx.mark_non_differentiable(pos_i, neg_i, valid, asq, csq, pos_acc, neg_acc)
+    # Only pos_dist and neg_dist carry gradients: zero-filling the other seven was seven launches a step.
+    ctx.set_materialize_grads(False)
 
 
 def _make_backward(backward_op):
     def backward(ctx, grad_pos, _gpi, grad_neg, _gni, _gv, _gasq, _gcsq, _gpa, _gna):
         anchors, candidates, pos_i, neg_i, pos_d, neg_d, asq, csq = ctx.saved_tensors
+        if grad_pos is None or grad_neg is None:  # a loss of one side only: the other's gradient is zero
+            zero = anchors.new_zeros(()).expand(len(anchors))
+            grad_pos, grad_neg = (zero if grad_pos is None else grad_pos), (zero if grad_neg is None else grad_neg)
         grad_a, grad_c = backward_op(grad_pos, grad_neg, anchors, candidates, pos_i, neg_i, pos_d, neg_d, asq, csq,
                                      ctx.metric)
         return grad_a, None, grad_c, None, None, None, None, None, None, None

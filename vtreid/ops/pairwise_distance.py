@@ -72,11 +72,14 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, y, dist, xsq, ysq)
     ctx.metric = metric
     ctx.mark_non_differentiable(xsq, ysq)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for the norms: two launches a step
 
 
 def _make_backward(backward_op):
     def backward(ctx, grad_dist, _grad_xsq, _grad_ysq):
         x, y, dist, xsq, ysq = ctx.saved_tensors
+        if grad_dist is None:
+            grad_dist = torch.zeros_like(dist)
         grad_x, grad_y = backward_op(grad_dist, dist, x, y, xsq, ysq, ctx.metric)
         return grad_x, grad_y, None
     return backward
