@@ -4,7 +4,8 @@
 #   test      python -m vtreid.env --check (every op and backend against reference), then the test suite
 #             (GPU-facing directories first; tests/cuda_emu, the CPU emulation of the CUDA kernels, is
 #             left to CPU CI; VTREID_PYTEST_ARGS replaces the selection, e.g. "tests/ops -k cuda";
-#             VTREID_TEST_WORKERS pytest-xdist processes, default 4, 0 for one)
+#             VTREID_TEST_WORKERS pytest-xdist processes, default 8 with 16 cores or more, else 4, 0 for one;
+#             each failure's traceback goes to $OUT/failures.log as it happens)
 #   sanitize  compute-sanitizer memcheck and racecheck over every native and Triton kernel
 #   bench     the benchmarks' targets (--goals) and memory cases, judged (bench.goals), then every
 #             benchmark's full sweep in what is left of the call
@@ -68,17 +69,23 @@ for stage in "${stages[@]}"; do
     limited "$PY" -m vtreid.env --check > "$OUT/env-check.txt" 2>&1 || status=1
     sed -n '/speed-up vs reference/,$p' "$OUT/env-check.txt"
     step "tests on GPU (one line per test in $OUT/tests.log)"
-    # pytest-xdist (in the GPU image) runs the suite on VTREID_TEST_WORKERS processes (default 4; 0: one).
-    # The whole suite passed under -n 2 here (740 tests, 478 s against about 800 s in one process).
+    # pytest-xdist (in the GPU image) runs the suite on VTREID_TEST_WORKERS processes (0: one). The whole
+    # suite passed under -n 2 here (740 tests, 478 s against about 800 s in one process); on the H100 (16
+    # cores) 4 workers ran 798 of 884 tests in the 420 s limit, hence 8 where there are 16 cores.
+    default_workers=4
+    [ "$(nproc)" -ge 16 ] && default_workers=8
     workers=()
-    if [ "${VTREID_TEST_WORKERS:-4}" != 0 ] && "$PY" -c "import xdist" 2> /dev/null; then
-      workers=(-n "${VTREID_TEST_WORKERS:-4}")
+    if [ "${VTREID_TEST_WORKERS:-$default_workers}" != 0 ] && "$PY" -c "import xdist" 2> /dev/null; then
+      workers=(-n "${VTREID_TEST_WORKERS:-$default_workers}")
     fi
     # shellcheck disable=SC2086  # VTREID_PYTEST_ARGS is a word list by design
-    limited_to "$TEST_TIMEOUT" "$PY" -m pytest ${VTREID_PYTEST_ARGS:-tests/ops tests/kernels tests/methods \
+    rm -f "$OUT/failures.log"
+    VTREID_FAILURE_LOG="$OUT/failures.log" limited_to "$TEST_TIMEOUT" "$PY" -m pytest ${VTREID_PYTEST_ARGS:-tests/ops tests/kernels tests/methods \
       tests/losses tests/training tests/bench tests/eval tests/models tests --ignore=tests/cuda_emu} \
       "${workers[@]}" -v -rfE --maxfail=25 -p no:cacheprovider > "$OUT/tests.log" 2>&1
     rc=$?
+    # each failure's traceback as it happened (tests/conftest.py), kept when the run is cut at its limit
+    [ -s "$OUT/failures.log" ] && echo "   tracebacks: $OUT/failures.log" && head -c 6000 "$OUT/failures.log"
     [ $rc -ne 0 ] && status=1
     [ $rc -eq 124 ] || [ $rc -eq 137 ] && echo "   cut at the time limit after $(grep -cE ' (PASSED|FAILED|SKIPPED|ERROR)' "$OUT/tests.log") tests"
     grep -E "^(FAILED|ERROR)| FAILED | ERROR " "$OUT/tests.log" | head -25

@@ -50,3 +50,14 @@ def _emulate_tf32_dots_in_the_interpreter() -> None:
 
 
 _emulate_tf32_dots_in_the_interpreter()
+
+
+def pytest_runtest_logreport(report):
+    """With VTREID_FAILURE_LOG set, append each failure's traceback to that file as it happens: a run cut
+    at its time limit (scripts/gpu_check.sh on a lent GPU) never prints its summary, and the first H100
+    run lost the tracebacks of its three failures that way. Under pytest-xdist the controller writes."""
+    path = os.environ.get("VTREID_FAILURE_LOG")
+    if not path or not report.failed or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(f"=== {report.nodeid} ({report.when})\n{report.longreprtext}\n\n")
