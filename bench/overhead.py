@@ -11,7 +11,8 @@ providers per op, forward only and forward + backward:
                                                              autograd formula for triton
     eager     vtreid.ops.reference                           eager PyTorch's own fixed cost
 
-``public - dispatch`` is the overhead that is ours to cut (Step 14). Times are the minimum over blocks
+``public - dispatch`` is the overhead that is ours to cut (Step 14). For Triton it is negative: outside
+torch.compile the public ops skip the custom op's dispatch (vtreid/ops/_registry.py, ``FusedOp.call``). Times are the minimum over blocks
 (torch.utils.benchmark), in microseconds, appended to bench/results/<device>-overhead.jsonl with the
 harness's environment record. Compare numbers from one run on one machine only.
 """

@@ -93,12 +93,16 @@ def test_mining_gradient_of_one_side_only(side):
 
 
 @pytest.mark.parametrize("backend", ["native", "triton"])
-def test_backward_fills_no_zero_gradient_for_unused_outputs(backend):
+def test_backward_fills_no_zero_gradient_for_unused_outputs(backend, monkeypatch):
     """The forwards return saved by-products (norms, indices, statistics) beside the differentiable outputs.
     Materialized, their gradients were zero-filled tensors: 2 (pairwise), 7 (mining) and 6 (normalized CE)
-    allocations and fill launches in every backward, a fixed cost per call that the ops paid on a GPU."""
+    allocations and fill launches in every backward, a fixed cost per call that the ops paid on a GPU.
+    (Triton through its registered ops, whose backward op is one opaque call here; the eager path shares
+    their setup_context.)"""
     require_backend(backend, "cpu", torch.float32)
     from support import AtenOps
+    for module in (hm, hc, ns, pd):
+        monkeypatch.setitem(module.FUSED, backend, module.FUSED[backend]._replace(call=module.FUSED[backend].forward))
 
     class Outside:  # AtenOps counts the ops run while no Triton launch is in progress
         inside = 0
@@ -152,3 +156,32 @@ def test_backward_inside_autocast_runs_at_the_forwards_precision(backend):
         torch.testing.assert_close(grads["autocast", family], grads["plain", family], rtol=1e-5, atol=1e-5,
                                    msg=lambda s: f"{family}: {s}")
     assert grads["autocast", "normalized_ce"].isfinite().all()   # bfloat16 inputs there (as F.linear): runs
+
+
+def test_triton_ops_take_the_eager_path_outside_compile_and_the_registered_op_inside():
+    """Outside torch.compile the public Triton ops run a torch.autograd.Function around the launchers
+    (the custom op's Python dispatch cost as much again as the formula, bench/overhead.py); torch.compile
+    still traces the registered custom ops, with their fake kernels."""
+    require_backend("triton", "cpu", torch.float32)
+    x, w = torch.randn(6, 4, requires_grad=True), torch.randn(3, 4, requires_grad=True)
+    for family, loss in _each_op("triton", x, w).items():
+        names = set()
+        stack = [loss.grad_fn]
+        while stack:
+            fn = stack.pop()
+            if fn is not None:
+                names.add(fn.name())
+                stack.extend(next_fn for next_fn, _ in fn.next_functions)
+        assert f"{family}_tritonBackward" in names, (family, names)
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm.forward
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a, b: sum(_each_op("triton", a, b).values()), backend=record)
+    compiled(x, w).backward()
+    traced = "\n".join(graphs)
+    for family in DIFFERENTIABLE:
+        assert f"vtreid.{family}_triton_fwd" in traced, family
+    assert "tritonBackward" not in traced

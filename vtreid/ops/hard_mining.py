@@ -119,7 +119,7 @@ def hard_mining(anchors: torch.Tensor, anchor_labels: torch.Tensor, candidates: 
     if needs_modality:
         mod_a = modality_ids(anchor_modality)
         mod_c = mod_a if self_mining else modality_ids(candidate_modality)
-    out = FUSED[name].forward(anchors, labels_a, candidates, labels_c, mod_a, mod_c, metric, positive, negative,
+    out = FUSED[name].call(anchors, labels_a, candidates, labels_c, mod_a, mod_c, metric, positive, negative,
                               self_mining)
     return Mined(*out[:5])
 
@@ -167,7 +167,6 @@ def _make_backward(backward_op):
 
 # --- triton -----------------------------------------------------------------------------------------
 
-@torch.library.custom_op("vtreid::hard_mining_triton_fwd", mutates_args=())
 def _triton_forward(anchors: torch.Tensor, anchor_labels: torch.Tensor, candidates: torch.Tensor,
                     candidate_labels: torch.Tensor, anchor_modality: torch.Tensor | None,
                     candidate_modality: torch.Tensor | None, metric: str, positive: str, negative: str,
@@ -178,7 +177,6 @@ def _triton_forward(anchors: torch.Tensor, anchor_labels: torch.Tensor, candidat
                           metric, positive, negative, self_mining, reference.zero_tolerance(anchors.shape[1]))
 
 
-@torch.library.custom_op("vtreid::hard_mining_triton_bwd", mutates_args=())
 def _triton_backward(grad_pos: torch.Tensor, grad_neg: torch.Tensor, anchors: torch.Tensor, candidates: torch.Tensor,
                      pos_index: torch.Tensor, neg_index: torch.Tensor, pos_dist: torch.Tensor, neg_dist: torch.Tensor,
                      asq: torch.Tensor, csq: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:

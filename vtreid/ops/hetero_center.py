@@ -90,7 +90,7 @@ def _fused(name, x, labels, modality, metric, strong, margin):
     xs = x if x.dim() == 3 else x[None]
     slots = class_slots(labels)
     mod = modality_ids(modality)
-    out = FUSED[name].forward(xs, slots.order, slots.seg, slots.slot, mod, metric, strong, margin)
+    out = FUSED[name].call(xs, slots.order, slots.seg, slots.slot, mod, metric, strong, margin)
     return slots, out
 
 
@@ -179,7 +179,6 @@ def _make_backward(backward_op):
 
 # --- triton -----------------------------------------------------------------------------------------
 
-@torch.library.custom_op("vtreid::hetero_center_triton_fwd", mutates_args=())
 def _triton_forward(x: torch.Tensor, order: torch.Tensor, seg: torch.Tensor, slot: torch.Tensor,
                     modality: torch.Tensor, metric: str, strong: bool, margin: float
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -187,7 +186,6 @@ def _triton_forward(x: torch.Tensor, order: torch.Tensor, seg: torch.Tensor, slo
     return kernel.forward(x, order, seg, modality, metric, strong, margin)
 
 
-@torch.library.custom_op("vtreid::hetero_center_triton_bwd", mutates_args=())
 def _triton_backward(x: torch.Tensor, slot: torch.Tensor, modality: torch.Tensor, hinge: torch.Tensor,
                      centers: torch.Tensor, variances: torch.Tensor, counts: torch.Tensor, stats: torch.Tensor,
                      grad_hinge: torch.Tensor, grad_centers: torch.Tensor | None, metric: str,

@@ -86,7 +86,7 @@ def normalized_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: torc
     if name == "reference":
         return reference.normalized_cross_entropy(x, weight, target, scale=scale, label_smoothing=label_smoothing,
                                                   reduction=reduction)
-    loss = FUSED[name].forward(x, weight, target.to(torch.int64).contiguous(), scale, float(label_smoothing))[0]
+    loss = FUSED[name].call(x, weight, target.to(torch.int64).contiguous(), scale, float(label_smoothing))[0]
     if reduction == "mean":
         loss = loss.mean()
     elif reduction == "sum":
@@ -129,7 +129,6 @@ def _make_backward(backward_op):
 
 # --- triton -----------------------------------------------------------------------------------------
 
-@torch.library.custom_op("vtreid::normalized_ce_triton_fwd", mutates_args=())
 def _triton_forward(x: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, scale: float,
                     label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                      torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -138,7 +137,6 @@ def _triton_forward(x: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                                         save_dots=weight.shape[0] <= SAVED_DOTS_MAX_CLASSES)
 
 
-@torch.library.custom_op("vtreid::normalized_ce_triton_bwd", mutates_args=())
 def _triton_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
                      lse: torch.Tensor, ez: torch.Tensor, tz: torch.Tensor, xsq: torch.Tensor, wsq: torch.Tensor,
                      dots: torch.Tensor, scale: float, label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:

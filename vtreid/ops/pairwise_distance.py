@@ -46,7 +46,7 @@ def pairwise_distance(x: torch.Tensor, y: torch.Tensor | None = None, *, metric:
     name = _backend.resolve(backend, device, x.dtype, "pairwise_distance")
     if name == "reference":
         return reference.pairwise_distance(x, y, metric)
-    return FUSED[name].forward(x, y, metric)[0]
+    return FUSED[name].call(x, y, metric)[0]
 
 
 # --- fake kernels and autograd, shared by both fused backends ---------------------------------------
@@ -85,15 +85,13 @@ def _make_backward(backward_op):
     return backward
 
 
-# --- triton: custom ops whose bodies launch kernels/pairwise_distance.py ----------------------------
+# --- triton: the launchers of kernels/pairwise_distance.py (custom ops: _registry.py) -------------
 
-@torch.library.custom_op("vtreid::pairwise_distance_triton_fwd", mutates_args=())
 def _triton_forward(x: torch.Tensor, y: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from vtreid.kernels import pairwise_distance as kernel  # imports triton: only when used
     return kernel.forward(x, y, metric, reference.zero_tolerance(x.shape[1]))
 
 
-@torch.library.custom_op("vtreid::pairwise_distance_triton_bwd", mutates_args=())
 def _triton_backward(grad: torch.Tensor, dist: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                      xsq: torch.Tensor, ysq: torch.Tensor, metric: str) -> tuple[torch.Tensor, torch.Tensor]:
     from vtreid.kernels import pairwise_distance as kernel
