@@ -11,7 +11,7 @@ kernels, so ``torch.compile`` and ``torch.library.opcheck`` treat them alike.
 The public functions call ``FusedOp.call``. For Triton outside torch.compile that is a
 ``torch.autograd.Function`` with the same formula around the launchers themselves: the custom op's
 Python dispatch (schema defaults, redispatch, its own autograd wrapper) cost about as much again as the
-formula (bench/overhead.py, CPU, launchers stubbed: pairwise forward + backward 51 -> 27 us).
+formula (CPU, launchers stubbed, forward + backward: pairwise 58 -> 34 us, mining 97 -> 48 us).
 """
 from __future__ import annotations
 

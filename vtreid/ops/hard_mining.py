@@ -120,7 +120,7 @@ def hard_mining(anchors: torch.Tensor, anchor_labels: torch.Tensor, candidates: 
         mod_a = modality_ids(anchor_modality)
         mod_c = mod_a if self_mining else modality_ids(candidate_modality)
     out = FUSED[name].call(anchors, labels_a, candidates, labels_c, mod_a, mod_c, metric, positive, negative,
-                              self_mining)
+                           self_mining)
     return Mined(*out[:5])
 
 
