@@ -26,14 +26,15 @@ float32). No float atomics, no sort and no per-pair buffer: bitwise reproducible
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import (GRID_LIMITS, SM_86_89, autotune, bucket, configs_union, not_on, num_sms, on_device_of,
-                      prune_to_waves, splits_for)
+from ._launch import (GRID_LIMITS, SM_86_89, autotune, bucket, cdiv, configs_union, next_power_of_2, not_on, num_sms,
+                      on_device_of, prune_to_waves, splits_for)
 from ._launch import configs_for as _configs_for
 from .pairwise_distance import METRIC_CODES, distance_epilogue, dot_and_norms, max_keep_nan
 
@@ -385,24 +386,24 @@ def forward_grid(n: int, m: int, d: int, meta: dict, sms: int, splits: int | Non
     SMs. splits = splits_for(cdiv(n, BLOCK_N), cdiv(m, BLOCK_M), sms) unless given, never more than the
     candidate tiles (no split is empty) nor grid axis 1's limit. ``d`` does not change it (a program
     streams the whole feature axis); it is taken so every grid function reads the same."""
-    blocks = triton.cdiv(n, meta["BLOCK_N"])
-    tiles = triton.cdiv(m, meta["BLOCK_M"])
+    blocks = cdiv(n, meta["BLOCK_N"])
+    tiles = cdiv(m, meta["BLOCK_M"])
     wanted = splits_for(blocks, tiles, sms) if splits is None else int(splits)
     return blocks, max(1, min(wanted, tiles, GRID_LIMITS[1]))
 
 
 def combine_grid(n: int) -> tuple[int]:
-    return (triton.cdiv(n, COMBINE_BLOCK),)
+    return (cdiv(n, COMBINE_BLOCK),)
 
 
 def backward_grids(n: int, m: int, d: int) -> dict:
     """{kernel name: (grid, meta)} of the two backward launches: _mining_pair_grad_kernel on (anchor
     blocks, feature slices), _candidate_grad_kernel on (candidate blocks, feature slices)."""
-    pair_d = min(64, triton.next_power_of_2(d))  # 128 spills (sm_90, cosine)
-    seg_d = 64 if d >= 16 else triton.next_power_of_2(d)
+    pair_d = min(64, next_power_of_2(d))  # 128 spills (sm_90, cosine)
+    seg_d = 64 if d >= 16 else next_power_of_2(d)
     return {
-        "_mining_pair_grad_kernel": ((triton.cdiv(n, 16), triton.cdiv(d, pair_d)), {"BLOCK_N": 16, "BLOCK_D": pair_d}),
-        "_candidate_grad_kernel": ((triton.cdiv(m, CAND_BLOCK.value), triton.cdiv(d, seg_d)), {"BLOCK_D": seg_d}),
+        "_mining_pair_grad_kernel": ((cdiv(n, 16), cdiv(d, pair_d)), {"BLOCK_N": 16, "BLOCK_D": pair_d}),
+        "_candidate_grad_kernel": ((cdiv(m, CAND_BLOCK.value), cdiv(d, seg_d)), {"BLOCK_D": seg_d}),
     }
 
 
@@ -413,6 +414,13 @@ def configs_for(dtype: torch.dtype) -> list:
 
 def _fwd_metas():
     return [c.kwargs for c in _FWD_CONFIGS[0]] + [_FWD_CONFIGS[1]]
+
+
+@functools.lru_cache(maxsize=1024)
+def _most_splits(n: int, m: int, d: int, sms: int, splits: int | None) -> int:
+    """The most splits any forward config may launch at this shape (sizes the partial results). Memoised:
+    a training step asks the same every time, and the scan over the configs cost ~20 us a forward."""
+    return max(forward_grid(n, m, d, meta, sms, splits)[1] for meta in _fwd_metas())
 
 
 @on_device_of("anchors")
@@ -435,7 +443,7 @@ def forward(anchors, anchor_labels, candidates, candidate_labels, anchor_modalit
     splits = SPLITS if splits is None else splits
     sms = num_sms(dev)
     # The autotuner picks the config (and so the split count) at launch: room for the largest.
-    rows = max(forward_grid(n, m, d, meta, sms, splits)[1] for meta in _fwd_metas())
+    rows = _most_splits(n, m, d, sms, splits)
     pos_d = torch.empty((rows, n), device=dev, dtype=f32)
     neg_d = torch.empty((rows, n), device=dev, dtype=f32)
     pos_i = torch.empty((rows, n), device=dev, dtype=torch.int64)

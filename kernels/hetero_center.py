@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import on_device_of
+from ._launch import cdiv, next_power_of_2, on_device_of
 from .pairwise_distance import max_keep_nan
 
 METRIC_CODES = {"sqeuclidean": 1, "cosine": 2}
@@ -169,7 +169,7 @@ def _centers_bwd_kernel(
 
 
 def _block_d(d: int) -> int:
-    return min(256, triton.next_power_of_2(d))
+    return min(256, next_power_of_2(d))
 
 
 @on_device_of("x")
@@ -201,7 +201,7 @@ def backward(x, slot, modality, hinge, centers, variances, counts, stats, grad_h
     if s and n:
         gc = grad_centers.contiguous() if grad_centers is not None else centers
         block_d = _block_d(d)
-        _centers_bwd_kernel[(n, s, triton.cdiv(d, block_d))](
+        _centers_bwd_kernel[(n, s, cdiv(d, block_d))](
             x, slot, modality, hinge, centers, variances, counts, stats, grad_hinge, gc, grad_x,
             n, d, x.stride(0), x.stride(1), x.stride(2), grad_hinge.stride(0), grad_hinge.stride(1),
             gc.stride(0), gc.stride(1), gc.stride(2),

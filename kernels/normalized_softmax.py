@@ -50,7 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import (INTERPRET, GRID_LIMITS, autotune, bucket, configs_union, not_on, num_sms, on_device_of,
+from ._launch import (INTERPRET, GRID_LIMITS, autotune, bucket, cdiv, configs_union, not_on, num_sms, on_device_of,
                       prune_to_waves, splits_for)
 from .pairwise_distance import dot_tile, inverse_norm, row_norms
 
@@ -118,8 +118,8 @@ def forward_grid(n: int, c: int, meta: dict, sms: int, splits: int | None = None
     row blocks = max(1, cdiv(n, BLOCK_N)) (one block at n = 0, which still writes |w|^2);
     class splits = splits_for(row blocks, cdiv(c, BLOCK_C), sms), or ``splits`` clamped to [1, 65535]
     (a forced count above the tile count leaves empty splits, which the combine must and does ignore)."""
-    blocks = max(1, triton.cdiv(n, meta["BLOCK_N"]))
-    tiles = triton.cdiv(c, meta["BLOCK_C"])
+    blocks = max(1, cdiv(n, meta["BLOCK_N"]))
+    tiles = cdiv(c, meta["BLOCK_C"])
     s = splits_for(blocks, tiles, sms) if splits is None else _forced(splits, GRID_LIMITS[1])
     return blocks, s
 
@@ -130,8 +130,8 @@ def grad_grid(n: int, c: int, meta: dict, sms: int, splits: int | None = None) -
     class tiles = cdiv(c, BLOCK_C); row splits = splits_for(class tiles, max(1, cdiv(n, BLOCK_N)), sms), or
     ``splits`` clamped to [1, 65535]. Each program writes its [rows, BLOCK_C] block of Gq and its partial
     column sums."""
-    tiles = triton.cdiv(c, meta["BLOCK_C"])
-    row_tiles = max(1, triton.cdiv(n, meta["BLOCK_N"]))
+    tiles = cdiv(c, meta["BLOCK_C"])
+    row_tiles = max(1, cdiv(n, meta["BLOCK_N"]))
     s = splits_for(tiles, row_tiles, sms) if splits is None else _forced(splits, GRID_LIMITS[1])
     return tiles, s
 
@@ -156,6 +156,24 @@ def _all_metas(kernel, family):
     """Every meta dict ``kernel`` may launch with (its current configs, the GPU list, the interpreter's)."""
     configs = list(getattr(kernel, "configs", [])) + list(family[0])
     return [cfg.kwargs for cfg in configs] + [family[1]]
+
+
+_MOST_SPLITS: dict = {}
+
+
+def _most_splits(grid_fn, kernel, family, n: int, c: int, sms: int, splits: int | None) -> int:
+    """The most splits any config of ``kernel`` may launch at this shape, which sizes the partial states.
+    Memoised per shape: a training step asks the same every time, and the scan over ~20 configs cost
+    more than the rest of the launcher (~50 us a forward). Keyed on the kernel's config list object too
+    (kept referenced, so its id is not reused), so a changed list (tests, warm-up) is seen."""
+    configs = getattr(kernel, "configs", None)
+    memo = _MOST_SPLITS.get(id(kernel))
+    if memo is None or memo[0] is not configs or len(memo[1]) > 1024:
+        memo = _MOST_SPLITS[id(kernel)] = (configs, {})
+    key = (grid_fn, n, c, sms, splits)
+    if key not in memo[1]:
+        memo[1][key] = max(grid_fn(n, c, meta, sms, splits)[1] for meta in _all_metas(kernel, family))
+    return memo[1][key]
 
 
 @autotune(*_FWD_CONFIGS, key=["N_BUCKET", "C_BUCKET", "D_BUCKET", "SAVE_DOTS", "IEEE"],
@@ -342,7 +360,7 @@ _gq_mm_kernel.launch_options = {"num_warps": MM_WARPS, "num_stages": MM_STAGES} 
 
 def mm_grid(m: int, d: int, meta: dict) -> tuple[int]:
     """Grid of _gq_mm_kernel: one program per [BLOCK_M, BLOCK_D] tile of the [m, d] output."""
-    return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(d, meta["BLOCK_D"]),)
+    return (cdiv(m, meta["BLOCK_M"]) * cdiv(d, meta["BLOCK_D"]),)
 
 
 def _gq_mm(a, b, out, scale, row_scale=None, e=None, row_coef=None, accumulate=False):
@@ -378,7 +396,7 @@ def cross_entropy_forward(x, weight, target, scale: float, smoothing: float, sav
     # The split count depends on the config the autotuner picks: size the partial states for the most
     # any config can launch, and let the grid function report the launched one (its last call is the
     # real launch, after any benchmarking).
-    most = max(forward_grid(n, c, meta, sms, splits)[1] for meta in _all_metas(_nce_fwd_kernel, _FWD_CONFIGS))
+    most = _most_splits(forward_grid, _nce_fwd_kernel, _FWD_CONFIGS, n, c, sms, splits)
     part = torch.empty((5, most, n), device=x.device, dtype=torch.float32)
     launched = {}
 
@@ -390,7 +408,7 @@ def cross_entropy_forward(x, weight, target, scale: float, smoothing: float, sav
                           weight.stride(0), weight.stride(1), part.stride(0), float(scale), bucket(n), bucket(c),
                           bucket(d), SAVE_DOTS=save_dots, IEEE=x.dtype == torch.float32)
     used = launched.get("grid", (1, most))[1]
-    _nce_combine_kernel[(triton.cdiv(n, COMBINE_BLOCK),)](part, out[0], out[1], out[2], out[3], n, c, used,
+    _nce_combine_kernel[(cdiv(n, COMBINE_BLOCK),)](part, out[0], out[1], out[2], out[3], n, c, used,
                                                           part.stride(0), float(smoothing), BLOCK_R=COMBINE_BLOCK)
     return (*out, xsq, wsq, dots)
 
@@ -427,7 +445,7 @@ def cross_entropy_backward(grad_row, x, weight, target, lse, ez, tz, xsq, wsq, d
     for index, (r0, r1) in enumerate(chunks):
         last = index == len(chunks) - 1
         gq = torch.empty((r1 - r0, c), device=x.device, dtype=gdt)
-        most = max(grad_grid(r1 - r0, c, meta, sms, splits)[1] for meta in _all_metas(_nce_grad_kernel, _GRAD_CONFIGS))
+        most = _most_splits(grad_grid, _nce_grad_kernel, _GRAD_CONFIGS, r1 - r0, c, sms, splits)
         col_part = torch.empty((most, c), device=x.device, dtype=torch.float32)
         launched = {}
 

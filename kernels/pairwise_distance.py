@@ -31,8 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import (INTERPRET, SM_86_89, autotune, bucket, configs_union, not_on, num_sms, on_device_of,
-                      prune_to_waves)
+from ._launch import (INTERPRET, SM_86_89, autotune, bucket, cdiv, configs_union, next_power_of_2, not_on, num_sms,
+                      on_device_of, prune_to_waves)
 
 METRIC_CODES = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
 
@@ -99,7 +99,7 @@ COEF_BLOCKS = ((32, 64), (32, 32), (16, 32), (16, 16))
 
 def forward_grid(n: int, m: int, meta: dict) -> tuple[int]:
     """Programs of the forward main kernel: one per [BLOCK_N, BLOCK_M] output tile."""
-    return (triton.cdiv(n, meta["BLOCK_N"]) * triton.cdiv(m, meta["BLOCK_M"]),)
+    return (cdiv(n, meta["BLOCK_N"]) * cdiv(m, meta["BLOCK_M"]),)
 
 
 def tile_offsets_fit_int32(t: torch.Tensor, rows: int = 128, cols: int = 256) -> bool:
@@ -109,26 +109,26 @@ def tile_offsets_fit_int32(t: torch.Tensor, rows: int = 128, cols: int = 256) ->
 
 def side_grid(n: int, d: int, meta: dict) -> tuple[int, int]:
     """Programs of one backward side kernel: one per [BLOCK_N, BLOCK_D] tile of the gradient."""
-    return (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(d, meta["BLOCK_D"]))
+    return (cdiv(n, meta["BLOCK_N"]), cdiv(d, meta["BLOCK_D"]))
 
 
 def norm_block(rows: int, sms: int) -> int:
     """Rows per program of the norm pre-pass over ``rows`` rows (x and y together)."""
     block = NORM_BLOCK_R
-    while block > 1 and triton.cdiv(rows, block) < sms:
+    while block > 1 and cdiv(rows, block) < sms:
         block //= 2
     return block
 
 
 def coef_blocks(n: int, m: int, sms: int) -> tuple[int, int]:
     for bn, bm in COEF_BLOCKS:
-        if triton.cdiv(n, bn) * triton.cdiv(m, bm) >= sms:
+        if cdiv(n, bn) * cdiv(m, bm) >= sms:
             return bn, bm
     return COEF_BLOCKS[-1]
 
 
 def coef_grid(n: int, m: int, blocks: tuple[int, int]) -> tuple[int, int]:
-    return (triton.cdiv(n, blocks[0]), triton.cdiv(m, blocks[1]))
+    return (cdiv(n, blocks[0]), cdiv(m, blocks[1]))
 
 
 @triton.jit
@@ -458,10 +458,10 @@ def row_norms(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     xsq = torch.empty((n,), device=x.device, dtype=torch.float32)
     ysq = xsq if same else torch.empty((m,), device=x.device, dtype=torch.float32)
     block = norm_block(n + m, num_sms(x.device))
-    programs = triton.cdiv(n, block) + triton.cdiv(m, block)
+    programs = cdiv(n, block) + cdiv(m, block)
     if programs:
         _row_norms_kernel[(programs,)](x, y, xsq, ysq, n, m, d, x.stride(0), x.stride(1), y.stride(0), y.stride(1),
-                                       BLOCK_R=block, BLOCK_D=min(NORM_BLOCK_D, triton.next_power_of_2(d)))
+                                       BLOCK_R=block, BLOCK_D=min(NORM_BLOCK_D, next_power_of_2(d)))
     return xsq, ysq
 
 
