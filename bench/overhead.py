@@ -12,15 +12,22 @@ providers per op, forward only and forward + backward:
     eager     vtreid.ops.reference                           eager PyTorch's own fixed cost
 
 ``public - dispatch`` is the overhead that is ours to cut (Step 14). For Triton it is negative: outside
-torch.compile the public ops skip the custom op's dispatch (vtreid/ops/_registry.py, ``FusedOp.call``). Times are the minimum over blocks
+torch.compile the public ops skip the custom op's dispatch (vtreid/ops/_registry.py, ``FusedOp.call``).
+
+``--stub-kernels`` replaces every Triton kernel by a launch that runs nothing (its grid function still
+runs: launchers read it), so on a CPU, under TRITON_INTERPRET=1, the Triton columns are the host cost of
+our layers and launchers without the interpreter's (or Triton's own JIT launch) cost; the outputs are
+uninitialised, the times are what matters. Times are the minimum over blocks
 (torch.utils.benchmark), in microseconds, appended to bench/results/<device>-overhead.jsonl with the
 harness's environment record. Compare numbers from one run on one machine only.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import os
 
 import torch
 import torch.utils.benchmark as benchmark
@@ -79,6 +86,41 @@ def cases(backend: str):
     }
 
 
+class _NoLaunch:
+    """Stands in for a Triton kernel under --stub-kernels: runs the launch's grid function with the
+    kernel's first config and nothing else."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getattr__(self, name):  # launchers may read the kernel's attributes (configs, arg_names, ...)
+        return getattr(self.kernel, name)
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            if callable(grid):
+                configs = getattr(self.kernel, "configs", None)
+                meta = dict(configs[0].kwargs) if configs else {}
+                grid({**dict(zip(self.kernel.arg_names, args)), **kwargs, **meta})
+        return launch
+
+
+@contextlib.contextmanager
+def stub_kernels():
+    """Every Triton kernel of vtreid.kernels replaced by a _NoLaunch while inside; restored after."""
+    modules = [importlib.import_module(f"vtreid.kernels.{m}")
+               for m in ("hard_mining", "hetero_center", "normalized_softmax", "pairwise_distance")]
+    saved = [(module, name, getattr(module, name)) for module in modules for name in dir(module)
+             if name.startswith("_") and name.endswith("_kernel")]
+    for module, name, kernel in saved:
+        setattr(module, name, _NoLaunch(kernel))
+    try:
+        yield
+    finally:
+        for module, name, kernel in saved:
+            setattr(module, name, kernel)
+
+
 def _time(fn, args, full: bool) -> float:
     def call():
         out = fn(*args)
@@ -94,24 +136,32 @@ def main(argv=None):
     parser.add_argument("--backend", default="native", choices=["native", "triton"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", default=None, help="JSONL to append to (default bench/results/<device>-overhead.jsonl)")
+    parser.add_argument("--stub-kernels", action="store_true",
+                        help="Triton kernels launch nothing: the host cost of the Triton path on a CPU (sets "
+                             "TRITON_INTERPRET=1 for CPU tensors)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.stub_kernels and device.type == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")  # before vtreid.kernels imports triton
     table = cases(args.backend)
     env = harness.environment(device)
     out = args.out or str(harness.RESULTS_DIR / f"{harness.device_slug(device)}-overhead.jsonl")
     rows = []
-    print(f"fixed cost per call, microseconds (median of blocks), backend {args.backend}, {env['device']}")
+    stubbed = " (Triton kernels stubbed)" if args.stub_kernels else ""
+    print(f"fixed cost per call, microseconds (median of blocks), backend {args.backend}{stubbed}, {env['device']}")
     print(f"{'op':28} {'mode':8} {'public':>9} {'dispatch':>9} {'ours':>9} {'eager':>9}")
-    for op, (public, dispatch, eager) in table.items():
-        for full in (False, True):
-            args_ = _inputs(device, requires_grad=full)
-            t = {name: (_time(fn, args_, full) if fn is not None else float("nan"))
-                 for name, fn in (("public", public), ("dispatch", dispatch), ("eager", eager))}
-            mode = "full" if full else "forward"
-            print(f"{op:28} {mode:8} {t['public']:9.1f} {t['dispatch']:9.1f} {t['public'] - t['dispatch']:9.1f} "
-                  f"{t['eager']:9.1f}")
-            rows.append({**env, "bench": "overhead", "op": op, "mode": mode, "backend": args.backend,
-                         "us_public": t["public"], "us_dispatch": t["dispatch"], "us_eager": t["eager"]})
+    with stub_kernels() if args.stub_kernels else contextlib.nullcontext():
+        for op, (public, dispatch, eager) in table.items():
+            for full in (False, True):
+                args_ = _inputs(device, requires_grad=full)
+                t = {name: (_time(fn, args_, full) if fn is not None else float("nan"))
+                     for name, fn in (("public", public), ("dispatch", dispatch), ("eager", eager))}
+                mode = "full" if full else "forward"
+                print(f"{op:28} {mode:8} {t['public']:9.1f} {t['dispatch']:9.1f} "
+                      f"{t['public'] - t['dispatch']:9.1f} {t['eager']:9.1f}")
+                rows.append({**env, "bench": "overhead", "op": op, "mode": mode, "backend": args.backend,
+                             "stub_kernels": args.stub_kernels, "us_public": t["public"],
+                             "us_dispatch": t["dispatch"], "us_eager": t["eager"]})
     harness.RESULTS_DIR.mkdir(exist_ok=True)
     with open(out, "a") as f:
         for row in rows:
