@@ -127,6 +127,27 @@ def configs_for(by_dtype: dict, dtype: torch.dtype, arch: int | None = None) -> 
     return [c for c in by_dtype["fp32" if dtype == torch.float32 else "half"] if usable_on(c, arch)]
 
 
+_MOST_SPLITS: dict = {}
+
+
+def most_splits(grid_fn, kernel, family, *shape: int, sms: int, splits: int | None) -> int:
+    """The most splits (grid axis 1 of ``grid_fn(*shape, meta, sms, splits)``) that any config ``kernel`` may
+    launch with gives at this shape: what sizes a split launch's partial buffers. The configs are the
+    kernel's current ones, ``family``'s GPU list and its interpreter meta. Memoised per shape (a training
+    step asks the same every time, and the scan over ~20 configs cost more than the rest of a launcher)
+    and per config list object, kept referenced so that its id is not reused: a list replaced by a test
+    or the warm-up is seen."""
+    configs = getattr(kernel, "configs", None)
+    memo = _MOST_SPLITS.get(grid_fn)
+    if memo is None or memo[0] is not configs or len(memo[1]) > 1024:
+        memo = _MOST_SPLITS[grid_fn] = (configs, {})
+    key = (shape, sms, splits)
+    if key not in memo[1]:
+        metas = [c.kwargs for c in [*(configs or []), *family[0]]] + [family[1]]
+        memo[1][key] = max(grid_fn(*shape, meta, sms, splits)[1] for meta in metas)
+    return memo[1][key]
+
+
 def prune_to_waves(programs, by_dtype=None, operand=None):
     """An autotune ``early_config_prune``: first the configs usable on the device's architecture
     (``not_on``) and of the launch's precision (``by_dtype``, chosen by the dtype of argument

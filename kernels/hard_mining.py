@@ -26,17 +26,16 @@ float32). No float atomics, no sort and no per-pair buffer: bitwise reproducible
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import triton
 import triton.language as tl
 
-from ._launch import (GRID_LIMITS, SM_86_89, autotune, bucket, cdiv, configs_union, next_power_of_2, not_on, num_sms,
-                      on_device_of, prune_to_waves, splits_for)
+from ._launch import (GRID_LIMITS, SM_86_89, autotune, bucket, cdiv, configs_union, most_splits, next_power_of_2,
+                      not_on, num_sms, on_device_of, prune_to_waves, splits_for)
 from ._launch import configs_for as _configs_for
-from .pairwise_distance import METRIC_CODES, distance_epilogue, dot_and_norms, max_keep_nan
+from .pairwise_distance import METRIC_CODES, distance_epilogue, dot_and_norms, inverse_norm
 
 RULE_CODES = {"any": 0, "cross": 1, "same": 2}
 
@@ -253,8 +252,8 @@ def _pair_coefficients(g, d, idx, asq, csq, METRIC: tl.constexpr):
     if METRIC == 2:
         na = tl.sqrt_rn(asq)
         nc = tl.sqrt_rn(csq)
-        inv_a = 1.0 / max_keep_nan(na, 1e-12)
-        inv_c = 1.0 / max_keep_nan(nc, 1e-12)
+        inv_a = inverse_norm(asq)
+        inv_c = inverse_norm(csq)
         gc = tl.where(chosen, g, 0.0)
         cos = 1.0 - d
         beta = -gc * inv_a * inv_c
@@ -412,17 +411,6 @@ def configs_for(dtype: torch.dtype) -> list:
     return _configs_for(_FWD_BY_DTYPE, dtype)
 
 
-def _fwd_metas():
-    return [c.kwargs for c in _FWD_CONFIGS[0]] + [_FWD_CONFIGS[1]]
-
-
-@functools.lru_cache(maxsize=1024)
-def _most_splits(n: int, m: int, d: int, sms: int, splits: int | None) -> int:
-    """The most splits any forward config may launch at this shape (sizes the partial results). Memoised:
-    a training step asks the same every time, and the scan over the configs cost ~20 us a forward."""
-    return max(forward_grid(n, m, d, meta, sms, splits)[1] for meta in _fwd_metas())
-
-
 @on_device_of("anchors")
 def forward(anchors, anchor_labels, candidates, candidate_labels, anchor_modality, candidate_modality,
             metric: str, positive: str, negative: str, self_mining: bool, tau: float, splits: int | None = None):
@@ -443,7 +431,7 @@ def forward(anchors, anchor_labels, candidates, candidate_labels, anchor_modalit
     splits = SPLITS if splits is None else splits
     sms = num_sms(dev)
     # The autotuner picks the config (and so the split count) at launch: room for the largest.
-    rows = _most_splits(n, m, d, sms, splits)
+    rows = most_splits(forward_grid, _mining_fwd_kernel, _FWD_CONFIGS, n, m, d, sms=sms, splits=splits)
     pos_d = torch.empty((rows, n), device=dev, dtype=f32)
     neg_d = torch.empty((rows, n), device=dev, dtype=f32)
     pos_i = torch.empty((rows, n), device=dev, dtype=torch.int64)

@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ._launch import cdiv, next_power_of_2, on_device_of
-from .pairwise_distance import max_keep_nan
+from .pairwise_distance import inverse_norm, max_keep_nan
 
 METRIC_CODES = {"sqeuclidean": 1, "cosine": 2}
 
@@ -147,8 +147,8 @@ def _centers_bwd_kernel(
         sq_m = tl.load(stats + 2 + m)
         sq_o = tl.load(stats + 3 - m)
         norm_m = tl.sqrt_rn(sq_m)
-        inv_m = 1.0 / max_keep_nan(norm_m, 1e-12)
-        inv_o = 1.0 / max_keep_nan(tl.sqrt_rn(sq_o), 1e-12)
+        inv_m = inverse_norm(sq_m)
+        inv_o = inverse_norm(sq_o)
         cos = dot * inv_m * inv_o
         own = tl.where(norm_m > 1e-12, cos * inv_m * inv_m, 0.0)
         d_center = own * c_m - c_o * inv_m * inv_o

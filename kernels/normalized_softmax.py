@@ -50,8 +50,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import (INTERPRET, GRID_LIMITS, autotune, bucket, cdiv, configs_union, not_on, num_sms, on_device_of,
-                      prune_to_waves, splits_for)
+from ._launch import (INTERPRET, GRID_LIMITS, autotune, bucket, cdiv, configs_union, most_splits, not_on, num_sms,
+                      on_device_of, prune_to_waves, splits_for)
 from .pairwise_distance import dot_tile, inverse_norm, row_norms
 
 def _cfg(bn, bc, bd, warps, stages):
@@ -150,30 +150,6 @@ def _programs(grid) -> int:
     for g in grid:
         out *= g
     return out
-
-
-def _all_metas(kernel, family):
-    """Every meta dict ``kernel`` may launch with (its current configs, the GPU list, the interpreter's)."""
-    configs = list(getattr(kernel, "configs", [])) + list(family[0])
-    return [cfg.kwargs for cfg in configs] + [family[1]]
-
-
-_MOST_SPLITS: dict = {}
-
-
-def _most_splits(grid_fn, kernel, family, n: int, c: int, sms: int, splits: int | None) -> int:
-    """The most splits any config of ``kernel`` may launch at this shape, which sizes the partial states.
-    Memoised per shape: a training step asks the same every time, and the scan over ~20 configs cost
-    more than the rest of the launcher (~50 us a forward). Keyed on the kernel's config list object too
-    (kept referenced, so its id is not reused), so a changed list (tests, warm-up) is seen."""
-    configs = getattr(kernel, "configs", None)
-    memo = _MOST_SPLITS.get(id(kernel))
-    if memo is None or memo[0] is not configs or len(memo[1]) > 1024:
-        memo = _MOST_SPLITS[id(kernel)] = (configs, {})
-    key = (grid_fn, n, c, sms, splits)
-    if key not in memo[1]:
-        memo[1][key] = max(grid_fn(n, c, meta, sms, splits)[1] for meta in _all_metas(kernel, family))
-    return memo[1][key]
 
 
 @autotune(*_FWD_CONFIGS, key=["N_BUCKET", "C_BUCKET", "D_BUCKET", "SAVE_DOTS", "IEEE"],
@@ -396,7 +372,7 @@ def cross_entropy_forward(x, weight, target, scale: float, smoothing: float, sav
     # The split count depends on the config the autotuner picks: size the partial states for the most
     # any config can launch, and let the grid function report the launched one (its last call is the
     # real launch, after any benchmarking).
-    most = _most_splits(forward_grid, _nce_fwd_kernel, _FWD_CONFIGS, n, c, sms, splits)
+    most = most_splits(forward_grid, _nce_fwd_kernel, _FWD_CONFIGS, n, c, sms=sms, splits=splits)
     part = torch.empty((5, most, n), device=x.device, dtype=torch.float32)
     launched = {}
 
@@ -445,7 +421,7 @@ def cross_entropy_backward(grad_row, x, weight, target, lse, ez, tz, xsq, wsq, d
     for index, (r0, r1) in enumerate(chunks):
         last = index == len(chunks) - 1
         gq = torch.empty((r1 - r0, c), device=x.device, dtype=gdt)
-        most = _most_splits(grad_grid, _nce_grad_kernel, _GRAD_CONFIGS, r1 - r0, c, sms, splits)
+        most = most_splits(grad_grid, _nce_grad_kernel, _GRAD_CONFIGS, r1 - r0, c, sms=sms, splits=splits)
         col_part = torch.empty((most, c), device=x.device, dtype=torch.float32)
         launched = {}
 

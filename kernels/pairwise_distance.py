@@ -436,8 +436,9 @@ def _pairwise_bwd_kernel(
     for t in range(0, PARTS):  # in tile order: the same sum for every D slice and every run
         row_coef += tl.load(PART + t * N + rn64, mask=mask_n, other=0.0)
     if METRIC == 2:
-        a_norm = tl.sqrt_rn(tl.load(ASQ + rn, mask=mask_n, other=1.0))
-        inv_a = 1.0 / max_keep_nan(a_norm, 1e-12)
+        a_sq = tl.load(ASQ + rn, mask=mask_n, other=1.0)
+        a_norm = tl.sqrt_rn(a_sq)
+        inv_a = inverse_norm(a_sq)
         row_coef = tl.where(a_norm > 1e-12, row_coef * inv_a * inv_a, 0.0)
     at = tl.load(A + rn64[:, None] * stride_an + rd64[None, :] * stride_ad,
                  mask=mask_n[:, None] & mask_d[None, :], other=0.0).to(tl.float32)

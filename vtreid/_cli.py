@@ -18,16 +18,28 @@ def positive_int(text: str) -> int:
     return value
 
 
+def check_device(name: str) -> torch.device:
+    """``name`` as a device this machine has (cpu, cuda, cuda:N); else ValueError saying why, for the caller
+    to prefix (train.device in a config, --device on a command line)."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError("it is not cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"torch sees no CUDA device (torch {torch.__version__})")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"there are {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
 def device(text: str) -> str:
     """A torch device this machine has (cpu, cuda, cuda:N)."""
     try:
-        dev = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"unknown device {text!r} (cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text}: torch sees no CUDA device here; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"{text}: there are {torch.cuda.device_count()} CUDA device(s)")
+        check_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
     return text
 
 

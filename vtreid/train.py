@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import gc
 import json
+import math
 import os
 import random
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vtreid import _cli as cli
 from vtreid import ops
 from vtreid.methods import METHODS, VARIANTS, Batch, get_method
 from vtreid.training import checkpoint as ckpt_io
@@ -145,16 +147,9 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {name!r}") from exc
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {name!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {name!r} but torch sees no CUDA device (torch {torch.__version__})")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"train.device is {name!r} but there are {torch.cuda.device_count()} CUDA device(s)")
-    return device
+        return cli.check_device(name)
+    except ValueError as exc:
+        raise ConfigError(f"train.device is {name!r} but {exc}") from None
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -257,12 +252,15 @@ class Run:
                 "rng": distributed.gather_objects(ckpt_io.rng_state()), "config": self.cfg, "num_classes": self.num_classes,
                 "backends": self.backends, "versions": ckpt_io.versions()}
 
-    def save(self, name: str = "last.pt") -> Path:
-        """Every rank calls it (their RNG states are gathered); rank 0 writes."""
-        state, path = self.state(), self.out / "checkpoints" / name
+    def save(self, *names: str) -> Path:
+        """Every rank calls it (their RNG states are gathered); rank 0 writes the one state to each file named
+        (default last.pt). Returns the last path."""
+        state = self.state()
+        paths = [self.out / "checkpoints" / name for name in names or ("last.pt",)]
         if self.ctx.is_main:
-            ckpt_io.save_atomic(state, path)
-        return path
+            for path in paths:
+                ckpt_io.save_atomic(state, path)
+        return paths[-1]
 
     def restore(self, state: dict) -> None:
         if state["num_classes"] != self.num_classes:
@@ -302,9 +300,9 @@ class Run:
         if self.good_rng is not None:
             ckpt_io.set_rng_state(self.good_rng)
 
-    def train_step(self, raw: dict) -> dict[str, torch.Tensor] | None:
-        """Forward, loss terms, backward and optimiser step(s); returns the detached terms, or None when
-        the fp16 scaler skipped a step whose loss overflowed."""
+    def train_step(self, raw: dict) -> dict[str, float] | None:
+        """Forward, loss terms, backward and optimiser step(s); returns the terms as floats (averaged over
+        the ranks), or None when the fp16 scaler skipped a step whose loss overflowed."""
         self.keep_good_state()
         batch = Batch(raw, self.device)
         if self.sync_by_hand:
@@ -316,13 +314,13 @@ class Run:
         # non-finite term on any rank is non-finite here on every rank, so all stop or skip together.
         names = list(terms)
         values = distributed.mean_over_ranks(torch.stack([terms[k].detach().float() for k in names]))
-        detached = dict(zip(names, values))
-        if not bool(torch.isfinite(values.sum())):  # the one host sync per step
+        logged = dict(zip(names, values.tolist()))  # the one host sync per step (the log reads these floats)
+        if not all(math.isfinite(v) for v in logged.values()):
             if self.scaler.is_enabled():
                 self.scaler.update(self.scaler.get_scale() / 2)  # fp16 overflow: skip, as the scaler would
                 return None
-            bad = next(k for k, v in detached.items() if not bool(torch.isfinite(v)))
-            raise TrainingError(f"the loss term {bad!r} is {float(detached[bad])} at step {self.step + 1}")
+            bad = next(k for k, v in logged.items() if not math.isfinite(v))
+            raise TrainingError(f"the loss term {bad!r} is {logged[bad]} at step {self.step + 1}")
         for o in self.optimizers:
             o.zero_grad(set_to_none=True)
         if len(losses) not in (1, len(self.optimizers)):
@@ -345,7 +343,7 @@ class Run:
         self.scaler.update()
         for s in self.schedulers:
             s.step()
-        return detached
+        return logged
 
 
 def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
@@ -366,8 +364,8 @@ def optimizer_gradients(losses, optimizers, scale=lambda loss: loss) -> list[lis
 def metrics_record(run: Run, terms: dict, images: int, data_time: float, step_time: float) -> dict:
     peak = torch.cuda.max_memory_allocated(run.device) / 2**20 if run.device.type == "cuda" else None
     return {"step": run.step, "epoch": run.step // run.steps_per_epoch, "stage": run.stage,
-            "lr": run.optimizers[0].param_groups[0]["lr"], "loss": float(sum(terms.values())),
-            "terms": {k: float(v) for k, v in terms.items()}, "images_per_s": images / max(step_time, 1e-9),
+            "lr": run.optimizers[0].param_groups[0]["lr"], "loss": sum(terms.values()),
+            "terms": dict(terms), "images_per_s": images / max(step_time, 1e-9),
             "data_time": data_time, "step_time": step_time, "peak_mem_mib": peak}
 
 
@@ -413,7 +411,6 @@ def train(run: Run, writers: Writers) -> int:
             while run.step < run.total_steps:
                 epoch, position = divmod(run.step, run.steps_per_epoch)
                 run.batches.set_position(epoch, position)
-                run.loader.dataset.set_epoch(epoch)
                 tick = time.perf_counter()
                 for raw in run.loader:
                     stage = run.step // run.stage_steps + 1
@@ -431,13 +428,13 @@ def train(run: Run, writers: Writers) -> int:
                             writers.metrics(record)
                         progress.update(run.step, record)
                     evaluating = t["eval_every"] and run.step % t["eval_every"] == 0 and run.step < run.total_steps
+                    improved = False
                     if evaluating:
                         result = evaluate(run, writers, progress, final=False)
                         if result["score"] > run.best_score:
-                            run.best_score = result["score"]
-                            run.save("best.pt")
+                            run.best_score, improved = result["score"], True
                     if evaluating or (t["checkpoint_every"] and run.step % t["checkpoint_every"] == 0):
-                        run.save()
+                        run.save(*(("best.pt",) if improved else ()), "last.pt")
                     stopping = distributed.all_agree(stop.requested, run.device)  # every rank stops at one step
                     if stopping or run.step >= run.total_steps:
                         break
@@ -460,8 +457,7 @@ def train(run: Run, writers: Writers) -> int:
     result = evaluate(run, writers, None, final=True)
     if result["score"] > run.best_score:
         run.best_score = result["score"]
-        run.save("best.pt")
-        run.save()  # with the new best score: a resumed run must not replace best.pt by a worse network
+        run.save("best.pt", "last.pt")  # last.pt with the new best score: a resume keeps best.pt
     if run.ctx.is_main:
         ckpt_io.write_text_atomic(run.out / "results.json", results_json(run, result))
     writers.log(f"done: {run.step} steps; results in {run.out / 'results.json'}")

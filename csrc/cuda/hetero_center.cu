@@ -75,8 +75,7 @@ centers_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ o
 #pragma unroll
     for (int q = 0; q < 5; ++q) out[q] = partial[q][0];
     const acc_t dist = metric == kCosine
-        ? acc_t(1) - partial[1][0] / (hd_max(sqrt(partial[2][0]), acc_t(kCosineEps)) *
-                                      hd_max(sqrt(partial[3][0]), acc_t(kCosineEps)))
+        ? distance_from_dot(partial[1][0], partial[2][0], partial[3][0], kCosine, acc_t(0))
         : partial[0][0];
     hinge[s * n + k] = (n_vis > 0 && n_ir > 0) ? hd_max(dist + partial[4][0] - margin, acc_t(0)) : acc_t(0);
     if (s == 0) {
@@ -112,8 +111,8 @@ centers_bwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ s
   if (metric == kCosine) {
     const acc_t* st = stats + sk * 5;
     const acc_t norm_m = sqrt(st[2 + m]);
-    const acc_t inv_m = acc_t(1) / hd_max(norm_m, acc_t(kCosineEps));
-    const acc_t inv_o = acc_t(1) / hd_max(sqrt(st[3 - m]), acc_t(kCosineEps));
+    const acc_t inv_m = inverse_norm(st[2 + m]);
+    const acc_t inv_o = inverse_norm(st[3 - m]);
     own = norm_m > acc_t(kCosineEps) ? st[1] * inv_m * inv_o * inv_m * inv_m : acc_t(0);
     other = inv_m * inv_o;
   }

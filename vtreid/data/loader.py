@@ -27,20 +27,18 @@ def augmentation_seed(*key: int) -> int:
 
 class ReIDDataset(Dataset):
     def __init__(self, records: list[Record], transform: Transform, seed: int = 0):
-        self.records, self.transform, self.seed, self.epoch = records, transform, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.records, self.transform, self.seed = records, transform, seed
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, key) -> dict:
-        """``key``: a record index, or a training draw (index, epoch, step, slot) from ``EpochBatches``."""
+        """``key``: a record index (seeded as epoch 0), or a training draw (index, epoch, step, slot) from
+        ``EpochBatches``, which carries its own epoch."""
         if isinstance(key, tuple):
             index, seed = key[0], augmentation_seed(self.seed, *key[1:], key[0])
         else:
-            index, seed = key, augmentation_seed(self.seed, self.epoch, key)
+            index, seed = key, augmentation_seed(self.seed, 0, key)
         r = self.records[index]
         generator = torch.Generator().manual_seed(seed)
         image = self.transform(load_image(r.path, r.modality), generator)

@@ -192,10 +192,10 @@ def all_agree(flag: bool, device: torch.device) -> bool:
 
 def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
     """``t`` averaged over the ranks (a NaN on one rank is NaN on every rank); one process: ``t``. The loss
-    terms a step logs: a rank's mean over its rows, averaged, is the mean over the global batch."""
+    terms a step logs: a rank's mean over its rows, averaged, is the mean over the global batch. Sums into
+    ``t`` itself (no copy): pass a tensor of your own."""
     if world_size() == 1:
         return t
-    t = t.clone()
     dist.all_reduce(t)
     return t / world_size()
 
