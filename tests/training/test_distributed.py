@@ -141,6 +141,32 @@ def test_ddp_step_with_global_mining_equals_one_process_with_the_global_batch(me
         torch.testing.assert_close(ddp_terms[name], value.detach(), rtol=1e-5, atol=1e-6, msg=lambda s: f"{name}: {s}")
 
 
+@pytest.mark.parametrize("method, overrides, summed", [
+    ("hsme", ("variant=[sum]",), {"kl_visible", "kl_thermal", "intra", "cross"}),
+    ("hc", (), {"hc"}),
+])
+def test_ddp_step_mining_within_ranks_sums_the_summed_terms_over_the_ranks(method, overrides, summed, tmp_path):
+    """train.global_mining=false: each rank mines its own rows, and the step is that of the global batch's
+    loss: the summed terms (sums over the batch) add up over the ranks, the averaged ones average. Before the
+    fix, a summed ranking or centre term had 1/2 of its weight on two ranks (DDP averages the gradients)."""
+    overrides = (*overrides, "train.global_mining=false")
+    spawn(ddp_step, method, overrides, str(tmp_path / "grads.pt"))
+    saved = torch.load(tmp_path / "grads.pt")
+    ddp_grads, ddp_terms = saved["grads"], saved["terms"]
+    m, model = model_and_method(method, *overrides)
+    per_rank = [m.objective(model, part(method, lambda labels: (labels // 2) == rank)) for rank in (0, 1)]
+    assert summed < per_rank[0].keys() and summed != set(per_rank[0])
+    weight = {name: 1.0 if name in summed else 0.5 for name in per_rank[0]}
+    sum(weight[name] * value for terms in per_rank for name, value in terms.items()).backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads.keys() == ddp_grads.keys() and len(grads) > 10
+    for name in grads:
+        torch.testing.assert_close(ddp_grads[name], grads[name], rtol=1e-4, atol=1e-6, msg=lambda s: f"{name}: {s}")
+    for name, w in weight.items():
+        expected = w * (per_rank[0][name] + per_rank[1][name]).detach()
+        torch.testing.assert_close(ddp_terms[name], expected, rtol=1e-5, atol=1e-6, msg=lambda s: f"{name}: {s}")
+
+
 # -- HSME per_stream (two optimisers, no DDP): the same gradients as one process with the global batch --
 def per_stream_step(rank, world, port, out):
     torchrun_env(rank, world, port)

@@ -92,6 +92,12 @@ class Method:
         ranks (and the logged terms, averaged likewise) are then those of the sum over the global batch."""
         return term * num_ranks()
 
+    def global_rows_sum(self, term: torch.Tensor) -> torch.Tensor:
+        """A sum over the rows ``global_rows`` returned: already the global batch's when those are every
+        rank's; this rank's only under train.global_mining=false, then scaled as ``rank_sum``. Without it a
+        summed batch-level term would weigh 1/N of the other terms on N ranks."""
+        return term if self.cfg["train"]["global_mining"] else self.rank_sum(term)
+
     def steps_per_epoch(self, records, sampler) -> int:
         """Batches in one epoch; by default one pass of the sampler over the identities."""
         return len(sampler)

@@ -62,7 +62,8 @@ class HeteroCenter(Method):
         hc = ops.hetero_center_loss(stripes.flatten(0, 1), labels, modality.repeat(parts),
                                     margin=self.loss_cfg["margin"], metric=self.loss_cfg["metric"],
                                     strong=self.loss_cfg["strong"], reduction="sum")
-        return {"id": identity_loss(out["logits"], batch.labels), "hc": self.loss_cfg["weight"] * hc}
+        return {"id": identity_loss(out["logits"], batch.labels),
+                "hc": self.loss_cfg["weight"] * self.global_rows_sum(hc)}
 
 
 class HeteroCenterBaseline(HeteroCenter):

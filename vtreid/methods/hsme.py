@@ -51,8 +51,11 @@ class HSME(Method):
         detach, reduction = self.loss_cfg["detach_kl_target"], self.loss_cfg["reduction"]
         ranking = reciprocal_ranking_loss(*self.global_rows(embedding, batch.labels, batch.modality),
                                           margin=self.loss_cfg["margin"], reduction=reduction)
-        # the KL terms read this rank's pairs only: their sum is scaled to the global batch's (rank_sum)
-        global_sum = self.rank_sum if reduction == "sum" else (lambda term: term)
+        # sums are scaled to the global batch's: the KL terms read this rank's pairs only (rank_sum), the
+        # ranking terms every rank's unless train.global_mining=false (global_rows_sum)
+        summed = reduction == "sum"
+        global_sum = self.rank_sum if summed else (lambda term: term)
+        ranking_sum = self.global_rows_sum if summed else (lambda term: term)
         return {
             "id_visible": identity_loss(logits[:b], batch.labels[:b]),
             "kl_visible": global_sum(prediction_kl(logits[b:], logits[:b], detach_target=detach,  # KL(p2 || p1)
@@ -60,8 +63,8 @@ class HSME(Method):
             "id_thermal": identity_loss(logits[b:], batch.labels[b:]),
             "kl_thermal": global_sum(prediction_kl(logits[:b], logits[b:], detach_target=detach,  # KL(p1 || p2)
                                                    reduction=reduction)),
-            "intra": ranking.intra,
-            "cross": ranking.cross,
+            "intra": ranking_sum(ranking.intra),
+            "cross": ranking_sum(ranking.cross),
         }
 
     # -- the per-stream variant: two optimisers --------------------------------------------------
