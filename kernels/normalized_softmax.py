@@ -23,16 +23,18 @@ No N x C logits exist. The split count S = splits_for(row blocks, T, SMs) gives 
 FWD_SPLITS (module attribute) or the ``splits`` keyword forces it (tests).
 
 Backward, with G_ic = g_i (p_ic - t_ic) (t the smoothed one-hot target):
-    grad_x_i = s r_i sum_c (G_ic q_c) w_c - [|x_i| > eps] r_i^2 (sum_c G_ic z_ic) x_i,   sum_c G z = g (E_p[z] - T)
-    grad_w_c = s sum_i (G_ic q_c) (r_i x_i) - [|w_c| > eps] q_c^2 (sum_i G_ic z_ic) w_c
+    grad_x_i = s sum_c (G_ic r_i q_c) w_c - [|x_i| > eps] r_i^2 (sum_c G_ic z_ic) x_i,   sum_c G z = g (E_p[z] - T)
+    grad_w_c = s sum_i (G_ic r_i q_c) x_i - [|w_c| > eps] q_c^2 (sum_i G_ic z_ic) w_c
 three GEMM-equivalents: the grad kernel, on a (class tiles, row splits) grid, recomputes (or reads) its
-logits and writes Gq = G q (the only N x C-shaped buffer, capped in size by processing rows in chunks)
-and per row split the partial column sums sum_i G_ic z_ic (summed over splits afterwards, in a fixed
-order); then grad_x = Gq W and grad_w = Gq^T x_unit. For float32 and bfloat16 those are cuBLAS GEMMs in
-the input dtype. float16 cannot hold Gq (the small probabilities of a large C flush to zero), so Gq
-stays float32 and _gq_mm_kernel multiplies it with W read in float16 (exact in TF32), fusing the
-epilogue (scales and the - coef * w term) and writing the float16 gradient: no float32 copy of W and no
-float32 [C, D] gradient.
+logits and writes Gq = G r q (the only N x C-shaped buffer, capped in size by processing rows in chunks)
+and per row split the partial column sums sum_i G_ic z_ic; then grad_x = s Gq W and grad_w = s Gq^T x,
+each finished by an epilogue (_nce_epilogue_kernel) that computes its projection coefficient where it
+is used (_projection_coef: from the row statistics, or the partial column sums added in split order).
+No other elementwise launch: eager glue there cost ~45 aten calls per backward, host time that bounded
+the small training shapes. For float32 and bfloat16 the GEMMs are cuBLAS in the input dtype. float16
+cannot hold Gq (the small probabilities of a large C flush to zero), so Gq stays float32 and
+_gq_mm_kernel multiplies it with W or x read in float16 (exact in TF32), its epilogue fused, writing the
+float16 gradient: no float32 copy of W or x and no float32 [C, D] gradient.
 
 With SAVE_DOTS (the caller asks for it when C is small, see vtreid.ops.normalized_softmax) the forward
 also writes the raw x.W^T tiles to DOTS [N, C] and the backward reads them instead of recomputing.
@@ -106,6 +108,8 @@ COMBINE_BLOCK = 128
 MM_META = {"BLOCK_M": 32, "BLOCK_K": 32, "BLOCK_D": 64} if not INTERPRET else \
     {"BLOCK_M": 32, "BLOCK_K": 64, "BLOCK_D": 64}
 MM_WARPS, MM_STAGES = 8, 3
+#: Tiles of _nce_epilogue_kernel (elementwise; 16 x 16 = 256 programs for grad_x at N = 256, D = 2048).
+EPILOGUE_META = {"BLOCK_M": 16, "BLOCK_D": 128}
 
 
 def _forced(value, limit: int) -> int:
@@ -249,7 +253,7 @@ def _nce_grad_kernel(
     scale, smoothing, N_BUCKET, C_BUCKET, D_BUCKET,
     SAVE_DOTS: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """Gq[i, c] = g_i (p_ic - t_ic) q_c for the rows of this row split; COL_PART[split, c] = the split's
+    """Gq[i, c] = g_i (p_ic - t_ic) r_i q_c for the rows of this row split; COL_PART[split, c] = the split's
     sum_i G_ic z_ic (written, never accumulated: autotuning may rerun it on the live buffers)."""
     pid_c = tl.program_id(0)
     pid_s = tl.program_id(1)
@@ -270,8 +274,8 @@ def _nce_grad_kernel(
         else:
             dot = dot_tile(X, W, rn, rc, mask_n, mask_c, D, stride_xn, stride_xd, stride_wc, stride_wd,
                             IEEE, BLOCK_N, BLOCK_C, BLOCK_D)
-        xsq = tl.load(XSQ + rn, mask=mask_n, other=1.0)
-        z = scale * dot * inverse_norm(xsq)[:, None] * inv_w[None, :]
+        inv_x = inverse_norm(tl.load(XSQ + rn, mask=mask_n, other=1.0))
+        z = scale * dot * inv_x[:, None] * inv_w[None, :]
         lse = tl.load(LSE + rn, mask=mask_n, other=0.0)
         g = tl.load(G_ROW + rn, mask=mask_n, other=0.0)
         y = tl.load(TARGET + rn, mask=mask_n, other=-1)
@@ -280,21 +284,70 @@ def _nce_grad_kernel(
         grad = tl.where(live, g[:, None] * (tl.exp(z - lse[:, None]) - target), 0.0)
         # dead entries' z is garbage (rows past N and classes past C read row 0, maybe non-finite): 0 * NaN
         col_gz += tl.sum(tl.where(live, grad * z, 0.0), axis=0)
-        tl.store(GQ + rn.to(tl.int64)[:, None] * stride_gn + rc[None, :], (grad * inv_w[None, :]).to(GQ.dtype.element_ty),
-                 mask=live)
+        gq = grad * inv_x[:, None] * inv_w[None, :]
+        tl.store(GQ + rn.to(tl.int64)[:, None] * stride_gn + rc[None, :], gq.to(GQ.dtype.element_ty), mask=live)
     tl.store(COL_PART + pid_s.to(tl.int64) * C + rc, col_gz, mask=mask_c)
 
 
 @triton.jit
+def _projection_coef(NSQ, G_ROW, EZ, TZ, COL_PART, n_parts, stride_part, rm, mask_m, FROM_PARTS: tl.constexpr):
+    """[|v_m| > eps] r_m^2 sum G z for rows v_m (r_m = 1 / max(|v_m|, eps), from the squared norms NSQ): the
+    coefficient of v_m in its gradient's projection term. For x rows sum_c G_ic z_ic = g_i (E_p[z] - T_i);
+    for W rows (FROM_PARTS) the grad kernel's n_parts partial column sums, added in split order."""
+    nsq = tl.load(NSQ + rm, mask=mask_m, other=1.0)
+    if FROM_PARTS:
+        gz = tl.zeros(rm.shape, dtype=tl.float32)
+        part = COL_PART + rm  # pointers step by stride_part: 64-bit offsets without 64-bit loop counters
+        for _ in range(0, n_parts):
+            gz += tl.load(part, mask=mask_m, other=0.0)
+            part += stride_part
+    else:
+        gz = tl.load(G_ROW + rm, mask=mask_m, other=0.0) * (
+            tl.load(EZ + rm, mask=mask_m, other=0.0) - tl.load(TZ + rm, mask=mask_m, other=0.0))
+    inv = inverse_norm(nsq)
+    # a product, not tl.where: a NaN norm keeps its row NaN, as eager's bool * coefficient does
+    return (tl.sqrt_rn(nsq) > 1e-12).to(tl.float32) * inv * inv * gz
+
+
+# The partial-sum count and stride are 0 in the launches that read no partial sums: left unspecialized,
+# both launches share one compile instead of two that differ in an unread argument.
+_COEF_UNSPECIALIZED = ("n_parts", "stride_part")
+
+
+@triton.jit(do_not_specialize=_COEF_UNSPECIALIZED)
+def _nce_epilogue_kernel(
+    IN, E, OUT, NSQ, G_ROW, EZ, TZ, COL_PART, n_parts, stride_part,
+    M, D, stride_im, stride_em, stride_ed, stride_om, scale,
+    FROM_PARTS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """OUT[m, d] = scale IN[m, d] - coef_m E[m, d] (coef: _projection_coef), OUT in its own dtype: the
+    gradient from the GEMM product IN (Gq W or Gq^T x, unit feature stride) and the features E. OUT may
+    be IN (each element is read before it is written, by the same program)."""
+    pid = tl.program_id(0)
+    tiles_d = tl.cdiv(D, BLOCK_D)
+    rm = (pid // tiles_d) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rd = (pid % tiles_d) * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_m = rm < M
+    mask = mask_m[:, None] & (rd < D)[None, :]
+    rm64 = rm.to(tl.int64)
+    coef = _projection_coef(NSQ, G_ROW, EZ, TZ, COL_PART, n_parts, stride_part, rm, mask_m, FROM_PARTS)
+    product = tl.load(IN + rm64[:, None] * stride_im + rd[None, :], mask=mask, other=0.0).to(tl.float32)
+    e = tl.load(E + rm64[:, None] * stride_em + rd.to(tl.int64)[None, :] * stride_ed, mask=mask,
+                other=0.0).to(tl.float32)
+    out = scale * product - coef[:, None] * e
+    tl.store(OUT + rm64[:, None] * stride_om + rd[None, :], out.to(OUT.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=_COEF_UNSPECIALIZED)
 def _gq_mm_kernel(
-    A, B, E, ROW_SCALE, ROW_COEF, OUT,
-    M, K, D, stride_am, stride_ak, stride_bk, stride_bd, stride_em, stride_ed, stride_om, stride_od,
-    scale,
-    HAS_ROW_SCALE: tl.constexpr, ACCUMULATE: tl.constexpr, HAS_E: tl.constexpr,
+    A, B, E, OUT, NSQ, G_ROW, EZ, TZ, COL_PART, n_parts, stride_part,
+    M, K, D, stride_am, stride_ak, stride_bk, stride_bd, stride_em, stride_ed, stride_om,
+    stride_od, scale,
+    ACCUMULATE: tl.constexpr, HAS_E: tl.constexpr, FROM_PARTS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """OUT[m, d] = (OUT[m, d] if ACCUMULATE) + scale (ROW_SCALE[m]) sum_k A[m, k] B[k, d]
-    (- ROW_COEF[m] E[m, d] if HAS_E), A float32 (Gq or its transpose), B and E read in their own dtype.
+    """OUT[m, d] = (OUT[m, d] if ACCUMULATE) + scale sum_k A[m, k] B[k, d] (- coef_m E[m, d] if HAS_E,
+    coef: _projection_coef), A float32 (Gq or its transpose), B and E read in their own dtype.
 
     float16 B converts to float32 exactly and is multiplied in TF32 (10 mantissa bits, as float16 has):
     the float16 path's GEMMs without a float32 copy of W. One program per [BLOCK_M, BLOCK_D] tile, K in
@@ -317,42 +370,66 @@ def _gq_mm_kernel(
                     other=0.0).to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision="tf32")
     acc = acc * scale
-    if HAS_ROW_SCALE:
-        acc = acc * tl.load(ROW_SCALE + rm, mask=mask_m, other=0.0)[:, None]
     mask = mask_m[:, None] & mask_d[None, :]
     out = OUT + rm64[:, None] * stride_om + rd64[None, :] * stride_od
     if ACCUMULATE:
         acc += tl.load(out, mask=mask, other=0.0).to(tl.float32)
     if HAS_E:
         e = tl.load(E + rm64[:, None] * stride_em + rd64[None, :] * stride_ed, mask=mask, other=0.0).to(tl.float32)
-        acc -= tl.load(ROW_COEF + rm, mask=mask_m, other=0.0)[:, None] * e
+        coef = _projection_coef(NSQ, G_ROW, EZ, TZ, COL_PART, n_parts, stride_part, rm, mask_m, FROM_PARTS)
+        acc -= coef[:, None] * e
     tl.store(out, acc.to(OUT.dtype.element_ty), mask=mask)
 
 
 _nce_fwd_kernel.dtype_configs = _FWD_BY_DTYPE
 _nce_grad_kernel.dtype_configs = _GRAD_BY_DTYPE
 _gq_mm_kernel.launch_options = {"num_warps": MM_WARPS, "num_stages": MM_STAGES}  # for scripts/compile_triton.py
+_gq_mm_kernel.unspecialized = _nce_epilogue_kernel.unspecialized = _COEF_UNSPECIALIZED  # for tests/kernels
 
 
 def mm_grid(m: int, d: int, meta: dict) -> tuple[int]:
-    """Grid of _gq_mm_kernel: one program per [BLOCK_M, BLOCK_D] tile of the [m, d] output."""
+    """Grid of _gq_mm_kernel and _nce_epilogue_kernel: one program per [BLOCK_M, BLOCK_D] tile of the
+    [m, d] output."""
     return (cdiv(m, meta["BLOCK_M"]) * cdiv(d, meta["BLOCK_D"]),)
 
 
-def _gq_mm(a, b, out, scale, row_scale=None, e=None, row_coef=None, accumulate=False):
+def row_coefficients(xsq, grad_row, ez, tz):
+    """The coefficient arguments of the epilogues (NSQ ... stride_part, FROM_PARTS) for x rows."""
+    return (xsq, grad_row, ez, tz, xsq, 0, 0), False
+
+
+def column_coefficients(wsq, col_part, parts: int):
+    """... for W rows: their norms and the first ``parts`` rows of the partial column sums."""
+    return (wsq, wsq, wsq, wsq, col_part, parts, col_part.stride(0)), True
+
+
+def _gq_mm(a, b, out, scale, e=None, coefficients=None, accumulate=False):
     m, k = a.shape
     d = b.shape[1]
     if m == 0 or d == 0:
         return
+    coef, from_parts = coefficients or ((out, out, out, out, out, 0, 0), False)  # unread without e
 
     def grid(meta):
         return mm_grid(m, d, meta)
-    _gq_mm_kernel[grid](a, b, e if e is not None else b, row_scale if row_scale is not None else out,
-                        row_coef if row_coef is not None else out, out, m, k, d, a.stride(0), a.stride(1),
-                        b.stride(0), b.stride(1), e.stride(0) if e is not None else 0,
+    _gq_mm_kernel[grid](a, b, e if e is not None else b, out, *coef, m, k, d,
+                        a.stride(0), a.stride(1), b.stride(0), b.stride(1), e.stride(0) if e is not None else 0,
                         e.stride(1) if e is not None else 0, out.stride(0), out.stride(1), float(scale),
-                        HAS_ROW_SCALE=row_scale is not None, ACCUMULATE=accumulate, HAS_E=e is not None,
+                        ACCUMULATE=accumulate, HAS_E=e is not None, FROM_PARTS=from_parts,
                         num_warps=MM_WARPS, num_stages=MM_STAGES, **MM_META)
+
+
+def _epilogue(product, e, out, scale, coefficients):
+    """out = scale * product - coef * e (_nce_epilogue_kernel); out may be product."""
+    m, d = product.shape
+    if m and d:
+        coef, from_parts = coefficients
+
+        def grid(meta):
+            return mm_grid(m, d, meta)
+        _nce_epilogue_kernel[grid](product, e, out, *coef, m, d, product.stride(0), e.stride(0), e.stride(1),
+                                   out.stride(0), float(scale), FROM_PARTS=from_parts, **EPILOGUE_META)
+    return out
 
 
 @on_device_of("x")
@@ -400,69 +477,71 @@ def cross_entropy_backward(grad_row, x, weight, target, lse, ez, tz, xsq, wsq, d
                            smoothing: float, splits: int | None = None):
     """(grad_x, grad_weight) for per-row upstream gradients grad_row [N] (float32); dots as the forward
     returned it (reused when [N, C], recomputed when empty). ``splits`` (default GRAD_SPLITS) forces the
-    grad kernel's row-split count."""
+    grad kernel's row-split count.
+
+    Launches per row chunk: the grad kernel and the two GEMMs; plus one epilogue per gradient for
+    float32 and bfloat16 (float16: fused into _gq_mm_kernel). No other elementwise work: r_i is folded
+    into Gq and the projection coefficients are computed where they are used (_projection_coef)."""
     n, d = x.shape
     c = weight.shape[0]
     splits = GRAD_SPLITS if splits is None else splits
     sms = num_sms(x.device)
     gdt = gradient_dtype(x.dtype)
     half = x.dtype == torch.float16  # Gq float32 against float16 operands: _gq_mm_kernel
-    inv_x = 1.0 / xsq.sqrt().clamp_min(1e-12)
-    inv_w = 1.0 / wsq.sqrt().clamp_min(1e-12)
-    x_unit = (x.float() * inv_x[:, None]).to(gdt)
-    row_gz = grad_row * (ez - tz)
-    row_coef = (xsq.sqrt() > 1e-12) * inv_x * inv_x * row_gz
-    grad_x = torch.empty((n, d), device=x.device, dtype=x.dtype if half else torch.float32)
-    col_gz = torch.zeros(c, device=x.device, dtype=torch.float32)
     save_dots = dots.dim() == 2
     rows = max(1, MAX_CHUNK_ELEMENTS // max(c, 1))
     chunks = [(r0, min(n, r0 + rows)) for r0 in range(0, n, rows)]
-    grad_w = None
+    if not chunks:
+        return torch.empty((0, d), device=x.device, dtype=x.dtype), \
+            torch.zeros((c, d), device=x.device, dtype=weight.dtype)
+    one = len(chunks) == 1
+    most = [most_splits(grad_grid, _nce_grad_kernel, _GRAD_CONFIGS, r1 - r0, c, sms=sms, splits=splits)
+            for r0, r1 in chunks]
+    # one buffer of partial column sums for every chunk: zero-filled when several chunks leave rows unused
+    col_part = (torch.empty if one else torch.zeros)((sum(most), c), device=x.device, dtype=torch.float32)
+    grad_x = None if one and not half else torch.empty((n, d), device=x.device, dtype=x.dtype)
+    acc_w = None
+    first = 0
     for index, (r0, r1) in enumerate(chunks):
         last = index == len(chunks) - 1
+        rows_of = (lambda t: t) if one else (lambda t: t[r0:r1])  # one chunk: no slicing views to make
         gq = torch.empty((r1 - r0, c), device=x.device, dtype=gdt)
-        most = most_splits(grad_grid, _nce_grad_kernel, _GRAD_CONFIGS, r1 - r0, c, sms=sms, splits=splits)
-        col_part = torch.empty((most, c), device=x.device, dtype=torch.float32)
+        part = col_part if one else col_part[first:first + most[index]]
         launched = {}
 
         def grid(meta):
             launched["grid"] = grad_grid(r1 - r0, c, meta, sms, splits)
             return launched["grid"]
 
-        xs = x[r0:r1]
-        _nce_grad_kernel[grid](xs, weight, target[r0:r1], lse[r0:r1], grad_row[r0:r1], xsq[r0:r1], wsq,
-                               dots[r0:r1] if save_dots else dots, gq, col_part,
+        xs = rows_of(x)
+        _nce_grad_kernel[grid](xs, weight, rows_of(target), rows_of(lse), rows_of(grad_row), rows_of(xsq), wsq,
+                               rows_of(dots) if save_dots else dots, gq, part,
                                r1 - r0, c, d, xs.stride(0), xs.stride(1), weight.stride(0), weight.stride(1),
                                gq.stride(0), float(scale), float(smoothing), bucket(r1 - r0), bucket(c), bucket(d),
                                SAVE_DOTS=save_dots, IEEE=x.dtype == torch.float32)
-        used = launched.get("grid", (1, most))[1]
-        col_gz += col_part[0] if used == 1 else col_part[:used].sum(0)
+        used = launched.get("grid", (1, most[index]))[1] if one else sum(most)
+        first += most[index]
+        x_rows = row_coefficients(rows_of(xsq), rows_of(grad_row), rows_of(ez), rows_of(tz))
         if half:
-            _gq_mm(gq, weight, grad_x[r0:r1], scale, row_scale=inv_x[r0:r1], e=x[r0:r1], row_coef=row_coef[r0:r1])
-            if grad_w is None:
-                grad_w = torch.empty((c, d), device=x.device, dtype=weight.dtype if last else torch.float32)
-            if last:
-                col_coef = (wsq.sqrt() > 1e-12) * inv_w * inv_w * col_gz
-                _gq_mm(gq.T, x_unit[r0:r1], grad_w, scale, e=weight, row_coef=col_coef, accumulate=index > 0)
-                if index > 0:  # the float32 accumulator of earlier chunks, finished in place
-                    grad_w = grad_w.to(weight.dtype)
-            else:
-                _gq_mm(gq.T, x_unit[r0:r1], grad_w, scale, accumulate=index > 0)
+            _gq_mm(gq, weight, rows_of(grad_x), scale, e=xs, coefficients=x_rows)
+            if acc_w is None:
+                acc_w = torch.empty((c, d), device=x.device, dtype=weight.dtype if one else torch.float32)
+            _gq_mm(gq.t(), xs, acc_w, scale, e=weight if last else None, accumulate=index > 0,
+                   coefficients=column_coefficients(wsq, col_part, used))
             continue
-        grad_x[r0:r1] = torch.mm(gq, weight).float() * (scale * inv_x[r0:r1, None])
-        chunk_w = torch.mm(gq.T, x_unit[r0:r1])
-        if grad_w is None:
-            grad_w = chunk_w if last else chunk_w.float()  # several chunks accumulate in float32
+        product = torch.mm(gq, weight)
+        if grad_x is None:  # one chunk: the product becomes the gradient in place
+            grad_x = _epilogue(product, xs, product, scale, x_rows)
         else:
-            grad_w += chunk_w
+            _epilogue(product, xs, grad_x[r0:r1], scale, x_rows)
+        chunk_w = torch.mm(gq.t(), xs)
+        if acc_w is None:
+            acc_w = chunk_w if one else chunk_w.float()  # several chunks accumulate in float32
+        else:
+            acc_w += chunk_w
     if half:
-        if grad_w is None:  # no rows
-            grad_w = torch.zeros((c, d), device=x.device, dtype=weight.dtype)
-        return grad_x, grad_w
-    if grad_w is None:  # no rows
-        grad_w = torch.zeros((c, d), device=x.device, dtype=gdt)
-    grad_x -= row_coef[:, None] * x.float()
-    col_coef = ((wsq.sqrt() > 1e-12) * inv_w * inv_w * col_gz)[:, None]
-    # mixed-dtype addcmul: W is read in its dtype, never copied to grad_w's
-    grad_w.mul_(scale).addcmul_(col_coef.to(grad_w.dtype), weight, value=-1)
-    return grad_x.to(x.dtype), grad_w.to(weight.dtype)
+        return grad_x, acc_w if one else acc_w.to(weight.dtype)
+    # mixed dtypes: W is read in its dtype, never copied to the product's
+    grad_w = _epilogue(acc_w, weight, acc_w if one else torch.empty((c, d), device=x.device, dtype=weight.dtype),
+                       scale, column_coefficients(wsq, col_part, used))
+    return grad_x, grad_w

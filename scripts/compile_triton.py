@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024, 90: 227 * 1024, 100: 227 * 1024,
                 103: 227 * 1024, 120: 99 * 1024, 121: 99 * 1024}
 FLOAT_DTYPES = ("fp32", "fp16", "bf16")
-FEATURE_PTRS = {"X", "Y", "A", "B", "C", "W", "OUT", "GRAD_A", "GRAD_X", "POS_OUT", "NEG_OUT", "GP", "GN"}
+FEATURE_PTRS = {"X", "Y", "A", "B", "C", "E", "IN", "W", "OUT", "GRAD_A", "GRAD_X", "POS_OUT", "NEG_OUT", "GP", "GN"}
 I64_PTRS = {"AL", "CL", "TARGET", "ORDER", "SEG", "SLOT", "POS_I", "NEG_I", "PI", "NI", "COUNTS"}
 I32_PTRS = {"AM", "CM", "MOD"}
 FLOAT_SCALARS = {"tau", "scale", "smoothing", "margin"}
@@ -77,8 +77,9 @@ VARIANTS = {
                             "BLOCK_D": (1, 32, 256)},
     "_nce_fwd_kernel": {"SAVE_DOTS": (False, True)},
     "_nce_combine_kernel": {"BLOCK_R": (128,)},
-    "_gq_mm_kernel": {"HAS_ROW_SCALE": (False, True), "ACCUMULATE": (False, True), "HAS_E": (True, False),
+    "_gq_mm_kernel": {"ACCUMULATE": (False, True), "HAS_E": (True, False), "FROM_PARTS": (False, True),
                       "BLOCK_M": (32,), "BLOCK_K": (32,), "BLOCK_D": (64,)},
+    "_nce_epilogue_kernel": {"FROM_PARTS": (False, True), "BLOCK_M": (16,), "BLOCK_D": (128,)},
     "_nce_grad_kernel": {"SAVE_DOTS": (False, True)},
 }
 
@@ -119,6 +120,8 @@ LAUNCH_SPECS = {
     # A = Gq^T (unit row stride), B = x [N, D]; E and OUT [M, D]
     "_gq_mm_kernel": {"contiguous": (("stride_ak", "stride_bd", "stride_ed", "stride_od"), _GQ_ALIGNED),
                       "contiguous-t": (("stride_am", "stride_bd", "stride_ed", "stride_od"), _GQ_ALIGNED)},
+    # IN (a GEMM product) and OUT are contiguous rows; E is x or W
+    "_nce_epilogue_kernel": {"contiguous": (("stride_ed",), ("stride_im", "stride_em", "stride_om", "D"))},
 }
 STRIDED = "strided"
 

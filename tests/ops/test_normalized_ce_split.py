@@ -265,3 +265,5 @@ def test_mm_grid_fills_one_wave():
     meta = {"BLOCK_M": 32, "BLOCK_D": 64}
     assert k.mm_grid(256, 2048, meta)[0] >= _launch.WAVE_SMS  # grad_x
     assert k.mm_grid(395, 2048, meta)[0] >= _launch.WAVE_SMS  # grad_w
+    for rows in (256, 395):  # the epilogues of grad_x and grad_w
+        assert k.mm_grid(rows, 2048, k.EPILOGUE_META)[0] >= _launch.WAVE_SMS
