@@ -13,6 +13,18 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """vtreid's cache (synthetic data, verified-listing stamps) in the session's temporary folder, never
+    the user's ~/.cache/vtreid; tests that need their own set VTREID_CACHE themselves."""
+    if "VTREID_CACHE" not in os.environ:
+        os.environ["VTREID_CACHE"] = str(tmp_path_factory.getbasetemp() / "vtreid-cache")
+        yield
+        del os.environ["VTREID_CACHE"]
+    else:
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _seed_per_test(request):
     """Fresh random inputs per test, reproducible from the test's id."""

@@ -108,6 +108,42 @@ def test_check_decodes_every_image_and_reports_empty_identity_folders(sysu_root,
     assert f"decoding images: {total}/{total} (100%" in captured.err
 
 
+def test_a_verified_listing_is_not_decoded_again(sysu_root, regdb_root, tmp_path, monkeypatch):
+    """A training start skips decoding a listing that decoded cleanly before (a stamp in the cache named by
+    every image's path, size and mtime); the check command always decodes; a changed image is decoded
+    again and reported; a listing with a problem leaves no stamp; an unwritable cache only costs decodes."""
+    from vtreid.data import verify
+    monkeypatch.setenv("VTREID_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "sysu"
+    shutil.copytree(sysu_root, root)
+    decoded = []
+    real = verify.decode_problem
+    monkeypatch.setattr(verify, "decode_problem", lambda path: decoded.append(path) or real(path))
+    total = sum(1 for _ in root.glob("cam*/*/*.jpg"))
+
+    def decodes(**kwargs):
+        decoded.clear()
+        problems = sysu.check(root, **kwargs)
+        return len(decoded), problems
+    assert decodes(reuse_verified=True) == (total, [])
+    assert decodes(reuse_verified=True) == (0, [])
+    assert decodes() == (total, [])                                     # python -m vtreid.data check
+    image = next(root.glob("cam3/*/*.jpg"))
+    image.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    for _ in range(2):                                                  # no stamp for a listing with a problem
+        count, problems = decodes(reuse_verified=True)
+        assert count == total and len(problems) == 1 and str(image) in problems[0]
+    image.unlink()                                                      # a removed image: another listing
+    assert decodes(reuse_verified=True)[0] == total - 1
+    assert regdb.check(regdb_root, reuse_verified=True) == [] and decoded
+    decoded.clear()
+    assert regdb.check(regdb_root, reuse_verified=True) == [] and not decoded
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("VTREID_CACHE", str(blocked))
+    assert regdb.check(regdb_root, reuse_verified=True) == [] and decoded
+
+
 def test_check_reports_identities_missing_a_modality_and_bad_regdb_images(regdb_root, tmp_path):
     broken = tmp_path / "regdb"
     shutil.copytree(regdb_root, broken)

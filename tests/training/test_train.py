@@ -230,3 +230,21 @@ def test_resuming_with_a_changed_method_or_model_is_an_error(tmp_path, capsys):
                        "train.workers=0", "model.arch=resnet_tiny", f"dataset.root={tmp_path}"]) == 0
     assert train.main(["--resume", "--out", str(tmp_path / "absent")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_a_second_start_does_not_decode_the_dataset_again(tmp_path, monkeypatch):
+    """The start-up check decodes the dataset's images once; later starts (and resumes) reuse the stamp of
+    the verified listing (vtreid.data.verify), so they begin training at once."""
+    from vtreid.data import verify
+    from vtreid.methods import VARIANTS
+    from vtreid.training.config import resolve
+    from vtreid.training.data import load_split
+    monkeypatch.setenv("VTREID_CACHE", str(tmp_path / "cache"))
+    decoded = []
+    real = verify.decode_problem
+    monkeypatch.setattr(verify, "decode_problem", lambda path: decoded.append(path) or real(path))
+    cfg = resolve("hc", "synthetic", None, ["dataset.synthetic.ids=6"], VARIANTS)
+    first = load_split(cfg)
+    assert decoded and len(decoded) >= len(first.train) + len(first.query) + len(first.gallery)
+    decoded.clear()
+    assert load_split(cfg) == first and not decoded

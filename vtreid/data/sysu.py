@@ -64,11 +64,13 @@ def load(root: str | Path, train_ids: str = "trainval") -> Split:
                  records_for(root, test_ids, VISIBLE_CAMS))
 
 
-def check(root: str | Path, *, decode: bool = True, workers: int | None = None, progress=None) -> list[str]:
+def check(root: str | Path, *, decode: bool = True, workers: int | None = None, progress=None,
+          reuse_verified: bool = False) -> list[str]:
     """Problems found in a SYSU-MM01 folder, one line each (empty when it is complete): missing folders
     and id lists, identities of a list without a visible or an infrared image, empty identity folders,
     and (``decode``) every image that does not decode, in a pool of ``workers`` threads reporting
-    ``progress(done, total)`` (see vtreid.data.verify)."""
+    ``progress(done, total)``; ``reuse_verified``: not again for a listing verified before (see
+    vtreid.data.verify)."""
     root = Path(root)
     if not root.is_dir():
         return [f"SYSU-MM01 root {root} does not exist" if not root.exists() else f"{root} is not a folder"]
@@ -97,7 +99,8 @@ def check(root: str | Path, *, decode: bool = True, workers: int | None = None, 
     problems += verify.empty_folders(folders, "*.jpg")
     if decode:
         images = [path for folder in folders for path in sorted(folder.glob("*.jpg"))]
-        problems += verify.decode_problems(images, workers=workers, progress=progress)
+        problems += verify.decode_problems(images, workers=workers, progress=progress,
+                                           reuse_verified=reuse_verified)
     return problems
 
 

@@ -2,10 +2,19 @@
 
 Decoding runs in a thread pool (Pillow releases the GIL while it decodes), reporting progress through
 a callback, so SYSU-MM01's ~45k images take seconds to a minute, not a quarter of an hour.
+
+A listing that decoded without a problem leaves a stamp in the cache ($VTREID_CACHE, else
+~/.cache/vtreid, under verified/) named by a hash of every image's absolute path, size and modification
+time. A training start (``reuse_verified``) skips decoding a listing with a stamp: before, every start,
+and every rank of a torchrun job, decoded all of SYSU-MM01 again. An added, removed, rewritten or
+touched image changes the hash, so that listing is decoded again; ``python -m vtreid.data check``
+always decodes.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
@@ -13,6 +22,34 @@ from typing import Callable, Iterable
 from PIL import Image
 
 Progress = Callable[[int, int], None]  # (images done, images in all)
+
+
+def cache_dir() -> Path:
+    """vtreid's cache: $VTREID_CACHE, else ~/.cache/vtreid (synthetic data, verified-listing stamps)."""
+    return Path(os.environ.get("VTREID_CACHE") or Path.home() / ".cache" / "vtreid")
+
+
+def listing_stamp(paths: list[str | Path]) -> Path | None:
+    """The stamp file of this listing (module docstring), or None when an image cannot be stat'ed."""
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        digest.update(f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return cache_dir() / "verified" / f"{len(paths)}-{digest.hexdigest()[:32]}"
+
+
+def _write_stamp(stamp: Path) -> None:
+    """Best effort (a cache): an unwritable cache costs the next start a decode, nothing else."""
+    try:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".writing-", dir=stamp.parent)
+        os.close(fd)
+        os.replace(tmp, stamp)
+    except OSError:
+        pass
 
 
 def decode_problem(path: str | Path) -> str | None:
@@ -30,11 +67,15 @@ def decode_problem(path: str | Path) -> str | None:
 
 
 def decode_problems(paths: Iterable[str | Path], *, workers: int | None = None,
-                    progress: Progress | None = None, every: int = 500) -> list[str]:
+                    progress: Progress | None = None, every: int = 500, reuse_verified: bool = False) -> list[str]:
     """One line per image of ``paths`` that does not decode, in the order of ``paths``.
-    ``progress(done, total)`` is called every ``every`` images and once at the end."""
+    ``progress(done, total)`` is called every ``every`` images and once at the end. No problem: the
+    listing's stamp is written; ``reuse_verified``: a listing with a stamp is not decoded (module doc)."""
     paths = list(paths)
     total = len(paths)
+    stamp = listing_stamp(paths)
+    if reuse_verified and stamp is not None and stamp.is_file():
+        return []
     workers = workers or min(16, 2 * (os.cpu_count() or 1))
     problems = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -43,6 +84,8 @@ def decode_problems(paths: Iterable[str | Path], *, workers: int | None = None,
                 problems.append(problem)
             if progress is not None and (done % every == 0 or done == total):
                 progress(done, total)
+    if not problems and stamp is not None:
+        _write_stamp(stamp)
     return problems
 
 

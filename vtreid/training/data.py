@@ -6,7 +6,6 @@ temporary folder and renamed, so an interrupted generation never leaves a half d
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,12 +13,11 @@ from pathlib import Path
 import torch
 
 from vtreid.data import Split, build_loader, regdb, synthetic, sysu
+from vtreid.data.verify import cache_dir
 
 from .config import ConfigError
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("VTREID_CACHE") or Path.home() / ".cache" / "vtreid")
 
 
 def synthetic_root(settings: dict) -> Path:
@@ -56,7 +54,9 @@ def load_split(cfg: dict) -> Split:
     d = cfg["dataset"]
     root = dataset_root(cfg)
     module = regdb if d["name"] == "regdb" else sysu
-    problems = regdb.check(root, trials=(d["trial"],)) if d["name"] == "regdb" else sysu.check(root)
+    # a listing verified before (by an earlier start or `vtreid.data check`) is not decoded again
+    problems = regdb.check(root, trials=(d["trial"],), reuse_verified=True) if d["name"] == "regdb" \
+        else sysu.check(root, reuse_verified=True)
     if problems:
         shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
         raise ConfigError(f"dataset {d['name']} at {root} is missing or incomplete (python -m vtreid.data check "
