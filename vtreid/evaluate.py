@@ -271,11 +271,8 @@ def main(argv=None) -> int:
         except (OSError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        for name, summary in combined["results"].items():
-            print(format_table(f"{name}, {len(args.combine)} runs", summary))
-        if args.out:
-            Path(args.out).write_text(json.dumps(combined, indent=2))
-            print(f"wrote {args.out}")
+        report({f"{name}, {len(args.combine)} runs": summary for name, summary in combined["results"].items()},
+               args.out, combined)
         return 0
     try:
         if args.checkpoint:
@@ -293,17 +290,24 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for name, summary in results.items():
-        print(format_table(name, summary))
-    if args.out:
-        if len(results) == 1 and not about:   # the --features file's JSON, as before
-            name, summary = next(iter(results.items()))
-            text = {"protocol": name, **summary}
-        else:                                 # the trainer's results.json shape
-            text = {**about, "protocol": ", ".join(results), "results": results}
-        Path(args.out).write_text(json.dumps(text, indent=2))
-        print(f"wrote {args.out}")
+    if len(results) == 1 and not about:   # the --features file's JSON, as before
+        name, summary = next(iter(results.items()))
+        payload = {"protocol": name, **summary}
+    else:                                 # the trainer's results.json shape
+        payload = {**about, "protocol": ", ".join(results), "results": results}
+    report(results, args.out, payload)
     return 0
+
+
+def report(tables: dict, out: str | None, payload: dict) -> None:
+    """Prints one table per setting and, with --out, writes ``payload`` as JSON (atomically: a results
+    file is never half written)."""
+    from vtreid.training.checkpoint import write_text_atomic
+    for name, summary in tables.items():
+        print(format_table(name, summary))
+    if out:
+        write_text_atomic(out, json.dumps(payload, indent=2))
+        print(f"wrote {out}")
 
 
 if __name__ == "__main__":

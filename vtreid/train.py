@@ -393,9 +393,11 @@ def evaluate(run: Run, writers: Writers, progress: Progress | None, final: bool)
 
 def results_json(run: Run, result: dict) -> str:
     cfg = run.cfg
-    return json.dumps({"method": cfg["method"], "dataset": cfg["dataset"]["name"], "step": run.step,
-                       "backends": run.backends, "world_size": run.ctx.world_size, "protocol": result["protocol"],
-                       "results": result["results"]}, indent=2)
+    about = {"method": cfg["method"], "dataset": cfg["dataset"]["name"], "step": run.step}
+    if cfg["dataset"]["name"] == "regdb":
+        about["trial"] = cfg["dataset"]["trial"]   # as evaluate --checkpoint writes it: --combine reads it
+    return json.dumps({**about, "backends": run.backends, "world_size": run.ctx.world_size,
+                       "protocol": result["protocol"], "results": result["results"]}, indent=2)
 
 
 def train(run: Run, writers: Writers) -> int:

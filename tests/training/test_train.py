@@ -248,3 +248,16 @@ def test_a_second_start_does_not_decode_the_dataset_again(tmp_path, monkeypatch)
     assert decoded and len(decoded) >= len(first.train) + len(first.query) + len(first.gallery)
     decoded.clear()
     assert load_split(cfg) == first and not decoded
+
+
+@pytest.mark.parametrize("dataset, trial", [("regdb", 3), ("sysu", None)])
+def test_results_json_names_the_regdb_trial(dataset, trial):
+    """results.json says which RegDB trial list it holds, as evaluate --checkpoint's output does, so
+    evaluate --combine reads it without parsing the protocol's text."""
+    from types import SimpleNamespace
+
+    from vtreid.evaluate import _regdb_trial
+    run = SimpleNamespace(cfg={"method": "hc", "dataset": {"name": dataset, "trial": 3}}, step=5, backends={},
+                          ctx=SimpleNamespace(world_size=1))
+    data = json.loads(train.results_json(run, {"protocol": "RegDB visible_to_thermal", "results": {}}))
+    assert data.get("trial") == trial and _regdb_trial(data) == trial
