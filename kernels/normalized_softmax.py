@@ -82,8 +82,9 @@ _FWD_BY_DTYPE = {
 _GRAD_BY_DTYPE = {
     # smaller BLOCK_D than the forward: 32 x 16 x 128 sat at 255 registers on sm_90 and 64 x 64 x 32
     # (8 warps) spilled on sm_80, so neither is one ptxas update away from spilling on sm_90
-    # (sm_100 spills the two marked 8 bytes in one of their two variants)
-    "fp32": [_cfg(64, 64, 16, 8, 3), not_on(_cfg(32, 64, 32, 8, 3), 100), _cfg(64, 32, 32, 8, 3),
+    # (sm_100 spills the three marked 8 bytes in one of their two variants; 64 x 64 x 16 under Triton 3.6
+    # since Gq carries r_i)
+    "fp32": [not_on(_cfg(64, 64, 16, 8, 3), 100), not_on(_cfg(32, 64, 32, 8, 3), 100), _cfg(64, 32, 32, 8, 3),
              # one wave at N = 256, C = 395: 13 x 11 = 143, 25 x 6 = 150 programs
              _cfg(16, 32, 32, 4, 3), _cfg(16, 32, 64, 4, 2), not_on(_cfg(32, 16, 32, 4, 3), 100)],
     "half": [not_on(_cfg(64, 64, 64, 8, 3), 80, 120),  # 8 bytes of spills there
@@ -284,6 +285,8 @@ def _nce_grad_kernel(
         grad = tl.where(live, g[:, None] * (tl.exp(z - lse[:, None]) - target), 0.0)
         # dead entries' z is garbage (rows past N and classes past C read row 0, maybe non-finite): 0 * NaN
         col_gz += tl.sum(tl.where(live, grad * z, 0.0), axis=0)
+        # Gq carries r_i too: grad_w = s Gq^T x then needs no unit copy of x. (Folding r_i into g instead,
+        # with G z = s x.w Gq, spilled other configs: registers here are one multiply from spilling.)
         gq = grad * inv_x[:, None] * inv_w[None, :]
         tl.store(GQ + rn.to(tl.int64)[:, None] * stride_gn + rc[None, :], gq.to(GQ.dtype.element_ty), mask=live)
     tl.store(COL_PART + pid_s.to(tl.int64) * C + rc, col_gz, mask=mask_c)
@@ -479,9 +482,10 @@ def cross_entropy_backward(grad_row, x, weight, target, lse, ez, tz, xsq, wsq, d
     returned it (reused when [N, C], recomputed when empty). ``splits`` (default GRAD_SPLITS) forces the
     grad kernel's row-split count.
 
-    Launches per row chunk: the grad kernel and the two GEMMs; plus one epilogue per gradient for
+    Launches per row chunk: the grad kernel and the two GEMMs, plus one epilogue per gradient for
     float32 and bfloat16 (float16: fused into _gq_mm_kernel). No other elementwise work: r_i is folded
-    into Gq and the projection coefficients are computed where they are used (_projection_coef)."""
+    into Gq and the projection coefficients are computed where they are used (_projection_coef). Only
+    several chunks (N x C above MAX_CHUNK_ELEMENTS) add a zero fill and a float32 accumulation of grad_w."""
     n, d = x.shape
     c = weight.shape[0]
     splits = GRAD_SPLITS if splits is None else splits
