@@ -17,11 +17,9 @@ if not torch.cuda.is_available():
 def _private_cache(tmp_path_factory):
     """vtreid's cache (synthetic data, verified-listing stamps) in the session's temporary folder, never
     the user's ~/.cache/vtreid; tests that need their own set VTREID_CACHE themselves."""
-    if "VTREID_CACHE" not in os.environ:
-        os.environ["VTREID_CACHE"] = str(tmp_path_factory.getbasetemp() / "vtreid-cache")
-        yield
-        del os.environ["VTREID_CACHE"]
-    else:
+    with pytest.MonkeyPatch.context() as env:
+        if "VTREID_CACHE" not in os.environ:
+            env.setenv("VTREID_CACHE", str(tmp_path_factory.getbasetemp() / "vtreid-cache"))
         yield
 
 

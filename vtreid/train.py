@@ -34,6 +34,7 @@ from vtreid.training import checkpoint as ckpt_io
 from vtreid.training import distributed
 from vtreid.training.config import (DATASETS, DEFAULT_METHOD, ConfigError, check_against, dump, get, load_yaml,
                                     merge, parse_override, resolve)
+from vtreid.data.verify import PrintedProgress
 from vtreid.training.data import EpochBatches, load_split, train_loader
 from vtreid.training.evaluation import evaluate_model, format_results
 from vtreid.training.progress import Progress, Writers
@@ -181,7 +182,8 @@ class Run:
         if t["sync_bn"] and self.device.type != "cuda":
             raise ConfigError("train.sync_bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU)")
         seed_everything(cfg["seed"], t["deterministic"])
-        self.split = load_split(cfg)
+        # the first start on a dataset decodes its images (a minute or two for SYSU-MM01): say so
+        self.split = load_split(cfg, progress=PrintedProgress() if ctx.is_main else None)
         self.num_classes = len({r.label for r in self.split.train})
         self.method = get_method(cfg["method"])(cfg, self.num_classes)
         self.train_transform, self.test_transform = self.method.transforms()

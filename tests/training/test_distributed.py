@@ -306,11 +306,9 @@ def test_two_rank_run_of_hsme_per_stream(tmp_path, monkeypatch):
 def test_two_rank_run_writes_once_checkpoints_and_resumes(tmp_path, monkeypatch):
     out, cache = tmp_path / "run", str(tmp_path / "cache")
     from vtreid.training.data import synthetic_root
-    os.environ["VTREID_CACHE"] = cache
-    try:
-        synthetic_root({"ids": 16, "images": 2, "height": 64, "width": 32, "seed": 0})  # written once, before the ranks
-    finally:
-        del os.environ["VTREID_CACHE"]
+    with monkeypatch.context() as env:  # written once, before the ranks
+        env.setenv("VTREID_CACHE", cache)
+        synthetic_root({"ids": 16, "images": 2, "height": 64, "width": 32, "seed": 0})
     spawn(run_rank, str(out), cache, ["train.max_steps=2"])
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines if "loss" in line] == [1, 2]          # rank 0 alone writes

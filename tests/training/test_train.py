@@ -244,10 +244,14 @@ def test_a_second_start_does_not_decode_the_dataset_again(tmp_path, monkeypatch)
     real = verify.decode_problem
     monkeypatch.setattr(verify, "decode_problem", lambda path: decoded.append(path) or real(path))
     cfg = resolve("hc", "synthetic", None, ["dataset.synthetic.ids=6"], VARIANTS)
-    first = load_split(cfg)
+    reports = []
+    first = load_split(cfg, progress=lambda done, total: reports.append((done, total)))
     assert decoded and len(decoded) >= len(first.train) + len(first.query) + len(first.gallery)
+    assert reports[-1] == (len(decoded), len(decoded))            # the start says it decodes, and how far
     decoded.clear()
-    assert load_split(cfg) == first and not decoded
+    reports.clear()
+    assert load_split(cfg, progress=lambda done, total: reports.append((done, total))) == first
+    assert not decoded and not reports
 
 
 @pytest.mark.parametrize("dataset, trial", [("regdb", 3), ("sysu", None)])

@@ -6,26 +6,13 @@ import sys
 import time
 
 from . import regdb, synthetic, sysu
+from .verify import PrintedProgress
 
 CHECK = """\
 Reports every problem of a dataset folder, one line each, and exits 1 if there is one: missing folders
 and lists, identities without images in a modality the protocol needs, empty identity folders, and
 every image that does not decode (all are decoded, in parallel, with progress on stderr). A complete
 folder prints a summary and exits 0."""
-
-
-class Progress:
-    """Prints 'decoding images: done/total' to stderr at most every ``interval`` seconds, and at the end."""
-
-    def __init__(self, stream=None, interval: float = 2.0):
-        self.stream, self.interval, self.last, self.start = stream or sys.stderr, interval, None, time.monotonic()
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == total or self.last is None or now - self.last >= self.interval:
-            self.last = now
-            print(f"decoding images: {done}/{total} ({100 * done // max(total, 1)}%, {now - self.start:.0f}s)",
-                  file=self.stream, flush=True)
 
 
 def main(argv=None) -> int:
@@ -69,7 +56,7 @@ def main(argv=None) -> int:
     if args.workers is not None and args.workers < 1:
         check.error(f"--workers must be at least 1, got {args.workers}")
     module = sysu if args.dataset == "sysu" else regdb
-    problems = module.check(args.root, workers=args.workers, progress=Progress())
+    problems = module.check(args.root, workers=args.workers, progress=PrintedProgress())
     for line in problems:
         print(f"problem: {line}")
     if problems:

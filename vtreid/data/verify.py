@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
@@ -22,6 +24,21 @@ from typing import Callable, Iterable
 from PIL import Image
 
 Progress = Callable[[int, int], None]  # (images done, images in all)
+
+
+class PrintedProgress:
+    """A Progress that prints 'decoding images: done/total' to stderr at most every ``interval`` seconds,
+    and at the end."""
+
+    def __init__(self, stream=None, interval: float = 2.0):
+        self.stream, self.interval, self.last, self.start = stream or sys.stderr, interval, None, time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or self.last is None or now - self.last >= self.interval:
+            self.last = now
+            print(f"decoding images: {done}/{total} ({100 * done // max(total, 1)}%, {now - self.start:.0f}s)",
+                  file=self.stream, flush=True)
 
 
 def cache_dir() -> Path:
