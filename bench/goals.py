@@ -124,8 +124,10 @@ def load(paths: list[Path]) -> list[dict]:
 
 
 def is_measurement(record: dict) -> bool:
-    """A benchmark harness record (bench.overhead writes other lines)."""
-    return all(k in record for k in ("op", "case", "provider", "mode", "dtype", "median_ms", "time", "device"))
+    """A benchmark harness record of an eager run (bench.overhead writes other lines; a --cuda-graph run
+    times the device alone, which is not what the targets claim)."""
+    return all(k in record for k in ("op", "case", "provider", "mode", "dtype", "median_ms", "time", "device")) \
+        and not record.get("cuda_graph")
 
 
 @dataclass

@@ -14,6 +14,15 @@ measurement to ``bench/results/<device>.jsonl``:
 A provider that fails (raises) is reported as "failed" in the table and writes no record; the run goes
 on with the others and exits with status 1 at the end, naming the failures.
 
+--cuda-graph (CUDA only) captures each provider's call in a CUDA graph after three warm-up calls
+(autotuning, lazy initialisation) and times its replays: the device's time without the host's (Python,
+dispatch, launches), which bounded the small training shapes on the first H100 host. Modes forward and
+full only (a backward alone would replay a forward captured elsewhere); no peak memory. A call that
+cannot be captured (a host synchronisation, a tuner running inside it) fails as above when it is
+vtreid's (a defect: Step 14 wants warmed-up steps capturable) and is reported as skipped when it is a
+peer's. Its records carry "cuda_graph": true and are a run of their own; bench.goals judges the eager
+runs only.
+
 Ratios between providers measured in one run on one device are the claims, not absolute times.
 """
 from __future__ import annotations
@@ -31,6 +40,8 @@ from typing import Callable
 import numpy as np
 import torch
 import torch._functorch.config
+
+from bench.goals import OURS  # vtreid's providers (the others: eager PyTorch, torch.compile, the peers)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODES = ("forward", "backward", "full")
@@ -148,6 +159,21 @@ def time_callable(fn: Callable, device: torch.device, min_run_time: float = 0.5)
             "p80_ms": float(np.quantile(times, 0.8))}
 
 
+def graphed(fn: Callable, device: torch.device) -> Callable:
+    """``fn`` captured in a CUDA graph (torch.cuda.graph, after three warm-up calls on a side stream, as
+    torch's capture recipe has it); returns the graph's replay."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
 def peak_memory(fn: Callable, device: torch.device) -> int | None:
     if device.type != "cuda":
         return None
@@ -161,18 +187,21 @@ def peak_memory(fn: Callable, device: torch.device) -> int | None:
 
 def run(op: str, providers: list[Provider], make_inputs: Callable, cases: list[dict], dtypes, modes,
         device: torch.device, out: Path | None = None, min_run_time: float = 0.5,
-        baseline: str = "reference", keep: Callable[[dict, str, str], bool] | None = None) -> list[dict]:
+        baseline: str = "reference", keep: Callable[[dict, str, str], bool] | None = None,
+        cuda_graph: bool = False) -> list[dict]:
     """Time every (case, dtype, mode, provider); append JSON lines to ``out``; return the records.
     The "x ref" column is the ``baseline`` provider's time over each provider's. A provider that raises
     is reported as failed and writes no record; after the last case, failures end the run with
     SystemExit(1) naming them (the records of the measurements that succeeded are kept). ``keep(case, dtype
-    name, mode)``, when given, picks which combinations of the product are measured."""
+    name, mode)``, when given, picks which combinations of the product are measured; ``cuda_graph``:
+    each call captured and replayed (module docstring)."""
     out = out or RESULTS_DIR / f"{device_slug(device)}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     env = environment(device)
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     records, failures = [], []
-    print(f"# {op} on {env['device']} (torch {env['torch']}, triton {env['triton']}, commit {env['commit']})")
+    print(f"# {op} on {env['device']} (torch {env['torch']}, triton {env['triton']}, commit {env['commit']})"
+          + (", each call a CUDA graph replay" if cuda_graph else ""))
     print(f"{'shape':<36}{'dtype':<10}{'mode':<10}{'provider':<14}{'median ms':>12}{'p20':>10}{'p80':>10}"
           f"{'x ref':>8}{'peak MiB':>10}")
     for case in cases:
@@ -183,6 +212,9 @@ def run(op: str, providers: list[Provider], make_inputs: Callable, cases: list[d
                 ref_ms = None
                 for provider in providers:
                     ok, why = provider.available(device, dtype)
+                    if ok and cuda_graph and mode == "backward":
+                        # autograd runs a backward op on its forward's stream: that forward ran outside
+                        ok, why = False, "a backward alone is not captured (its forward ran outside the graph)"
                     shape = ",".join(f"{k}={v}" for k, v in case.items())
                     row = f"{shape:<36}{str(dtype)[6:]:<10}{mode:<10}{provider.name:<14}"
                     if not ok:
@@ -192,8 +224,17 @@ def run(op: str, providers: list[Provider], make_inputs: Callable, cases: list[d
                     try:
                         inputs = make_inputs(case, dtype, device, requires_grad=mode != "forward")
                         fn = mode_callable(provider.build(inputs), inputs, mode)
+                        if cuda_graph:
+                            try:
+                                fn = graphed(fn, device)
+                            except Exception as exc:  # noqa: BLE001 - a peer that syncs: reported, not ours to fail
+                                if provider.name in OURS:
+                                    raise
+                                print(f"{row}  skipped: not capturable ({type(exc).__name__})")
+                                inputs = fn = None
+                                continue
                         timing = time_callable(fn, device, min_run_time)
-                        memory = peak_memory(fn, device)
+                        memory = None if cuda_graph else peak_memory(fn, device)  # a replay allocates nothing
                     except torch.OutOfMemoryError:
                         print(f"{row}  out of memory")
                         inputs = fn = None
@@ -210,7 +251,8 @@ def run(op: str, providers: list[Provider], make_inputs: Callable, cases: list[d
                         ref_ms = timing["median_ms"]
                     ratio = ref_ms / timing["median_ms"] if ref_ms else float("nan")
                     record = {"op": op, "case": case, "dtype": str(dtype).replace("torch.", ""), "mode": mode,
-                              "provider": provider.name, **timing, "peak_bytes": memory, "time": stamp, **env}
+                              "provider": provider.name, **timing, "peak_bytes": memory, "time": stamp, **env,
+                              **({"cuda_graph": True} if cuda_graph else {})}
                     records.append(record)
                     with out.open("a") as f:
                         f.write(json.dumps(record) + "\n")
@@ -240,6 +282,9 @@ def common_args(module: str, description: str, provider_names: list[str]) -> arg
                         help=f"comma-separated subset of: {', '.join(MODES)} (default: all three)")
     parser.add_argument("--out", type=Path, default=None, help="JSON lines file (default bench/results/<device>.jsonl)")
     parser.add_argument("--min-run-time", type=float, default=0.5, help="CPU: seconds of timing per case (default 0.5)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="CUDA: time each call captured in a CUDA graph and replayed (device time without the "
+                             "host's); a vtreid call that cannot be captured fails, a peer's is skipped")
     parser.add_argument("--goals", action="store_true",
                         help="measure only what bench.goals judges on this device: the targets' shapes, dtypes and "
                              "modes, every provider")
@@ -339,6 +384,8 @@ def main(op: str, description: str, providers: Callable[[], list[Provider]], mak
         parser.error("--device cuda: torch sees no CUDA device here; use --device cpu")
     if device.type not in ("cpu", "cuda"):
         parser.error(f"unknown device {args.device!r}; choose cpu or cuda")
+    if args.cuda_graph and device.type != "cuda":
+        parser.error("--cuda-graph needs --device cuda (CUDA graphs)")
     case_list, dtypes, modes, drop = cases(device, args)
     if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1":
         drop = {*drop, "triton"}  # interpreted Triton times Python, not a kernel
@@ -353,7 +400,8 @@ def main(op: str, description: str, providers: Callable[[], list[Provider]], mak
     keep = None
     if args.goals:
         case_list, dtypes, modes, keep = goal_selection(parser, op, device, case_list, dtypes, modes)
-    run(op, chosen, make_inputs, case_list, dtypes, modes, device, args.out, args.min_run_time, baseline, keep)
+    run(op, chosen, make_inputs, case_list, dtypes, modes, device, args.out, args.min_run_time, baseline, keep,
+        cuda_graph=args.cuda_graph)
 
 
 def goal_selection(parser, op: str, device: torch.device, cases: list[dict], dtypes, modes):

@@ -7,8 +7,9 @@
 #             VTREID_TEST_WORKERS pytest-xdist processes, default 8 with 16 cores or more, else 4, 0 for one;
 #             each failure's traceback goes to $OUT/failures.log as it happens)
 #   sanitize  compute-sanitizer memcheck and racecheck over every native and Triton kernel
-#   bench     the benchmarks' targets (--goals) and memory cases, judged (bench.goals), then every
-#             benchmark's full sweep in what is left of the call
+#   bench     the benchmarks' targets (--goals) and memory cases, judged (bench.goals), the targets' shapes
+#             again as CUDA graph replays (--cuda-graph: device time alone), then every benchmark's
+#             full sweep in what is left of the call
 # Usage: bash scripts/gpu_check.sh [stage ...]   (default: all four, in that order)
 # The device tool allows 600 s per call, so a session runs the stages in calls back to back (the machine
 # stays warm and keeps build/): `build test`, then `build sanitize` (Triton's autotuning runs every config
@@ -121,6 +122,17 @@ for stage in "${stages[@]}"; do
     rc=$?
     cat "$OUT/goals.txt"
     [ $rc -gt 1 ] && status=1  # 1 is a missed target (a finding); above that bench.goals itself failed
+    # The same target shapes with each call a CUDA graph replay: the device's time without the host's
+    # (records "cuda_graph": true, not judged); a vtreid op that cannot be captured fails the step.
+    # VTREID_BENCH_GRAPH=0: none.
+    if [ "${VTREID_BENCH_GRAPH:-1}" != 0 ]; then
+      for bench in $benches; do
+        case "$bench" in *_large|evaluation) continue ;; esac  # no autograd op to capture
+        step "bench $bench (--goals --cuda-graph)"
+        bench_run "$bench" "bench-$bench-graph.log" --goals --cuda-graph
+        tail -25 "$OUT/bench-$bench-graph.log"
+      done
+    fi
     if [ "${VTREID_BENCH_SWEEP:-1}" != 0 ]; then
       for bench in $benches; do
         case "$bench" in *_large) continue ;; esac  # measured whole above

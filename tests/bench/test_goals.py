@@ -37,6 +37,15 @@ def test_ratios_only_within_one_run_and_the_latest_run_is_judged():
     assert v.status == "FAIL" and v.measured.startswith("2.00x")
 
 
+def test_cuda_graph_runs_are_not_judged():
+    """A --cuda-graph run times the device alone: a later one does not replace the eager run's verdict."""
+    eager = [rec("hard_mining", MINE, "reference", 10.0), rec("hard_mining", MINE, "triton", 5.0)]
+    graphed = [{**r, "time": "t9", "cuda_graph": True} for r in
+               (rec("hard_mining", MINE, "reference", 10.0), rec("hard_mining", MINE, "triton", 0.1))]
+    (v,) = verdicts_for(eager + graphed, "mining full N=256 >= 10x eager")
+    assert v.status == "FAIL" and v.measured.startswith("2.00x")
+
+
 def test_other_shapes_devices_and_variants_do_not_count():
     records = [rec("hard_mining", {**MINE, "rules": "cross-cross"}, "reference", 10.0),
                rec("hard_mining", {**MINE, "rules": "cross-cross"}, "triton", 0.1),

@@ -123,6 +123,7 @@ def test_unknown_choices_are_rejected_with_the_valid_ones(option, value, what, t
 
 
 @pytest.mark.parametrize("name, argv, error", [
+    ("pairwise_distance", ["--cuda-graph"], "--cuda-graph needs --device cuda"),
     ("evaluation", ["--modes", "backward"], "--modes backward: this run measures only forward"),
     ("hard_mining", ["--large", "--dtypes", "float32"], "--dtypes float32: this run measures only float16")])
 def test_options_a_run_would_ignore_are_rejected(name, argv, error, capsys):
