@@ -179,11 +179,8 @@ def checkpoint_features(args) -> tuple[dict, dict]:
     args.metric = args.metric or e["metric"]
     args.direction = args.direction or "both"
     data = extract_split(loaded, args.dataset, args.data_root, args.trial)
-    about = {"method": cfg["method"], "dataset": cfg["dataset"]["name"], "checkpoint": str(args.checkpoint),
-             "step": loaded.step}
-    if cfg["dataset"]["name"] == "regdb":
-        about["trial"] = cfg["dataset"]["trial"]   # RegDB's runs combine one per trial (--combine)
-    return data, about
+    from vtreid.training.config import run_identity
+    return data, {**run_identity(cfg), "checkpoint": str(args.checkpoint), "step": loaded.step}
 
 
 def _setting(name: str) -> str:

@@ -29,12 +29,12 @@ import torch
 
 from vtreid import _cli as cli
 from vtreid import ops
+from vtreid.data.verify import PrintedProgress
 from vtreid.methods import METHODS, VARIANTS, Batch, get_method
 from vtreid.training import checkpoint as ckpt_io
 from vtreid.training import distributed
 from vtreid.training.config import (DATASETS, DEFAULT_METHOD, ConfigError, check_against, dump, get, load_yaml,
-                                    merge, parse_override, resolve)
-from vtreid.data.verify import PrintedProgress
+                                    merge, parse_override, resolve, run_identity)
 from vtreid.training.data import EpochBatches, load_split, train_loader
 from vtreid.training.evaluation import evaluate_model, format_results
 from vtreid.training.progress import Progress, Writers
@@ -394,12 +394,9 @@ def evaluate(run: Run, writers: Writers, progress: Progress | None, final: bool)
 
 
 def results_json(run: Run, result: dict) -> str:
-    cfg = run.cfg
-    about = {"method": cfg["method"], "dataset": cfg["dataset"]["name"], "step": run.step}
-    if cfg["dataset"]["name"] == "regdb":
-        about["trial"] = cfg["dataset"]["trial"]   # as evaluate --checkpoint writes it: --combine reads it
-    return json.dumps({**about, "backends": run.backends, "world_size": run.ctx.world_size,
-                       "protocol": result["protocol"], "results": result["results"]}, indent=2)
+    return json.dumps({**run_identity(run.cfg), "step": run.step, "backends": run.backends,
+                       "world_size": run.ctx.world_size, "protocol": result["protocol"],
+                       "results": result["results"]}, indent=2)
 
 
 def train(run: Run, writers: Writers) -> int:

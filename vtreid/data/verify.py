@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -59,12 +58,11 @@ def listing_stamp(paths: list[str | Path]) -> Path | None:
 
 
 def _write_stamp(stamp: Path) -> None:
-    """Best effort (a cache): an unwritable cache costs the next start a decode, nothing else."""
+    """An empty file (its name is its content, so no write can be half done). Best effort, a cache: an
+    unwritable cache costs the next start a decode, nothing else."""
     try:
         stamp.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".writing-", dir=stamp.parent)
-        os.close(fd)
-        os.replace(tmp, stamp)
+        stamp.touch()
     except OSError:
         pass
 

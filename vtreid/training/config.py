@@ -177,5 +177,14 @@ def resolve(method: str | None = None, dataset: str | None = None, config_file: 
     return cfg
 
 
+def run_identity(cfg: dict) -> dict:
+    """What a results file says of the run it holds: method, dataset and, for RegDB, the trial list
+    (the trainer's results.json and evaluate --checkpoint's write it alike; evaluate --combine reads it)."""
+    about = {"method": cfg["method"], "dataset": cfg["dataset"]["name"]}
+    if cfg["dataset"]["name"] == "regdb":
+        about["trial"] = cfg["dataset"]["trial"]
+    return about
+
+
 def dump(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
