@@ -28,6 +28,13 @@ inline CenterLayout prepare_center_layout(const at::Tensor& x, const at::Tensor&
   return {metric, order.to(at::kLong).contiguous(), seg.to(at::kLong).contiguous(), modality_ids(modality)};
 }
 
+// class_slots' labels: a 1-D int32 or int64 tensor (what the kernels read as it is).
+inline void check_slot_labels(const at::Tensor& labels) {
+  TORCH_CHECK_VALUE(labels.dim() == 1, "labels must be a 1-D tensor, got shape ", labels.sizes());
+  TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong || labels.scalar_type() == at::kInt,
+                   "labels must have dtype torch.int32 or torch.int64, got ", labels.scalar_type());
+}
+
 // Devices and shapes of hetero_center_bwd's inputs, for x [S, N, D]; returns modality as the kernels read it.
 inline at::Tensor check_center_bwd_inputs(const at::Tensor& x, const at::Tensor& slot, const at::Tensor& modality,
                                           const at::Tensor& hinge, const at::Tensor& centers,

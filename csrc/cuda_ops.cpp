@@ -184,6 +184,24 @@ std::tuple<at::Tensor, at::Tensor> hard_mining_bwd_cuda(
   return {grad_a, grad_c};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_slots_cuda(const at::Tensor& labels) {
+  check_slot_labels(labels);
+  const c10::cuda::CUDAGuard guard(labels.device());
+  const at::Tensor l = labels.contiguous();
+  const int64_t n = l.size(0);
+  const auto i64 = l.options().dtype(at::kLong);
+  at::Tensor order = at::empty({n}, i64), slot = at::empty({n}, i64);
+  at::Tensor sorted_labels = at::empty({n}, i64), sorted_slot = at::empty({n}, i64);
+  at::Tensor seg = n > 0 ? at::empty({n + 1}, i64) : at::zeros({1}, i64);  // the kernels write all of it
+  check_launch(vtreid::cuda::class_slots(l.scalar_type() == at::kInt, l.const_data_ptr(),
+                                         order.mutable_data_ptr<int64_t>(), seg.mutable_data_ptr<int64_t>(),
+                                         slot.mutable_data_ptr<int64_t>(), sorted_labels.mutable_data_ptr<int64_t>(),
+                                         sorted_slot.mutable_data_ptr<int64_t>(), n,
+                                         c10::cuda::getCurrentCUDAStream()),
+               "class_slots");
+  return {order, seg, slot, sorted_labels, sorted_slot};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hetero_center_fwd_cuda(
     const at::Tensor& x, const at::Tensor& order, const at::Tensor& seg, const at::Tensor& slot,
     const at::Tensor& modality, std::string_view metric_name, bool strong, double margin) {
@@ -335,6 +353,7 @@ TORCH_LIBRARY_IMPL(vtreid, CUDA, m) {
   m.impl("hard_mining_bwd", &vtreid::cuda::hard_mining_bwd_cuda);
   m.impl("hetero_center_fwd", &vtreid::cuda::hetero_center_fwd_cuda);
   m.impl("hetero_center_bwd", &vtreid::cuda::hetero_center_bwd_cuda);
+  m.impl("class_slots", &vtreid::cuda::class_slots_cuda);
   m.impl("normalized_ce_fwd", &vtreid::cuda::normalized_ce_fwd_cuda);
   m.impl("normalized_ce_bwd", &vtreid::cuda::normalized_ce_bwd_cuda);
 }

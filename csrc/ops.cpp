@@ -36,6 +36,11 @@ TORCH_LIBRARY(vtreid, m) {
   m.def(
       "hetero_center_bwd(Tensor x, Tensor slot, Tensor modality, Tensor hinge, Tensor centers, Tensor variances, "
       "Tensor counts, Tensor stats, Tensor grad_hinge, Tensor? grad_centers, str metric, bool strong) -> Tensor");
+  // The class slots of a batch's labels (int32/int64 [N]), all int64: samples stably sorted by label
+  // (order), slot k's samples order[seg[k]:seg[k+1]] (seg [N + 1], N past the last class), each sample's
+  // slot, the sorted labels and their slots. Exactly what a stable sort gives (vtreid.ops.reference.class_slots).
+  m.def("class_slots(Tensor labels) -> (Tensor order, Tensor seg, Tensor slot, Tensor sorted_labels, "
+        "Tensor sorted_slot)");
   // Per row: loss, log-sum-exp, E_p[z], target term, |x|^2; per class |w|^2 (accumulation dtype);
   // dots = x.W^T [N, C] when C <= 8192 (the backward reuses it), else empty [0].
   m.def(
@@ -54,6 +59,7 @@ TORCH_LIBRARY_IMPL(vtreid, CPU, m) {
   m.impl("hard_mining_bwd", &vtreid::cpu::hard_mining_bwd);
   m.impl("hetero_center_fwd", &vtreid::cpu::hetero_center_fwd);
   m.impl("hetero_center_bwd", &vtreid::cpu::hetero_center_bwd);
+  m.impl("class_slots", &vtreid::cpu::class_slots);
   m.impl("normalized_ce_fwd", &vtreid::cpu::normalized_ce_fwd);
   m.impl("normalized_ce_bwd", &vtreid::cpu::normalized_ce_bwd);
 }

@@ -16,6 +16,13 @@ Backward: one program per (set, sample, feature slice); with g the class's upstr
     grad_x = g * (dD/dc_m + strong * 2 (v_m - v_o) * 2 (x - c_m)) / n_m + grad_centres[m] / n_m
     sqeuclidean dD/dc_m = 2 (c_m - c_o)
     cosine      dD/dc_m = -(c_o / (|c_m| |c_o|) - [|c_m| > eps] cos c_m / |c_m|^2)
+
+The class slots themselves (``class_slots``) come from two O(N^2) kernels instead of a stable sort and ~8
+more ATen launches: ``_slot_rank_kernel`` gives sample i its stable sorted position
+#{j: l_j < l_i} + #{j < i: l_j = l_i} (scattering ``order`` and the sorted labels), then
+``_slot_segments_kernel`` numbers the classes along the sorted labels (slot = boundaries at or before the
+position) and writes ``seg``: position p starts slot k where its label differs from p - 1's, and the
+slots past the last class end at N.
 """
 from __future__ import annotations
 
@@ -210,3 +217,73 @@ def backward(x, slot, modality, hinge, centers, variances, counts, stats, grad_h
 
 
 _centers_bwd_kernel.unspecialized = _BWD_UNSPECIALIZED  # for the launch-spec test (tests/kernels)
+
+
+# --- class slots ------------------------------------------------------------------------------------
+
+@triton.jit
+def _slot_rank_kernel(LABELS, ORDER, SORTED_LABELS, N, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+    ri = tl.program_id(0) * BLOCK_I + tl.arange(0, BLOCK_I)
+    mask_i = ri < N
+    li = tl.load(LABELS + ri, mask=mask_i, other=0).to(tl.int64)
+    less = tl.zeros((BLOCK_I,), dtype=tl.int32)
+    for j0 in range(0, N, BLOCK_J):
+        rj = j0 + tl.arange(0, BLOCK_J)
+        mask_j = rj < N
+        lj = tl.load(LABELS + rj, mask=mask_j, other=0).to(tl.int64)
+        below = (lj[None, :] < li[:, None]) & mask_j[None, :]
+        # an equal label earlier in the batch comes first: the stable order (rj < ri < N masks itself)
+        tie_before = (lj[None, :] == li[:, None]) & (rj[None, :] < ri[:, None])
+        less += tl.sum((below | tie_before).to(tl.int32), axis=1)
+    tl.store(ORDER + less, ri.to(tl.int64), mask=mask_i)
+    tl.store(SORTED_LABELS + less, li, mask=mask_i)
+
+
+@triton.jit
+def _slot_segments_kernel(ORDER, SORTED_LABELS, SEG, SLOT, SORTED_SLOT, N, BLOCK_P: tl.constexpr,
+                          BLOCK_Q: tl.constexpr):
+    rp = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+    mask_p = rp < N
+    slot = tl.zeros((BLOCK_P,), dtype=tl.int32)
+    boundaries = 0  # in the whole batch: the number of classes - 1
+    for q0 in range(0, N, BLOCK_Q):
+        rq = q0 + tl.arange(0, BLOCK_Q)
+        mask_q = (rq >= 1) & (rq < N)
+        here = tl.load(SORTED_LABELS + rq, mask=mask_q, other=0)
+        before = tl.load(SORTED_LABELS + rq - 1, mask=mask_q, other=0)
+        starts = (here != before) & mask_q
+        boundaries += tl.sum(starts.to(tl.int32), axis=0)
+        slot += tl.sum((starts[None, :] & (rq[None, :] <= rp[:, None])).to(tl.int32), axis=1)
+    here = tl.load(SORTED_LABELS + rp, mask=mask_p, other=0)
+    before = tl.load(SORTED_LABELS + rp - 1, mask=mask_p & (rp >= 1), other=0)
+    first = mask_p & ((rp == 0) | (here != before))
+    slot64 = slot.to(tl.int64)
+    tl.store(SORTED_SLOT + rp, slot64, mask=mask_p)
+    tl.store(SLOT + tl.load(ORDER + rp, mask=mask_p, other=0), slot64, mask=mask_p)
+    tl.store(SEG + slot, rp.to(tl.int64), mask=first)
+    # slots boundaries + 1 .. N are empty: they start and end at N (seg[0] is written by position 0)
+    tl.store(SEG + rp + 1, tl.zeros((BLOCK_P,), dtype=tl.int64) + N,
+             mask=mask_p & (rp + 1 > boundaries))
+
+
+#: Rows per program of the slot kernels and candidates per step. At N = 256 that is 8 programs: the whole
+#: job is 2 x 65536 comparisons, microseconds however it is spread (tests/kernels/test_launch_waves.py).
+_SLOT_BLOCK_I = 32
+_SLOT_BLOCK_J = 64
+
+
+@on_device_of("labels")
+def class_slots(labels):
+    """labels [N] int32/int64 -> order [N], seg [N + 1], slot [N], sorted_labels [N], sorted_slot [N], all
+    int64, exactly as vtreid.ops.reference.class_slots (a stable sort by label) gives them."""
+    n = labels.shape[0]
+    i64 = dict(device=labels.device, dtype=torch.int64)
+    order, slot = torch.empty(n, **i64), torch.empty(n, **i64)
+    sorted_labels, sorted_slot = torch.empty(n, **i64), torch.empty(n, **i64)
+    seg = torch.empty(n + 1, **i64) if n else torch.zeros(1, **i64)
+    if n:
+        grid = (cdiv(n, _SLOT_BLOCK_I),)
+        _slot_rank_kernel[grid](labels, order, sorted_labels, n, BLOCK_I=_SLOT_BLOCK_I, BLOCK_J=_SLOT_BLOCK_J)
+        _slot_segments_kernel[grid](order, sorted_labels, seg, slot, sorted_slot, n, BLOCK_P=_SLOT_BLOCK_I,
+                                    BLOCK_Q=_SLOT_BLOCK_J)
+    return order, seg, slot, sorted_labels, sorted_slot

@@ -50,7 +50,9 @@ SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 87: 163 * 1024, 89: 99 * 1024, 90
                 103: 227 * 1024, 120: 99 * 1024, 121: 99 * 1024}
 FLOAT_DTYPES = ("fp32", "fp16", "bf16")
 FEATURE_PTRS = {"X", "Y", "A", "B", "C", "E", "IN", "W", "OUT", "GRAD_A", "GRAD_X", "POS_OUT", "NEG_OUT", "GP", "GN"}
-I64_PTRS = {"AL", "CL", "TARGET", "ORDER", "SEG", "SLOT", "POS_I", "NEG_I", "PI", "NI", "COUNTS"}
+# LABELS of the slot kernels may be int32 too: compiled as int64, the wider loads
+I64_PTRS = {"AL", "CL", "TARGET", "ORDER", "SEG", "SLOT", "POS_I", "NEG_I", "PI", "NI", "COUNTS", "LABELS",
+            "SORTED_LABELS", "SORTED_SLOT"}
 I32_PTRS = {"AM", "CM", "MOD"}
 FLOAT_SCALARS = {"tau", "scale", "smoothing", "margin"}
 INT_SCALARS = {"PARTS", "SPLITS"}
@@ -75,6 +77,8 @@ VARIANTS = {
     "_centers_fwd_kernel": {"METRIC": (1, 2), "STRONG": (False, True), "BLOCK_D": (1, 32, 256)},
     "_centers_bwd_kernel": {"METRIC": (1, 2), "STRONG": (False, True), "HAS_G_CENTERS": (False, True),
                             "BLOCK_D": (1, 32, 256)},
+    "_slot_rank_kernel": {"BLOCK_I": (32,), "BLOCK_J": (64,)},
+    "_slot_segments_kernel": {"BLOCK_P": (32,), "BLOCK_Q": (64,)},
     "_nce_fwd_kernel": {"SAVE_DOTS": (False, True)},
     "_nce_combine_kernel": {"BLOCK_R": (128,)},
     "_gq_mm_kernel": {"ACCUMULATE": (False, True), "HAS_E": (True, False), "FROM_PARTS": (False, True),
@@ -113,6 +117,8 @@ LAUNCH_SPECS = {
     # grad_centers [S, N, 2, D] is contiguous and its D stride implicit: its three strides are multiples of D
     "_centers_bwd_kernel": {"contiguous": (("stride_xd",), ("stride_xs", "stride_xn", "stride_gs", "stride_gk",
                                                             "stride_gm", "D"))},
+    "_slot_rank_kernel": {"contiguous": ((), ())},
+    "_slot_segments_kernel": {"contiguous": ((), ())},
     "_nce_fwd_kernel": {"contiguous": (("stride_xd", "stride_wd"), ("stride_xn", "stride_wc", "D"))},
     "_nce_combine_kernel": {"contiguous": ((), ())},
     "_nce_grad_kernel": {"contiguous": (("stride_xd", "stride_wd"), ("stride_xn", "stride_wc", "D"))},

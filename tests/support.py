@@ -223,7 +223,6 @@ def launch_every_op(n: int, m: int, d: int, c: int, dtype: torch.dtype) -> None:
     from vtreid.kernels import hetero_center as k_center
     from vtreid.kernels import normalized_softmax as k_nce
     from vtreid.kernels import pairwise_distance as k_pair
-    from vtreid.ops import hetero_center
     x = torch.zeros(n, d, dtype=dtype)
     y = x if m == n else torch.zeros(m, d, dtype=dtype)
     labels, labels_y = torch.arange(n) // 4, torch.arange(m) // 4
@@ -236,9 +235,9 @@ def launch_every_op(n: int, m: int, d: int, c: int, dtype: torch.dtype) -> None:
     grad = torch.ones(n, dtype=dtype)  # the distances' gradient comes in the features' dtype
     k_mining.backward(grad, grad, x, y, idx, idx, torch.ones(n), torch.ones(n), torch.ones(n), torch.ones(m),
                       "euclidean")
-    slots = hetero_center.class_slots(labels)
-    out = k_center.forward(x[None], slots.order, slots.seg, mod, "sqeuclidean", False, 0.0)
-    k_center.backward(x[None], slots.slot, mod, out[0], out[1], out[2], out[3], out[4], torch.ones(1, n), None,
+    order, seg, slot, _, _ = k_center.class_slots(labels)
+    out = k_center.forward(x[None], order, seg, mod, "sqeuclidean", False, 0.0)
+    k_center.backward(x[None], slot, mod, out[0], out[1], out[2], out[3], out[4], torch.ones(1, n), None,
                       "sqeuclidean", False)
     w = torch.zeros(c, d, dtype=dtype)
     target = labels % c

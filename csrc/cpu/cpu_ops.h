@@ -38,6 +38,8 @@ at::Tensor hetero_center_bwd(const at::Tensor& x, const at::Tensor& slot, const 
                              const at::Tensor& counts, const at::Tensor& stats, const at::Tensor& grad_hinge,
                              const std::optional<at::Tensor>& grad_centers, std::string_view metric, bool strong);
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_slots(const at::Tensor& labels);
+
 NormalizedCeForward normalized_ce_fwd(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& target, double scale, double label_smoothing);
 

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <optional>
 
 #include "../center_common.h"
@@ -161,6 +162,32 @@ at::Tensor hetero_center_bwd(const at::Tensor& x, const at::Tensor& slot, const 
     });
   });
   return grad_x.to(x.scalar_type());
+}
+
+// A stable sort of the sample indices by label, then one walk along it (O(N log N); the GPU kernels
+// count instead, O(N^2) and without a sort).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_slots(const at::Tensor& labels) {
+  check_slot_labels(labels);
+  const at::Tensor l = labels.to(at::kLong).contiguous();
+  const int64_t n = l.size(0);
+  const auto i64 = l.options();
+  at::Tensor order = at::empty({n}, i64), seg = at::empty({n + 1}, i64), slot = at::empty({n}, i64);
+  at::Tensor sorted_labels = at::empty({n}, i64), sorted_slot = at::empty({n}, i64);
+  const int64_t* lp = l.const_data_ptr<int64_t>();
+  int64_t *op = order.mutable_data_ptr<int64_t>(), *sp = seg.mutable_data_ptr<int64_t>();
+  int64_t *slp = slot.mutable_data_ptr<int64_t>(), *lab = sorted_labels.mutable_data_ptr<int64_t>();
+  int64_t* ss = sorted_slot.mutable_data_ptr<int64_t>();
+  std::iota(op, op + n, int64_t{0});
+  std::stable_sort(op, op + n, [lp](int64_t a, int64_t b) { return lp[a] < lp[b]; });
+  int64_t k = -1;
+  for (int64_t p = 0; p < n; ++p) {
+    lab[p] = lp[op[p]];
+    if (p == 0 || lab[p] != lab[p - 1]) sp[++k] = p;
+    ss[p] = k;
+    slp[op[p]] = k;
+  }
+  std::fill(sp + k + 1, sp + n + 1, n);  // the slots past the last class (and seg[N]) are empty at N
+  return {order, seg, slot, sorted_labels, sorted_slot};
 }
 
 }  // namespace vtreid::cpu

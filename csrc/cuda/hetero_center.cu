@@ -2,7 +2,8 @@
 // Forward: one 256-thread block per (class slot, feature set); threads stride over the features, walk
 // the slot's samples in batch order (loads coalesce across threads), and the five per-class scalars are
 // reduced with a fixed shared-memory tree. Backward: one thread per (sample, set, feature).
-// No atomics anywhere: bitwise reproducible.
+// No atomics anywhere: bitwise reproducible. Class slots: two O(N^2) counting kernels (kernels/hetero_center.py
+// gives the formulas), one thread per sample or sorted position, the labels staged through shared memory.
 #include "common.cuh"
 #include "launch.h"
 
@@ -157,6 +158,59 @@ cudaError_t bwd_typed(const void* x, const int64_t* slot, const int32_t* mod, co
   return cudaGetLastError();
 }
 
+constexpr int kSlotThreads = 256;
+
+// Sample i's stable sorted position: #{j: l_j < l_i} + #{j < i: l_j = l_i}.
+template <typename label_t>
+__global__ void __launch_bounds__(kSlotThreads)
+slot_rank_kernel(const label_t* __restrict__ labels, int64_t* __restrict__ order, int64_t* __restrict__ sorted_labels,
+                 int64_t n) {
+  __shared__ label_t tile[kSlotThreads];
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kSlotThreads + threadIdx.x;
+  const label_t li = i < n ? labels[i] : label_t(0);
+  int64_t rank = 0;
+  for (int64_t j0 = 0; j0 < n; j0 += kSlotThreads) {
+    const int64_t j = j0 + threadIdx.x;
+    tile[threadIdx.x] = j < n ? labels[j] : label_t(0);
+    __syncthreads();
+    const int count = static_cast<int>(n - j0 < kSlotThreads ? n - j0 : kSlotThreads);
+    for (int t = 0; t < count; ++t) rank += tile[t] < li || (tile[t] == li && j0 + t < i);
+    __syncthreads();
+  }
+  if (i < n) {
+    order[rank] = i;
+    sorted_labels[rank] = li;
+  }
+}
+
+// Position p's slot: the class boundaries (a label differing from the one before) at or before p; the
+// first position of a slot writes its seg entry, and the slots past the last class end at n.
+__global__ void __launch_bounds__(kSlotThreads)
+slot_segments_kernel(const int64_t* __restrict__ order, const int64_t* __restrict__ sorted_labels,
+                     int64_t* __restrict__ seg, int64_t* __restrict__ slot, int64_t* __restrict__ sorted_slot,
+                     int64_t n) {
+  __shared__ bool starts[kSlotThreads];
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * kSlotThreads + threadIdx.x;
+  int64_t at_or_before = 0, boundaries = 0;
+  for (int64_t q0 = 0; q0 < n; q0 += kSlotThreads) {
+    const int64_t q = q0 + threadIdx.x;
+    starts[threadIdx.x] = q >= 1 && q < n && sorted_labels[q] != sorted_labels[q - 1];
+    __syncthreads();
+    const int count = static_cast<int>(n - q0 < kSlotThreads ? n - q0 : kSlotThreads);
+    for (int t = 0; t < count; ++t) {
+      boundaries += starts[t];
+      at_or_before += starts[t] && q0 + t <= p;
+    }
+    __syncthreads();
+  }
+  if (p < n) {
+    sorted_slot[p] = at_or_before;
+    slot[order[p]] = at_or_before;
+    if (p == 0 || sorted_labels[p] != sorted_labels[p - 1]) seg[at_or_before] = p;
+    if (p + 1 > boundaries) seg[p + 1] = n;
+  }
+}
+
 }  // namespace
 
 cudaError_t hetero_center_fwd(DType dtype, const void* x, const int64_t* order, const int64_t* seg,
@@ -194,6 +248,22 @@ cudaError_t hetero_center_bwd(DType dtype, const void* x, const int64_t* slot, c
   }
 #undef VTREID_HC_BWD
   return cudaErrorInvalidValue;
+}
+
+cudaError_t class_slots(bool labels_int32, const void* labels, int64_t* order, int64_t* seg, int64_t* slot,
+                        int64_t* sorted_labels, int64_t* sorted_slot, int64_t n, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  const unsigned blocks = blocks_for(n, kSlotThreads);  // n < 2^31 * 256: within grid dimension x
+  if (labels_int32) {
+    slot_rank_kernel<int32_t><<<blocks, kSlotThreads, 0, stream>>>(static_cast<const int32_t*>(labels), order,
+                                                                    sorted_labels, n);
+  } else {
+    slot_rank_kernel<int64_t><<<blocks, kSlotThreads, 0, stream>>>(static_cast<const int64_t*>(labels), order,
+                                                                    sorted_labels, n);
+  }
+  if (const cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+  slot_segments_kernel<<<blocks, kSlotThreads, 0, stream>>>(order, sorted_labels, seg, slot, sorted_slot, n);
+  return cudaGetLastError();
 }
 
 }  // namespace vtreid::cuda

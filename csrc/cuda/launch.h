@@ -96,6 +96,12 @@ cudaError_t hetero_center_bwd(DType dtype, const void* x, const int64_t* slot, c
                               int64_t grad_hinge_stride_n, const void* grad_centers, void* grad_x, int64_t sets,
                               int64_t n, int64_t dim, int metric, bool strong, cudaStream_t stream);
 
+// The class slots of labels [n] (int64, or int32 when labels_int32), as a stable sort by label gives them
+// (vtreid.ops.reference.class_slots): order, slot, sorted_labels, sorted_slot [n] and seg [n + 1], all
+// int64. Two O(n^2) launches, no sort and no scratch; n == 0 launches nothing (seg[0] = 0 is the caller's).
+cudaError_t class_slots(bool labels_int32, const void* labels, int64_t* order, int64_t* seg, int64_t* slot,
+                        int64_t* sorted_labels, int64_t* sorted_slot, int64_t n, cudaStream_t stream);
+
 // Epilogues of the normalized cross-entropy driver (csrc/normalized_ce_driver.h), for acc_t float or
 // double, all arrays contiguous:
 // - merge folds a class chunk's dot products [n, cc] into the per-row online log-sum-exp state (the first

@@ -109,6 +109,12 @@ int emu_hetero_center_bwd(int dtype, const void* x, const int64_t* slot, const i
                                          grad_centers, grad_x, sets, n, dim, metric, strong != 0, nullptr);
 }
 
+int emu_class_slots(int labels_int32, const void* labels, int64_t* order, int64_t* seg, int64_t* slot,
+                    int64_t* sorted_labels, int64_t* sorted_slot, int64_t n) {
+  return vtreid::cuda::class_slots(labels_int32 != 0, labels, order, seg, slot, sorted_labels, sorted_slot, n,
+                                   nullptr);
+}
+
 #define VTREID_EMU_NCE(T, SUFFIX)                                                                                  \
   /* state [5, n]: run_max, run_sum, run_ez, z_target, z_total; out [4, n]: loss, lse, E_p[z], target term */    \
   int emu_normalized_ce_merge_##SUFFIX(const T* dots, int64_t n, int64_t cc, int64_t c0, int64_t classes,          \

@@ -707,6 +707,36 @@ def test_hard_mining_grid_fills_a_wave_at_training_shapes():
 
 # --- hetero_center ------------------------------------------------------------------------------------
 
+def slot_label_cases():
+    """(name, labels) of the class-slot tests: block edges of the kernels (256 threads), ties across
+    blocks, one class, all distinct, descending, negative and extreme values, int32 and int64."""
+    gen = torch.Generator().manual_seed(5)
+    cases = [("one", torch.tensor([4])), ("two-equal", torch.tensor([9, 9])), ("pair", torch.tensor([9, -9]))]
+    for n in (2, 31, 255, 256, 257, 600):
+        cases += [(f"random-{n}", torch.randint(-3, 9, (n,), generator=gen)),
+                  (f"one-class-{n}", torch.full((n,), 6)),
+                  (f"distinct-{n}", torch.randperm(n, generator=gen) * 3 - n),
+                  (f"descending-{n}", torch.arange(n, 0, -1) // 2)]
+    cases += [("int64-extremes", torch.tensor([2**63 - 1, -2**63, 0, 2**63 - 1, -2**63, -1])),
+              ("int32-extremes", torch.tensor([2**31 - 1, -2**31, 0, -2**31], dtype=torch.int32)),
+              ("int32-random", torch.randint(-2**31, 2**31 - 1, (300,), generator=gen, dtype=torch.int32) // 2**28)]
+    return cases
+
+
+@pytest.mark.parametrize("name,labels", slot_label_cases(), ids=[c[0] for c in slot_label_cases()])
+def test_class_slots(name, labels):
+    n = labels.shape[0]
+    outs = [torch.full((n + (k == 1),), _POISON_INDEX, dtype=torch.int64) for k in range(5)]
+    _check(LIB.emu_class_slots(int(labels.dtype == torch.int32), _p(labels), *map(_p, outs), I64(n)), "class_slots")
+    for what, got, want in zip(("order", "seg", "slot", "sorted_labels", "sorted_slot"), outs,
+                               reference.class_slots(labels)):
+        assert torch.equal(got, want), (name, what, got, want)
+
+
+def test_class_slots_of_no_samples_launch_nothing():
+    _check(LIB.emu_class_slots(0, _p(torch.empty(0, dtype=torch.int64)), *([_p(None)] * 5), I64(0)), "class_slots")
+
+
 @pytest.mark.parametrize("strong", [False, True])
 @pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)

@@ -83,15 +83,16 @@ def test_triton_grids_respect_hardware_limits(monkeypatch):
     idx = torch.zeros(n, dtype=torch.int64)
     k_mining.backward(torch.ones(n), torch.ones(n), x, x[:5], idx, idx, torch.ones(n), torch.ones(n),
                       torch.ones(n), torch.ones(5), "euclidean")
-    slots = ops.hetero_center.class_slots(labels)
-    out = k_center.forward(x[None], slots.order, slots.seg, mod.int(), "sqeuclidean", True, 0.0)
-    k_center.backward(x[None], slots.slot, mod.int(), out[0], out[1], out[2], out[3], out[4], torch.ones(1, n), None,
+    order, seg, slot, _, _ = k_center.class_slots(labels)
+    out = k_center.forward(x[None], order, seg, mod.int(), "sqeuclidean", True, 0.0)
+    k_center.backward(x[None], slot, mod.int(), out[0], out[1], out[2], out[3], out[4], torch.ones(1, n), None,
                       "sqeuclidean", True)
     w = torch.randn(5, d)
     k_nce.cross_entropy_forward(x, w, labels % 5, 1.0, 0.0, True)
     assert {g[0] for g in grids} >= {"_pairwise_fwd_kernel", "_pairwise_bwd_kernel", "_mining_fwd_kernel",
                                      "_mining_pair_grad_kernel", "_candidate_grad_kernel", "_centers_fwd_kernel",
-                                     "_centers_bwd_kernel", "_nce_fwd_kernel"}, grids
+                                     "_centers_bwd_kernel", "_nce_fwd_kernel", "_slot_rank_kernel",
+                                     "_slot_segments_kernel"}, grids
     for name, grid in grids:
         for axis, (count, limit) in enumerate(zip(grid, _launch.GRID_LIMITS)):
             assert 1 <= count <= limit, f"{name}: grid {grid} has {count} programs on axis {axis} (limit {limit})"

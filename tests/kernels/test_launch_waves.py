@@ -144,8 +144,9 @@ def test_autotune_keys_are_bucketed():
 
 # --- every launch of every op, as the launchers make them --------------------------------------------
 
-# Kernels whose work is O(N) (merging per-split states of N rows): microseconds whatever their grid.
-SMALL_EPILOGUES = {"_nce_combine_kernel", "_mining_combine_kernel"}
+# Kernels whose work at the training shapes is microseconds whatever their grid: O(N) merges of per-split
+# states of N rows, and the class slots' 2 x N^2 integer comparisons (65536 at N = 256, on 8 programs).
+SMALL_EPILOGUES = {"_nce_combine_kernel", "_mining_combine_kernel", "_slot_rank_kernel", "_slot_segments_kernel"}
 
 
 def test_the_wave_table_names_the_compile_tables_architectures():
@@ -168,7 +169,7 @@ def test_every_launch_at_training_shapes_fills_a_wave(monkeypatch, arch, dtype):
     launch_every_op(N, N, D, C, dtype)
     seen = {launch.name for launch in launches}
     assert {"_pairwise_fwd_kernel", "_pairwise_bwd_kernel", "_centers_fwd_kernel", "_centers_bwd_kernel",
-            "_nce_fwd_kernel", "_nce_grad_kernel"} <= seen, seen
+            "_nce_fwd_kernel", "_nce_grad_kernel", "_slot_rank_kernel", "_slot_segments_kernel"} <= seen, seen
     assert any(name.startswith("_mining") for name in seen), seen
     short = [launch[:3] for launch in launches if launch.programs < sms and launch.name not in SMALL_EPILOGUES]
     assert not short, f"launches below one wave of {sms} SMs: {short}"

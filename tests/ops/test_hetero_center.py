@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import vtreid.ops as ops
-from vtreid.ops.hetero_center import FUSED, class_slots
+from vtreid.ops import hetero_center, reference
+from vtreid.ops.hetero_center import FUSED, ClassSlots, class_slots
 
 from support import (DEVICES, FUSED_BACKENDS, AtenOps, Launches, assert_matches, dtypes_for, raw_modality,
                      require_backend)
@@ -146,18 +147,118 @@ def test_modality_centers(device, backend):
                                                                       backend="reference").classes.dtype
 
 
-def test_class_slots_layout():
-    labels = torch.tensor([7, 3, 7, 9, 3, 3])
-    slots = class_slots(labels)
+SLOT_BACKENDS = ("reference",) + FUSED_BACKENDS
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", SLOT_BACKENDS)
+def test_class_slots_layout(device, backend):
+    if backend != "reference":
+        require_backend(backend, device)
+    labels = torch.tensor([7, 3, 7, 9, 3, 3], device=device)
+    slots = class_slots(labels, backend)
     assert slots.slot.tolist() == [1, 0, 1, 2, 0, 0]
     assert slots.order.tolist() == [1, 4, 5, 0, 2, 3]
     assert slots.seg.tolist() == [0, 3, 5, 6, 6, 6, 6]
     assert slots.slot_labels.tolist() == [3, 7, 9, -1, -1, -1] and int(slots.num_classes) == 3
     assert slots.sorted_slot.tolist() == [0, 0, 0, 1, 1, 2]
-    one = class_slots(torch.tensor([5], dtype=torch.int32))
+    one = class_slots(torch.tensor([5], dtype=torch.int32, device=device), backend)
     assert one.seg.tolist() == [0, 1] and one.slot_labels.tolist() == [5] and int(one.num_classes) == 1
-    empty = class_slots(torch.tensor([], dtype=torch.int64))
+    empty = class_slots(torch.tensor([], dtype=torch.int64, device=device), backend)
     assert empty.seg.tolist() == [0] and int(empty.num_classes) == 0
+    assert all(t.dtype == torch.int64 and t.device == labels.device for t in slots)
+
+
+def _slot_label_cases(seed):
+    """Fresh random labels at the Triton blocks' edges (32 samples, 64 candidates a step) and past them,
+    and awkward ones: one class, all distinct, descending, negative and extreme values, int32."""
+    gen = torch.Generator().manual_seed(seed)
+    cases = []
+    for n in (2, 3, 31, 32, 33, 64, 65, 130):
+        cases += [torch.randint(-4, 6, (n,), generator=gen), torch.full((n,), 6),
+                  torch.randperm(n, generator=gen) * 5 - n, torch.arange(n, 0, -1) // 3]
+    cases += [torch.tensor([2**63 - 1, -2**63, 0, 2**63 - 1, -2**63, -1]),
+              torch.tensor([2**31 - 1, -2**31, 0, -2**31, 2**31 - 1], dtype=torch.int32),
+              torch.randint(-9, 9, (97,), generator=gen, dtype=torch.int32)]
+    return cases
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_class_slots_match_the_reference(device, backend):
+    require_backend(backend, device)
+    seed = int(torch.randint(0, 2**31, ()))  # fresh labels every run; the seed is in a failure's message
+    for labels in _slot_label_cases(seed):
+        labels = labels.to(device)
+        for name, got, want in zip(ClassSlots._fields, class_slots(labels, backend),
+                                   reference.class_slots(labels)):
+            assert torch.equal(got, want), (seed, backend, name, labels.tolist(), got.tolist(), want.tolist())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_class_slots_are_one_op(device, backend, monkeypatch):
+    """The fused backends' slots cost one C++ op (native) or the two slot kernels (Triton) and nothing
+    else but allocations, where the reference's sort runs ~9 launches; past QUADRATIC_LIMIT samples the
+    O(N^2) paths give way to the sort and agree with it."""
+    require_backend(backend, device)
+    from vtreid.kernels import hetero_center as kernel
+    labels = torch.tensor([4, 1, 4, 4, 2, 1], device=device)
+    launches = Launches(monkeypatch, kernel)
+    with AtenOps(launches) as aten:
+        class_slots(labels, backend)
+    if backend == "triton":
+        assert launches.names() == ["_slot_rank_kernel", "_slot_segments_kernel"] and aten.ops == [], aten.ops
+    else:
+        assert aten.ops == ["class_slots"], aten.ops
+    with AtenOps(launches) as aten:
+        class_slots(labels, "reference")
+    assert len(aten.ops) >= 6, aten.ops
+    monkeypatch.setattr(hetero_center, "QUADRATIC_LIMIT", 5)
+    launches.triton.clear()
+    got = class_slots(labels, backend)
+    assert all(torch.equal(g, w) for g, w in zip(got, reference.class_slots(labels)))
+    quadratic = backend == "triton" or device == "cuda"  # native on the CPU sorts in C++ at any size
+    assert launches.triton == [] and (not quadratic or aten.ops != ["class_slots"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_class_slots_opcheck(device, backend):
+    require_backend(backend, device)
+    op = hetero_center._NATIVE_SLOTS if backend == "native" else hetero_center._TRITON_SLOTS
+    for labels in (torch.tensor([3, 1, 3, 0, 1]), torch.tensor([2, 2, 2], dtype=torch.int32),
+                   torch.tensor([], dtype=torch.int64)):
+        torch.library.opcheck(op, (labels.to(device),))
+
+
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_torch_compile_traces_the_slot_op(backend):
+    """torch.compile traces the slot op and the fused pair through their fake kernels and gives the
+    reference's gradient. (On CPU tensors the modality value check breaks the graph before them.)"""
+    require_backend(backend, "cpu")
+    x, labels, modality = batch(2, 3, 2, 9, "cpu", seed=15)
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return gm.forward
+    torch._dynamo.reset()
+    fn = torch.compile(lambda t: ops.hetero_center_loss(t, labels, modality, backend=backend, strong=True).sum(),
+                       backend=record)
+    xc, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    fn(xc).backward()
+    assert "vtreid.class_slots" in "\n".join(graphs)
+    ops.hetero_center_loss(xr, labels, modality, backend="reference", strong=True).sum().backward()
+    assert_matches(xc.grad, xr.grad, torch.float32, "grad under torch.compile")
+
+
+def test_native_class_slots_name_a_bad_labels_argument():
+    require_backend("native", "cpu")
+    with pytest.raises(ValueError, match="labels must be a 1-D tensor"):
+        hetero_center._NATIVE_SLOTS(torch.zeros(2, 3, dtype=torch.int64))
+    with pytest.raises(TypeError, match="labels must have dtype torch.int32 or torch.int64"):
+        hetero_center._NATIVE_SLOTS(torch.zeros(3))
 
 
 @pytest.mark.parametrize("backend", ("reference", "native"))

@@ -184,4 +184,5 @@ def test_triton_ops_take_the_eager_path_outside_compile_and_the_registered_op_in
     traced = "\n".join(graphs)
     for family in DIFFERENTIABLE:
         assert f"vtreid.{family}_triton_fwd" in traced, family
+    assert "vtreid.class_slots_triton" in traced  # the hetero-center slots: the registered op too
     assert "tritonBackward" not in traced

@@ -29,18 +29,26 @@ class FusedOp(NamedTuple):
     call: Callable      # what the public functions call: ``forward``, or its eager fast path (Triton)
 
 
+_REBUILD = "the built extension is older than the Python sources; rebuild it with " \
+           "`pip install --no-build-isolation -e .`"
+
+
+def native_op(name: str):
+    """torch.ops.vtreid.<name>.default of the built extension; an ImportError that says to rebuild when
+    the extension predates the op."""
+    try:
+        return getattr(torch.ops.vtreid, name).default
+    except AttributeError as exc:
+        raise ImportError(f"vtreid._C has no op {name}: {_REBUILD}") from exc
+
+
 def _native_ops(name: str):
     ok, _, _ = _backend.native_status()
     if not ok:
         return None
-    rebuild = "the built extension is older than the Python sources; rebuild it with " \
-              "`pip install --no-build-isolation -e .`"
-    try:
-        pair = getattr(torch.ops.vtreid, f"{name}_fwd").default, getattr(torch.ops.vtreid, f"{name}_bwd").default
-    except AttributeError as exc:
-        raise ImportError(f"vtreid._C has no op {name}_fwd/_bwd: {rebuild}") from exc
+    pair = native_op(f"{name}_fwd"), native_op(f"{name}_bwd")
     if not torch._C._dispatch_has_kernel_for_dispatch_key(f"vtreid::{name}_fwd", "Autograd"):
-        raise ImportError(f"vtreid._C has no autograd for {name}_fwd (csrc/autograd.cpp): {rebuild}")
+        raise ImportError(f"vtreid._C has no autograd for {name}_fwd (csrc/autograd.cpp): {_REBUILD}")
     return pair
 
 

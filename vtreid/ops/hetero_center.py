@@ -1,9 +1,9 @@
 """vtreid.ops.modality_centers and vtreid.ops.hetero_center_loss: per-class modality centres, fused.
 
 The authors' code forms centres with ``chunk()``, right only for a batch sorted by identity (and wrong
-under data parallelism). Here every sample gets a class slot from a stable sort of the labels (device
-ops, no host sync), so any batch order gives the same centres, and each slot's samples are summed in
-batch order: bitwise reproducible, no float atomics.
+under data parallelism). Here every sample gets a class slot, its position in a stable sort of the
+labels (``class_slots``: each fused backend's own op, no host sync), so any batch order gives the same
+centres, and each slot's samples are summed in batch order: bitwise reproducible, no float atomics.
 
 Fused backends (a forward/backward pair each, with fake kernels and autograd):
 
@@ -23,7 +23,7 @@ import torch
 from . import _backend, reference
 from ._checks import check_choice, check_features, check_modality_values, check_real, check_tensor, modality_ids
 from ._autocast import autocast_inputs
-from ._registry import register_fused_op
+from ._registry import native_op, register_fused_op
 
 
 class Centers(NamedTuple):
@@ -54,18 +54,40 @@ class ClassSlots(NamedTuple):
         return (self.sorted_slot[-1:] + 1).sum()
 
 
-def class_slots(labels: torch.Tensor) -> ClassSlots:
-    """Slot layout of a batch's labels with device ops only (no host synchronisation)."""
+#: Past this many samples the slot kernels (O(N^2) comparisons: 1e9 at the limit, about a millisecond on an
+#: H100) give way to the reference's sort (O(N log N), ~9 launches). Training batches are far below it.
+QUADRATIC_LIMIT = 1 << 15
+
+
+def _triton_class_slots(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                        torch.Tensor]:
+    from vtreid.kernels import hetero_center as kernel
+    return kernel.class_slots(labels)
+
+
+_TRITON_SLOTS = torch.library.custom_op("vtreid::class_slots_triton", _triton_class_slots, mutates_args=())
+
+
+def _fake_class_slots(labels):
     n = labels.shape[0]
-    sorted_labels, order = torch.sort(labels.to(torch.int64), stable=True)
-    # A sample starts a new class where its sorted label differs from the one before; the first sample
-    # counts 0, so the running count is the slot (written in place: no ones / copy / minus-one launches).
-    starts = torch.zeros(n, dtype=torch.int64, device=labels.device)
-    torch.ne(sorted_labels[1:], sorted_labels[:-1], out=starts[1:])
-    sorted_slot = starts.cumsum_(0)
-    slot = torch.empty_like(sorted_slot).scatter_(0, order, sorted_slot)
-    seg = torch.searchsorted(sorted_slot, torch.arange(n + 1, device=labels.device))
-    return ClassSlots(order, seg, slot, sorted_labels, sorted_slot)
+    return (labels.new_empty(n, dtype=torch.int64), labels.new_empty(n + 1, dtype=torch.int64),
+            *(labels.new_empty(n, dtype=torch.int64) for _ in range(3)))
+
+
+torch.library.register_fake(_TRITON_SLOTS)(_fake_class_slots)
+
+
+def class_slots(labels: torch.Tensor, backend: str = "reference") -> ClassSlots:
+    """Slot layout of a batch's labels (vtreid.ops.reference.class_slots) with device ops only (no host
+    synchronisation): the fused backends' own op, one C++ call (native) or two Triton launches, in place
+    of a sort and ~8 more launches; the reference's sort past QUADRATIC_LIMIT samples on the O(N^2) paths."""
+    if backend == "native" and not (labels.is_cuda and labels.shape[0] > QUADRATIC_LIMIT):
+        return ClassSlots(*_NATIVE_SLOTS(labels))
+    if backend == "triton" and labels.shape[0] <= QUADRATIC_LIMIT:
+        if torch.compiler.is_compiling():
+            return ClassSlots(*_TRITON_SLOTS(labels))
+        return ClassSlots(*_triton_class_slots(labels))  # eager: without the custom op's Python dispatch
+    return ClassSlots(*reference.class_slots(labels))
 
 
 def _check_inputs(x, labels, modality):
@@ -88,7 +110,7 @@ def _check_inputs(x, labels, modality):
 
 def _fused(name, x, labels, modality, metric, strong, margin):
     xs = x if x.dim() == 3 else x[None]
-    slots = class_slots(labels)
+    slots = class_slots(labels, name)
     mod = modality_ids(modality)
     out = FUSED[name].call(xs, slots.order, slots.seg, slots.slot, mod, metric, strong, margin)
     return slots, out
@@ -203,3 +225,6 @@ FUSED = register_fused_op(
     setup_context=_setup_context,
     make_backward=_make_backward,
 )
+_NATIVE_SLOTS = native_op("class_slots") if "native" in FUSED else None  # None: the extension is not built
+if _NATIVE_SLOTS is not None:
+    torch.library.register_fake(_NATIVE_SLOTS)(_fake_class_slots)

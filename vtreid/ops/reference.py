@@ -161,6 +161,30 @@ def _centers_and_variances(x, labels, modality):
     return centers, variances, counts.reshape(k, 2), classes
 
 
+def class_slots(labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The class-slot layout the fused hetero-center ops take, from a stable sort of the labels:
+
+        order          [N] sample indices stably sorted by label
+        seg            [N + 1] slot k's samples are order[seg[k]:seg[k + 1]]; N past the last class
+        slot           [N] each sample's slot (its label's rank among the distinct labels)
+        sorted_labels  [N] labels[order]
+        sorted_slot    [N] slot[order]: 0, 0, 1, 1, 1, 2, ...
+
+    all int64. The fused backends compute the same with one op (torch.ops.vtreid.class_slots, the Triton
+    slot kernels); this is their reference and the fallback past their O(N^2) size limit.
+    """
+    n = labels.shape[0]
+    sorted_labels, order = torch.sort(labels.to(torch.int64), stable=True)
+    # A sample starts a new class where its sorted label differs from the one before; the first sample
+    # counts 0, so the running count is the slot.
+    starts = torch.zeros(n, dtype=torch.int64, device=labels.device)
+    torch.ne(sorted_labels[1:], sorted_labels[:-1], out=starts[1:])
+    sorted_slot = starts.cumsum_(0)
+    slot = torch.empty_like(sorted_slot).scatter_(0, order, sorted_slot)
+    seg = torch.searchsorted(sorted_slot, torch.arange(n + 1, device=labels.device))
+    return order, seg, slot, sorted_labels, sorted_slot
+
+
 def hetero_center_loss(x: torch.Tensor, labels: torch.Tensor, modality: torch.Tensor, *, margin: float = 0.0,
                        metric: str = "sqeuclidean", strong: bool = False, reduction: str = "sum") -> torch.Tensor:
     """Hetero-Center loss (Zhu et al., eq. 2, 5, 7, 8) over the classes present in both modalities:
