@@ -8,8 +8,9 @@ Forward: one program per (feature set s, slot k) walks its samples once per BLOC
 features, accumulating the visible and infrared sums (and, for the strong constraint, a second walk
 for the squared deviations: the two-pass variance), and folds the slice into the per-class scalars:
 ||c_vis - c_ir||^2, c_vis.c_ir, |c_vis|^2, |c_ir|^2, ||v_vis - v_ir||^2. It writes the centres,
-variances, the counts and the class's hinge value [D + V - margin]_+ (0 unless both modalities
-are present).
+variances, the counts and the class's hinge value [D + V - margin]_+. A class seen in one modality only
+is left out as the reference's mask leaves it, by a factor 0: its hinge is 0, or NaN when its features
+are not finite (a diverged model does not get a finite loss), and it passes no gradient.
 
 Backward: one program per (set, sample, feature slice); with g the class's upstream gradient
 (0 when its hinge is inactive) and m the sample's modality, o the other:
@@ -112,7 +113,8 @@ def _centers_fwd_kernel(
     else:
         dist = diff_sq
     both = (n_vis > 0.0) & (n_ir > 0.0)
-    tl.store(HINGE + s.to(tl.int64) * N + k, tl.where(both, max_keep_nan(dist + var_diff_sq - margin, 0.0), 0.0))
+    hinge = max_keep_nan(dist + var_diff_sq - margin, 0.0)
+    tl.store(HINGE + s.to(tl.int64) * N + k, tl.where(both, hinge, hinge * 0.0))
     stats = STATS + (s.to(tl.int64) * N + k) * 5
     tl.store(stats, diff_sq)
     tl.store(stats + 1, dot)
@@ -141,10 +143,12 @@ def _centers_bwd_kernel(
     m = (tl.load(MOD + j) != 0).to(tl.int32)  # any non-zero value is infrared: never an index past 1
     n_m = tl.load(COUNTS + 2 * k + m).to(tl.float32)
     inv_n = 1.0 / tl.maximum(n_m, 1.0)
-    # The hinge passes gradient where it is active or NaN, as relu (h != 0 also means both modalities are present).
+    # The hinge passes gradient where it is active or NaN, as relu, and only for a class seen in both
+    # modalities (the sample's own has n_m >= 1; a one-modality class's hinge is 0 or NaN, times 0).
     h = tl.load(HINGE + s.to(tl.int64) * N + k)
+    passes = (h != 0.0) & (tl.load(COUNTS + 2 * k + 1 - m) > 0)
     # G_HINGE with its strides: the sum's gradient arrives expanded (stride 0 along the classes).
-    g = tl.where(h != 0.0, tl.load(G_HINGE + s.to(tl.int64) * stride_hs + k * stride_hn).to(tl.float32), 0.0)
+    g = tl.where(passes, tl.load(G_HINGE + s.to(tl.int64) * stride_hs + k * stride_hn).to(tl.float32), 0.0)
     base = (s.to(tl.int64) * N + k) * 2 * D
     c_m = tl.load(CENTERS + base + m * D + rd, mask=mask_d, other=0.0)
     c_o = tl.load(CENTERS + base + (1 - m) * D + rd, mask=mask_d, other=0.0)
@@ -183,7 +187,7 @@ def _block_d(d: int) -> int:
 def forward(x, order, seg, modality, metric: str, strong: bool, margin: float):
     """x [S, N, D] -> (hinge [S, N], centers [S, N, 2, D], variances (zeros unless strong), counts [N, 2] int64,
     stats [S, N, 5]); float32 except counts. Slot k's hinge is [D + V - margin]_+ when both modalities are
-    present, else 0; stats: ||c_vis - c_ir||^2, c_vis.c_ir, |c_vis|^2, |c_ir|^2, ||v_vis - v_ir||^2."""
+    present, else that times 0 (0, or NaN for non-finite features); stats: ||c_vis - c_ir||^2, c_vis.c_ir, |c_vis|^2, |c_ir|^2, ||v_vis - v_ir||^2."""
     s, n, d = x.shape
     # The kernel writes every slot, empty ones included, so nothing is filled first; counts are written by
     # the first feature set's programs, so they need zeros only when there is none.

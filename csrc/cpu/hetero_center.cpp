@@ -89,7 +89,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hetero_ce
             ? acc_t(1) - dot / (std::max(std::sqrt(vis_sq), acc_t(kCosineEps)) *
                                 std::max(std::sqrt(ir_sq), acc_t(kCosineEps)))
             : diff_sq;
-        hp[sk] = (n_vis > 0 && n_ir > 0) ? std::max(dist + var_diff_sq - static_cast<acc_t>(margin), acc_t(0)) : 0;
+        // std::max keeps a NaN first argument; a class seen in one modality only is left out by a factor 0,
+        // as the reference's mask leaves it: NaN stays NaN
+        const acc_t h = std::max(dist + var_diff_sq - static_cast<acc_t>(margin), acc_t(0));
+        hp[sk] = (n_vis > 0 && n_ir > 0) ? h : h * acc_t(0);
       }
     });
   });
@@ -131,9 +134,10 @@ at::Tensor hetero_center_bwd(const at::Tensor& x, const at::Tensor& slot, const 
         const int m = mp[j] != 0 ? 1 : 0;  // any non-zero value is infrared: never an index past 1
         const int64_t sk = s * n + k;
         const acc_t inv_n = acc_t(1) / std::max<int64_t>(cntp[2 * k + m], 1);
-        // The hinge passes gradient where it is active or NaN, as relu (h != 0 also means both modalities are
-        // present).
-        const acc_t g = hp[sk] != acc_t(0) ? ghp[sk] : acc_t(0);
+        // The hinge passes gradient where it is active or NaN, as relu, and only for a class seen in both
+        // modalities (the sample's own has a count >= 1; a one-modality class's hinge is 0 or NaN, times 0).
+        const bool passes = hp[sk] != acc_t(0) && cntp[2 * k + 1 - m] > 0;
+        const acc_t g = passes ? ghp[sk] : acc_t(0);
         const acc_t* cm = cp + (sk * 2 + m) * dim;
         const acc_t* co = cp + (sk * 2 + 1 - m) * dim;
         acc_t own = 0, other = 2;  // d dist / d c_m = own * c_m - other * c_o

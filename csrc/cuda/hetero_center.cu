@@ -78,7 +78,9 @@ centers_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ o
     const acc_t dist = metric == kCosine
         ? distance_from_dot(partial[1][0], partial[2][0], partial[3][0], kCosine, acc_t(0))
         : partial[0][0];
-    hinge[s * n + k] = (n_vis > 0 && n_ir > 0) ? hd_max(dist + partial[4][0] - margin, acc_t(0)) : acc_t(0);
+    // a class seen in one modality only is left out by a factor 0, as the reference's mask: NaN stays NaN
+    const acc_t h = hd_max(dist + partial[4][0] - margin, acc_t(0));
+    hinge[s * n + k] = (n_vis > 0 && n_ir > 0) ? h : h * acc_t(0);
     if (s == 0) {
       counts[2 * k] = n_vis;
       counts[2 * k + 1] = n_ir;
@@ -105,8 +107,10 @@ centers_bwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ s
   const int64_t sk = s * n + k;
   const int64_t count = counts[2 * k + m];
   const acc_t inv_n = acc_t(1) / (count > 0 ? count : 1);
-  // The hinge passes gradient where it is active or NaN, as relu (h != 0 also means both modalities are present).
-  const acc_t g = hinge[sk] != acc_t(0) ? grad_hinge[s * gh_stride_s + k * gh_stride_n] : acc_t(0);
+  // The hinge passes gradient where it is active or NaN, as relu, and only for a class seen in both
+  // modalities (the sample's own has count >= 1; a one-modality class's hinge is 0 or NaN, times 0).
+  const bool passes = hinge[sk] != acc_t(0) && counts[2 * k + 1 - m] > 0;
+  const acc_t g = passes ? grad_hinge[s * gh_stride_s + k * gh_stride_n] : acc_t(0);
   const acc_t cm = centers[(sk * 2 + m) * dim + d], co = centers[(sk * 2 + 1 - m) * dim + d];
   acc_t own = 2, other = 2;  // d dist / d c_m = own * c_m - other * c_o
   if (metric == kCosine) {

@@ -793,6 +793,37 @@ def test_hetero_center(n, d, dtype, metric, strong):
     assert_matches(grads[0], xr.grad.to(dtype), dtype, "grad x")
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("strong", [False, True])
+@pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
+def test_hetero_center_one_modality_class_with_a_non_finite_feature(metric, strong, bad):
+    """A class seen in one modality only is left out by a factor 0, as the reference's mask: a NaN or inf
+    feature there gives a NaN hinge, and a gradient NaN in that class's rows only, as the reference's."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 8, 5, generator=gen)
+    x[0, 4, 0] = bad
+    labels = torch.tensor([3, 3, 1, 1, 7, 7, 3, 1])  # class 7: visible only
+    modality = torch.tensor([0, 1, 0, 1, 0, 0, 1, 1], dtype=torch.int32)
+    slots = class_slots(labels)
+    hinge, stats, counts = torch.empty(1, 8), torch.empty(1, 8, 5), torch.empty(8, 2, dtype=torch.int64)
+    centers, variances = torch.empty(1, 8, 2, 5), torch.empty(1, 8, 2, 5)
+    code = METRIC_CODES[metric]
+    _check(LIB.emu_hetero_center_fwd(DTYPE_CODES[torch.float32], _p(x), _p(slots.order), _p(slots.seg),
+                                     _p(modality), _p(hinge), _p(centers), _p(variances), _p(counts), _p(stats), I64(1),
+                                     I64(8), I64(5), code, int(strong), ctypes.c_double(0.0)), "hetero_center_fwd")
+    xr = x[0].clone().requires_grad_()
+    loss = reference.hetero_center_loss(xr, labels, modality, metric=metric, strong=strong)
+    assert hinge.sum().isnan() and loss.isnan()
+    loss.backward()
+    grad_x, ones = torch.empty_like(x), torch.ones(1, 8)
+    _check(LIB.emu_hetero_center_bwd(DTYPE_CODES[torch.float32], _p(x), _p(slots.slot), _p(modality), _p(hinge),
+                                     _p(centers), _p(variances), _p(counts), _p(stats), _p(ones), I64(8), I64(1),
+                                     _p(None), _p(grad_x), I64(1), I64(8), I64(5), code, int(strong)),
+           "hetero_center_bwd")
+    assert torch.equal(grad_x[0].isnan(), xr.grad.isnan()) and grad_x[0, labels != 7].isfinite().all()
+    torch.testing.assert_close(grad_x[0], xr.grad, equal_nan=True, atol=1e-4, rtol=1e-4)
+
+
 # --- normalized cross-entropy epilogues -----------------------------------------------------------------
 
 LIB.emu_normalized_ce_grad_row_blocks.restype = I64

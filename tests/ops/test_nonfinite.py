@@ -131,3 +131,28 @@ def test_hetero_center_loss_propagates_nan(backend, metric, strong):
                                                          backend="reference"), xr)
     assert torch.equal(got.isnan(), want.isnan()), f"NaN pattern\n{got}\n{want}"
     torch.testing.assert_close(got, want, equal_nan=True, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("strong", [False, True])
+@pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_hetero_center_loss_of_a_one_modality_class_with_a_non_finite_feature(backend, metric, strong, bad):
+    """A class seen in one modality only is left out by a factor 0, as the reference's mask leaves it: a
+    NaN or inf feature there makes the loss NaN on every backend (the fused ones gave a finite loss, and
+    then NaN gradients under it), and the gradient is the reference's: NaN in that class's rows
+    (0 times its non-finite centre), finite elsewhere."""
+    require_backend(backend, "cpu", torch.float32)
+    torch.manual_seed(1)
+    x = torch.randn(8, 5)
+    x[4, 0] = bad  # class 7 has visible samples only
+    labels, modality = torch.tensor([3, 3, 1, 1, 7, 7, 3, 1]), torch.tensor([0, 1, 0, 1, 0, 0, 1, 1])
+    xs, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got = ops.hetero_center_loss(xs, labels, modality, metric=metric, strong=strong, backend=backend)
+    want = ops.hetero_center_loss(xr, labels, modality, metric=metric, strong=strong, backend="reference")
+    assert got.isnan() and want.isnan(), (got, want)
+    (g,) = torch.autograd.grad(got, xs)
+    (w,) = torch.autograd.grad(want, xr)
+    assert torch.equal(g.isnan(), w.isnan()), f"NaN pattern\n{g}\n{w}"
+    assert g[labels != 7].isfinite().all()
+    torch.testing.assert_close(g, w, equal_nan=True, atol=1e-4, rtol=1e-4)

@@ -146,8 +146,9 @@ def hetero_center_loss(x: torch.Tensor, labels: torch.Tensor, modality: torch.Te
         D = ||c_vis - c_ir||^2 ("sqeuclidean") or 1 - cos(c_vis, c_ir) ("cosine").
 
     x [N, D] gives a scalar; x [S, N, D] (S feature sets, e.g. TSLFN's 6 stripes, sharing labels and
-    modality) gives [S] in one launch. Classes seen in one modality only are left out; a batch with no
-    class in both gives 0 with zero gradient. Any batch order; bitwise reproducible; no host sync.
+    modality) gives [S] in one launch. Classes seen in one modality only are left out (times 0, as the
+    reference: a NaN feature there still gives NaN); a batch with no class in both gives 0 with zero
+    gradient. Any batch order; bitwise reproducible; no host sync.
     """
     _check_inputs(x, labels, modality)
     check_choice(metric, "metric", reference.CENTER_METRICS)

@@ -194,8 +194,9 @@ def hetero_center_loss(x: torch.Tensor, labels: torch.Tensor, modality: torch.Te
         v = per-dimension population variance of the class's features of that modality (eq. 8)
 
     (Eq. 6 writes the same sum with a factor 1/2; eq. 2, 5 and 8 and METHODS.md have none, nor does
-    this.) Classes seen in one modality only are left out; "mean" divides by the number of classes
-    kept (at least 1). A batch with no class in both modalities gives 0 with zero gradient.
+    this.) Classes seen in one modality only are left out, by a factor 0 (a NaN or inf feature there
+    still makes the loss NaN: a diverged model does not get a finite loss); "mean" divides by the number
+    of classes kept (at least 1). A batch with no class in both modalities gives 0 with zero gradient.
     x [N, D] gives a scalar, x [S, N, D] gives [S] (one loss per feature set).
     """
     centers, variances, counts, _ = _centers_and_variances(x, labels, modality)
