@@ -266,6 +266,14 @@ def test_bad_inputs_name_the_argument():
             ops.normalized_cross_entropy(x, w, target, scale=bad)
     with pytest.raises(TypeError, match="scale must be a float"):
         ops.normalized_cross_entropy(x, w, target, scale="14")
+    # a finite scale whose logits overflow float32 gave NaN on every backend, the reference too
+    with pytest.raises(ValueError, match=r"scale must be at most 1.7e\+38 \(the logits in torch.float32 overflow"):
+        ops.normalized_cross_entropy(x, w, target, scale=1e39)
+    assert ops.normalized_cross_entropy(x, w, target, scale=1e38).isfinite()
+    assert ops.normalized_cross_entropy(x.double(), w.double(), target, scale=1e39).isfinite()
+    with pytest.raises(ValueError, match=r"scale must be at most 3.28e\+04 \(the logits in torch.float16"):
+        ops.normalized_logits(x.half(), w.half(), scale=1e5)
+    assert ops.normalized_logits(x.half(), w.half(), scale=3e4).isfinite().all()
     with pytest.raises(ValueError, match="label_smoothing"):
         ops.normalized_cross_entropy(x, w, target, scale=14.0, label_smoothing=1.5)
     with pytest.raises(ValueError, match="reduction"):

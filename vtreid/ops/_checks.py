@@ -74,6 +74,16 @@ def check_real(value, name: str, *, positive: bool = False) -> float:
     return float(value)
 
 
+def check_scale(value, dtype: torch.dtype, what: str) -> float:
+    """A logit scale s: finite, positive, and small enough that the logits s cos (|cos| <= 1) and their
+    gradient (up to 2 s) stay finite in ``dtype``: past that every backend, the reference too, gave NaN."""
+    scale = check_real(value, "scale", positive=True)
+    limit = torch.finfo(dtype).max / 2
+    if scale > limit:
+        raise ValueError(f"scale must be at most {limit:.3g} ({what} in {dtype} overflow past it), got {scale:g}")
+    return scale
+
+
 def check_choice(value, name: str, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")

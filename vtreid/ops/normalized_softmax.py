@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from . import _backend, reference
-from ._checks import (check_choice, check_feature_dims, check_features, check_real, check_same_device,
+from ._checks import (check_choice, check_feature_dims, check_features, check_scale, check_same_device,
                       check_same_dtype, check_tensor, values_checked)
 from ._registry import register_fused_op
 from ._autocast import autocast_inputs
@@ -42,7 +42,7 @@ def normalized_logits(x: torch.Tensor, weight: torch.Tensor, *, scale: float = 1
                       backend: str | None = None) -> torch.Tensor:
     """scale * <x_i / |x_i|, w_c / |w_c|>: [N, C] logits of a cosine classifier (norms clamped at 1e-12)."""
     device = _check_pair(x, weight)
-    scale = check_real(scale, "scale", positive=True)
+    scale = check_scale(scale, x.dtype, "the logits")
     name = _backend.resolve(backend, device, x.dtype, "normalized_logits")
     if name == "reference":
         return reference.normalized_logits(x, weight, scale)
@@ -63,7 +63,8 @@ def normalized_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: torc
     VTREID_CHECK_VALUES=1, since the check needs a host sync).
     """
     device = _check_pair(x, weight)
-    scale = check_real(scale, "scale", positive=True)
+    # the logits are float32 (float64 for float64 inputs) whatever x's dtype
+    scale = check_scale(scale, torch.float64 if x.dtype == torch.float64 else torch.float32, "the logits")
     check_tensor(target, "target")
     if target.dim() != 1 or target.shape[0] != x.shape[0]:
         raise ValueError(f"target must be a 1-D tensor of length {x.shape[0]}, got shape {tuple(target.shape)}")
