@@ -280,6 +280,7 @@ _SLOT_BLOCK_J = 64
 def class_slots(labels):
     """labels [N] int32/int64 -> order [N], seg [N + 1], slot [N], sorted_labels [N], sorted_slot [N], all
     int64, exactly as vtreid.ops.reference.class_slots (a stable sort by label) gives them."""
+    labels = labels.contiguous()  # read with unit stride (a no-op for the ops' labels)
     n = labels.shape[0]
     i64 = dict(device=labels.device, dtype=torch.int64)
     order, slot = torch.empty(n, **i64), torch.empty(n, **i64)

@@ -177,7 +177,8 @@ def _slot_label_cases(seed):
     for n in (2, 3, 31, 32, 33, 64, 65, 130):
         cases += [torch.randint(-4, 6, (n,), generator=gen), torch.full((n,), 6),
                   torch.randperm(n, generator=gen) * 5 - n, torch.arange(n, 0, -1) // 3]
-    cases += [torch.tensor([2**63 - 1, -2**63, 0, 2**63 - 1, -2**63, -1]),
+    cases += [torch.randint(-4, 6, (70,), generator=gen)[::2],  # a strided view
+              torch.tensor([2**63 - 1, -2**63, 0, 2**63 - 1, -2**63, -1]),
               torch.tensor([2**31 - 1, -2**31, 0, -2**31, 2**31 - 1], dtype=torch.int32),
               torch.randint(-9, 9, (97,), generator=gen, dtype=torch.int32)]
     return cases
