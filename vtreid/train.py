@@ -38,7 +38,7 @@ from vtreid.training.config import (DATASETS, DEFAULT_METHOD, ConfigError, check
 from vtreid.training.data import EpochBatches, load_split, train_loader
 from vtreid.training.evaluation import evaluate_model, format_results
 from vtreid.training.progress import Progress, Writers
-from vtreid.training.signals import StopRequest
+from vtreid.training.signals import StopRequest, Stopped
 
 OP_FAMILIES = ("pairwise_distance", "hard_mining", "hetero_center_loss", "normalized_cross_entropy")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -404,7 +404,12 @@ def train(run: Run, writers: Writers) -> int:
     stop on SIGINT / SIGTERM. Returns the exit code."""
     t = run.cfg["train"]
     if t["eval_at_start"] and run.step == 0:   # the untrained baseline, as many trials as the final result
-        evaluate(run, writers, None, final=True)
+        try:
+            with StopRequest(immediate=True):
+                evaluate(run, writers, None, final=True)
+        except Stopped as stop:
+            writers.log(f"{stop} during the evaluation at start, before any training; nothing to resume")
+            return stop.exit_code
     progress = Progress(run.total_steps, run.step, t["log_every"], enabled=run.ctx.is_main)
     stopping = False
     try:
@@ -454,8 +459,14 @@ def train(run: Run, writers: Writers) -> int:
         writers.log(f"error: {exc}; the last good step's checkpoint is {path}")
         return 1
     progress.close()
-    run.save()  # the training is safe before the (long) final evaluation
-    result = evaluate(run, writers, None, final=True)
+    path = run.save()  # the training is safe before the (long) final evaluation
+    try:
+        with StopRequest(immediate=True):
+            result = evaluate(run, writers, None, final=True)
+    except Stopped as stop:
+        writers.log(f"{stop} during the final evaluation; the trained model is in {path}\n"
+                    f"resume with: python -m vtreid.train --resume {path}   (runs the final evaluation again)")
+        return stop.exit_code
     if result["score"] > run.best_score:
         run.best_score = result["score"]
         run.save("best.pt", "last.pt")  # last.pt with the new best score: a resume keeps best.pt

@@ -158,6 +158,39 @@ def test_sigterm_checkpoints_and_the_run_resumes(tmp_path):
     assert [line["step"] for line in metric_lines(out) if "loss" in line] == list(range(1, stopped + 3))
 
 
+@pytest.mark.parametrize("when", ["final", "start"])
+def test_a_signal_during_an_evaluation_outside_the_loop_stops_at_once_and_says_so(tmp_path, monkeypatch, capsys, when):
+    """SIGTERM during the final evaluation (or the one at start) killed the process without a word; it
+    now stops the evaluation where it is, with the signal's exit code and what to do. The final one's
+    checkpoint is written first, and a resume runs the final evaluation again."""
+    evaluate, seen, handler = train.evaluate, [], signal.getsignal(signal.SIGTERM)
+
+    def interrupted(run, writers, progress, final):
+        if final and not seen:
+            seen.append(run.step)
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler raises at the next bytecode: this loop never finishes
+                time.sleep(0.01)
+            raise AssertionError("the signal did not stop the evaluation")
+        return evaluate(run, writers, progress, final)
+
+    monkeypatch.setattr(train, "evaluate", interrupted)
+    out = tmp_path / "run"
+    extra = ["train.eval_at_start=true"] if when == "start" else []
+    run(out, "expat", "train.max_steps=2", *extra, expect=128 + signal.SIGTERM)
+    said = capsys.readouterr().out
+    assert not (out / "results.json").exists()
+    if when == "start":
+        assert seen == [0] and "during the evaluation at start" in said
+        assert not (out / "checkpoints" / "last.pt").exists()
+        return
+    assert seen == [2] and "during the final evaluation" in said and "resume with: python -m vtreid.train --resume" in said
+    assert final_state(out)["step"] == 2
+    assert train.main(["--resume", "--out", str(out)]) == 0
+    assert (out / "results.json").is_file() and seen == [2]
+    assert signal.getsignal(signal.SIGTERM) == handler
+
+
 def test_a_non_finite_loss_stops_with_the_term_and_keeps_the_last_good_step(tmp_path, monkeypatch, capsys):
     from vtreid.methods.expat import ExpAT
     objective = ExpAT.objective

@@ -1,14 +1,26 @@
-"""SIGINT / SIGTERM during training: finish the current step, checkpoint, exit non-zero."""
+"""SIGINT / SIGTERM during training: finish the current step, checkpoint, exit non-zero. During an
+evaluation outside the loop (at start, final), which keeps nothing worth finishing: stop at once, say so."""
 from __future__ import annotations
 
 import signal
 
 
-class StopRequest:
-    """Records the first SIGINT / SIGTERM instead of dying; a second SIGINT interrupts at once."""
+class Stopped(Exception):
+    """Raised by StopRequest(immediate=True) when the signal arrives."""
 
-    def __init__(self):
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class StopRequest:
+    """Records the first SIGINT / SIGTERM instead of dying; a second SIGINT interrupts at once.
+    ``immediate``: raise Stopped where the program is, for work that a restart redoes anyway."""
+
+    def __init__(self, immediate: bool = False):
         self.signal: int | None = None
+        self.immediate = immediate
         self._previous = {}
 
     def __enter__(self):
@@ -20,6 +32,8 @@ class StopRequest:
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal = signum
+        if self.immediate:
+            raise Stopped(signum)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
