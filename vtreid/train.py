@@ -29,7 +29,7 @@ import torch
 
 from vtreid import _cli as cli
 from vtreid import ops
-from vtreid.data.verify import PrintedProgress
+from vtreid.data.verify import PrintedProgress, WorkShare
 from vtreid.methods import METHODS, VARIANTS, Batch, get_method
 from vtreid.training import checkpoint as ckpt_io
 from vtreid.training import distributed
@@ -182,8 +182,10 @@ class Run:
         if t["sync_bn"] and self.device.type != "cuda":
             raise ConfigError("train.sync_bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU)")
         seed_everything(cfg["seed"], t["deterministic"])
-        # the first start on a dataset decodes its images (a minute or two for SYSU-MM01): say so
-        self.split = load_split(cfg, progress=PrintedProgress() if ctx.is_main else None)
+        # the first start on a dataset decodes its images (a minute or two for SYSU-MM01): say so; the
+        # ranks of a torchrun job decode a part each
+        share = WorkShare(ctx.rank, ctx.world_size, distributed.gather_objects) if ctx.enabled else None
+        self.split = load_split(cfg, progress=PrintedProgress() if ctx.is_main else None, share=share)
         self.num_classes = len({r.label for r in self.split.train})
         self.method = get_method(cfg["method"])(cfg, self.num_classes)
         self.train_transform, self.test_transform = self.method.transforms()

@@ -144,6 +144,65 @@ def test_a_verified_listing_is_not_decoded_again(sysu_root, regdb_root, tmp_path
     assert regdb.check(regdb_root, reuse_verified=True) == [] and decoded
 
 
+def test_ranks_share_the_decoding_and_agree_on_skipping_it(sysu_root, tmp_path, monkeypatch):
+    """Under torchrun each rank decodes every world-th image (a first start costs one decode in all, not
+    one per rank), and every rank gets all the problems in listing order; the ranks skip a verified
+    listing together, and decode when one of them lacks the stamp (another node's cache)."""
+    import threading
+
+    from vtreid.data import verify
+    monkeypatch.setenv("VTREID_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "sysu"
+    shutil.copytree(sysu_root, root)
+    bad = sorted(root.glob("cam*/*/*.jpg"))[1::7]
+    for image in bad:
+        image.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    world, decoded, real = 3, Counter(), verify.decode_problem
+    monkeypatch.setattr(verify, "decode_problem", lambda path: decoded.update([path]) or real(path))
+    slots, meet = [None] * world, threading.Barrier(world)
+
+    def all_gather(rank, obj):  # what gather_objects does across processes
+        slots[rank] = obj
+        meet.wait()
+        got = list(slots)
+        meet.wait()
+        return got
+
+    def ranks(**kwargs):
+        results, decoded_before = [None] * world, sum(decoded.values())
+
+        def rank_main(rank):
+            share = verify.WorkShare(rank, world, lambda obj: all_gather(rank, obj))
+            results[rank] = sysu.check(root, reuse_verified=True, share=share, **kwargs)
+        threads = [threading.Thread(target=rank_main, args=(r,), name=f"rank{r}") for r in range(world)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert all(r is not None for r in results)
+        return results, sum(decoded.values()) - decoded_before
+
+    alone = sysu.check(root)
+    total = sum(1 for _ in root.glob("cam*/*/*.jpg"))
+    decoded.clear()
+    results, count = ranks()
+    assert results == [alone] * world and len(alone) == len(bad) and count == total  # each image once in all
+    assert set(decoded.values()) == {1}
+    for image in bad:
+        image.unlink()
+    results, count = ranks()
+    assert results == [[]] * world and count == total - len(bad)                     # clean: stamped
+    assert ranks()[1] == 0                                                            # all skip together
+    real_stamp = verify.listing_stamp
+
+    def rank2_elsewhere(paths):  # rank 2's node has its own cache, without the stamp
+        elsewhere = tmp_path / "other-node" / "stamp"
+        return elsewhere if threading.current_thread().name == "rank2" else real_stamp(paths)
+    monkeypatch.setattr(verify, "listing_stamp", rank2_elsewhere)
+    results, count = ranks()
+    assert results == [[]] * world and count == total - len(bad)                     # all decode their part
+
+
 def test_check_reports_identities_missing_a_modality_and_bad_regdb_images(regdb_root, tmp_path):
     broken = tmp_path / "regdb"
     shutil.copytree(regdb_root, broken)

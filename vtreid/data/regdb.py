@@ -49,12 +49,12 @@ def load(root: str | Path, trial: int = 1, direction: str = "visible_to_thermal"
 
 
 def check(root: str | Path, trials=TRIALS, *, decode: bool = True, workers: int | None = None,
-          progress=None, reuse_verified: bool = False) -> list[str]:
+          progress=None, reuse_verified: bool = False, share: verify.WorkShare | None = None) -> list[str]:
     """Problems found in a RegDB folder, one line each (empty when it is complete): missing folders and
     lists, malformed list lines, listed files that are missing (once per file), identities a list pair
     holds in one modality only, empty identity folders, and (``decode``) every listed image that does
     not decode, in a pool of ``workers`` threads reporting ``progress(done, total)``; ``reuse_verified``:
-    not again for a listing verified before (vtreid.data.verify)."""
+    not again for a listing verified before; ``share``: this rank's part of the decoding (vtreid.data.verify)."""
     root = Path(root)
     if not root.is_dir():
         return [f"RegDB root {root} does not exist" if not root.exists() else f"{root} is not a folder"]
@@ -91,7 +91,7 @@ def check(root: str | Path, trials=TRIALS, *, decode: bool = True, workers: int 
     problems += verify.empty_folders(folders, "*.bmp")
     if decode:
         problems += verify.decode_problems(present, workers=workers, progress=progress,
-                                           reuse_verified=reuse_verified)
+                                           reuse_verified=reuse_verified, share=share)
     return problems
 
 

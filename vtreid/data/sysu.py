@@ -65,12 +65,12 @@ def load(root: str | Path, train_ids: str = "trainval") -> Split:
 
 
 def check(root: str | Path, *, decode: bool = True, workers: int | None = None, progress=None,
-          reuse_verified: bool = False) -> list[str]:
+          reuse_verified: bool = False, share: verify.WorkShare | None = None) -> list[str]:
     """Problems found in a SYSU-MM01 folder, one line each (empty when it is complete): missing folders
     and id lists, identities of a list without a visible or an infrared image, empty identity folders,
     and (``decode``) every image that does not decode, in a pool of ``workers`` threads reporting
-    ``progress(done, total)``; ``reuse_verified``: not again for a listing verified before (see
-    vtreid.data.verify)."""
+    ``progress(done, total)``; ``reuse_verified``: not again for a listing verified before; ``share``: this
+    rank's part of the decoding (see vtreid.data.verify)."""
     root = Path(root)
     if not root.is_dir():
         return [f"SYSU-MM01 root {root} does not exist" if not root.exists() else f"{root} is not a folder"]
@@ -100,7 +100,7 @@ def check(root: str | Path, *, decode: bool = True, workers: int | None = None, 
     if decode:
         images = [path for folder in folders for path in sorted(folder.glob("*.jpg"))]
         problems += verify.decode_problems(images, workers=workers, progress=progress,
-                                           reuse_verified=reuse_verified)
+                                           reuse_verified=reuse_verified, share=share)
     return problems
 
 

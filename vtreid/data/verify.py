@@ -9,6 +9,11 @@ time. A training start (``reuse_verified``) skips decoding a listing with a stam
 and every rank of a torchrun job, decoded all of SYSU-MM01 again. An added, removed, rewritten or
 touched image changes the hash, so that listing is decoded again; ``python -m vtreid.data check``
 always decodes.
+
+Under torchrun the ranks share the decoding (``WorkShare``): rank r decodes every world-th image from
+the r-th and the ranks gather what they found, so a first start costs one decode of the dataset in all,
+not one per rank at once. They decode, or skip, together: one rank without the stamp (another node's
+cache) makes all decode.
 """
 from __future__ import annotations
 
@@ -18,11 +23,20 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NamedTuple
 
 from PIL import Image
 
 Progress = Callable[[int, int], None]  # (images done, images in all)
+
+
+class WorkShare(NamedTuple):
+    """This process's part of a decoding split across ranks: rank ``rank`` of ``world`` decodes every
+    world-th image from its own index; ``all_gather(obj)`` returns every rank's obj in rank order (a
+    collective: every rank calls it, as vtreid.training.distributed.gather_objects)."""
+    rank: int
+    world: int
+    all_gather: Callable[[object], list]
 
 
 class PrintedProgress:
@@ -82,23 +96,33 @@ def decode_problem(path: str | Path) -> str | None:
 
 
 def decode_problems(paths: Iterable[str | Path], *, workers: int | None = None,
-                    progress: Progress | None = None, every: int = 500, reuse_verified: bool = False) -> list[str]:
+                    progress: Progress | None = None, every: int = 500, reuse_verified: bool = False,
+                    share: WorkShare | None = None) -> list[str]:
     """One line per image of ``paths`` that does not decode, in the order of ``paths``.
-    ``progress(done, total)`` is called every ``every`` images and once at the end. No problem: the
-    listing's stamp is written; ``reuse_verified``: a listing with a stamp is not decoded (module doc)."""
+    ``progress(done, total)`` is called every ``every`` images and once at the end (with ``share``: this
+    rank's images). No problem: the listing's stamp is written; ``reuse_verified``: a listing with a stamp
+    is not decoded; ``share``: this rank's part of a decoding split across ranks (module doc)."""
     paths = list(paths)
-    total = len(paths)
     stamp = listing_stamp(paths)
-    if reuse_verified and stamp is not None and stamp.is_file():
+    skip = reuse_verified and stamp is not None and stamp.is_file()
+    if share is not None:
+        skip = all(share.all_gather(skip))
+    if skip:
         return []
+    mine = range(len(paths)) if share is None else range(share.rank, len(paths), share.world)
+    total = len(mine)
     workers = workers or min(16, 2 * (os.cpu_count() or 1))
-    problems = []
+    found = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for done, problem in enumerate(pool.map(decode_problem, paths), start=1):
+        for done, (index, problem) in enumerate(zip(mine, pool.map(decode_problem, (paths[i] for i in mine))),
+                                                start=1):
             if problem:
-                problems.append(problem)
+                found.append((index, problem))
             if progress is not None and (done % every == 0 or done == total):
                 progress(done, total)
+    if share is not None:
+        found = sorted(pair for part in share.all_gather(found) for pair in part)
+    problems = [problem for _, problem in found]
     if not problems and stamp is not None:
         _write_stamp(stamp)
     return problems

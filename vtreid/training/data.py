@@ -48,16 +48,17 @@ def dataset_root(cfg: dict) -> Path:
     return Path(d["root"])
 
 
-def load_split(cfg: dict, progress=None) -> Split:
+def load_split(cfg: dict, progress=None, share=None) -> Split:
     """Train / query / gallery records; a missing or incomplete dataset raises the `vtreid.data check`
     report (ConfigError) before anything trains. ``progress(done, total)`` follows the image decoding,
-    which runs only for a listing not verified before."""
+    which runs only for a listing not verified before; ``share`` (vtreid.data.verify.WorkShare): under
+    torchrun, every rank calls this and decodes its part."""
     d = cfg["dataset"]
     root = dataset_root(cfg)
     module = regdb if d["name"] == "regdb" else sysu
     # a listing verified before (by an earlier start or `vtreid.data check`) is not decoded again
-    problems = regdb.check(root, trials=(d["trial"],), reuse_verified=True, progress=progress) \
-        if d["name"] == "regdb" else sysu.check(root, reuse_verified=True, progress=progress)
+    problems = regdb.check(root, trials=(d["trial"],), reuse_verified=True, progress=progress, share=share) \
+        if d["name"] == "regdb" else sysu.check(root, reuse_verified=True, progress=progress, share=share)
     if problems:
         shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
         raise ConfigError(f"dataset {d['name']} at {root} is missing or incomplete (python -m vtreid.data check "
