@@ -71,6 +71,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         model = method.build_model()
         if state["stage"] > 1:
             method.begin_stage(state["stage"], model)
+        mismatch = ckpt_io.state_mismatch(model, state["model"])
+        if mismatch:
+            raise ValueError(f"{path}: its weights do not fit the network its configuration builds (written by "
+                             f"vtreid {state.get('versions', {}).get('vtreid', '?')}): keys {mismatch}")
         model.load_state_dict(state["model"])
         _, transform = method.transforms()
     except (ConfigError, KeyError, RuntimeError, TypeError) as exc:

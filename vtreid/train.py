@@ -272,10 +272,11 @@ class Run:
                               f"dataset has {self.num_classes}")
         if state["stage"] > 1:
             self.enter_stage(state["stage"])
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise ConfigError(f"cannot resume: the checkpoint's model does not fit this configuration ({exc})") from exc
+        mismatch = ckpt_io.state_mismatch(self.model, state["model"])
+        if mismatch:
+            raise ConfigError(f"cannot resume: the checkpoint's model does not fit this configuration (written by "
+                              f"vtreid {state.get('versions', {}).get('vtreid', '?')}): keys {mismatch}")
+        self.model.load_state_dict(state["model"])
         if len(state["optimizers"]) != len(self.optimizers):
             raise ConfigError("cannot resume: the checkpoint has a different number of optimisers (variant changed?)")
         for o, s in zip(self.optimizers, state["optimizers"]):

@@ -61,3 +61,15 @@ def test_tensorboard_purges_what_a_crashed_run_logged_after_the_checkpoint(tmp_p
     Writers(tmp_path).close()
     Writers(tmp_path, resume_step=7).close()
     assert made == [None, 8]  # events at step 8 and later were written after the step-7 checkpoint
+
+
+def test_state_mismatch_counts_and_names_the_first_keys():
+    from vtreid.training.checkpoint import state_mismatch
+    model = torch.nn.Sequential(*[torch.nn.Linear(3, 3) for _ in range(6)])
+    state = model.state_dict()
+    assert state_mismatch(model, state) is None
+    bad = {k: v for k, v in state.items() if not k.startswith(("0.", "1.", "2."))}   # 6 missing
+    bad.update({f"extra.{i}": torch.zeros(1) for i in range(4)}, **{"5.weight": torch.zeros(2, 3)})
+    said = state_mismatch(model, bad)
+    assert said == ("6 missing (0.weight, 0.bias, 1.weight, ... (3 more)); 4 unexpected (extra.0, extra.1, extra.2, "
+                    "... (1 more)); 1 of another shape (checkpoint vs model) (5.weight (2, 3) vs (3, 3))"), said

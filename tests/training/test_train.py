@@ -244,6 +244,24 @@ def test_bad_input_is_an_error_naming_it_before_any_work(args, message, tmp_path
     assert not (tmp_path / "bad" / "checkpoints").exists()
 
 
+def test_a_checkpoint_whose_weights_do_not_fit_is_a_short_error(tmp_path, capsys):
+    """load_state_dict's message lists every key (hundreds of lines for a ResNet-50); the error counts them
+    and names the first few, for the resume and for evaluate / extract alike."""
+    out = run(tmp_path / "r", "expat", "train.max_steps=1")
+    path = out / "checkpoints" / "last.pt"
+    state = checkpoint.load(path)
+    state["model"] = {(k if i % 2 else f"renamed.{k}"): v for i, (k, v) in enumerate(state["model"].items())}
+    torch.save(state, path)
+    assert train.main(["--resume", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume: the checkpoint's model does not fit" in err and " missing (" in err and "more)" in err
+    assert len(err) < 800, err
+    from vtreid.extract import load_checkpoint
+    with pytest.raises(ValueError, match=r"weights do not fit .* missing \(") as info:
+        load_checkpoint(path)
+    assert len(str(info.value)) < 800
+
+
 def test_unknown_method_lists_the_choices(capsys):
     with pytest.raises(SystemExit):
         train.main(["--method", "agw"])

@@ -81,3 +81,21 @@ def load(path: str | os.PathLike) -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path} is not a vtreid training checkpoint (no model / config)")
     return ckpt
+
+
+def state_mismatch(model: torch.nn.Module, state: dict, shown: int = 3) -> str | None:
+    """None when ``state`` fits ``model`` (every key, every shape), else one line saying how many keys are
+    missing, unexpected or of another shape, with the first ``shown`` of each: load_state_dict's own
+    message lists every key, hundreds of lines for a ResNet-50 from another version of a model."""
+    own = model.state_dict()
+
+    def listed(what, keys):
+        more = f", ... ({len(keys) - shown} more)" if len(keys) > shown else ""
+        return f"{len(keys)} {what} ({', '.join(keys[:shown])}{more})"
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape]
+    parts = [listed(what, keys) for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                                   ("of another shape (checkpoint vs model)", reshaped)) if keys]
+    return "; ".join(parts) or None
