@@ -8,8 +8,9 @@
 #             each failure's traceback goes to $OUT/failures.log as it happens)
 #   sanitize  compute-sanitizer memcheck and racecheck over every native and Triton kernel
 #   bench     the benchmarks' targets (--goals) and memory cases, judged (bench.goals), the targets' shapes
-#             again as CUDA graph replays (--cuda-graph: device time alone), then every benchmark's
-#             full sweep in what is left of the call
+#             again as CUDA graph replays (--cuda-graph: device time alone), where each call's time goes
+#             (bench.profile: wall vs kernel time, launches, costliest host ops; $OUT/profile.txt), then
+#             every benchmark's full sweep in what is left of the call
 # Usage: bash scripts/gpu_check.sh [stage ...]   (default: all four, in that order)
 # The device tool allows 600 s per call, so a session runs the stages in calls back to back (the machine
 # stays warm and keeps build/): `build test`, then `build sanitize` (Triton's autotuning runs every config
@@ -133,6 +134,9 @@ for stage in "${stages[@]}"; do
         tail -25 "$OUT/bench-$bench-graph.log"
       done
     fi
+    step "where each call's time goes at the target shapes (python -m bench.profile)"
+    limited "$PY" -m bench.profile --out "$OUT/profile.jsonl" > "$OUT/profile.txt" 2>&1 || status=1
+    grep -v "^USDT" "$OUT/profile.txt" | tail -40
     if [ "${VTREID_BENCH_SWEEP:-1}" != 0 ]; then
       for bench in $benches; do
         case "$bench" in *_large) continue ;; esac  # measured whole above
