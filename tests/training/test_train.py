@@ -305,6 +305,33 @@ def test_a_second_start_does_not_decode_the_dataset_again(tmp_path, monkeypatch)
     assert not decoded and not reports
 
 
+def test_an_empty_identity_folder_is_a_warning_at_start_and_a_bad_image_an_error(tmp_path, monkeypatch):
+    """Training starts on a copy with an empty identity folder (it holds nothing to read; an identity the
+    protocol uses without a modality is an error of its own), with a warning naming it; an image that does
+    not decode stops it with the check's report."""
+    import shutil
+
+    from vtreid.data import sysu as sysu_reader
+    from vtreid.methods import VARIANTS
+    from vtreid.training.config import resolve
+    from vtreid.training.data import load_split, synthetic_root
+    monkeypatch.setenv("VTREID_CACHE", str(tmp_path / "cache"))
+    generated = synthetic_root({"ids": 6, "images": 2, "height": 64, "width": 32, "seed": 0})
+    root = tmp_path / "SYSU-MM01"
+    shutil.copytree(generated, root)
+    pid = sysu_reader.read_ids(root / "exp" / "train_id.txt")[0]
+    emptied = root / "cam2" / f"{pid:04d}"     # the identity keeps visible images in cams 1, 4, 5
+    for image in emptied.glob("*.jpg"):
+        image.unlink()
+    cfg = resolve("hc", "sysu", None, [f"dataset.root={root}"], VARIANTS)
+    with pytest.warns(UserWarning, match=r"1 empty identity folder\(s\), e.g. .*cam2"):
+        split = load_split(cfg)
+    assert any(r.pid == pid for r in split.train)
+    next(root.glob("cam3/*/*.jpg")).write_bytes(b"not an image")
+    with pytest.raises(train.ConfigError, match="image does not decode"), pytest.warns(UserWarning):
+        load_split(cfg)
+
+
 @pytest.mark.parametrize("dataset, trial", [("regdb", 3), ("sysu", None)])
 def test_results_json_names_the_regdb_trial(dataset, trial):
     """results.json says which RegDB trial list it holds, as evaluate --checkpoint's output does, so

@@ -128,7 +128,10 @@ def decode_problems(paths: Iterable[str | Path], *, workers: int | None = None,
     return problems
 
 
+EMPTY_FOLDER = "empty identity folder"
+
+
 def empty_folders(folders: Iterable[Path], pattern: str) -> list[str]:
-    """One line per identity folder holding no file matching ``pattern``."""
-    return [f"empty identity folder (no {pattern}): {folder}" for folder in folders
+    """One line per identity folder holding no file matching ``pattern`` (starting with EMPTY_FOLDER)."""
+    return [f"{EMPTY_FOLDER} (no {pattern}): {folder}" for folder in folders
             if folder.is_dir() and not any(folder.glob(pattern))]

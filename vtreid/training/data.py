@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
 
 from vtreid.data import Split, build_loader, regdb, synthetic, sysu
-from vtreid.data.verify import cache_dir
+from vtreid.data.verify import EMPTY_FOLDER, cache_dir
 
 from .config import ConfigError
 
@@ -59,6 +60,14 @@ def load_split(cfg: dict, progress=None, share=None) -> Split:
     # a listing verified before (by an earlier start or `vtreid.data check`) is not decoded again
     problems = regdb.check(root, trials=(d["trial"],), reuse_verified=True, progress=progress, share=share) \
         if d["name"] == "regdb" else sysu.check(root, reuse_verified=True, progress=progress, share=share)
+    # An empty identity folder holds nothing to read: whether an identity the protocol uses lacks a modality
+    # is checked on its own. A copy of a dataset that has such folders still trains; the check lists them.
+    empty = [p for p in problems if p.startswith(EMPTY_FOLDER)]
+    problems = [p for p in problems if not p.startswith(EMPTY_FOLDER)]
+    if empty:
+        warnings.warn(f"dataset {d['name']} at {root}: {len(empty)} empty identity folder(s), e.g. "
+                      f"{empty[0].split(': ', 1)[-1]}; they hold no image and are skipped (python -m vtreid.data "
+                      f"check lists them)", stacklevel=2)
     if problems:
         shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
         raise ConfigError(f"dataset {d['name']} at {root} is missing or incomplete (python -m vtreid.data check "
