@@ -64,7 +64,7 @@ def load_split(cfg: dict, progress=None, share=None) -> Split:
     # is checked on its own. A copy of a dataset that has such folders still trains; the check lists them.
     empty = [p for p in problems if p.startswith(EMPTY_FOLDER)]
     problems = [p for p in problems if not p.startswith(EMPTY_FOLDER)]
-    if empty:
+    if empty and (share is None or share.rank == 0):  # once for a torchrun job
         warnings.warn(f"dataset {d['name']} at {root}: {len(empty)} empty identity folder(s), e.g. "
                       f"{empty[0].split(': ', 1)[-1]}; they hold no image and are skipped (python -m vtreid.data "
                       f"check lists them)", stacklevel=2)
