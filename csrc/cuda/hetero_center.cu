@@ -1,7 +1,8 @@
 // CUDA kernels of vtreid.ops.modality_centers / hetero_center_loss (formulas in kernels/hetero_center.py).
 // Forward: one 256-thread block per (class slot, feature set); threads stride over the features, walk
-// the slot's samples in batch order (loads coalesce across threads), and the five per-class scalars are
-// reduced with a fixed shared-memory tree. Backward: one thread per (sample, set, feature).
+// the slot's samples in batch order (staged in shared memory; the feature loads coalesce across
+// threads), and the five per-class scalars are reduced with a fixed shared-memory tree. Backward: one
+// thread per (sample, set, feature).
 // No atomics anywhere: bitwise reproducible. Class slots: two O(N^2) counting kernels (kernels/hetero_center.py
 // gives the formulas), one thread per sample or sorted position, the labels staged through shared memory.
 #include "common.cuh"
@@ -21,11 +22,34 @@ centers_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ o
                    int64_t dim, int metric, bool strong, typename Acc<scalar_t>::type margin) {
   using acc_t = typename Acc<scalar_t>::type;
   __shared__ acc_t partial[5][kThreads];
+  // The slot's first kThreads samples and their modality, staged by one parallel load: every thread walks
+  // them once per feature, and read from global memory each step waited on order[p], then mod[order[p]].
+  // Samples past them (a class of more than 256) are read as before; the sums run in the same order.
+  __shared__ int64_t staged_order[kThreads];
+  __shared__ bool staged_ir[kThreads];
   const int64_t k = blockIdx.x, s = blockIdx.y;
   const int tid = threadIdx.x;
   const int64_t start = seg[k], end = seg[k + 1];
+  const int64_t staged_end = end - start < kThreads ? end : start + kThreads;
+  if (start + tid < staged_end) {
+    const int64_t j = order[start + tid];
+    staged_order[tid] = j;
+    staged_ir[tid] = mod[j] != 0;
+  }
+  __syncthreads();
+  const auto sample = [&](int64_t p, int64_t& j) -> bool {  // j = order[p]; whether it is infrared
+    if (p < staged_end) {
+      j = staged_order[p - start];
+      return staged_ir[p - start];
+    }
+    j = order[p];
+    return mod[j] != 0;
+  };
   int64_t n_vis = 0, n_ir = 0;
-  for (int64_t p = start; p < end; ++p) (mod[order[p]] != 0 ? n_ir : n_vis) += 1;
+  for (int64_t p = start; p < end; ++p) {
+    int64_t j;
+    (sample(p, j) ? n_ir : n_vis) += 1;
+  }
   const acc_t inv_vis = acc_t(1) / (n_vis > 0 ? n_vis : 1), inv_ir = acc_t(1) / (n_ir > 0 ? n_ir : 1);
   const scalar_t* xs = x + s * n * dim;
   acc_t* c = centers + (s * n + k) * 2 * dim;
@@ -34,9 +58,10 @@ centers_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ o
   for (int64_t d = tid; d < dim; d += kThreads) {
     acc_t sum_vis = 0, sum_ir = 0;
     for (int64_t p = start; p < end; ++p) {
-      const int64_t j = order[p];
+      int64_t j;
+      const bool ir = sample(p, j);
       const acc_t value = to_acc(xs[j * dim + d]);
-      if (mod[j] != 0) sum_ir += value; else sum_vis += value;
+      if (ir) sum_ir += value; else sum_vis += value;
     }
     const acc_t cv = sum_vis * inv_vis, ci = sum_ir * inv_ir;
     c[d] = cv;
@@ -48,9 +73,10 @@ centers_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ o
     if (strong) {
       acc_t dev_vis = 0, dev_ir = 0;
       for (int64_t p = start; p < end; ++p) {
-        const int64_t j = order[p];
+        int64_t j;
+        const bool ir = sample(p, j);
         const acc_t value = to_acc(xs[j * dim + d]);
-        if (mod[j] != 0) dev_ir += (value - ci) * (value - ci); else dev_vis += (value - cv) * (value - cv);
+        if (ir) dev_ir += (value - ci) * (value - ci); else dev_vis += (value - cv) * (value - cv);
       }
       const acc_t vv = dev_vis * inv_vis, vi = dev_ir * inv_ir;
       v[d] = vv;
