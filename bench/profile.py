@@ -35,12 +35,6 @@ FAMILIES = {"pairwise_distance": ("pairwise_distance", {}), "hard_mining": ("har
 PROVIDERS = ("reference", "native", "triton")
 
 
-def _provider(module, name: str) -> harness.Provider:
-    if name == "reference":
-        return harness.Provider("reference", lambda inputs: (lambda: module.reference(inputs)))
-    return harness.backend_provider(name, module.vtreid_op)
-
-
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -83,7 +77,7 @@ def run(ops, providers, dtypes, device: torch.device, iters: int, out=None) -> l
         module = importlib.import_module(f"bench.{name}")
         case = module.cases(device, True, **extra)[0]
         for dtype in dtypes:
-            for provider in (_provider(module, p) for p in providers):
+            for provider in harness.select(module.providers(), providers):  # the family's own list
                 ok, why = provider.available(device, dtype)
                 if not ok:
                     print(f"{op:26s} {str(dtype)[6:]:9s} {provider.name:9s} skipped: {why}")

@@ -118,6 +118,23 @@ def assert_half_gradient_within_rounding(got: torch.Tensor, want: torch.Tensor, 
     assert (err <= bound).all(), f"{got.dtype}: max error / bound {(err / bound).max():.2f}"
 
 
+def awkward_labels(sizes, gen: torch.Generator) -> list[tuple[str, torch.Tensor]]:
+    """(name, labels) for the class-slot tests: one or two samples; per size in ``sizes`` (a kernel's
+    block edges) random labels with ties, one class, all distinct, descending; the int64 and int32
+    extremes, wide int32 values with ties, and a strided view."""
+    cases = [("one", torch.tensor([4])), ("two-equal", torch.tensor([9, 9])), ("pair", torch.tensor([9, -9]))]
+    for n in sizes:
+        cases += [(f"random-{n}", torch.randint(-4, 6, (n,), generator=gen)),
+                  (f"one-class-{n}", torch.full((n,), 6)),
+                  (f"distinct-{n}", torch.randperm(n, generator=gen) * 5 - n),
+                  (f"descending-{n}", torch.arange(n, 0, -1) // 3)]
+    return cases + [
+        ("int64-extremes", torch.tensor([2**63 - 1, -2**63, 0, 2**63 - 1, -2**63, -1])),
+        ("int32-extremes", torch.tensor([2**31 - 1, -2**31, 0, -2**31, 2**31 - 1], dtype=torch.int32)),
+        ("int32-wide", torch.randint(-2**31, 2**31 - 1, (300,), generator=gen, dtype=torch.int32) // 2**28),
+        ("strided", torch.randint(-4, 6, (70,), generator=gen)[::2])]
+
+
 def raw_modality(modality: torch.Tensor) -> torch.Tensor:
     """int64 modality with 0 where ``modality`` is visible and, where infrared, values other than 1
     (3, -1, 7, 2^31 - 1 in turn): every backend reads any non-zero value as infrared."""

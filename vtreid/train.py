@@ -402,15 +402,23 @@ def results_json(run: Run, result: dict) -> str:
                        "results": result["results"]}, indent=2)
 
 
+def final_evaluation(run: Run, writers: Writers) -> dict | Stopped:
+    """The final protocol's evaluation outside the training loop (at start, at the end): a SIGINT /
+    SIGTERM stops it where it is, there being nothing in it worth finishing, and is returned."""
+    try:
+        with StopRequest(immediate=True):
+            return evaluate(run, writers, None, final=True)
+    except Stopped as stop:
+        return stop
+
+
 def train(run: Run, writers: Writers) -> int:
     """The loop: steps until the schedule ends, evaluations and checkpoints on their hooks, a clean
     stop on SIGINT / SIGTERM. Returns the exit code."""
     t = run.cfg["train"]
     if t["eval_at_start"] and run.step == 0:   # the untrained baseline, as many trials as the final result
-        try:
-            with StopRequest(immediate=True):
-                evaluate(run, writers, None, final=True)
-        except Stopped as stop:
+        stop = final_evaluation(run, writers)
+        if isinstance(stop, Stopped):
             writers.log(f"{stop} during the evaluation at start, before any training; nothing to resume")
             return stop.exit_code
     progress = Progress(run.total_steps, run.step, t["log_every"], enabled=run.ctx.is_main)
@@ -463,13 +471,11 @@ def train(run: Run, writers: Writers) -> int:
         return 1
     progress.close()
     path = run.save()  # the training is safe before the (long) final evaluation
-    try:
-        with StopRequest(immediate=True):
-            result = evaluate(run, writers, None, final=True)
-    except Stopped as stop:
-        writers.log(f"{stop} during the final evaluation; the trained model is in {path}\n"
+    result = final_evaluation(run, writers)
+    if isinstance(result, Stopped):
+        writers.log(f"{result} during the final evaluation; the trained model is in {path}\n"
                     f"resume with: python -m vtreid.train --resume {path}   (runs the final evaluation again)")
-        return stop.exit_code
+        return result.exit_code
     if result["score"] > run.best_score:
         run.best_score = result["score"]
         run.save("best.pt", "last.pt")  # last.pt with the new best score: a resume keeps best.pt

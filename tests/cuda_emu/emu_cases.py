@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build  # noqa: E402
 
 from tests.support import (TOLERANCES, assert_half_gradient_within_rounding, assert_matches,  # noqa: E402
-                           close_pairs, side_gradient_float64)
+                           awkward_labels, close_pairs, side_gradient_float64)
 from vtreid.ops import reference  # noqa: E402
 from vtreid.ops.hetero_center import class_slots  # noqa: E402
 
@@ -707,24 +707,13 @@ def test_hard_mining_grid_fills_a_wave_at_training_shapes():
 
 # --- hetero_center ------------------------------------------------------------------------------------
 
-def slot_label_cases():
-    """(name, labels) of the class-slot tests: block edges of the kernels (256 threads), ties across
-    blocks, one class, all distinct, descending, negative and extreme values, int32 and int64."""
-    gen = torch.Generator().manual_seed(5)
-    cases = [("one", torch.tensor([4])), ("two-equal", torch.tensor([9, 9])), ("pair", torch.tensor([9, -9]))]
-    for n in (2, 31, 255, 256, 257, 600):
-        cases += [(f"random-{n}", torch.randint(-3, 9, (n,), generator=gen)),
-                  (f"one-class-{n}", torch.full((n,), 6)),
-                  (f"distinct-{n}", torch.randperm(n, generator=gen) * 3 - n),
-                  (f"descending-{n}", torch.arange(n, 0, -1) // 2)]
-    cases += [("int64-extremes", torch.tensor([2**63 - 1, -2**63, 0, 2**63 - 1, -2**63, -1])),
-              ("int32-extremes", torch.tensor([2**31 - 1, -2**31, 0, -2**31], dtype=torch.int32)),
-              ("int32-random", torch.randint(-2**31, 2**31 - 1, (300,), generator=gen, dtype=torch.int32) // 2**28)]
-    return cases
+#: the CUDA slot kernels' block edges (256 threads) and past them
+SLOT_CASES = awkward_labels((2, 31, 255, 256, 257, 600), torch.Generator().manual_seed(5))
 
 
-@pytest.mark.parametrize("name,labels", slot_label_cases(), ids=[c[0] for c in slot_label_cases()])
+@pytest.mark.parametrize("name,labels", SLOT_CASES, ids=[c[0] for c in SLOT_CASES])
 def test_class_slots(name, labels):
+    labels = labels.contiguous()  # the launcher reads a contiguous vector (csrc/cuda_ops.cpp copies a view)
     n = labels.shape[0]
     outs = [torch.full((n + (k == 1),), _POISON_INDEX, dtype=torch.int64) for k in range(5)]
     _check(LIB.emu_class_slots(int(labels.dtype == torch.int32), _p(labels), *map(_p, outs), I64(n)), "class_slots")

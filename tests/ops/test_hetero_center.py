@@ -8,8 +8,8 @@ import vtreid.ops as ops
 from vtreid.ops import hetero_center, reference
 from vtreid.ops.hetero_center import FUSED, ClassSlots, class_slots
 
-from support import (DEVICES, FUSED_BACKENDS, AtenOps, Launches, assert_matches, dtypes_for, raw_modality,
-                     require_backend)
+from support import (DEVICES, FUSED_BACKENDS, AtenOps, Launches, assert_matches, awkward_labels, dtypes_for,
+                     raw_modality, require_backend)
 
 OPTIONS = [dict(metric=m, strong=s, reduction=r, margin=a)
            for m, s, r, a in itertools.product(("sqeuclidean", "cosine"), (False, True), ("sum", "mean"), (0.0, 0.7))]
@@ -169,31 +169,17 @@ def test_class_slots_layout(device, backend):
     assert all(t.dtype == torch.int64 and t.device == labels.device for t in slots)
 
 
-def _slot_label_cases(seed):
-    """Fresh random labels at the Triton blocks' edges (32 samples, 64 candidates a step) and past them,
-    and awkward ones: one class, all distinct, descending, negative and extreme values, int32."""
-    gen = torch.Generator().manual_seed(seed)
-    cases = []
-    for n in (2, 3, 31, 32, 33, 64, 65, 130):
-        cases += [torch.randint(-4, 6, (n,), generator=gen), torch.full((n,), 6),
-                  torch.randperm(n, generator=gen) * 5 - n, torch.arange(n, 0, -1) // 3]
-    cases += [torch.randint(-4, 6, (70,), generator=gen)[::2],  # a strided view
-              torch.tensor([2**63 - 1, -2**63, 0, 2**63 - 1, -2**63, -1]),
-              torch.tensor([2**31 - 1, -2**31, 0, -2**31, 2**31 - 1], dtype=torch.int32),
-              torch.randint(-9, 9, (97,), generator=gen, dtype=torch.int32)]
-    return cases
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
 def test_class_slots_match_the_reference(device, backend):
     require_backend(backend, device)
     seed = int(torch.randint(0, 2**31, ()))  # fresh labels every run; the seed is in a failure's message
-    for labels in _slot_label_cases(seed):
+    # the Triton blocks' edges (32 samples, 64 candidates a step) and past them
+    for case, labels in awkward_labels((2, 3, 31, 32, 33, 64, 65, 130), torch.Generator().manual_seed(seed)):
         labels = labels.to(device)
         for name, got, want in zip(ClassSlots._fields, class_slots(labels, backend),
                                    reference.class_slots(labels)):
-            assert torch.equal(got, want), (seed, backend, name, labels.tolist(), got.tolist(), want.tolist())
+            assert torch.equal(got, want), (seed, case, backend, name, labels.tolist(), got.tolist(), want.tolist())
 
 
 @pytest.mark.parametrize("device", DEVICES)
