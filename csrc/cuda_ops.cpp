@@ -217,12 +217,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hetero_ce
   at::Tensor hinge = at::empty({sets, n}, acc), centers = at::empty({sets, n, 2, dim}, acc);
   at::Tensor variances = at::empty_like(centers), stats = at::empty({sets, n, 5}, acc);
   at::Tensor counts = sets > 0 ? at::empty({n, 2}, ord.options()) : at::zeros({n, 2}, ord.options());
+  // Per-slice class scalars when the features span more than one slice (see launch.h); uninitialised is fine.
+  at::Tensor workspace = at::empty(
+      {static_cast<int64_t>(hetero_center_fwd_workspace_bytes(dtype_of(xc), sets, n, dim))},
+      xc.options().dtype(at::kByte));
   check_launch(vtreid::cuda::hetero_center_fwd(dtype_of(xc), xc.const_data_ptr(), ord.const_data_ptr<int64_t>(),
                                                sg.const_data_ptr<int64_t>(), mod.const_data_ptr<int32_t>(),
                                                hinge.mutable_data_ptr(), centers.mutable_data_ptr(),
                                                variances.mutable_data_ptr(), counts.mutable_data_ptr<int64_t>(),
-                                               stats.mutable_data_ptr(), sets, n, dim, metric, strong, margin,
-                                               c10::cuda::getCurrentCUDAStream()),
+                                               stats.mutable_data_ptr(),
+                                               workspace.numel() > 0 ? workspace.mutable_data_ptr() : nullptr, sets,
+                                               n, dim, metric, strong, margin, c10::cuda::getCurrentCUDAStream()),
                "hetero_center_fwd");
   return {hinge, centers, variances, counts, stats};
 }

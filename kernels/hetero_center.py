@@ -4,13 +4,16 @@ The ops layer gives every sample a class slot (samples stably sorted by label; `
 are the samples of slot k in batch order), so centres come out right for any batch order and every
 sum runs in a fixed order: results are bitwise reproducible, with no atomics.
 
-Forward: one program per (feature set s, slot k) walks its samples once per BLOCK_D slice of the
-features, accumulating the visible and infrared sums (and, for the strong constraint, a second walk
-for the squared deviations: the two-pass variance), and folds the slice into the per-class scalars:
-||c_vis - c_ir||^2, c_vis.c_ir, |c_vis|^2, |c_ir|^2, ||v_vis - v_ir||^2. It writes the centres,
-variances, the counts and the class's hinge value [D + V - margin]_+. A class seen in one modality only
-is left out as the reference's mask leaves it, by a factor 0: its hinge is 0, or NaN when its features
-are not finite (a diverged model does not get a finite loss), and it passes no gradient.
+Forward: one program per (slot k, feature set s, BLOCK_D slice of the features) walks the slot's samples
+(serially: each step waits on order[p] before its loads, so the features are split to fill the GPU, not the
+walk), accumulating the visible and infrared sums and counts (and, for the strong constraint, a second walk
+for the squared deviations: the two-pass variance), and folds its slice into five per-class scalars:
+||c_vis - c_ir||^2, c_vis.c_ir, |c_vis|^2, |c_ir|^2, ||v_vis - v_ir||^2. It writes its slice of the centres
+and variances, and the counts (first set, first slice). With one slice the program also writes the
+class's hinge value [D + V - margin]_+; with more, _centers_combine_kernel sums each class's slice scalars
+in slice order (bitwise reproducible) and writes the hinge. A class seen in one modality only is left out as
+the reference's mask leaves it, by a factor 0: its hinge is 0, or NaN when its features are not finite (a
+diverged model does not get a finite loss), and it passes no gradient.
 
 Backward: one program per (set, sample, feature slice); with g the class's upstream gradient
 (0 when its hinge is inactive) and m the sample's modality, o the other:
@@ -31,96 +34,128 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import cdiv, next_power_of_2, on_device_of
+from ._launch import GRID_LIMITS, cdiv, next_power_of_2, on_device_of
 from .pairwise_distance import inverse_norm, max_keep_nan
 
 METRIC_CODES = {"sqeuclidean": 1, "cosine": 2}
 
 
 @triton.jit
-def _centers_fwd_kernel(
-    X, ORDER, SEG, MOD, HINGE, CENTERS, VARS, COUNTS, STATS,
-    N, D, stride_xs, stride_xn, stride_xd, margin,
-    METRIC: tl.constexpr, STRONG: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    k = tl.program_id(0)  # class slots on grid axis 0 (up to 2^31 - 1; axes 1 and 2 stop at 65535)
-    s = tl.program_id(1)
-    start = tl.load(SEG + k)
-    end = tl.load(SEG + k + 1)
-    n_vis = 0.0
-    n_ir = 0.0
-    for p in range(start, end):
-        m = (tl.load(MOD + tl.load(ORDER + p)) != 0).to(tl.float32)  # any non-zero value is infrared
-        n_ir += m
-        n_vis += 1.0 - m
-    inv_vis = 1.0 / tl.maximum(n_vis, 1.0)
-    inv_ir = 1.0 / tl.maximum(n_ir, 1.0)
-
-    x_set = X + s.to(tl.int64) * stride_xs
-    out_base = (s.to(tl.int64) * N + k) * 2 * D
-    diff_sq = 0.0
-    dot = 0.0
-    vis_sq = 0.0
-    ir_sq = 0.0
-    var_diff_sq = 0.0
-    for d0 in range(0, D, BLOCK_D):
-        rd = d0 + tl.arange(0, BLOCK_D)
-        mask_d = rd < D
-        sum_vis = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        sum_ir = tl.zeros((BLOCK_D,), dtype=tl.float32)
-        for p in range(start, end):
-            j = tl.load(ORDER + p)
-            w_ir = (tl.load(MOD + j) != 0).to(tl.float32)
-            row = tl.load(x_set + j * stride_xn + rd.to(tl.int64) * stride_xd, mask=mask_d, other=0.0).to(tl.float32)
-            sum_ir += row * w_ir
-            sum_vis += row * (1.0 - w_ir)
-        c_vis = sum_vis * inv_vis
-        c_ir = sum_ir * inv_ir
-        tl.store(CENTERS + out_base + rd, c_vis, mask=mask_d)
-        tl.store(CENTERS + out_base + D + rd, c_ir, mask=mask_d)
-        diff = c_vis - c_ir
-        diff_sq += tl.sum(diff * diff, axis=0)
-        dot += tl.sum(c_vis * c_ir, axis=0)
-        vis_sq += tl.sum(c_vis * c_vis, axis=0)
-        ir_sq += tl.sum(c_ir * c_ir, axis=0)
-        if STRONG:
-            dev_vis = tl.zeros((BLOCK_D,), dtype=tl.float32)
-            dev_ir = tl.zeros((BLOCK_D,), dtype=tl.float32)
-            for p in range(start, end):
-                j = tl.load(ORDER + p)
-                w_ir = (tl.load(MOD + j) != 0).to(tl.float32)
-                row = tl.load(x_set + j * stride_xn + rd.to(tl.int64) * stride_xd, mask=mask_d, other=0.0).to(tl.float32)
-                dv = row - c_vis
-                di = row - c_ir
-                dev_ir += di * di * w_ir
-                dev_vis += dv * dv * (1.0 - w_ir)
-            v_vis = dev_vis * inv_vis
-            v_ir = dev_ir * inv_ir
-            tl.store(VARS + out_base + rd, v_vis, mask=mask_d)
-            tl.store(VARS + out_base + D + rd, v_ir, mask=mask_d)
-            vd = v_vis - v_ir
-            var_diff_sq += tl.sum(vd * vd, axis=0)
-        else:
-            zero = tl.zeros((BLOCK_D,), dtype=tl.float32)
-            tl.store(VARS + out_base + rd, zero, mask=mask_d)
-            tl.store(VARS + out_base + D + rd, zero, mask=mask_d)
-    if s == 0:
-        tl.store(COUNTS + 2 * k, n_vis.to(tl.int64))
-        tl.store(COUNTS + 2 * k + 1, n_ir.to(tl.int64))
+def _class_hinge(diff_sq, dot, vis_sq, ir_sq, var_diff_sq, n_vis, n_ir, margin, METRIC: tl.constexpr):
+    """[D + V - margin]_+ of a class from its five scalars; times 0 unless both modalities are present."""
     if METRIC == 2:
         inv = 1.0 / (max_keep_nan(tl.sqrt_rn(vis_sq), 1e-12) * max_keep_nan(tl.sqrt_rn(ir_sq), 1e-12))
         dist = 1.0 - dot * inv
     else:
         dist = diff_sq
-    both = (n_vis > 0.0) & (n_ir > 0.0)
     hinge = max_keep_nan(dist + var_diff_sq - margin, 0.0)
-    tl.store(HINGE + s.to(tl.int64) * N + k, tl.where(both, hinge, hinge * 0.0))
-    stats = STATS + (s.to(tl.int64) * N + k) * 5
-    tl.store(stats, diff_sq)
-    tl.store(stats + 1, dot)
-    tl.store(stats + 2, vis_sq)
-    tl.store(stats + 3, ir_sq)
-    tl.store(stats + 4, var_diff_sq)
+    return tl.where((n_vis > 0.0) & (n_ir > 0.0), hinge, hinge * 0.0)
+
+
+@triton.jit
+def _centers_fwd_kernel(
+    X, ORDER, SEG, MOD, HINGE, CENTERS, VARS, COUNTS, STATS, PARTIALS,
+    N, D, stride_xs, stride_xn, stride_xd, margin,
+    METRIC: tl.constexpr, STRONG: tl.constexpr, SPLIT: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    k = tl.program_id(0)  # class slots on grid axis 0 (up to 2^31 - 1; axes 1 and 2 stop at 65535)
+    s = tl.program_id(1)
+    split = tl.program_id(2)
+    start = tl.load(SEG + k)
+    end = tl.load(SEG + k + 1)
+    rd = split * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = rd < D
+    x_set = X + s.to(tl.int64) * stride_xs
+    # one walk gives the sums and the counts: each step waits on order[p], then the modality and the row
+    n_vis = 0.0
+    n_ir = 0.0
+    sum_vis = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    sum_ir = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for p in range(start, end):
+        j = tl.load(ORDER + p)
+        is_ir = tl.load(MOD + j) != 0  # any non-zero value is infrared
+        row = tl.load(x_set + j * stride_xn + rd.to(tl.int64) * stride_xd, mask=mask_d, other=0.0).to(tl.float32)
+        # selected, not weighted by 0 / 1: a NaN or inf row stays in its own modality's centre (inf * 0 is NaN)
+        sum_ir += tl.where(is_ir, row, 0.0)
+        sum_vis += tl.where(is_ir, 0.0, row)
+        n_ir += is_ir.to(tl.float32)
+        n_vis += 1.0 - is_ir.to(tl.float32)
+    c_vis = sum_vis * (1.0 / tl.maximum(n_vis, 1.0))
+    c_ir = sum_ir * (1.0 / tl.maximum(n_ir, 1.0))
+    out_base = (s.to(tl.int64) * N + k) * 2 * D
+    tl.store(CENTERS + out_base + rd, c_vis, mask=mask_d)
+    tl.store(CENTERS + out_base + D + rd, c_ir, mask=mask_d)
+    diff = c_vis - c_ir
+    diff_sq = tl.sum(diff * diff, axis=0)
+    dot = tl.sum(c_vis * c_ir, axis=0)
+    vis_sq = tl.sum(c_vis * c_vis, axis=0)
+    ir_sq = tl.sum(c_ir * c_ir, axis=0)
+    if STRONG:
+        dev_vis = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        dev_ir = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for p in range(start, end):
+            j = tl.load(ORDER + p)
+            is_ir = tl.load(MOD + j) != 0
+            row = tl.load(x_set + j * stride_xn + rd.to(tl.int64) * stride_xd, mask=mask_d, other=0.0).to(tl.float32)
+            dev = row - tl.where(is_ir, c_ir, c_vis)
+            dev_ir += tl.where(is_ir, dev * dev, 0.0)
+            dev_vis += tl.where(is_ir, 0.0, dev * dev)
+        v_vis = dev_vis * (1.0 / tl.maximum(n_vis, 1.0))
+        v_ir = dev_ir * (1.0 / tl.maximum(n_ir, 1.0))
+        tl.store(VARS + out_base + rd, v_vis, mask=mask_d)
+        tl.store(VARS + out_base + D + rd, v_ir, mask=mask_d)
+        vd = v_vis - v_ir
+        var_diff_sq = tl.sum(vd * vd, axis=0)
+    else:
+        zero = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        tl.store(VARS + out_base + rd, zero, mask=mask_d)
+        tl.store(VARS + out_base + D + rd, zero, mask=mask_d)
+        var_diff_sq = 0.0
+    if (s == 0) & (split == 0):
+        tl.store(COUNTS + 2 * k, n_vis.to(tl.int64))
+        tl.store(COUNTS + 2 * k + 1, n_ir.to(tl.int64))
+    if SPLIT:  # the class's scalars are summed over the slices by _centers_combine_kernel
+        part = PARTIALS + ((s.to(tl.int64) * N + k) * tl.num_programs(2) + split) * 5
+    else:  # one slice holds all the features: the class is done here
+        part = STATS + (s.to(tl.int64) * N + k) * 5
+        tl.store(HINGE + s.to(tl.int64) * N + k,
+                 _class_hinge(diff_sq, dot, vis_sq, ir_sq, var_diff_sq, n_vis, n_ir, margin, METRIC))
+    tl.store(part, diff_sq)
+    tl.store(part + 1, dot)
+    tl.store(part + 2, vis_sq)
+    tl.store(part + 3, ir_sq)
+    tl.store(part + 4, var_diff_sq)
+
+
+@triton.jit
+def _centers_combine_kernel(PARTIALS, COUNTS, HINGE, STATS, N, SPLITS, margin, METRIC: tl.constexpr,
+                            BLOCK_K: tl.constexpr):
+    rk = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    s = tl.program_id(1)
+    mask = rk < N
+    row = s.to(tl.int64) * N + rk
+    part = PARTIALS + row * SPLITS * 5
+    diff_sq = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    dot = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    vis_sq = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    ir_sq = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    var_diff_sq = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    for t in range(0, SPLITS):  # in slice order: the sums do not depend on the scheduling
+        diff_sq += tl.load(part + t * 5, mask=mask, other=0.0)
+        dot += tl.load(part + t * 5 + 1, mask=mask, other=0.0)
+        vis_sq += tl.load(part + t * 5 + 2, mask=mask, other=0.0)
+        ir_sq += tl.load(part + t * 5 + 3, mask=mask, other=0.0)
+        var_diff_sq += tl.load(part + t * 5 + 4, mask=mask, other=0.0)
+    n_vis = tl.load(COUNTS + 2 * rk, mask=mask, other=0).to(tl.float32)
+    n_ir = tl.load(COUNTS + 2 * rk + 1, mask=mask, other=0).to(tl.float32)
+    tl.store(HINGE + row, _class_hinge(diff_sq, dot, vis_sq, ir_sq, var_diff_sq, n_vis, n_ir, margin, METRIC),
+             mask=mask)
+    stats = STATS + row * 5
+    tl.store(stats, diff_sq, mask=mask)
+    tl.store(stats + 1, dot, mask=mask)
+    tl.store(stats + 2, vis_sq, mask=mask)
+    tl.store(stats + 3, ir_sq, mask=mask)
+    tl.store(stats + 4, var_diff_sq, mask=mask)
 
 
 # The hinge gradient's strides depend on how the caller reduces the loss (an expanded scalar: (0, 0); a
@@ -183,13 +218,34 @@ def _block_d(d: int) -> int:
     return min(256, next_power_of_2(d))
 
 
+#: Features per forward program. A class's walk over its samples is serial (each step waits on order[p]
+#: before its loads), so the forward splits the features instead: at the HC preset's shape (6 stripes x 64
+#: samples flattened, 24 classes, E = 512) 64-feature slices give 24 x 8 = 192 busy programs, where one
+#: program per class gave 24 on a 132-SM GPU (tests/kernels/test_launch_waves.py counts the busy ones).
+FWD_BLOCK_D = 64
+FWD_WARPS = 2  # 64 threads: one feature of a slice each
+_centers_fwd_kernel.launch_options = {"num_warps": FWD_WARPS, "num_stages": 3}  # for scripts/compile_triton.py
+#: Classes per program of _centers_combine_kernel (it sums each class's slices in order: O(S N splits)).
+COMBINE_BLOCK_K = 128
+
+
+def forward_splits(d: int) -> tuple[int, int]:
+    """(BLOCK_D, slices) of the forward at d features: FWD_BLOCK_D-wide slices (one narrower slice, at least
+    16 wide, for d < FWD_BLOCK_D: sm_80's ptxas spills the strong cosine variant at 1), widened past
+    FWD_BLOCK_D only where more slices than grid axis 2 allows would be needed."""
+    block = max(min(FWD_BLOCK_D, max(16, next_power_of_2(d))), next_power_of_2(cdiv(d, GRID_LIMITS[2])))
+    return block, max(1, cdiv(d, block))
+
+
 @on_device_of("x")
 def forward(x, order, seg, modality, metric: str, strong: bool, margin: float):
     """x [S, N, D] -> (hinge [S, N], centers [S, N, 2, D], variances (zeros unless strong), counts [N, 2] int64,
     stats [S, N, 5]); float32 except counts. Slot k's hinge is [D + V - margin]_+ when both modalities are
-    present, else that times 0 (0, or NaN for non-finite features); stats: ||c_vis - c_ir||^2, c_vis.c_ir, |c_vis|^2, |c_ir|^2, ||v_vis - v_ir||^2."""
+    present, else that times 0 (0, or NaN for non-finite features); stats: ||c_vis - c_ir||^2, c_vis.c_ir,
+    |c_vis|^2, |c_ir|^2, ||v_vis - v_ir||^2. One launch per (slot, set, feature slice), then, with more than
+    one slice, _centers_combine_kernel sums each class's slices in slice order and writes hinge and stats."""
     s, n, d = x.shape
-    # The kernel writes every slot, empty ones included, so nothing is filled first; counts are written by
+    # The kernels write every slot, empty ones included, so nothing is filled first; counts are written by
     # the first feature set's programs, so they need zeros only when there is none.
     hinge = torch.empty((s, n), device=x.device, dtype=torch.float32)
     centers = torch.empty((s, n, 2, d), device=x.device, dtype=torch.float32)
@@ -197,9 +253,17 @@ def forward(x, order, seg, modality, metric: str, strong: bool, margin: float):
     counts = (torch.empty if s else torch.zeros)((n, 2), device=x.device, dtype=torch.int64)
     stats = torch.empty((s, n, 5), device=x.device, dtype=torch.float32)
     if s and n:
-        _centers_fwd_kernel[(n, s)](x, order, seg, modality, hinge, centers, variances, counts, stats, n, d,
-                                    x.stride(0), x.stride(1), x.stride(2), float(margin),
-                                    METRIC=METRIC_CODES[metric], STRONG=strong, BLOCK_D=_block_d(d))
+        block_d, splits = forward_splits(d)
+        partials = torch.empty((s, n, splits, 5), device=x.device, dtype=torch.float32) if splits > 1 else stats
+        code = METRIC_CODES[metric]
+        _centers_fwd_kernel[(n, s, splits)](x, order, seg, modality, hinge, centers, variances, counts, stats,
+                                            partials, n, d, x.stride(0), x.stride(1), x.stride(2), float(margin),
+                                            METRIC=code, STRONG=strong, SPLIT=splits > 1, BLOCK_D=block_d,
+                                            num_warps=FWD_WARPS)
+        if splits > 1:
+            _centers_combine_kernel[(cdiv(n, COMBINE_BLOCK_K), s)](partials, counts, hinge, stats, n, splits,
+                                                                   float(margin), METRIC=code,
+                                                                   BLOCK_K=COMBINE_BLOCK_K)
     return hinge, centers, variances, counts, stats
 
 

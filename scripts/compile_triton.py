@@ -74,7 +74,8 @@ VARIANTS = {
     "_mining_pair_grad_kernel": {"METRIC": (0, 1, 2), "BLOCK_N": (16,), "BLOCK_D": (16, 32, 64)},
     "_candidate_grad_kernel": {"BLOCK_D": (1, 8, 64)},
     "_mining_combine_kernel": {"BLOCK_N": (128,)},
-    "_centers_fwd_kernel": {"METRIC": (1, 2), "STRONG": (False, True), "BLOCK_D": (1, 32, 256)},
+    "_centers_fwd_kernel": {"METRIC": (1, 2), "STRONG": (False, True), "SPLIT": (False, True), "BLOCK_D": (16, 32, 64)},
+    "_centers_combine_kernel": {"METRIC": (1, 2), "BLOCK_K": (128,)},
     "_centers_bwd_kernel": {"METRIC": (1, 2), "STRONG": (False, True), "HAS_G_CENTERS": (False, True),
                             "BLOCK_D": (1, 32, 256)},
     "_slot_rank_kernel": {"BLOCK_I": (32,), "BLOCK_J": (64,)},
@@ -114,6 +115,7 @@ LAUNCH_SPECS = {
                                                 ("stride_an", "stride_cn", "D"))},
     "_candidate_grad_kernel": {"contiguous": (("stride_ad", "stride_cd"), ("stride_an", "stride_cn", "D"))},
     "_centers_fwd_kernel": {"contiguous": (("stride_xd",), ("stride_xs", "stride_xn", "D"))},
+    "_centers_combine_kernel": {"contiguous": ((), ())},
     # grad_centers [S, N, 2, D] is contiguous and its D stride implicit: its three strides are multiples of D
     "_centers_bwd_kernel": {"contiguous": (("stride_xd",), ("stride_xs", "stride_xn", "stride_gs", "stride_gk",
                                                             "stride_gm", "D"))},

@@ -1,8 +1,9 @@
 // CUDA kernels of vtreid.ops.modality_centers / hetero_center_loss (formulas in kernels/hetero_center.py).
-// Forward: one 256-thread block per (class slot, feature set); threads stride over the features, walk
-// the slot's samples in batch order (staged in shared memory; the feature loads coalesce across
-// threads), and the five per-class scalars are reduced with a fixed shared-memory tree. Backward: one
-// thread per (sample, set, feature).
+// Forward: one 64-thread block per (class slot, feature set, 64-feature slice); a thread owns a feature,
+// walks the slot's samples in batch order (staged in shared memory; the feature loads coalesce across
+// threads), and the slice's five per-class scalars are reduced with a fixed shared-memory tree; with more
+// than one slice, one thread per class sums them in slice order. Backward: one thread per (sample, set,
+// feature).
 // No atomics anywhere: bitwise reproducible. Class slots: two O(N^2) counting kernels (kernels/hetero_center.py
 // gives the formulas), one thread per sample or sorted position, the labels staged through shared memory.
 #include "common.cuh"
@@ -11,30 +12,51 @@
 namespace vtreid::cuda {
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kThreads = 256;      // backward, combine: one thread per (sample, feature) or per class
+constexpr int kSliceThreads = 64;  // forward: one feature of a slice per thread
+constexpr int kStaged = 256;       // forward: samples of a slot staged in shared memory
+
+// Features per forward block, then slices on grid axis z (each thread strides by the grid's width past
+// 65535 slices). A class's walk over its samples is serial, so the features are split to fill the GPU:
+// at the HC preset's shape (24 classes, E = 512) 64-feature slices give 192 busy blocks, where one block
+// per class gave 24 on 132 SMs (kernels/hetero_center.py makes the same split).
+int64_t fwd_slices(int64_t dim) {
+  const int64_t slices = (dim + kSliceThreads - 1) / kSliceThreads;
+  return slices < 1 ? 1 : slices > kMaxGridYZ ? kMaxGridYZ : slices;
+}
+
+// [D + V - margin]_+ of a class from its five scalars (stats order); times 0 unless both modalities are
+// present, as the reference's mask: a NaN stays NaN.
+template <typename acc_t>
+__device__ __forceinline__ acc_t class_hinge(const acc_t* st, int64_t n_vis, int64_t n_ir, int metric, acc_t margin) {
+  const acc_t dist = metric == kCosine ? distance_from_dot(st[1], st[2], st[3], kCosine, acc_t(0)) : st[0];
+  const acc_t h = hd_max(dist + st[4] - margin, acc_t(0));
+  return (n_vis > 0 && n_ir > 0) ? h : h * acc_t(0);
+}
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kSliceThreads)
 centers_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ order, const int64_t* __restrict__ seg,
                    const int32_t* __restrict__ mod, typename Acc<scalar_t>::type* __restrict__ hinge,
                    typename Acc<scalar_t>::type* __restrict__ centers, typename Acc<scalar_t>::type* __restrict__ vars,
-                   int64_t* __restrict__ counts, typename Acc<scalar_t>::type* __restrict__ stats, int64_t n,
-                   int64_t dim, int metric, bool strong, typename Acc<scalar_t>::type margin) {
+                   int64_t* __restrict__ counts, typename Acc<scalar_t>::type* __restrict__ stats,
+                   typename Acc<scalar_t>::type* __restrict__ partials, int64_t n, int64_t dim, int metric,
+                   bool strong, typename Acc<scalar_t>::type margin) {
   using acc_t = typename Acc<scalar_t>::type;
-  __shared__ acc_t partial[5][kThreads];
-  // The slot's first kThreads samples and their modality, staged by one parallel load: every thread walks
+  __shared__ acc_t partial[5][kSliceThreads];
+  // The slot's first kStaged samples and their modality, staged by one parallel load: every thread walks
   // them once per feature, and read from global memory each step waited on order[p], then mod[order[p]].
   // Samples past them (a class of more than 256) are read as before; the sums run in the same order.
-  __shared__ int64_t staged_order[kThreads];
-  __shared__ bool staged_ir[kThreads];
-  const int64_t k = blockIdx.x, s = blockIdx.y;
+  __shared__ int64_t staged_order[kStaged];
+  __shared__ bool staged_ir[kStaged];
+  const int64_t k = blockIdx.x, s = blockIdx.y, slice = blockIdx.z, slices = gridDim.z;
   const int tid = threadIdx.x;
   const int64_t start = seg[k], end = seg[k + 1];
-  const int64_t staged_end = end - start < kThreads ? end : start + kThreads;
-  if (start + tid < staged_end) {
-    const int64_t j = order[start + tid];
-    staged_order[tid] = j;
-    staged_ir[tid] = mod[j] != 0;
+  const int64_t staged_end = end - start < kStaged ? end : start + kStaged;
+  for (int64_t p = start + tid; p < staged_end; p += kSliceThreads) {
+    const int64_t j = order[p];
+    staged_order[p - start] = j;
+    staged_ir[p - start] = mod[j] != 0;
   }
   __syncthreads();
   const auto sample = [&](int64_t p, int64_t& j) -> bool {  // j = order[p]; whether it is infrared
@@ -55,7 +77,7 @@ centers_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ o
   acc_t* c = centers + (s * n + k) * 2 * dim;
   acc_t* v = vars + (s * n + k) * 2 * dim;
   acc_t diff_sq = 0, dot = 0, vis_sq = 0, ir_sq = 0, var_diff_sq = 0;
-  for (int64_t d = tid; d < dim; d += kThreads) {
+  for (int64_t d = slice * kSliceThreads + tid; d < dim; d += slices * kSliceThreads) {
     acc_t sum_vis = 0, sum_ir = 0;
     for (int64_t p = start; p < end; ++p) {
       int64_t j;
@@ -90,7 +112,7 @@ centers_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ o
   partial[0][tid] = diff_sq; partial[1][tid] = dot; partial[2][tid] = vis_sq;
   partial[3][tid] = ir_sq; partial[4][tid] = var_diff_sq;
   __syncthreads();
-  for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
+  for (int stride = kSliceThreads / 2; stride > 0; stride >>= 1) {
     if (tid < stride) {
 #pragma unroll
       for (int q = 0; q < 5; ++q) partial[q][tid] += partial[q][tid + stride];
@@ -98,20 +120,36 @@ centers_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ o
     __syncthreads();
   }
   if (tid == 0) {
-    acc_t* out = stats + (s * n + k) * 5;
+    // one slice: the class is done here; more: centers_combine_kernel sums the slices in order
+    acc_t* out = slices == 1 ? stats + (s * n + k) * 5 : partials + ((s * n + k) * slices + slice) * 5;
+    acc_t st[5];
 #pragma unroll
-    for (int q = 0; q < 5; ++q) out[q] = partial[q][0];
-    const acc_t dist = metric == kCosine
-        ? distance_from_dot(partial[1][0], partial[2][0], partial[3][0], kCosine, acc_t(0))
-        : partial[0][0];
-    // a class seen in one modality only is left out by a factor 0, as the reference's mask: NaN stays NaN
-    const acc_t h = hd_max(dist + partial[4][0] - margin, acc_t(0));
-    hinge[s * n + k] = (n_vis > 0 && n_ir > 0) ? h : h * acc_t(0);
-    if (s == 0) {
+    for (int q = 0; q < 5; ++q) out[q] = st[q] = partial[q][0];
+    if (slices == 1) hinge[s * n + k] = class_hinge(st, n_vis, n_ir, metric, margin);
+    if (s == 0 && slice == 0) {
       counts[2 * k] = n_vis;
       counts[2 * k + 1] = n_ir;
     }
   }
+}
+
+// One thread per (set, slot): the class's five scalars summed over its slices in slice order, and its hinge.
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+centers_combine_kernel(const acc_t* __restrict__ partials, const int64_t* __restrict__ counts,
+                       acc_t* __restrict__ hinge, acc_t* __restrict__ stats, int64_t sets, int64_t n, int64_t slices,
+                       int metric, acc_t margin) {
+  const int64_t sk = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (sk >= sets * n) return;
+  const int64_t k = sk % n;
+  acc_t st[5] = {0, 0, 0, 0, 0};
+  for (int64_t t = 0; t < slices; ++t) {
+#pragma unroll
+    for (int q = 0; q < 5; ++q) st[q] += partials[(sk * slices + t) * 5 + q];
+  }
+#pragma unroll
+  for (int q = 0; q < 5; ++q) stats[sk * 5 + q] = st[q];
+  hinge[sk] = class_hinge(st, counts[2 * k], counts[2 * k + 1], metric, margin);
 }
 
 template <typename scalar_t>
@@ -158,14 +196,22 @@ centers_bwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ s
 
 template <typename scalar_t>
 cudaError_t fwd_typed(const void* x, const int64_t* order, const int64_t* seg, const int32_t* mod, void* hinge,
-                      void* centers, void* vars, int64_t* counts, void* stats, int64_t sets, int64_t n, int64_t dim,
-                      int metric, bool strong, double margin, cudaStream_t stream) {
+                      void* centers, void* vars, int64_t* counts, void* stats, void* workspace, int64_t sets,
+                      int64_t n, int64_t dim, int metric, bool strong, double margin, cudaStream_t stream) {
   using acc_t = typename Acc<scalar_t>::type;
   if (n > kMaxGridX || sets > kMaxGridYZ) return cudaErrorInvalidConfiguration;
-  centers_fwd_kernel<scalar_t><<<dim3(static_cast<unsigned>(n), static_cast<unsigned>(sets)), kThreads, 0, stream>>>(
+  const int64_t slices = fwd_slices(dim);
+  if (slices > 1 && workspace == nullptr) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(sets), static_cast<unsigned>(slices));
+  centers_fwd_kernel<scalar_t><<<grid, kSliceThreads, 0, stream>>>(
       static_cast<const scalar_t*>(x), order, seg, mod, static_cast<acc_t*>(hinge), static_cast<acc_t*>(centers),
-      static_cast<acc_t*>(vars), counts, static_cast<acc_t*>(stats), n, dim, metric, strong,
-      static_cast<acc_t>(margin));
+      static_cast<acc_t*>(vars), counts, static_cast<acc_t*>(stats), static_cast<acc_t*>(workspace), n, dim, metric,
+      strong, static_cast<acc_t>(margin));
+  if (slices == 1) return cudaGetLastError();
+  if (const cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
+  centers_combine_kernel<acc_t><<<blocks_for(sets * n, kThreads), kThreads, 0, stream>>>(
+      static_cast<const acc_t*>(workspace), counts, static_cast<acc_t*>(hinge), static_cast<acc_t*>(stats), sets, n,
+      slices, metric, static_cast<acc_t>(margin));
   return cudaGetLastError();
 }
 
@@ -243,14 +289,20 @@ slot_segments_kernel(const int64_t* __restrict__ order, const int64_t* __restric
 
 }  // namespace
 
+size_t hetero_center_fwd_workspace_bytes(DType dtype, int64_t sets, int64_t n, int64_t dim) {
+  const int64_t slices = fwd_slices(dim);
+  if (slices <= 1) return 0;
+  return static_cast<size_t>(sets * n * slices * 5) * (dtype == DType::kFloat64 ? sizeof(double) : sizeof(float));
+}
+
 cudaError_t hetero_center_fwd(DType dtype, const void* x, const int64_t* order, const int64_t* seg,
                               const int32_t* modality, void* hinge, void* centers, void* variances, int64_t* counts,
-                              void* stats, int64_t sets, int64_t n, int64_t dim, int metric, bool strong,
-                              double margin, cudaStream_t stream) {
+                              void* stats, void* workspace, int64_t sets, int64_t n, int64_t dim, int metric,
+                              bool strong, double margin, cudaStream_t stream) {
   if (sets == 0 || n == 0) return cudaSuccess;
 #define VTREID_HC_FWD(T) \
-  fwd_typed<T>(x, order, seg, modality, hinge, centers, variances, counts, stats, sets, n, dim, metric, strong, \
-               margin, stream)
+  fwd_typed<T>(x, order, seg, modality, hinge, centers, variances, counts, stats, workspace, sets, n, dim, metric, \
+               strong, margin, stream)
   switch (dtype) {
     case DType::kFloat32: return VTREID_HC_FWD(float);
     case DType::kFloat16: return VTREID_HC_FWD(__half);

@@ -80,12 +80,16 @@ cudaError_t hard_mining_bwd(DType dtype, DType grad_dtype, const void* grad_pos,
                             void* grad_candidates, int64_t n, int64_t m, int64_t dim, int metric, cudaStream_t stream);
 
 // Per-class modality centres and the Hetero-Center hinge. x is contiguous [sets, n, dim]; the samples
-// of class slot k are order[seg[k] .. seg[k + 1]); modality int32 (0 visible, any other value infrared); every float output and stats
-// [sets, n, 5] in the accumulation type; counts [n, 2]. Outputs must be zero-initialised.
+// of class slot k are order[seg[k] .. seg[k + 1]); modality int32 (0 visible, any other value infrared);
+// every float output and stats [sets, n, 5] in the accumulation type; counts [n, 2]. Every element of the
+// outputs is written (the empty slots past the classes too), so they need no initialisation. The
+// features are split into 64-wide slices; with more than one, `workspace` must hold
+// hetero_center_fwd_workspace_bytes(dtype, sets, n, dim) bytes (any contents; null is fine when that is 0).
 cudaError_t hetero_center_fwd(DType dtype, const void* x, const int64_t* order, const int64_t* seg,
                               const int32_t* modality, void* hinge, void* centers, void* variances, int64_t* counts,
-                              void* stats, int64_t sets, int64_t n, int64_t dim, int metric, bool strong,
-                              double margin, cudaStream_t stream);
+                              void* stats, void* workspace, int64_t sets, int64_t n, int64_t dim, int metric,
+                              bool strong, double margin, cudaStream_t stream);
+size_t hetero_center_fwd_workspace_bytes(DType dtype, int64_t sets, int64_t n, int64_t dim);
 
 // grad_x [sets, n, dim] (x's type) from grad_hinge [sets, n] and grad_centers [sets, n, 2, dim] (may be
 // null, else contiguous), both in the accumulation type. grad_hinge's element (s, k) is at

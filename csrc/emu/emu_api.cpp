@@ -93,10 +93,14 @@ int emu_hard_mining_bwd(int dtype, int grad_dtype, const void* grad_pos, int64_t
 }
 
 int emu_hetero_center_fwd(int dtype, const void* x, const int64_t* order, const int64_t* seg, const int32_t* modality,
-                          void* hinge, void* centers, void* variances, int64_t* counts, void* stats, int64_t sets,
-                          int64_t n, int64_t dim, int metric, int strong, double margin) {
+                          void* hinge, void* centers, void* variances, int64_t* counts, void* stats, void* workspace,
+                          int64_t sets, int64_t n, int64_t dim, int metric, int strong, double margin) {
   return vtreid::cuda::hetero_center_fwd(static_cast<DType>(dtype), x, order, seg, modality, hinge, centers, variances,
-                                         counts, stats, sets, n, dim, metric, strong != 0, margin, nullptr);
+                                         counts, stats, workspace, sets, n, dim, metric, strong != 0, margin, nullptr);
+}
+
+int64_t emu_hetero_center_fwd_workspace_bytes(int dtype, int64_t sets, int64_t n, int64_t dim) {
+  return static_cast<int64_t>(vtreid::cuda::hetero_center_fwd_workspace_bytes(static_cast<DType>(dtype), sets, n, dim));
 }
 
 int emu_hetero_center_bwd(int dtype, const void* x, const int64_t* slot, const int32_t* modality, const void* hinge,

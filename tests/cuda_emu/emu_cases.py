@@ -726,6 +726,36 @@ def test_class_slots_of_no_samples_launch_nothing():
     _check(LIB.emu_class_slots(0, _p(torch.empty(0, dtype=torch.int64)), *([_p(None)] * 5), I64(0)), "class_slots")
 
 
+LIB.emu_hetero_center_fwd_workspace_bytes.restype = ctypes.c_int64
+
+
+def _hetero_center_fwd(x, slots, modality, outputs, code, strong, margin):
+    """The forward on x [sets, n, d] into outputs (hinge, centers, variances, counts, stats), with garbage
+    (NaN as float32 and float64) in the per-slice workspace when the features span more than one slice."""
+    sets, n, d = x.shape
+    nbytes = LIB.emu_hetero_center_fwd_workspace_bytes(DTYPE_CODES[x.dtype], I64(sets), I64(n), I64(d))
+    workspace = torch.full((nbytes,), 0x7F, dtype=torch.uint8) if nbytes else None
+    hinge, centers, variances, counts, stats = outputs
+    _check(LIB.emu_hetero_center_fwd(DTYPE_CODES[x.dtype], _p(x), _p(slots.order), _p(slots.seg), _p(modality),
+                                     _p(hinge), _p(centers), _p(variances), _p(counts), _p(stats), _p(workspace),
+                                     I64(sets), I64(n), I64(d), code, int(strong), ctypes.c_double(margin)),
+           "hetero_center_fwd")
+
+
+def test_hetero_center_forward_slices_the_features():
+    """The forward's blocks take 64-feature slices: at the HC preset's shape (6 stripes x 64 samples in one
+    call, E = 512) 8 slices per class (24 classes: 192 busy blocks), each with its 5 scalars in the
+    workspace; one slice (d <= 64) needs none. Past 65535 slices (grid axis z) the slices stop growing."""
+    size = {torch.float32: 4, torch.float64: 8}
+    for dtype in (torch.float32, torch.float16, torch.float64):
+        acc_bytes = size.get(dtype, 4)
+        code = DTYPE_CODES[dtype]
+        assert LIB.emu_hetero_center_fwd_workspace_bytes(code, I64(1), I64(384), I64(512)) == 384 * 8 * 5 * acc_bytes
+        assert LIB.emu_hetero_center_fwd_workspace_bytes(code, I64(2), I64(3), I64(129)) == 2 * 3 * 3 * 5 * acc_bytes
+        assert LIB.emu_hetero_center_fwd_workspace_bytes(code, I64(6), I64(384), I64(64)) == 0
+        assert LIB.emu_hetero_center_fwd_workspace_bytes(code, I64(1), I64(1), I64(64 * 70000)) == 65535 * 5 * acc_bytes
+
+
 @pytest.mark.parametrize("strong", [False, True])
 @pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
@@ -749,9 +779,7 @@ def test_hetero_center(n, d, dtype, metric, strong):
     variances = torch.full((sets, n, 2, d), _POISON_DIST, dtype=acc)
     counts = torch.full((n, 2), _POISON_INDEX, dtype=torch.int64)
     code = METRIC_CODES[metric]
-    _check(LIB.emu_hetero_center_fwd(DTYPE_CODES[dtype], _p(x), _p(slots.order), _p(slots.seg), _p(modality),
-                                     _p(hinge), _p(centers), _p(variances), _p(counts), _p(stats), I64(sets), I64(n),
-                                     I64(d), code, int(strong), ctypes.c_double(0.01)), "hetero_center_fwd")
+    _hetero_center_fwd(x, slots, modality, (hinge, centers, variances, counts, stats), code, strong, 0.01)
     for name, t in (("hinge", hinge), ("centers", centers), ("variances", variances), ("stats", stats)):
         assert not (t == _POISON_DIST).any(), f"hetero_center_fwd left {name} unwritten"
     assert not (counts == _POISON_INDEX).any(), "hetero_center_fwd left counts unwritten"
@@ -799,9 +827,7 @@ def test_hetero_center_one_modality_class_with_a_non_finite_feature(metric, stro
     hinge, stats, counts = torch.empty(1, 8), torch.empty(1, 8, 5), torch.empty(8, 2, dtype=torch.int64)
     centers, variances = torch.empty(1, 8, 2, 5), torch.empty(1, 8, 2, 5)
     code = METRIC_CODES[metric]
-    _check(LIB.emu_hetero_center_fwd(DTYPE_CODES[torch.float32], _p(x), _p(slots.order), _p(slots.seg),
-                                     _p(modality), _p(hinge), _p(centers), _p(variances), _p(counts), _p(stats), I64(1),
-                                     I64(8), I64(5), code, int(strong), ctypes.c_double(0.0)), "hetero_center_fwd")
+    _hetero_center_fwd(x, slots, modality, (hinge, centers, variances, counts, stats), code, strong, 0.0)
     xr = x[0].clone().requires_grad_()
     loss = reference.hetero_center_loss(xr, labels, modality, metric=metric, strong=strong)
     assert hinge.sum().isnan() and loss.isnan()
@@ -1065,8 +1091,8 @@ def test_grid_limits_large_row_counts(dry_run):
                                        null, null, null, null, I64(n), I64(m), I64(d), 0, 0, 0, 0, WAVE_SMS) == 0
         assert LIB.emu_hard_mining_bwd(dtype, dtype, null, I64(1), null, I64(1), null, null, null, null, null, null,
                                        null, null, null, null, I64(n), I64(m), I64(d), 0) == 0
-        assert LIB.emu_hetero_center_fwd(dtype, null, null, null, null, null, null, null, null, null, I64(2), I64(n),
-                                         I64(d), 1, 1, ctypes.c_double(0.0)) == 0
+        assert LIB.emu_hetero_center_fwd(dtype, null, null, null, null, null, null, null, null, null, null, I64(2),
+                                         I64(n), I64(d), 1, 1, ctypes.c_double(0.0)) == 0
         assert LIB.emu_hetero_center_bwd(dtype, null, null, null, null, null, null, null, null, null, I64(1), I64(0),
                                          null, null, I64(2), I64(n), I64(d), 1, 1) == 0
     f32 = ctypes.c_float(1.0)

@@ -146,7 +146,8 @@ def test_autotune_keys_are_bucketed():
 
 # Kernels whose work at the training shapes is microseconds whatever their grid: O(N) merges of per-split
 # states of N rows, and the class slots' 2 x N^2 integer comparisons (65536 at N = 256, on 8 programs).
-SMALL_EPILOGUES = {"_nce_combine_kernel", "_mining_combine_kernel", "_slot_rank_kernel", "_slot_segments_kernel"}
+SMALL_EPILOGUES = {"_nce_combine_kernel", "_mining_combine_kernel", "_slot_rank_kernel", "_slot_segments_kernel",
+                   "_centers_combine_kernel"}
 
 
 def test_the_wave_table_names_the_compile_tables_architectures():
@@ -173,3 +174,23 @@ def test_every_launch_at_training_shapes_fills_a_wave(monkeypatch, arch, dtype):
     assert any(name.startswith("_mining") for name in seen), seen
     short = [launch[:3] for launch in launches if launch.programs < sms and launch.name not in SMALL_EPILOGUES]
     assert not short, f"launches below one wave of {sms} SMs: {short}"
+
+
+@pytest.mark.parametrize("arch", [None, *LARGEST_PART_SMS])
+@pytest.mark.parametrize("samples,classes,d", [(6 * 64, 6 * 4, 512),  # the HC preset: 6 stripes x 4 ids x 2 x 8
+                                               (N, N // 4, D)])       # launch_every_op's labels
+def test_hetero_center_forward_keeps_a_wave_busy(monkeypatch, arch, samples, classes, d):
+    """The centre forward's grid has a program per class slot, and a batch has far fewer classes than
+    samples: the slots past the last class exit at once. Counted are the programs that hold a class, at the
+    HC preset's shape (TSLFN's 6 stripes flattened into one call) and at the training shape: one program per
+    class (as before the feature slices) kept 24 of 132 SMs busy at the preset's."""
+    from vtreid.kernels import hetero_center as k_center
+    sms = SMS if arch is None else LARGEST_PART_SMS[arch]
+    launches = record_launches(monkeypatch)
+    labels = torch.arange(samples) % classes
+    order, seg = torch.argsort(labels, stable=True), torch.zeros(samples + 1, dtype=torch.int64)
+    k_center.forward(torch.zeros(1, samples, d), order, seg, (torch.arange(samples) % 2).int(), "sqeuclidean", False,
+                     0.0)
+    (fwd,) = [launch for launch in launches if launch.name == "_centers_fwd_kernel"]
+    busy = fwd.programs // samples * classes  # grid (slots, sets, slices): the slots with a class
+    assert busy >= sms, f"{busy} busy programs on {sms} SMs"

@@ -318,13 +318,14 @@ class _PoisonedTorch:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_triton_forward_writes_every_output(device, monkeypatch):
-    """The Triton forward allocates its outputs without filling them: the kernel writes every slot, the
-    empty ones past the classes included, and zero variances when not strong."""
+@pytest.mark.parametrize("d", [37, 150])  # one feature slice (the class done in place); three, combined
+def test_triton_forward_writes_every_output(device, d, monkeypatch):
+    """The Triton forward allocates its outputs (and the slices' partial sums) without filling them: the
+    kernels write every slot, the empty ones past the classes included, and zero variances when not strong."""
     require_backend("triton", device)
     from vtreid.kernels import hetero_center as kernel
 
-    x, labels, modality = batch(2, 3, 2, 37, device, seed=12)
+    x, labels, modality = batch(2, 3, 2, d, device, seed=12)
     labels[0] = 1000  # one class with one visible sample only
     slots = class_slots(labels)
     k = int(slots.num_classes)
@@ -343,6 +344,38 @@ def test_triton_forward_writes_every_output(device, monkeypatch):
             slot_axis = 0 if name == "counts" else 1
             assert (got.narrow(slot_axis, k, got.shape[slot_axis] - k) == 0).all(), f"{name} of an empty slot"
         assert strong or (variances == 0).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_triton_forward_feature_slices(device, monkeypatch):
+    """The forward splits the features into slices (grid axis 2) and sums each class's per-slice scalars
+    in slice order in a second launch: one launch when one slice holds all the features; the centres are
+    bitwise the same whatever the slice width (each feature's sum is its own), the class scalars equal up
+    to the order of the slices' sums, and the launch count follows the slices."""
+    require_backend("triton", device)
+    from vtreid.kernels import hetero_center as kernel
+
+    x, labels, modality = batch(3, 4, 3, 200, device, seed=16)
+    slots = class_slots(labels)
+    args = (slots.order, slots.seg, modality.int(), "cosine", True, 0.05)
+    runs = {}
+    for width in (16, 64, 256):  # 13 slices (the last 8 wide), 4 (the last 8 wide), 1
+        monkeypatch.setattr(kernel, "FWD_BLOCK_D", width)
+        launches = Launches(monkeypatch, kernel)
+        runs[width] = kernel.forward(x, *args)
+        combined = ["_centers_combine_kernel"] if width < 200 else []
+        assert launches.names() == ["_centers_fwd_kernel", *combined], (width, launches.names())
+        monkeypatch.undo()
+    want = FUSED["native"].forward(x.cpu(), slots.order.cpu(), slots.seg.cpu(), slots.slot.cpu(), *args[2:])
+    for width, out in runs.items():
+        for name, got, w, ref in zip(("hinge", "centers", "variances", "counts", "stats"), out, want, runs[256]):
+            if name in ("centers", "variances", "counts"):
+                assert torch.equal(got, ref), (width, name)
+            assert_matches(got.cpu().to(w.dtype), w, torch.float32, f"{name} at slice width {width}")
+    assert kernel.forward_splits(200) == (64, 4) and kernel.forward_splits(37) == (64, 1)
+    assert kernel.forward_splits(1) == (16, 1) and kernel.forward_splits(17) == (32, 1)
+    # past 65535 slices of 64 (grid axis 2's limit) the slices widen instead
+    assert kernel.forward_splits(64 * 65535 + 1) == (128, 32768)
 
 
 def test_triton_backward_reads_the_expanded_hinge_gradient_in_place(monkeypatch):

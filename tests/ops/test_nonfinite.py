@@ -156,3 +156,21 @@ def test_hetero_center_loss_of_a_one_modality_class_with_a_non_finite_feature(ba
     assert torch.equal(g.isnan(), w.isnan()), f"NaN pattern\n{g}\n{w}"
     assert g[labels != 7].isfinite().all()
     torch.testing.assert_close(g, w, equal_nan=True, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_non_finite_feature_stays_in_its_own_modality_centre(backend, bad):
+    """A NaN or inf feature of an infrared sample reaches its class's infrared centre only, as the
+    reference's per-(class, modality) sums: the visible centre of that class stays finite. (Triton's forward
+    once summed every sample into both centres with weights 1 and 0, and inf * 0 is NaN.)"""
+    require_backend(backend, "cpu", torch.float32)
+    torch.manual_seed(2)
+    x = torch.randn(2, 8, 5)
+    x[:, 1, 2] = bad  # class 3, infrared
+    labels, modality = torch.tensor([3, 3, 1, 1, 7, 7, 3, 1]), torch.tensor([0, 1, 0, 1, 0, 0, 1, 1])
+    got = ops.modality_centers(x, labels, modality, backend=backend)
+    want = ops.modality_centers(x, labels, modality, backend="reference")
+    visible, infrared = got.centers[:, 1, 0], got.centers[:, 1, 1]  # class 3 is the second (1, 3, 7)
+    assert visible.isfinite().all() and not infrared[:, 2].isfinite().any(), got.centers[:, 1]
+    torch.testing.assert_close(got.centers, want.centers, equal_nan=True)
