@@ -1,6 +1,6 @@
 // Per-pair arithmetic shared by the CPU (g++) and CUDA (nvcc) kernels, written once: the distance of a
-// pair from its dot product (vtreid/ops/reference.py) and the gradient coefficients of a mined pair
-// (kernels/hard_mining.py).
+// pair from its dot product (vtreid/ops/reference.py), the gradient coefficients of a mined pair
+// (kernels/hard_mining.py) and a class's Hetero-Center hinge.
 #pragma once
 #include <cmath>
 
@@ -57,6 +57,16 @@ VTREID_HD acc_t distance_from_dot(acc_t dot, acc_t xsq, acc_t ysq, int metric, a
   acc_t d2 = norms - acc_t(2) * dot;
   d2 = (d2 <= tau * norms && hd_isfinite(norms)) ? acc_t(0) : d2;
   return metric == kEuclidean ? hd_sqrt(d2) : d2;
+}
+
+// The Hetero-Center hinge [D + V - margin]_+ of a class from its five scalars (||c_vis - c_ir||^2,
+// c_vis.c_ir, |c_vis|^2, |c_ir|^2, ||v_vis - v_ir||^2; kernels/hetero_center.py). A class seen in one
+// modality only is left out by a factor 0, as the reference's mask leaves it: a NaN stays NaN.
+template <typename acc_t>
+VTREID_HD acc_t class_hinge(const acc_t* stats, int64_t n_vis, int64_t n_ir, int metric, acc_t margin) {
+  const acc_t dist = metric == kCosine ? distance_from_dot(stats[1], stats[2], stats[3], kCosine, acc_t(0)) : stats[0];
+  const acc_t h = hd_max(dist + stats[4] - margin, acc_t(0));
+  return (n_vis > 0 && n_ir > 0) ? h : h * acc_t(0);
 }
 
 // Whether candidate (v, i) beats the running best (best, best_i) of a hard-mining row; index -1 = none.

@@ -13,6 +13,7 @@
 
 #include "../center_common.h"
 #include "../op_checks.h"
+#include "../pair_math.h"
 #include "cpu_ops.h"
 
 namespace vtreid::cpu {
@@ -85,14 +86,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hetero_ce
         }
         acc_t* out = st + sk * 5;
         out[0] = diff_sq; out[1] = dot; out[2] = vis_sq; out[3] = ir_sq; out[4] = var_diff_sq;
-        const acc_t dist = metric == kCosine
-            ? acc_t(1) - dot / (std::max(std::sqrt(vis_sq), acc_t(kCosineEps)) *
-                                std::max(std::sqrt(ir_sq), acc_t(kCosineEps)))
-            : diff_sq;
-        // std::max keeps a NaN first argument; a class seen in one modality only is left out by a factor 0,
-        // as the reference's mask leaves it: NaN stays NaN
-        const acc_t h = std::max(dist + var_diff_sq - static_cast<acc_t>(margin), acc_t(0));
-        hp[sk] = (n_vis > 0 && n_ir > 0) ? h : h * acc_t(0);
+        hp[sk] = class_hinge(out, n_vis, n_ir, metric, static_cast<acc_t>(margin));
       }
     });
   });

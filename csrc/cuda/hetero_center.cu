@@ -25,15 +25,6 @@ int64_t fwd_slices(int64_t dim) {
   return slices < 1 ? 1 : slices > kMaxGridYZ ? kMaxGridYZ : slices;
 }
 
-// [D + V - margin]_+ of a class from its five scalars (stats order); times 0 unless both modalities are
-// present, as the reference's mask: a NaN stays NaN.
-template <typename acc_t>
-__device__ __forceinline__ acc_t class_hinge(const acc_t* st, int64_t n_vis, int64_t n_ir, int metric, acc_t margin) {
-  const acc_t dist = metric == kCosine ? distance_from_dot(st[1], st[2], st[3], kCosine, acc_t(0)) : st[0];
-  const acc_t h = hd_max(dist + st[4] - margin, acc_t(0));
-  return (n_vis > 0 && n_ir > 0) ? h : h * acc_t(0);
-}
-
 template <typename scalar_t>
 __global__ void __launch_bounds__(kSliceThreads)
 centers_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ order, const int64_t* __restrict__ seg,
