@@ -1,6 +1,8 @@
 """The README's "Looking at results" commands run as written on a tiny trained run (RUN substituted,
-the second CMC run being the same run), and write what they say they write."""
+the second CMC run being the same run), and write what they say they write. A command whose optional extra
+is not installed (a GPU image without matplotlib or onnx) must say which one to install instead."""
 import importlib
+import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -8,7 +10,12 @@ from pathlib import Path
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
-def test_results_commands_run(trained_run, tmp_path, monkeypatch):
+#: The optional module each command needs (the plot and export extras), by its module and first argument.
+EXTRAS = {("vtreid.visualize", "cmc"): ("matplotlib", "plot"), ("vtreid.visualize", "curves"): ("matplotlib", "plot"),
+          ("vtreid.export", "--checkpoint"): ("onnx", "export")}
+
+
+def test_results_commands_run(trained_run, tmp_path, monkeypatch, capsys):
     blocks = [b for b in re.findall(r"```bash\n(.*?)```", README, re.S) if "vtreid.extract" in b]
     assert len(blocks) == 1
     lines = [line.split("#")[0].strip() for line in blocks[0].splitlines()]
@@ -18,11 +25,20 @@ def test_results_commands_run(trained_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     commands = [line.replace("$RUN", str(trained_run)) for line in lines[1:] if line]
     assert len(commands) == 6
+    outputs = {"feats.pt"}
     for command in commands:
         words = shlex.split(command)
         assert words[:2] == [".venv/bin/python", "-m"], command
         module = importlib.import_module(words[2])
+        needs, extra = EXTRAS.get((words[2], words[3]), (None, None))
+        if needs and importlib.util.find_spec(needs) is None:
+            capsys.readouterr()
+            assert module.main(words[3:]) == 2, command
+            assert f"vtreid[{extra}]" in capsys.readouterr().err, command
+            continue
         assert module.main(words[3:]) == 0, command
+        outputs.update(w for w in words if w.endswith((".png", ".onnx")))
     assert len(list((tmp_path / "ranks").glob("*.png"))) == 5
-    for name in ("feats.pt", "cmc.png", "curves.png", "model.onnx"):
+    assert outputs <= {"feats.pt", "cmc.png", "curves.png", "model.onnx"}
+    for name in outputs:
         assert (tmp_path / name).stat().st_size > 0, name
