@@ -15,9 +15,14 @@ void emu_set_device(int sms, int cc_major) {
   emu::device_cc_major = cc_major;
 }
 
-// D [2, 16, 24] = 2 A B + C per warp of a 64-thread block (csrc/emu/wmma_selftest.h); dtype 1 half, 2 bfloat16.
+// D [2, 16, 24] = 2 A B + C per warp of a 64-thread block (csrc/emu/wmma_selftest.h); dtype 1 half, 2 bfloat16
+// (m16n16k16), 0 float32 as TF32 (m16n16k8; `round`: through __float_to_tf32 first).
 int emu_wmma_selftest(int dtype, int a_col, int b_col, const void* a, const void* b, const float* c, float* d,
-                      int c_col, int d_col, int sync) {
+                      int c_col, int d_col, int sync, int round) {
+  if (dtype == 0) {
+    return emu_selftest::run_layouts<nvcuda::wmma::precision::tf32>(a_col, b_col, a, b, c, d, c_col, d_col, sync,
+                                                                    round);
+  }
   return dtype == 1 ? emu_selftest::run_layouts<__half>(a_col, b_col, a, b, c, d, c_col, d_col, sync)
                     : emu_selftest::run_layouts<__nv_bfloat16>(a_col, b_col, a, b, c, d, c_col, d_col, sync);
 }

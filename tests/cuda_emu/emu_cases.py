@@ -324,35 +324,70 @@ def test_pairwise_split_k_bitwise_reproducible(dtype):
 WMMA_LD = 24  # elements per row of every matrix of the self-test kernel (csrc/emu/wmma_selftest.h)
 
 
-def _tile(buf, col_major):
-    """The 16 x 16 matrix a wmma call reads from (or writes to) buf [16, WMMA_LD] with that layout."""
-    return buf[:, :16].T if col_major else buf[:, :16]
+def _tile(buf, col_major, rows=16, cols=16):
+    """The rows x cols matrix a wmma call reads from (or writes to) buf [16, WMMA_LD] with that layout."""
+    return buf[:cols, :rows].T if col_major else buf[:rows, :cols]
 
 
-def _wmma_run(dtype, a_col, b_col, c_col, d_col, sync, seed):
+def _tf32(t, rounded):
+    """float32 as the tensor cores read it: the low 13 mantissa bits dropped, after __float_to_tf32's rounding
+    to nearest (ties away from zero) when rounded."""
+    bits = t.view(torch.int32)
+    if rounded:
+        bits = bits + 0x1000
+    return (bits & -0x2000).view(torch.float32)
+
+
+def _wmma_run(dtype, a_col, b_col, c_col, d_col, sync, seed, round_tf32=False):
     gen = torch.Generator().manual_seed(seed)
     a, b = (torch.randn(16, WMMA_LD, generator=gen).to(dtype) for _ in range(2))
     c = torch.randn(16, WMMA_LD, generator=gen)
     d = torch.full((2, 16, WMMA_LD), float("nan"))
-    _check(LIB.emu_wmma_selftest(DTYPE_CODES[dtype], a_col, b_col, _p(a), _p(b), _p(c), _p(d), c_col, d_col, sync),
-           "wmma self-test")
-    want = 2 * (_tile(a, a_col).double() @ _tile(b, b_col).double()) + _tile(c, c_col).double()
+    _check(LIB.emu_wmma_selftest(DTYPE_CODES[dtype], a_col, b_col, _p(a), _p(b), _p(c), _p(d), c_col, d_col, sync,
+                                 int(round_tf32)), "wmma self-test")
+    k = 8 if dtype == torch.float32 else 16
+    ta, tb = _tile(a, a_col, 16, k), _tile(b, b_col, k, 16)
+    if dtype == torch.float32:
+        ta, tb = _tf32(ta.contiguous(), round_tf32), _tf32(tb.contiguous(), round_tf32)
+    want = 2 * (ta.double() @ tb.double()) + _tile(c, c_col).double()
     return d, want
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+WMMA_DTYPES = [torch.float16, torch.bfloat16, torch.float32]  # float32: TF32 operands, m16n16k8
+
+
+@pytest.mark.parametrize("dtype", WMMA_DTYPES, ids=str)
 @pytest.mark.parametrize("layouts", [(a, b, c, d) for a in (0, 1) for b in (0, 1) for c in (0, 1) for d in (0, 1)],
                          ids=lambda t: "".join("rc"[v] for v in t))
 def test_wmma_emulation(dtype, layouts):
     """D = 2 A B + C through load / mma / elementwise x[] / store, every layout, both warps of the block; the
-    padding of D (outside the 16 x 16 tile) stays untouched."""
-    d, want = _wmma_run(dtype, *layouts, sync=1, seed=sum(v << i for i, v in enumerate(layouts)))
-    for w in range(2):
-        torch.testing.assert_close(_tile(d[w], layouts[3]).double(), want, rtol=1e-6, atol=1e-5)
-        assert d[w][:, 16:].isnan().all()
+    padding of D (outside the 16 x 16 tile) stays untouched. TF32 operands are read truncated to 10 mantissa
+    bits (or rounded by __float_to_tf32 first): products of those are exact in float."""
+    for round_tf32 in ((False, True) if dtype == torch.float32 else (False,)):
+        d, want = _wmma_run(dtype, *layouts, sync=1, seed=sum(v << i for i, v in enumerate(layouts)),
+                            round_tf32=round_tf32)
+        for w in range(2):
+            torch.testing.assert_close(_tile(d[w], layouts[3]).double(), want, rtol=1e-6, atol=1e-5)
+            assert d[w][:, 16:].isnan().all()
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_wmma_tf32_is_tf32_not_float32():
+    """The emulated TF32 product is as coarse as the hardware's: it differs from the float32 product by far
+    more than float32 rounding, and truncation and __float_to_tf32's rounding differ (a kernel that splits a
+    float32 into TF32 hi + lo parts, as the CUDA pairwise forward does, is tested at the precision it has)."""
+    results = [_wmma_run(torch.float32, 0, 0, 0, 0, sync=1, seed=5, round_tf32=r) for r in (False, True)]
+    gen = torch.Generator().manual_seed(5)
+    a, b = (torch.randn(16, WMMA_LD, generator=gen) for _ in range(2))
+    c = torch.randn(16, WMMA_LD, generator=gen)
+    exact = 2 * (a[:, :8].double() @ b[:8, :16].double()) + c[:, :16].double()
+    for d, _ in results:
+        assert (_tile(d[0], 0).double() - exact).abs().max() > 1e-3
+    assert not torch.equal(results[0][0], results[1][0])
+    assert torch.equal(_tf32(torch.tensor([1 + 2.0 ** -11]), True), torch.tensor([1 + 2.0 ** -10]))  # tie: away
+    assert torch.equal(_tf32(torch.tensor([1 + 2.0 ** -11]), False), torch.tensor([1.0]))
+
+
+@pytest.mark.parametrize("dtype", WMMA_DTYPES, ids=str)
 def test_wmma_emulation_sees_a_missing_barrier(dtype):
     """Without the __syncthreads() between staging A, B in shared memory and the fragment loads, warp 0 reads
     shared memory the other threads have not written yet: the emulation must show wrong results (the stale
