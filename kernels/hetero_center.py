@@ -242,11 +242,11 @@ def forward(x, order, seg, modality, metric: str, strong: bool, margin: float):
     """x [S, N, D] -> (hinge [S, N], centers [S, N, 2, D], variances (zeros unless strong), counts [N, 2] int64,
     stats [S, N, 5]); float32 except counts. Slot k's hinge is [D + V - margin]_+ when both modalities are
     present, else that times 0 (0, or NaN for non-finite features); stats: ||c_vis - c_ir||^2, c_vis.c_ir,
-    |c_vis|^2, |c_ir|^2, ||v_vis - v_ir||^2. One launch per (slot, set, feature slice), then, with more than
+    |c_vis|^2, |c_ir|^2, ||v_vis - v_ir||^2. One program per (slot, set, feature slice), then, with more than
     one slice, _centers_combine_kernel sums each class's slices in slice order and writes hinge and stats."""
     s, n, d = x.shape
     # The kernels write every slot, empty ones included, so nothing is filled first; counts are written by
-    # the first feature set's programs, so they need zeros only when there is none.
+    # the first feature set's first-slice programs, so they need zeros only when there is no set.
     hinge = torch.empty((s, n), device=x.device, dtype=torch.float32)
     centers = torch.empty((s, n, 2, d), device=x.device, dtype=torch.float32)
     variances = torch.empty_like(centers)

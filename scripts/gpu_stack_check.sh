@@ -17,18 +17,24 @@ src=$(cd "$(dirname "$0")/.." && pwd)
 dir=${VTREID_STACK_DIR:-/tmp/vtreid-gpu-stack}
 start=$SECONDS
 step() { echo "== gpu stack [$((SECONDS - start))s] $*"; }
-command -v nvcc >/dev/null || { echo "nvcc not found: the CUDA sources cannot be built" >&2; exit 1; }
 cuda_home=${CUDA_HOME:-/usr/local/cuda}
-[ -f "$cuda_home/include/cuda_runtime_api.h" ] || {
-  echo "no CUDA toolkit headers in $cuda_home: set CUDA_HOME to the toolkit of nvcc 13" >&2; exit 1; }
+[ -f "$cuda_home/include/cuda_runtime_api.h" ] && [ -x "$cuda_home/bin/nvcc" ] || {
+  echo "no CUDA toolkit in $cuda_home: set CUDA_HOME to a CUDA 13 toolkit" >&2; exit 1; }
+"$cuda_home/bin/nvcc" --version | grep -q "release 13\." || {
+  echo "$cuda_home/bin/nvcc is not CUDA 13 (torch 2.11.0+cu130 needs it): set CUDA_HOME" >&2; exit 1; }
 
 mkdir -p "$dir"
-if [ ! -x "$dir/venv/bin/python" ]; then
+# The venv counts as made once its install finished (an interrupted one is made again).
+if [ ! -f "$dir/venv/.installed" ]; then
   step "creating $dir/venv with torch==2.11.0 (CUDA 13 wheels: minutes on a first run)"
+  rm -rf "$dir/venv"
   python3 -m venv "$dir/venv"
   "$dir/venv/bin/python" -m pip install --quiet torch==2.11.0 "numpy<2.4" ninja pybind11 pytest pyyaml tqdm pillow \
     "setuptools>=77,<82" wheel
+  touch "$dir/venv/.installed"
 fi
+"$dir/venv/bin/python" -c "import torch; assert torch.__version__.startswith('2.11.0') and torch.version.cuda, \
+  f'{torch.__version__}: not the GPU image\'s CUDA build of torch 2.11.0'" || exit 1
 step "cloning HEAD of $src into $dir/vtreid"
 rm -rf "$dir/vtreid"
 git clone --quiet "$src" "$dir/vtreid"

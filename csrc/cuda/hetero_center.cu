@@ -124,15 +124,15 @@ centers_fwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ o
   }
 }
 
-// One thread per (set, slot): the class's five scalars summed over its slices in slice order, and its hinge.
+// One thread per (slot, set): the class's five scalars summed over its slices in slice order, and its hinge.
 template <typename acc_t>
 __global__ void __launch_bounds__(kThreads)
 centers_combine_kernel(const acc_t* __restrict__ partials, const int64_t* __restrict__ counts,
-                       acc_t* __restrict__ hinge, acc_t* __restrict__ stats, int64_t sets, int64_t n, int64_t slices,
-                       int metric, acc_t margin) {
-  const int64_t sk = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (sk >= sets * n) return;
-  const int64_t k = sk % n;
+                       acc_t* __restrict__ hinge, acc_t* __restrict__ stats, int64_t n, int64_t slices, int metric,
+                       acc_t margin) {
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (k >= n) return;
+  const int64_t sk = static_cast<int64_t>(blockIdx.y) * n + k;
   acc_t st[5] = {0, 0, 0, 0, 0};
   for (int64_t t = 0; t < slices; ++t) {
 #pragma unroll
@@ -200,9 +200,9 @@ cudaError_t fwd_typed(const void* x, const int64_t* order, const int64_t* seg, c
       strong, static_cast<acc_t>(margin));
   if (slices == 1) return cudaGetLastError();
   if (const cudaError_t err = cudaGetLastError(); err != cudaSuccess) return err;
-  centers_combine_kernel<acc_t><<<blocks_for(sets * n, kThreads), kThreads, 0, stream>>>(
-      static_cast<const acc_t*>(workspace), counts, static_cast<acc_t*>(hinge), static_cast<acc_t*>(stats), sets, n,
-      slices, metric, static_cast<acc_t>(margin));
+  centers_combine_kernel<acc_t><<<dim3(blocks_for(n, kThreads), static_cast<unsigned>(sets)), kThreads, 0, stream>>>(
+      static_cast<const acc_t*>(workspace), counts, static_cast<acc_t*>(hinge), static_cast<acc_t*>(stats), n, slices,
+      metric, static_cast<acc_t>(margin));
   return cudaGetLastError();
 }
 

@@ -82,7 +82,8 @@ cudaError_t hard_mining_bwd(DType dtype, DType grad_dtype, const void* grad_pos,
 // Per-class modality centres and the Hetero-Center hinge. x is contiguous [sets, n, dim]; the samples
 // of class slot k are order[seg[k] .. seg[k + 1]); modality int32 (0 visible, any other value infrared);
 // every float output and stats [sets, n, 5] in the accumulation type; counts [n, 2]. Every element of the
-// outputs is written (the empty slots past the classes too), so they need no initialisation. The
+// outputs is written (the empty slots past the classes too), so they need no initialisation, except counts
+// when sets == 0: nothing is launched then, and the caller zero-fills it. The
 // features are split into 64-wide slices; with more than one, `workspace` must hold
 // hetero_center_fwd_workspace_bytes(dtype, sets, n, dim) bytes (any contents; null is fine when that is 0).
 cudaError_t hetero_center_fwd(DType dtype, const void* x, const int64_t* order, const int64_t* seg,

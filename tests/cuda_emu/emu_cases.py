@@ -158,7 +158,7 @@ def _pairwise_fwd(x, y, metric, sms=None):
     xsq, ysq = torch.zeros(n, dtype=acc), torch.zeros(m, dtype=acc)
     nbytes = LIB.emu_pairwise_distance_fwd_workspace_bytes(code, I64(n), I64(m), I64(d), ctypes.c_int(sms))
     # Garbage in the workspace (NaN as float32 and float64): the kernels must not read what they did not write.
-    workspace = torch.full((nbytes,), 0x7F, dtype=torch.uint8) if nbytes else None
+    workspace = torch.full((nbytes,), 0xFF, dtype=torch.uint8) if nbytes else None
     _check(LIB.emu_pairwise_distance_fwd(code, _p(x), _p(y), _p(dist), _p(xsq), _p(ysq), _p(workspace), I64(n), I64(m),
                                          I64(d), METRIC_CODES[metric], ctypes.c_int(sms)),
            "pairwise_distance_fwd")
@@ -440,7 +440,7 @@ def _mine(a, c, la, lc, ma, mc, metric, rules, self_mining, sms=WAVE_SMS):
     code = DTYPE_CODES[a.dtype]
     nbytes = LIB.emu_hard_mining_fwd_workspace_bytes(code, I64(n), I64(m), I64(d), ctypes.c_int(sms))
     # Garbage in the workspace: the kernels must not read what they did not write.
-    workspace = torch.full((max(nbytes, 1),), 0x7F, dtype=torch.uint8) if nbytes else None
+    workspace = torch.full((max(nbytes, 1),), 0xFF, dtype=torch.uint8) if nbytes else None
     _check(LIB.emu_hard_mining_fwd(code, _p(a), _p(c), _p(la), _p(lc), _p(ma), _p(mc), _p(pos_d), _p(pos_i), _p(neg_d),
                                    _p(neg_i), _p(valid), _p(asq), _p(csq), _p(pos_out), _p(neg_out), _p(workspace),
                                    I64(n), I64(m), I64(d),
@@ -769,7 +769,7 @@ def _hetero_center_fwd(x, slots, modality, outputs, code, strong, margin):
     (NaN as float32 and float64) in the per-slice workspace when the features span more than one slice."""
     sets, n, d = x.shape
     nbytes = LIB.emu_hetero_center_fwd_workspace_bytes(DTYPE_CODES[x.dtype], I64(sets), I64(n), I64(d))
-    workspace = torch.full((nbytes,), 0x7F, dtype=torch.uint8) if nbytes else None
+    workspace = torch.full((nbytes,), 0xFF, dtype=torch.uint8) if nbytes else None
     hinge, centers, variances, counts, stats = outputs
     _check(LIB.emu_hetero_center_fwd(DTYPE_CODES[x.dtype], _p(x), _p(slots.order), _p(slots.seg), _p(modality),
                                      _p(hinge), _p(centers), _p(variances), _p(counts), _p(stats), _p(workspace),
@@ -794,13 +794,13 @@ def test_hetero_center_forward_slices_the_features():
 @pytest.mark.parametrize("strong", [False, True])
 @pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16], ids=str)
-@pytest.mark.parametrize("n,d", [(1, 1), (2, 7), (3, 129), (47, 7), (130, 129), (600, 3)])
+@pytest.mark.parametrize("n,d", [(1, 1), (2, 7), (3, 129), (47, 7), (130, 129), (600, 3), (600, 65)])
 def test_hetero_center(n, d, dtype, metric, strong):
     gen = torch.Generator().manual_seed(n * 31 + d)
     sets = 2
     x = torch.stack([_features(n, d, dtype, gen) for _ in range(sets)]).contiguous()
     labels = torch.randint(0, 6 if n < 600 else 2, (n,), generator=gen)
-    # n = 600: two classes of ~300 samples, past the 256 the forward stages in shared memory
+    # n = 600: two classes of ~300 samples, past the 256 the forward stages in shared memory (d = 65: two slices)
     assert n < 600 or labels.bincount().min() > 256
     modality = torch.randint(0, 2, (n,), generator=gen, dtype=torch.int32)
     modality[labels == 1] = 0           # class 1 has no infrared sample
@@ -847,30 +847,32 @@ def test_hetero_center(n, d, dtype, metric, strong):
     assert_matches(grads[0], xr.grad.to(dtype), dtype, "grad x")
 
 
+@pytest.mark.parametrize("d", [5, 150])  # one feature slice; three, summed by the combine kernel
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("strong", [False, True])
 @pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
-def test_hetero_center_one_modality_class_with_a_non_finite_feature(metric, strong, bad):
+def test_hetero_center_one_modality_class_with_a_non_finite_feature(metric, strong, bad, d):
     """A class seen in one modality only is left out by a factor 0, as the reference's mask: a NaN or inf
     feature there gives a NaN hinge, and a gradient NaN in that class's rows only, as the reference's."""
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(1, 8, 5, generator=gen)
-    x[0, 4, 0] = bad
+    x = torch.randn(1, 8, d, generator=gen)
+    x[0, 4, d - 1] = bad  # in the last slice
     labels = torch.tensor([3, 3, 1, 1, 7, 7, 3, 1])  # class 7: visible only
     modality = torch.tensor([0, 1, 0, 1, 0, 0, 1, 1], dtype=torch.int32)
     slots = class_slots(labels)
     hinge, stats, counts = torch.empty(1, 8), torch.empty(1, 8, 5), torch.empty(8, 2, dtype=torch.int64)
-    centers, variances = torch.empty(1, 8, 2, 5), torch.empty(1, 8, 2, 5)
+    centers, variances = torch.empty(1, 8, 2, d), torch.empty(1, 8, 2, d)
     code = METRIC_CODES[metric]
     _hetero_center_fwd(x, slots, modality, (hinge, centers, variances, counts, stats), code, strong, 0.0)
     xr = x[0].clone().requires_grad_()
     loss = reference.hetero_center_loss(xr, labels, modality, metric=metric, strong=strong)
     assert hinge.sum().isnan() and loss.isnan()
+    assert hinge[0, :2].isfinite().all(), hinge  # the classes seen in both modalities (1, 3)
     loss.backward()
     grad_x, ones = torch.empty_like(x), torch.ones(1, 8)
     _check(LIB.emu_hetero_center_bwd(DTYPE_CODES[torch.float32], _p(x), _p(slots.slot), _p(modality), _p(hinge),
                                      _p(centers), _p(variances), _p(counts), _p(stats), _p(ones), I64(8), I64(1),
-                                     _p(None), _p(grad_x), I64(1), I64(8), I64(5), code, int(strong)),
+                                     _p(None), _p(grad_x), I64(1), I64(8), I64(d), code, int(strong)),
            "hetero_center_bwd")
     assert torch.equal(grad_x[0].isnan(), xr.grad.isnan()) and grad_x[0, labels != 7].isfinite().all()
     torch.testing.assert_close(grad_x[0], xr.grad, equal_nan=True, atol=1e-4, rtol=1e-4)

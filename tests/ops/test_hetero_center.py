@@ -374,8 +374,15 @@ def test_triton_forward_feature_slices(device, monkeypatch):
             assert_matches(got.cpu().to(w.dtype), w, torch.float32, f"{name} at slice width {width}")
     assert kernel.forward_splits(200) == (64, 4) and kernel.forward_splits(37) == (64, 1)
     assert kernel.forward_splits(1) == (16, 1) and kernel.forward_splits(17) == (32, 1)
-    # past 65535 slices of 64 (grid axis 2's limit) the slices widen instead
+    # past 65535 slices of 64 (grid axis 2's limit) the slices widen instead; run with a limit of 2
     assert kernel.forward_splits(64 * 65535 + 1) == (128, 32768)
+    monkeypatch.setattr(kernel, "GRID_LIMITS", (2**31 - 1, 65535, 2))
+    assert kernel.forward_splits(200) == (128, 2)
+    wide = kernel.forward(x, *args)
+    for name, got, w, ref in zip(("hinge", "centers", "variances", "counts", "stats"), wide, want, runs[256]):
+        if name in ("centers", "variances", "counts"):
+            assert torch.equal(got, ref), name
+        assert_matches(got.cpu().to(w.dtype), w, torch.float32, f"{name} at slice width 128")
 
 
 def test_triton_backward_reads_the_expanded_hinge_gradient_in_place(monkeypatch):

@@ -133,19 +133,20 @@ def test_hetero_center_loss_propagates_nan(backend, metric, strong):
     torch.testing.assert_close(got, want, equal_nan=True, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("d", [5, 150])  # one feature slice of the Triton forward; three, combined
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("strong", [False, True])
 @pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
 @pytest.mark.parametrize("backend", FUSED_BACKENDS)
-def test_hetero_center_loss_of_a_one_modality_class_with_a_non_finite_feature(backend, metric, strong, bad):
+def test_hetero_center_loss_of_a_one_modality_class_with_a_non_finite_feature(backend, metric, strong, bad, d):
     """A class seen in one modality only is left out by a factor 0, as the reference's mask leaves it: a
     NaN or inf feature there makes the loss NaN on every backend (the fused ones gave a finite loss, and
     then NaN gradients under it), and the gradient is the reference's: NaN in that class's rows
     (0 times its non-finite centre), finite elsewhere."""
     require_backend(backend, "cpu", torch.float32)
     torch.manual_seed(1)
-    x = torch.randn(8, 5)
-    x[4, 0] = bad  # class 7 has visible samples only
+    x = torch.randn(8, d)
+    x[4, d - 1] = bad  # class 7 has visible samples only; the last slice
     labels, modality = torch.tensor([3, 3, 1, 1, 7, 7, 3, 1]), torch.tensor([0, 1, 0, 1, 0, 0, 1, 1])
     xs, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
     got = ops.hetero_center_loss(xs, labels, modality, metric=metric, strong=strong, backend=backend)
@@ -158,19 +159,20 @@ def test_hetero_center_loss_of_a_one_modality_class_with_a_non_finite_feature(ba
     torch.testing.assert_close(g, w, equal_nan=True, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("d", [5, 150])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_non_finite_feature_stays_in_its_own_modality_centre(backend, bad):
+def test_a_non_finite_feature_stays_in_its_own_modality_centre(backend, bad, d):
     """A NaN or inf feature of an infrared sample reaches its class's infrared centre only, as the
     reference's per-(class, modality) sums: the visible centre of that class stays finite. (Triton's forward
     once summed every sample into both centres with weights 1 and 0, and inf * 0 is NaN.)"""
     require_backend(backend, "cpu", torch.float32)
     torch.manual_seed(2)
-    x = torch.randn(2, 8, 5)
-    x[:, 1, 2] = bad  # class 3, infrared
+    x = torch.randn(2, 8, d)
+    x[:, 1, d - 1] = bad  # class 3, infrared
     labels, modality = torch.tensor([3, 3, 1, 1, 7, 7, 3, 1]), torch.tensor([0, 1, 0, 1, 0, 0, 1, 1])
     got = ops.modality_centers(x, labels, modality, backend=backend)
     want = ops.modality_centers(x, labels, modality, backend="reference")
     visible, infrared = got.centers[:, 1, 0], got.centers[:, 1, 1]  # class 3 is the second (1, 3, 7)
-    assert visible.isfinite().all() and not infrared[:, 2].isfinite().any(), got.centers[:, 1]
+    assert visible.isfinite().all() and not infrared[:, d - 1].isfinite().any(), got.centers[:, 1]
     torch.testing.assert_close(got.centers, want.centers, equal_nan=True)
