@@ -9,9 +9,9 @@
 # build with torch's CUDA headers, a test that needs a package the image lacks (no matplotlib, onnx or
 # scipy there: the tests that need them must skip or expect the clear error).
 # Not the image itself: Python is this machine's, and NumPy is kept below 2.4, whose int() of a 1-element
-# array breaks Triton 3.6's interpreter (the image never interprets: it has a GPU). For the same reason the
-# interpreter-only case of tests/kernels/test_sqrt_rn.py fails here (Triton 3.6 seeds its 1 / sqrt
-# differently); on the image that test runs on CUDA.
+# array breaks Triton 3.6's interpreter (the image never interprets: it has a GPU). That interpreter also
+# rounds tl.fma's product before the add, so the interpreted case of tests/kernels/test_sqrt_rn.py skips
+# here; on the image that test runs on CUDA.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 dir=${VTREID_STACK_DIR:-/tmp/vtreid-gpu-stack}
