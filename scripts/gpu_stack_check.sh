@@ -10,8 +10,7 @@
 # scipy there: the tests that need them must skip or expect the clear error).
 # Not the image itself: Python is this machine's, and NumPy is kept below 2.4, whose int() of a 1-element
 # array breaks Triton 3.6's interpreter (the image never interprets: it has a GPU). That interpreter also
-# rounds tl.fma's product before the add, so the interpreted case of tests/kernels/test_sqrt_rn.py skips
-# here; on the image that test runs on CUDA.
+# rounds tl.fma's product before the add; tests/conftest.py makes it fuse, as a GPU's FFMA does.
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 dir=${VTREID_STACK_DIR:-/tmp/vtreid-gpu-stack}

@@ -62,6 +62,45 @@ def _emulate_tf32_dots_in_the_interpreter() -> None:
 _emulate_tf32_dots_in_the_interpreter()
 
 
+def _fuse_fma_in_the_interpreter() -> None:
+    """A GPU's tl.fma rounds once (FFMA). Triton 3.6's interpreter (the GPU image's Triton) computes
+    x * y + z in float32, rounding the product first, so a kernel's Newton step (sqrt_rn_selects) is not the
+    GPU's there; 3.9's interpreter fuses. Where it does not, float32 fmas are made fused: the product is exact
+    in float64, the sum is rounded to odd there (TwoSum gives its error) and then to float32, which rounds
+    correctly since 53 >= 24 + 2 bits."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpreterBuilder, TensorHandle
+
+    def fp32(v):
+        return TensorHandle(np.array([v], dtype=np.float32), tl.float32)
+
+    given = InterpreterBuilder.create_fma
+    probe = given(None, fp32(1 + 2.0 ** -12), fp32(1 + 2.0 ** -12), fp32(-(1 + 2.0 ** -11)))
+    if probe.data[0] == 2.0 ** -24:  # fused already
+        return
+
+    def create_fma(self, x, y, z):
+        if z.data.dtype != np.float32:
+            return given(self, x, y, z)
+        a, b, c = (np.asarray(t.data, dtype=np.float64) for t in (x, y, z))
+        product = a * b  # exact: 48 bits
+        total = product + c
+        back = total - product
+        error = (product - (total - back)) + (c - back)
+        bits = total.view(np.int64)
+        inexact = np.isfinite(total) & (error != 0) & ((bits & 1) == 0)
+        bits = np.where(inexact, bits + np.where((error > 0) == (total > 0), 1, -1), bits)
+        return TensorHandle(bits.view(np.float64).astype(np.float32), z.dtype.scalar)
+
+    InterpreterBuilder.create_fma = create_fma
+
+
+_fuse_fma_in_the_interpreter()
+
+
 def pytest_runtest_logreport(report):
     """With VTREID_FAILURE_LOG set, append each failure's traceback to that file as it happens: a run cut
     at its time limit (scripts/gpu_check.sh on a lent GPU) never prints its summary, and the first H100

@@ -47,21 +47,20 @@ def _fma_kernel(A, B, C, OUT):
     tl.store(OUT, tl.fma(tl.load(A), tl.load(B), tl.load(C)))
 
 
-def _fma_is_fused(device) -> bool:
-    """Whether tl.fma rounds once, as the GPU's FFMA: (1 + 2^-12)^2 - (1 + 2^-11) is 2^-24 fused, 0 when the
-    product is rounded first (Triton 3.6's interpreter does that; 3.9's does not)."""
+@pytest.mark.parametrize("device", DEVICES)
+def test_fma_is_fused(device):
+    """The Newton step below needs tl.fma to round once, as the GPU's FFMA: (1 + 2^-12)^2 - (1 + 2^-11) is
+    2^-24 fused, 0 when the product is rounded first (Triton 3.6's interpreter; tests/conftest.py fuses it)."""
+    require_backend("triton", device)
     a = torch.tensor([1 + 2.0 ** -12], device=device)
     out = torch.empty_like(a)
     _fma_kernel[(1,)](a, a, torch.tensor([-(1 + 2.0 ** -11)], device=device), out)
-    return out.item() == 2.0 ** -24
+    assert out.item() == 2.0 ** -24
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_sqrt_rn_selects_is_the_correctly_rounded_sqrt(device):
     require_backend("triton", device)  # CPU tensors need the interpreter (not set where a GPU is)
-    if not _fma_is_fused(device):
-        assert device == "cpu", "a GPU's tl.fma must be fused"
-        pytest.skip("this Triton interpreter rounds tl.fma's product first (Triton 3.6): not the GPU's Newton step")
     x = inputs(exhaustive=device == "cuda").to(device)
     out = torch.empty_like(x)
     _sqrt_kernel[(triton.cdiv(x.numel(), BLOCK),)](x, out, x.numel(), BLOCK=BLOCK)
