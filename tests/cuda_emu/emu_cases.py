@@ -149,6 +149,12 @@ def test_pairwise_backward_half_close_pairs(emulated_device, dtype, metric):
 LIB.emu_pairwise_distance_fwd_workspace_bytes.restype = ctypes.c_int64
 
 
+def _garbage_workspace(nbytes):
+    """A launcher's scratch of nbytes (None for 0), filled with bytes 0xFF, NaN in float32 and float64: the
+    kernels must not read what they did not write."""
+    return torch.full((nbytes,), 0xFF, dtype=torch.uint8) if nbytes else None
+
+
 def _pairwise_fwd(x, y, metric, sms=None):
     acc = _acc(x.dtype)
     n, m, d = x.shape[0], y.shape[0], x.shape[1]
@@ -157,8 +163,7 @@ def _pairwise_fwd(x, y, metric, sms=None):
     dist = torch.empty(n, m, dtype=x.dtype)
     xsq, ysq = torch.zeros(n, dtype=acc), torch.zeros(m, dtype=acc)
     nbytes = LIB.emu_pairwise_distance_fwd_workspace_bytes(code, I64(n), I64(m), I64(d), ctypes.c_int(sms))
-    # Garbage in the workspace (NaN as float32 and float64): the kernels must not read what they did not write.
-    workspace = torch.full((nbytes,), 0xFF, dtype=torch.uint8) if nbytes else None
+    workspace = _garbage_workspace(nbytes)
     _check(LIB.emu_pairwise_distance_fwd(code, _p(x), _p(y), _p(dist), _p(xsq), _p(ysq), _p(workspace), I64(n), I64(m),
                                          I64(d), METRIC_CODES[metric], ctypes.c_int(sms)),
            "pairwise_distance_fwd")
@@ -439,8 +444,7 @@ def _mine(a, c, la, lc, ma, mc, metric, rules, self_mining, sms=WAVE_SMS):
     pos_out, neg_out = torch.full((n,), dist_fill, dtype=a.dtype), torch.full((n,), dist_fill, dtype=a.dtype)
     code = DTYPE_CODES[a.dtype]
     nbytes = LIB.emu_hard_mining_fwd_workspace_bytes(code, I64(n), I64(m), I64(d), ctypes.c_int(sms))
-    # Garbage in the workspace: the kernels must not read what they did not write.
-    workspace = torch.full((max(nbytes, 1),), 0xFF, dtype=torch.uint8) if nbytes else None
+    workspace = _garbage_workspace(nbytes)
     _check(LIB.emu_hard_mining_fwd(code, _p(a), _p(c), _p(la), _p(lc), _p(ma), _p(mc), _p(pos_d), _p(pos_i), _p(neg_d),
                                    _p(neg_i), _p(valid), _p(asq), _p(csq), _p(pos_out), _p(neg_out), _p(workspace),
                                    I64(n), I64(m), I64(d),
@@ -769,7 +773,7 @@ def _hetero_center_fwd(x, slots, modality, outputs, code, strong, margin):
     (NaN as float32 and float64) in the per-slice workspace when the features span more than one slice."""
     sets, n, d = x.shape
     nbytes = LIB.emu_hetero_center_fwd_workspace_bytes(DTYPE_CODES[x.dtype], I64(sets), I64(n), I64(d))
-    workspace = torch.full((nbytes,), 0xFF, dtype=torch.uint8) if nbytes else None
+    workspace = _garbage_workspace(nbytes)
     hinge, centers, variances, counts, stats = outputs
     _check(LIB.emu_hetero_center_fwd(DTYPE_CODES[x.dtype], _p(x), _p(slots.order), _p(slots.seg), _p(modality),
                                      _p(hinge), _p(centers), _p(variances), _p(counts), _p(stats), _p(workspace),
