@@ -316,6 +316,11 @@ def test_bad_inputs_name_the_argument():
         ops.hard_mining(x, labels, positive="cross")
     with pytest.raises(ValueError, match="anchor_modality must hold 0"):
         ops.hard_mining(x, labels, anchor_modality=modality * 2, positive="cross")
+    # A given modality is checked even where both rules are "any" and ignore it.
+    with pytest.raises(ValueError, match="anchor_modality must be a 1-D tensor of length 6"):
+        ops.hard_mining(x, labels, anchor_modality=modality[:4])
+    with pytest.raises(ValueError, match="candidate_modality must hold 0"):
+        ops.hard_mining(x, labels, x, labels, candidate_modality=modality + 3)
     with pytest.raises(ValueError, match="candidate_labels is required"):
         ops.hard_mining(x, labels, x)
     with pytest.raises(ValueError, match="candidate_labels was given without candidates"):

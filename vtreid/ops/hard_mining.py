@@ -95,15 +95,17 @@ def hard_mining(anchors: torch.Tensor, anchor_labels: torch.Tensor, candidates: 
     if not self_mining:
         _check_ids(candidate_labels, "candidate_labels", m, device, "labels")
     needs_modality = positive != "any" or negative != "any"
-    if needs_modality:
-        if anchor_modality is None:
-            raise ValueError(f"anchor_modality is required for positive={positive!r}, negative={negative!r}")
+    if needs_modality and anchor_modality is None:
+        raise ValueError(f"anchor_modality is required for positive={positive!r}, negative={negative!r}")
+    if needs_modality and not self_mining and candidate_modality is None:
+        raise ValueError("candidate_modality is required when candidates are given and a rule is not 'any'")
+    # A modality that is given is checked even where the rules ignore it: a wrong one is a caller's bug
+    # that would surface only once a rule is switched on.
+    if anchor_modality is not None:
         _check_ids(anchor_modality, "anchor_modality", n, device, "modality")
-        if not self_mining:
-            if candidate_modality is None:
-                raise ValueError("candidate_modality is required when candidates are given and a rule is not 'any'")
-            _check_ids(candidate_modality, "candidate_modality", m, device, "modality")
-    else:
+    if candidate_modality is not None:
+        _check_ids(candidate_modality, "candidate_modality", m, device, "modality")
+    if not needs_modality:
         anchor_modality = candidate_modality = None
 
     name = _backend.resolve(backend, device, anchors.dtype, "hard_mining")
