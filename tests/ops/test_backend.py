@@ -70,3 +70,26 @@ def test_float64_is_not_sent_to_triton():
     require_backend("triton", device.type)   # skips only where Triton cannot run at all (no GPU, no interpreter)
     ok, why = _backend.availability("triton", device, torch.float64)
     assert not ok and "float64" in why
+
+
+@pytest.mark.parametrize("triton_version, numpy_version, runs", [
+    ("3.6.0", "2.4.1", False), ("3.5.1", "2.4.0rc1", False), ("3.6.0", "2.3.5", True),
+    ("3.7.0", "2.4.1", True), ("3.9.0+git1a2b", "2.4.6", True), ("3.10.0", "2.5.0", True)])
+def test_an_interpreter_that_numpy_breaks_is_unavailable_with_the_fix(monkeypatch, triton_version, numpy_version,
+                                                                       runs):
+    """Triton <= 3.6 interprets with int() of one-element arrays, which NumPy >= 2.4 refuses: every
+    interpreted kernel would fail deep inside the interpreter, so Triton on CPU is unavailable, saying why."""
+    versions = {"triton": triton_version, "numpy": numpy_version}
+    monkeypatch.setattr(_backend.importlib.metadata, "version", versions.__getitem__)
+    monkeypatch.setattr(_backend, "triton_status", lambda: (True, ""))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    _backend.interpreter_status.cache_clear()
+    try:
+        ok, why = _backend.availability("triton", torch.device("cpu"), torch.float32)
+    finally:
+        _backend.interpreter_status.cache_clear()
+    assert ok == runs, why
+    if not runs:
+        assert f"Triton {triton_version}" in why and f"NumPy {numpy_version}" in why and "numpy<2.4" in why
+    # GPU tensors never go through the interpreter.
+    assert _backend.availability("triton", torch.device("cuda"), torch.float32)[0]

@@ -14,6 +14,7 @@ import contextlib
 import contextvars
 import functools
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 import warnings
@@ -66,6 +67,29 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _major_minor(version: str) -> tuple[int, int]:
+    parts = (version.split("+")[0].split(".") + ["0", "0"])[:2]
+    return tuple(int("".join(ch for ch in part if ch.isdigit()) or 0) for part in parts)
+
+
+@functools.lru_cache(maxsize=None)
+def interpreter_status() -> tuple[bool, str]:
+    """Whether the installed Triton's interpreter runs with the installed NumPy.
+
+    Triton <= 3.6's interpreter takes int() of one-element arrays, which NumPy >= 2.4 refuses
+    (triton-lang/triton#9171, fixed in 3.7): every interpreted kernel would fail deep in the interpreter.
+    """
+    try:
+        triton_version = importlib.metadata.version("triton")
+        numpy_version = importlib.metadata.version("numpy")
+    except importlib.metadata.PackageNotFoundError:
+        return True, ""
+    if _major_minor(triton_version) < (3, 7) and _major_minor(numpy_version) >= (2, 4):
+        return False, (f"the interpreter of Triton {triton_version} fails with NumPy {numpy_version} "
+                       "(install 'numpy<2.4' or Triton >= 3.7)")
+    return True, ""
+
+
 def availability(backend: str, device: torch.device, dtype: torch.dtype | None = None) -> tuple[bool, str]:
     """Whether ``backend`` can run on tensors of ``device`` (and ``dtype``); if not, why."""
     _check_name(backend, "backend")
@@ -85,6 +109,8 @@ def availability(backend: str, device: torch.device, dtype: torch.dtype | None =
         return False, why
     if device.type == "cpu" and not triton_interpreted():
         return False, "Triton runs on CUDA tensors; on CPU tensors it needs TRITON_INTERPRET=1"
+    if device.type == "cpu" and not interpreter_status()[0]:
+        return False, interpreter_status()[1]
     if device.type not in ("cpu", "cuda"):
         return False, f"the triton backend has no kernels for device type {device.type!r}"
     if dtype == torch.float64:
