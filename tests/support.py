@@ -260,3 +260,23 @@ def launch_every_op(n: int, m: int, d: int, c: int, dtype: torch.dtype) -> None:
     target = labels % c
     fwd = k_nce.cross_entropy_forward(x, w, target, 14.0, 0.0, True)
     k_nce.cross_entropy_backward(torch.ones(n), x, w, target, *fwd[1:], 14.0, 0.0)
+
+
+def write_sysu_rand_perm(root: Path, first=lambda n, trial: n) -> Path:
+    """An exp/rand_perm_cam.mat in the official layout for the SYSU-MM01 folder ``root`` (a 6 x 1 cell of
+    1 x ids cells of [10, images] 1-based image numbers): trial t's permutation of an identity's n images
+    in a camera starts with image first(n, t)."""
+    scipy_io = pytest.importorskip("scipy.io")
+    import numpy as np
+    ids = max(int(p.name) for p in root.glob("cam*/*") if p.name.isdigit())
+    cells = np.empty((6, 1), dtype=object)
+    for cam in range(1, 7):
+        per_id = np.empty((1, ids), dtype=object)
+        for pid in range(1, ids + 1):
+            n = len(list((root / f"cam{cam}" / f"{pid:04d}").glob("*.jpg")))
+            rows = [[first(n, t)] + [k for k in range(1, n + 1) if k != first(n, t)] for t in range(1, 11)] if n else []
+            per_id[0, pid - 1] = np.array(rows, dtype=np.uint16).reshape(10, n)
+        cells[cam - 1, 0] = per_id
+    path = root / "exp" / "rand_perm_cam.mat"
+    scipy_io.savemat(path, {"rand_perm_cam": cells})
+    return path

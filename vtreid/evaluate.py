@@ -8,7 +8,9 @@ test image:
   modalities  [N] int, 0 visible, 1 infrared (thermal)
   paths       [N] str, optional (SYSU's seeded gallery draw orders an identity's images by path;
               without paths, by row)
-SYSU: the infrared rows are the queries and the visible rows the gallery candidates. RegDB: --direction
+SYSU: the infrared rows are the queries and the visible rows the gallery candidates; each trial's gallery
+is the official one of exp/rand_perm_cam.mat given with --rand-perm (--checkpoint: the dataset's own file
+when it has one), else the seeded draw, and the results name which (--galleries). RegDB: --direction
 picks which modality queries. Both need rows of both modalities.
 Prints a table (mean +- std over trials) and writes the JSON of every trial with --out.
 
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 
 from vtreid import _cli as cli
-from vtreid.eval import combine_summaries, evaluate_regdb, evaluate_sysu, format_table, load_rand_perm
+from vtreid.eval import GALLERY_SOURCES, combine_summaries, evaluate_regdb, evaluate_sysu, format_table, sysu_galleries
 
 KEYS = ("features", "ids", "cams", "modalities")
 FORMAT = ("a dict saved with torch.save (.pt) or numpy.savez (.npz) holding features [N, D], ids [N], cams [N] "
@@ -123,7 +125,9 @@ def load_features(path: str | Path) -> dict:
         rows = (~finite).nonzero().flatten()
         raise ValueError(f"{path}: {len(rows)} of {n} feature rows hold NaN or inf (first: row {int(rows[0])}); "
                          f"was the model diverged or the extraction broken?")
-    out["paths"] = [str(p) for p in data["paths"]] if "paths" in data else [f"{i:09d}" for i in range(n)]
+    # without paths an identity's images are in row order; the names are not numbers, so that an official
+    # rand_perm_cam.mat picks by position in that order, not by a row number read as an image number
+    out["paths"] = [str(p) for p in data["paths"]] if "paths" in data else [f"row{i:09d}" for i in range(n)]
     if len(out["paths"]) != n:
         raise ValueError(f"{path}: paths has {len(out['paths'])} entries for {n} feature rows")
     return out
@@ -150,13 +154,13 @@ DIRECTIONS = ("visible_to_thermal", "thermal_to_visible")
 def evaluate_features(data: dict, args) -> dict:
     """{name: summary} of the protocol ``args`` asks for (RegDB direction "both": two entries)."""
     if args.protocol == "sysu":
-        try:
-            rand_perm = load_rand_perm(args.rand_perm) if args.rand_perm else None
-        except RuntimeError as exc:  # scipy missing
-            raise ValueError(str(exc)) from None
+        # a file named on the command line is wanted: official (scipy missing is then an error, not a fallback)
+        galleries = sysu_galleries(args.galleries or ("official" if args.rand_perm else "auto"),
+                                   args.rand_perm or args.dataset_rand_perm)
         summary = evaluate_sysu(_part(data, 1), _part(data, 0), mode=args.mode, shots=args.shots, trials=args.trials,
-                                rand_perm=rand_perm, metric=args.metric)
-        return {f"SYSU-MM01 {args.mode} {'single' if args.shots == 1 else 'multi'}-shot": summary}
+                                rand_perm=galleries.rand_perm, metric=args.metric)
+        return {f"SYSU-MM01 {args.mode} {'single' if args.shots == 1 else 'multi'}-shot, "
+                f"{galleries.source} galleries": summary}
     results = {}
     for direction in (DIRECTIONS if args.direction == "both" else (args.direction,)):
         query, gallery = (0, 1) if direction == "visible_to_thermal" else (1, 0)
@@ -178,6 +182,11 @@ def checkpoint_features(args) -> tuple[dict, dict]:
     args.trials = args.trials or e["trials_final"]
     args.metric = args.metric or e["metric"]
     args.direction = args.direction or "both"
+    args.galleries = args.galleries or e.get("galleries", "auto")   # checkpoints before eval.galleries: auto
+    if args.protocol == "sysu":
+        from vtreid.data import sysu
+        from vtreid.training.data import dataset_root
+        args.dataset_rand_perm = sysu.rand_perm_path(dataset_root(cfg))
     data = extract_split(loaded, args.dataset, args.data_root, args.trial)
     from vtreid.training.config import run_identity
     return data, {**run_identity(cfg), "checkpoint": str(args.checkpoint), "step": loaded.step}
@@ -252,13 +261,18 @@ def main(argv=None) -> int:
     parser.add_argument("--mode", choices=("all", "indoor"), help="SYSU search mode (default all)")
     parser.add_argument("--shots", type=int, choices=(1, 10), help="SYSU single- or multi-shot (default 1)")
     parser.add_argument("--trials", type=cli.positive_int, help="SYSU gallery draws (default 10)")
-    parser.add_argument("--rand-perm", default=None, help="SYSU exp/rand_perm_cam.mat (official galleries)")
+    parser.add_argument("--rand-perm", default=None, help="SYSU exp/rand_perm_cam.mat (official galleries; "
+                        "--checkpoint: the dataset's own when it has one)")
+    parser.add_argument("--galleries", choices=GALLERY_SOURCES, help="SYSU galleries: auto (official with a "
+                        "rand_perm_cam.mat, else seeded), official or seeded; default auto (--checkpoint: its "
+                        "eval.galleries), official with --rand-perm")
     parser.add_argument("--direction", choices=DIRECTIONS + ("both",),
                         help="RegDB query modality (default visible_to_thermal; --checkpoint: both)")
     parser.add_argument("--metric", choices=("euclidean", "cosine"), help="default euclidean")
     parser.add_argument("--device", type=cli.device, default="cuda" if torch.cuda.is_available() else "cpu",
                         help="default: cuda when a GPU is present, else cpu")
     parser.add_argument("--out", type=cli.output_file, default=None, help="write the results as JSON here")
+    parser.set_defaults(dataset_rand_perm=None)   # --checkpoint: the dataset's exp/rand_perm_cam.mat
     args = parser.parse_args(argv)
     device = torch.device(args.device)
 

@@ -36,7 +36,7 @@ from vtreid.training import distributed
 from vtreid.training.config import (DATASETS, DEFAULT_METHOD, ConfigError, check_against, dump, get, load_yaml,
                                     merge, parse_override, resolve, run_identity)
 from vtreid.training.data import EpochBatches, load_split, train_loader
-from vtreid.training.evaluation import evaluate_model, format_results
+from vtreid.training.evaluation import evaluate_model, format_results, galleries_for
 from vtreid.training.progress import Progress, Writers
 from vtreid.training.signals import StopRequest, Stopped
 
@@ -186,6 +186,11 @@ class Run:
         # ranks of a torchrun job decode a part each
         share = WorkShare(ctx.rank, ctx.world_size, distributed.gather_objects) if ctx.enabled else None
         self.split = load_split(cfg, progress=PrintedProgress() if ctx.is_main else None, share=share)
+        # every rank resolves them (a damaged file stops all alike); rank 0 alone says it fell back
+        with warnings.catch_warnings():
+            if not ctx.is_main:
+                warnings.simplefilter("ignore")
+            self.galleries = galleries_for(cfg)
         self.num_classes = len({r.label for r in self.split.train})
         self.method = get_method(cfg["method"])(cfg, self.num_classes)
         self.train_transform, self.test_transform = self.method.transforms()
@@ -380,7 +385,7 @@ def evaluate(run: Run, writers: Writers, progress: Progress | None, final: bool)
     distributed.broadcast_buffers(run.model)
     start = time.perf_counter()
     result = evaluate_model(run.model, run.split, run.test_transform, run.cfg, device=run.device, final=final,
-                            autocast=run.autocast)
+                            autocast=run.autocast, galleries=run.galleries)
     if not run.ctx.is_main:
         return result
     text = f"evaluation at step {run.step} ({time.perf_counter() - start:.1f}s, {result['protocol']}):\n" \

@@ -1,12 +1,13 @@
 """vtreid.eval: metrics against hand-computed rankings and the numpy loop, protocols, top-k, CLI."""
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from vtreid.eval import evaluate_regdb, evaluate_sysu, load_rand_perm, rank_metrics, sysu_gallery, topk
+from vtreid.eval import evaluate_regdb, evaluate_sysu, load_rand_perm, rank_metrics, sysu_galleries, sysu_gallery, topk
 from vtreid.eval import numpy_protocol
 from vtreid.evaluate import main as evaluate_cli
 
@@ -160,6 +161,64 @@ def test_rand_perm_mat_drives_the_gallery(tmp_path):
     pytest.importorskip("scipy.io").savemat(tmp_path / "other.mat", {"something": np.zeros(3)})
     with pytest.raises(ValueError, match="other.mat: no variable 'rand_perm_cam'"):
         load_rand_perm(tmp_path / "other.mat")
+
+
+def test_sysu_galleries_take_the_official_file_when_it_is_there(tmp_path, monkeypatch):
+    """PROTOCOLS.md: the official permutations when exp/rand_perm_cam.mat is present, else the seeded draw;
+    the choice is named ("official" / "seeded") so that results say which."""
+    gid, gcam, paths, present = coverage(1, ids=4)
+    mat = tmp_path / "rand_perm_cam.mat"
+    assert sysu_galleries("auto", mat) == (None, "seeded") == sysu_galleries("auto", None)
+    with pytest.raises(ValueError, match="need exp/rand_perm_cam.mat, not found at .*rand_perm_cam.mat"):
+        sysu_galleries("official", mat)
+    write_rand_perm(mat, present, 4, lambda pid, cam, n, t: n)   # every trial starts at the last image
+    official = sysu_galleries("auto", mat)
+    assert official.source == "official" and sysu_galleries("official", mat).source == "official"
+    chosen = sysu_gallery(gid, gcam, paths, trial=2, rand_perm=official.rand_perm)
+    assert all(paths[i].endswith(f"{present[(gid[i], gcam[i])]:04d}.jpg") for i in chosen)
+    with pytest.raises(ValueError, match="identity numbers from 1; the gallery has identity 0"):
+        sysu_gallery(np.where(gid == 1, 0, gid), gcam, paths, trial=1, rand_perm=official.rand_perm)  # no wrap to -1
+    assert sysu_galleries("seeded", mat) == (None, "seeded")
+    with pytest.raises(ValueError, match="galleries must be one of"):
+        sysu_galleries("random", mat)
+    monkeypatch.setitem(sys.modules, "scipy.io", None)   # scipy missing: auto falls back and says so
+    with pytest.warns(RuntimeWarning, match="needs scipy.*'seeded galleries'"):
+        assert sysu_galleries("auto", mat) == (None, "seeded")
+    with pytest.raises(ValueError, match="needs scipy"):
+        sysu_galleries("official", mat)
+
+
+@pytest.mark.parametrize("damage", ["empty", "text", "truncated"])
+def test_a_damaged_rand_perm_file_is_an_error_that_names_it(tmp_path, capsys, damage):
+    good = tmp_path / "good.mat"
+    gid, gcam, paths, present = coverage(1, ids=2)
+    write_rand_perm(good, present, 2, lambda pid, cam, n, t: 1)
+    bad = tmp_path / "rand_perm_cam.mat"
+    bad.write_bytes({"empty": b"", "text": b"1,2,3\n" * 40, "truncated": good.read_bytes()[:200]}[damage])
+    with pytest.raises(ValueError, match=re.escape(str(bad)) + ": cannot be read as rand_perm_cam.mat"):
+        load_rand_perm(bad)
+    with pytest.raises(ValueError, match="cannot be read"):
+        sysu_galleries("auto", bad)    # present but damaged: an error, not a silent fallback
+    line = run_cli_error(["--features", str(features_file(tmp_path, ".pt")), "--protocol", "sysu",
+                          "--rand-perm", str(bad)], capsys)
+    assert str(bad) in line
+
+
+def test_evaluate_features_names_the_galleries_it_used(tmp_path, capsys):
+    data = torch.load(features_file(tmp_path, ".pt"))
+    data["ids"] += 1   # SYSU identity numbers start at 1; no paths: images are numbered by their row order
+    feats = str(tmp_path / "from1.pt")
+    torch.save(data, feats)
+    present = {(pid, cam): 2 for pid in range(1, 7) for cam in (1, 4)}   # features_file's visible rows
+    mat = tmp_path / "rand_perm_cam.mat"
+    write_rand_perm(mat, present, 6, lambda pid, cam, n, t: 2)
+    for extra, source in (([], "seeded"), (["--rand-perm", str(mat)], "official"),
+                          (["--rand-perm", str(mat), "--galleries", "seeded"], "seeded")):
+        out = tmp_path / f"{source}.json"
+        assert evaluate_cli(["--features", feats, "--protocol", "sysu", "--trials", "1", *extra, "--out", str(out)]) == 0
+        assert json.loads(out.read_text())["protocol"] == f"SYSU-MM01 all single-shot, {source} galleries"
+    capsys.readouterr()
+    assert "not found" in run_cli_error(["--features", feats, "--protocol", "sysu", "--galleries", "official"], capsys)
 
 
 def test_rand_perm_matches_image_numbers_not_positions(tmp_path):
@@ -386,7 +445,7 @@ def test_combine_pools_the_runs_trials_into_one_mean_and_std(tmp_path, capsys):
     capsys.readouterr()
     (tmp_path / "sysu-seed2.json").write_text(sysu.read_text())   # another run of the setting
     assert evaluate_cli(["--combine", str(sysu), str(tmp_path / "sysu-seed2.json"), "--out", str(out)]) == 0
-    assert len(json.loads(out.read_text())["results"]["SYSU-MM01 all single-shot"]["trials"]) == 4
+    assert len(json.loads(out.read_text())["results"]["SYSU-MM01 all single-shot, seeded galleries"]["trials"]) == 4
 
 
 @pytest.mark.parametrize("case, message", [

@@ -117,3 +117,23 @@ def test_a_missing_or_foreign_checkpoint_is_one_line_naming_it(tool, tmp_path, c
         assert code == 2
         assert err.startswith("error: ") and str(path) in err and "Traceback" not in err
         assert len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_checkpoint_takes_the_datasets_official_galleries(trained_run, tmp_path):
+    """--checkpoint on a SYSU folder with exp/rand_perm_cam.mat: its galleries, the same as --features
+    with --rand-perm; --galleries seeded keeps the draw."""
+    from support import write_sysu_rand_perm
+    root = synthetic.write_sysu(tmp_path / "SYSU-MM01", ids=8, images=3, height=64, width=32, seed=2)
+    mat = write_sysu_rand_perm(root, first=lambda n, t: (t % n) + 1)
+    ckpt = str(trained_run / "checkpoints" / "last.pt")
+    on_root = ["--dataset", "sysu", "--data-root", str(root)]
+    a, b, c, feats = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json", tmp_path / "f.pt"
+    assert evaluate.main(["--checkpoint", ckpt, *on_root, "--out", str(a)]) == 0
+    assert extract.main(["--checkpoint", ckpt, *on_root, "--out", str(feats)]) == 0
+    assert evaluate.main(["--features", str(feats), "--protocol", "sysu", "--trials", "2", "--rand-perm", str(mat),
+                          "--out", str(b)]) == 0
+    (name, got), = json.loads(a.read_text())["results"].items()
+    assert name == "SYSU-MM01 all single-shot, official galleries"
+    assert_same_summary(got, json.loads(b.read_text()))
+    assert evaluate.main(["--checkpoint", ckpt, *on_root, "--galleries", "seeded", "--out", str(c)]) == 0
+    assert list(json.loads(c.read_text())["results"]) == ["SYSU-MM01 all single-shot, seeded galleries"]

@@ -343,3 +343,23 @@ def test_results_json_names_the_regdb_trial(dataset, trial):
                           ctx=SimpleNamespace(world_size=1))
     data = json.loads(train.results_json(run, {"protocol": "RegDB visible_to_thermal", "results": {}}))
     assert data.get("trial") == trial and _regdb_trial(data) == trial
+
+
+def test_a_sysu_folder_with_the_official_galleries_is_evaluated_on_them(tmp_path):
+    """PROTOCOLS.md: the galleries come from exp/rand_perm_cam.mat when the dataset has it; results.json
+    and the tables name the source (eval.galleries=seeded keeps the seeded draw)."""
+    from support import write_sysu_rand_perm
+    from vtreid.data import synthetic
+    root = synthetic.write_sysu(tmp_path / "SYSU-MM01", ids=8, images=2, height=64, width=32, seed=1)
+    write_sysu_rand_perm(root)
+    args = ["--dataset", "sysu", "--data-root", str(root), "train.max_steps=1"]
+    for choice in ("auto", "seeded"):
+        out = run(tmp_path / choice, "hc", *args, f"eval.galleries={choice}")
+        results = json.loads((out / "results.json").read_text())
+        source = "official" if choice == "auto" else "seeded"
+        assert results["protocol"].endswith(f"galleries={source}")
+        assert list(results["results"]) == [f"SYSU-MM01 all single-shot, {source} galleries, 2 trial(s)"]
+    # a damaged file stops the run before its first step, naming the file
+    (root / "exp" / "rand_perm_cam.mat").write_bytes(b"")
+    assert train.main(["--method", "hc", "--out", str(tmp_path / "damaged"), *TINY, *SMALL["hc"], *args]) == 2
+    assert not (tmp_path / "damaged" / "checkpoints").exists()

@@ -29,6 +29,11 @@ def camera_root(root: str | Path) -> Path:
     raise FileNotFoundError(f"{root}: no cam1..cam6 folders (nor under {root / 'ori_data'}); is this SYSU-MM01?")
 
 
+def rand_perm_path(root: str | Path) -> Path:
+    """Where the official release keeps its gallery permutations (it may be absent; PROTOCOLS.md)."""
+    return Path(root) / "exp" / "rand_perm_cam.mat"
+
+
 def read_ids(path: Path) -> list[int]:
     """An exp/*_id.txt file: comma-separated identity numbers on one line."""
     if not path.is_file():

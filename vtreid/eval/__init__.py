@@ -7,7 +7,8 @@
     python -m vtreid.evaluate --combine RUN1/results.json RUN2/results.json ...   (e.g. RegDB's ten trials)
 """
 from .metrics import rank_metrics, topk
-from .protocols import combine_summaries, evaluate_regdb, evaluate_sysu, format_table, load_rand_perm, sysu_gallery
+from .protocols import (GALLERY_SOURCES, Galleries, combine_summaries, evaluate_regdb, evaluate_sysu, format_table,
+                        load_rand_perm, sysu_galleries, sysu_gallery)
 
-__all__ = ["combine_summaries", "evaluate_regdb", "evaluate_sysu", "format_table", "load_rand_perm", "rank_metrics",
-           "sysu_gallery", "topk"]
+__all__ = ["GALLERY_SOURCES", "Galleries", "combine_summaries", "evaluate_regdb", "evaluate_sysu", "format_table",
+           "load_rand_perm", "rank_metrics", "sysu_galleries", "sysu_gallery", "topk"]

@@ -2,7 +2,7 @@
 
 SYSU-MM01: queries are all infrared images of the test identities; each of 10 trials draws a gallery
 of ``shots`` (1 or 10) images per test identity and visible camera (all-search: cameras 1, 2, 4, 5;
-indoor-search: 1, 2), from exp/rand_perm_cam.mat when given (official), else from a seeded draw
+indoor-search: 1, 2), from exp/rand_perm_cam.mat when given (official; sysu_galleries finds it), else from a seeded draw
 (numpy default_rng([trial, pid, cam]) permutation of that identity's images in that camera, in path
 order). Metrics use sysu_rules (cam-3 queries ignore cam-2 images; CMC counts identities once).
 RegDB: one trial's test lists, query and gallery in either direction, plain ranking.
@@ -10,7 +10,9 @@ Results: per trial, and mean and standard deviation over trials.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -36,7 +38,10 @@ def load_rand_perm(path: str | Path):
     except ImportError as exc:
         raise RuntimeError(f"reading {path} needs scipy (pip install scipy); without the file, the documented "
                            f"seeded gallery draw is used") from exc
-    mat = loadmat(str(path))
+    try:
+        mat = loadmat(str(path))
+    except Exception as exc:  # scipy's MatReadError is no ValueError; its messages do not name the file
+        raise ValueError(f"{path}: cannot be read as rand_perm_cam.mat ({type(exc).__name__}: {exc})") from exc
     if "rand_perm_cam" not in mat:
         raise ValueError(f"{path}: no variable 'rand_perm_cam'")
     cams = np.ravel(mat["rand_perm_cam"])
@@ -46,10 +51,47 @@ def load_rand_perm(path: str | Path):
         raise ValueError(f"{path}: unexpected rand_perm_cam layout ({exc})") from exc
 
 
+GALLERY_SOURCES = ("auto", "official", "seeded")
+
+
+class Galleries(NamedTuple):
+    """Where each SYSU trial's gallery comes from: ``rand_perm`` (load_rand_perm's) for the official
+    permutations, None for the seeded draw; ``source`` "official" or "seeded" names it in the results."""
+    rand_perm: dict | None
+    source: str
+
+
+def sysu_galleries(choice: str, path: str | Path | None) -> Galleries:
+    """The galleries ``choice`` asks for, with ``path`` the dataset's exp/rand_perm_cam.mat (None: none).
+
+    "auto" (PROTOCOLS.md): the official permutations when the file exists, else the seeded draw; a file
+    that is present but cannot be read without scipy warns and falls back to the seeded draw, a damaged
+    one is an error. "official": the file is required. "seeded": the draw, whatever is there.
+    """
+    if choice not in GALLERY_SOURCES:
+        raise ValueError(f"galleries must be one of {GALLERY_SOURCES}, got {choice!r}")
+    present = path is not None and Path(path).is_file()
+    if choice == "seeded" or (choice == "auto" and not present):
+        return Galleries(None, "seeded")
+    if not present:
+        raise ValueError(f"official SYSU-MM01 galleries need exp/rand_perm_cam.mat, not found"
+                         f"{f' at {path}' if path is not None else ''}")
+    try:
+        return Galleries(load_rand_perm(path), "official")
+    except RuntimeError as exc:   # scipy missing
+        if choice == "official":
+            raise ValueError(str(exc)) from None
+        warnings.warn(f"{exc}; the results say 'seeded galleries' (pip install scipy for the official ones)",
+                      RuntimeWarning, stacklevel=2)
+        return Galleries(None, "seeded")
+
+
 def _official_choice(rand_perm, pid: int, cam: int, trial: int, shots: int, candidates, paths) -> np.ndarray:
     """The first ``shots`` images of rand_perm_cam's trial permutation, matched by image number (the file
     stem, 0001.jpg = 1, as the official naming has it; the position in path order when stems are not
     numbers)."""
+    if pid < 1:   # a Python index would wrap to the last identity
+        raise ValueError(f"rand_perm_cam indexes SYSU-MM01 identity numbers from 1; the gallery has identity {pid}")
     try:
         numbers = rand_perm[cam][pid - 1][trial - 1][:shots].astype(np.int64)
     except IndexError:

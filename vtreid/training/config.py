@@ -29,6 +29,7 @@ CHOICES = {
     "train.backend": ("auto", "reference", "triton", "native"),
     "eval.metric": ("euclidean", "cosine"),
     "eval.mode": ("all", "indoor"),
+    "eval.galleries": ("auto", "official", "seeded"),   # vtreid.eval.GALLERY_SOURCES
 }
 
 

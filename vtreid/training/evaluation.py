@@ -1,7 +1,8 @@
 """Evaluation of a model during and after training, with the dataset's protocol (PROTOCOLS.md).
 
 synthetic and SYSU-MM01: infrared queries against visible galleries drawn per trial (all-search,
-single-shot by default; cfg eval.mode / eval.shots); RegDB: the run's trial, both directions.
+single-shot by default; cfg eval.mode / eval.shots), the official exp/rand_perm_cam.mat's when the dataset
+has it (cfg eval.galleries); RegDB: the run's trial, both directions.
 """
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import contextlib
 import numpy as np
 import torch
 
-from vtreid.data import Record, build_loader
-from vtreid.eval import evaluate_regdb, evaluate_sysu, format_table
+from vtreid.data import Record, build_loader, sysu
+from vtreid.eval import Galleries, evaluate_regdb, evaluate_sysu, format_table, sysu_galleries
 
 from . import distributed
 
@@ -64,10 +65,24 @@ def extract_sharded(model, records, transform, **kw) -> dict | None:
     return out
 
 
-def evaluate_model(model, split, transform, cfg: dict, *, device, final: bool, autocast=contextlib.nullcontext):
+def galleries_for(cfg: dict) -> Galleries | None:
+    """The SYSU galleries of cfg's dataset and eval.galleries (None for RegDB). A run resolves them once,
+    before its first step, so that a damaged exp/rand_perm_cam.mat stops it at the start."""
+    if cfg["dataset"]["name"] == "regdb":
+        return None
+    from .config import ConfigError
+    from .data import dataset_root
+    try:
+        return sysu_galleries(cfg["eval"]["galleries"], sysu.rand_perm_path(dataset_root(cfg)))
+    except ValueError as exc:   # a damaged or (eval.galleries=official) missing file: before any work
+        raise ConfigError(f"eval.galleries={cfg['eval']['galleries']}: {exc}") from None
+
+
+def evaluate_model(model, split, transform, cfg: dict, *, device, final: bool, autocast=contextlib.nullcontext,
+                   galleries: Galleries | None = None):
     """{"protocol": ..., "results": {name: summary}, "score": mAP used to pick the best checkpoint}. Under
     torchrun every rank extracts a share of the images, rank 0 ranks them, and every rank gets the score
-    (the other ranks' "results" are empty)."""
+    (the other ranks' "results" are empty). ``galleries``: galleries_for(cfg)'s, resolved here if None."""
     e = cfg["eval"]
     kw = dict(device=device, batch_size=e["batch_size"], workers=cfg["train"]["workers"], autocast=autocast)
     query = extract_sharded(model, split.query, transform, **kw)
@@ -80,12 +95,13 @@ def evaluate_model(model, split, transform, cfg: dict, *, device, final: bool, a
                    "RegDB thermal_to_visible": evaluate_regdb(gallery, query, metric=e["metric"])}
         protocol = f"regdb trial {cfg['dataset']['trial']}, both directions"
     else:
+        galleries = galleries or galleries_for(cfg)
         trials = e["trials_final"] if final else e["trials_during"]
         name = f"{'SYSU-MM01' if cfg['dataset']['name'] == 'sysu' else 'synthetic (SYSU)'} {e['mode']} " \
-               f"{'single' if e['shots'] == 1 else 'multi'}-shot, {trials} trial(s)"
+               f"{'single' if e['shots'] == 1 else 'multi'}-shot, {galleries.source} galleries, {trials} trial(s)"
         results = {name: evaluate_sysu(query, gallery, mode=e["mode"], shots=e["shots"], trials=trials,
-                                       metric=e["metric"])}
-        protocol = f"sysu {e['mode']} shots={e['shots']} trials={trials}"
+                                       rand_perm=galleries.rand_perm, metric=e["metric"])}
+        protocol = f"sysu {e['mode']} shots={e['shots']} trials={trials} galleries={galleries.source}"
     score = float(np.mean([r["mAP"]["mean"] for r in results.values()]))
     score = distributed.gather_objects(score)[0]   # the other ranks wait here for rank 0's score
     return {"protocol": protocol, "results": results, "score": score}
