@@ -33,8 +33,8 @@ from vtreid.data.verify import PrintedProgress, WorkShare
 from vtreid.methods import METHODS, VARIANTS, Batch, get_method
 from vtreid.training import checkpoint as ckpt_io
 from vtreid.training import distributed
-from vtreid.training.config import (DATASETS, DEFAULT_METHOD, ConfigError, check_against, dump, get, load_yaml,
-                                    merge, parse_override, resolve, run_identity)
+from vtreid.training.config import (DATASETS, DEFAULT_METHOD, ConfigError, check_against, check_choices, dump, get,
+                                    leaves, load_yaml, merge, parse_override, resolve, run_identity)
 from vtreid.training.data import EpochBatches, load_split, train_loader
 from vtreid.training.evaluation import evaluate_model, format_results, galleries_for
 from vtreid.training.progress import Progress, Writers
@@ -103,15 +103,6 @@ def flag_settings(args) -> dict:
     return prune(flags)
 
 
-def leaves(settings: dict, prefix: str = ""):
-    """(dotted key, value) of every setting in a nested dict."""
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            yield from leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
 def resolve_config(args) -> tuple[dict, dict | None, Path]:
     """(configuration, checkpoint to resume or None, run directory)."""
     flags = flag_settings(args)
@@ -121,7 +112,10 @@ def resolve_config(args) -> tuple[dict, dict | None, Path]:
             if not args.out:
                 raise ConfigError("--resume without a checkpoint path needs --out DIR, the run to continue")
             path = Path(args.out) / "checkpoints" / "last.pt"
-        state = ckpt_io.load(path)
+        try:
+            state = ckpt_io.load(path)
+        except ValueError as exc:   # not a vtreid checkpoint: one line, as a missing file is
+            raise ConfigError(str(exc)) from None
         cfg = state["config"]
         for name, given in (("method", args.method), ("dataset", args.dataset)):
             have = cfg["method"] if name == "method" else cfg["dataset"]["name"]
@@ -137,6 +131,7 @@ def resolve_config(args) -> tuple[dict, dict | None, Path]:
                 raise ConfigError(f"cannot change {key!r} when resuming (only {', '.join(RESUMABLE_CHANGES)} may "
                                   f"change); start a new run instead")
         cfg = merge(cfg, changes)
+        check_choices(cfg)   # a changed setting's value, as a new run's
         out = Path(args.out) if args.out else path.resolve().parent.parent
         return cfg, state, out
     cfg = resolve(args.method, args.dataset, args.config, args.overrides, VARIANTS, extra=flags)
@@ -199,7 +194,10 @@ class Run:
         except ValueError as exc:
             raise ConfigError(f"the {cfg['method']} sampler cannot form batches from this data: {exc}") from exc
         self.steps_per_epoch = t["epoch_steps"] or self.method.steps_per_epoch(self.split.train, sampler)
-        self.batches = EpochBatches(sampler, self.steps_per_epoch)
+        try:
+            self.batches = EpochBatches(sampler, self.steps_per_epoch)
+        except ValueError as exc:
+            raise ConfigError(f"{exc} (train.epoch_steps sets an epoch's length)") from None
         self.loader = train_loader(self.split.train, self.train_transform, self.batches, cfg, self.device)
         self.stage_steps = self.method.stage_steps(self.steps_per_epoch)
         self.total_steps = self.stage_steps * self.method.stages
@@ -213,6 +211,7 @@ class Run:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
         self.backends = backends_used(self.device, self.amp_dtype or torch.float32)
         self.step, self.best_score, self.stage = 0, float("-inf"), 1
+        self.saved_step = None   # the step last.pt holds
         self.method.begin_stage(1, self.model)
         self.optimizers, self.schedulers = self.make_optimizers()
         self.wrap()
@@ -269,7 +268,15 @@ class Run:
         if self.ctx.is_main:
             for path in paths:
                 ckpt_io.save_atomic(state, path)
+        if "last.pt" in (names or ("last.pt",)):
+            self.saved_step = self.step
         return paths[-1]
+
+    def state_is_finite(self) -> bool:
+        """Whether every weight and buffer is finite on every rank (one host sync; only when a step failed)."""
+        tensors = [t for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()]
+        bad = bool(tensors) and not bool(torch.stack([t.detach().isfinite().all() for t in tensors]).all())
+        return not distributed.all_agree(bad, self.device)
 
     def restore(self, state: dict) -> None:
         if state["num_classes"] != self.num_classes:
@@ -290,6 +297,7 @@ class Run:
             sch.load_state_dict(s)
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.best_score = state["step"], state["best_score"]
+        self.saved_step = self.step
         if len(state["rng"]) != self.ctx.world_size:
             raise ConfigError(f"cannot resume: the checkpoint was written by {len(state['rng'])} process(es), this run "
                               f"has {self.ctx.world_size}; resume with the same number")
@@ -325,9 +333,15 @@ class Run:
         names = list(terms)
         values = distributed.mean_over_ranks(torch.stack([terms[k].detach().float() for k in names]))
         logged = dict(zip(names, values.tolist()))  # the one host sync per step (the log reads these floats)
+        self.step_lr = self.optimizers[0].param_groups[0]["lr"]   # the rate this step trains at
         if not all(math.isfinite(v) for v in logged.values()):
             if self.scaler.is_enabled():
-                self.scaler.update(self.scaler.get_scale() / 2)  # fp16 overflow: skip, as the scaler would
+                # fp16 overflow: skip the step as the scaler skips one whose gradients overflow, the schedule
+                # going on (scale() first: the scaler has no scale before its first call)
+                self.scaler.scale(losses[0].detach())
+                self.scaler.update(self.scaler.get_scale() / 2)
+                for s in self.schedulers:
+                    s.step()
                 return None
             bad = next(k for k, v in logged.items() if not math.isfinite(v))
             raise TrainingError(f"the loss term {bad!r} is {logged[bad]} at step {self.step + 1}")
@@ -372,10 +386,12 @@ def optimizer_gradients(losses, optimizers, scale=lambda loss: loss) -> list[lis
 
 
 def metrics_record(run: Run, terms: dict, images: int, data_time: float, step_time: float) -> dict:
+    """The step just taken (run.step counts it): its epoch, the rate it trained at, and the global batch's
+    images per second (``images``: this rank's; the ranks' batches are equal)."""
     peak = torch.cuda.max_memory_allocated(run.device) / 2**20 if run.device.type == "cuda" else None
-    return {"step": run.step, "epoch": run.step // run.steps_per_epoch, "stage": run.stage,
-            "lr": run.optimizers[0].param_groups[0]["lr"], "loss": sum(terms.values()),
-            "terms": dict(terms), "images_per_s": images / max(step_time, 1e-9),
+    return {"step": run.step, "epoch": (run.step - 1) // run.steps_per_epoch, "stage": run.stage,
+            "lr": run.step_lr, "loss": sum(terms.values()),
+            "terms": dict(terms), "images_per_s": images * run.ctx.world_size / max(step_time, 1e-9),
             "data_time": data_time, "step_time": step_time, "peak_mem_mib": peak}
 
 
@@ -415,6 +431,12 @@ def final_evaluation(run: Run, writers: Writers) -> dict | Stopped:
             return evaluate(run, writers, None, final=True)
     except Stopped as stop:
         return stop
+
+
+def resume_command(run: Run, path: Path) -> str:
+    if run.ctx.enabled:   # the same number of processes (launch options beyond that are the user's)
+        return f"torchrun --nproc_per_node={run.ctx.world_size} -m vtreid.train --resume {path} --out {run.out}"
+    return f"python -m vtreid.train --resume {path}"
 
 
 def train(run: Run, writers: Writers) -> int:
@@ -464,22 +486,29 @@ def train(run: Run, writers: Writers) -> int:
                 if stopping:
                     path = run.save()
                     progress.close()
-                    message = (f"stopped by signal {stop.signal} after step {run.step}/{run.total_steps}; checkpoint "
-                               f"{path}\nresume with: python -m vtreid.train --resume {path}")
+                    by = f"signal {stop.signal}" if stop.signal is not None else "a signal to another process"
+                    message = (f"stopped by {by} after step {run.step}/{run.total_steps}; checkpoint {path}\n"
+                               f"resume with: {resume_command(run, path)}")
                     writers.log(message)
                     return stop.exit_code if stop.requested else 128 + 15
     except TrainingError as exc:
         progress.close()
         run.undo_failed_step()
-        path = run.save()
-        writers.log(f"error: {exc}; the last good step's checkpoint is {path}")
+        if run.state_is_finite():
+            path = run.save()
+            writers.log(f"error: {exc}; the last good step's checkpoint is {path}")
+        else:   # an earlier step's gradient was not finite though its loss was: its update broke the weights
+            kept = (f"{run.out / 'checkpoints' / 'last.pt'} still holds step {run.saved_step}"
+                    if run.saved_step is not None else "no checkpoint had been written")
+            writers.log(f"error: {exc}; the weights are not finite (an earlier step's gradient was not, though its "
+                        f"loss was), so they are not saved: {kept}")
         return 1
     progress.close()
     path = run.save()  # the training is safe before the (long) final evaluation
     result = final_evaluation(run, writers)
     if isinstance(result, Stopped):
         writers.log(f"{result} during the final evaluation; the trained model is in {path}\n"
-                    f"resume with: python -m vtreid.train --resume {path}   (runs the final evaluation again)")
+                    f"resume with: {resume_command(run, path)}   (runs the final evaluation again)")
         return result.exit_code
     if result["score"] > run.best_score:
         run.best_score = result["score"]
@@ -501,6 +530,10 @@ def main(argv=None) -> int:
         if ctx.enabled and not args.out and resume_state is None:
             # every rank must write to (and rank 0 alone writes) one directory: the time stamp could differ
             raise ConfigError("under torchrun give the run directory: --out DIR")
+        if resume_state is None and (out / "checkpoints" / "last.pt").exists():
+            # a new run there would append to its logs and metrics and overwrite its checkpoints
+            raise ConfigError(f"{out} already holds a run (checkpoints/last.pt): continue it with --resume --out {out}, "
+                              f"or give another --out")
         backend = cfg["train"]["backend"]
         with ops.use_backend(backend) if backend != "auto" else contextlib.nullcontext():
             run = Run(cfg, out, resume_state, ctx, device)

@@ -235,6 +235,18 @@ def test_the_final_evaluation_s_best_score_is_in_last_pt(tmp_path):
     (["--device", "cuda:7"], "train.device is 'cuda:7'"),
     (["--config", "/nonexistent.yaml"], "config file not found: /nonexistent.yaml"),
     (["sampler.tuples"], "must be KEY=VALUE"),
+    (["variant=null"], "'variant' cannot be null"),
+    (["optim.lr=null"], "'optim.lr' cannot be null"),
+    (["train.max_steps=two"], "train.max_steps must be a whole number of at least 1 or null, got 'two'"),
+    (["train.max_steps=0"], "train.max_steps must be a whole number of at least 1"),
+    (["input.size=[64]"], "input.size must be [height, width]"),
+    (["input.resize=[64, 0]"], "input.resize must be [height, width], two whole numbers of at least 1 or null"),
+    (["optim.betas=[0.9]"], "optim.betas must be two numbers in [0, 1)"),
+    (["schedule.milestones=[5, 2]"], "schedule.milestones must be an increasing list"),
+    (["train.log_every=0"], "train.log_every must be at least 1, got 0"),
+    (["optim.lr=.nan"], "optim.lr must be a finite number"),
+    (["model.pretrained=7"], "model.pretrained must be a path or null, got 7"),
+    (["train.epoch_steps=100000"], "needs more than 1000 passes over the identities"),
 ])
 def test_bad_input_is_an_error_naming_it_before_any_work(args, message, tmp_path, capsys):
     if args[:2] == ["--device", "cuda:7"] and torch.cuda.device_count() > 7:
@@ -363,3 +375,105 @@ def test_a_sysu_folder_with_the_official_galleries_is_evaluated_on_them(tmp_path
     (root / "exp" / "rand_perm_cam.mat").write_bytes(b"")
     assert train.main(["--method", "hc", "--out", str(tmp_path / "damaged"), *TINY, *SMALL["hc"], *args]) == 2
     assert not (tmp_path / "damaged" / "checkpoints").exists()
+
+
+def test_a_float_written_without_a_dot_is_a_number(tmp_path):
+    """PyYAML (YAML 1.1) reads 3e-4 as a string; the help's own example optim.lr=3e-4 must work, in a
+    --config file too."""
+    (tmp_path / "my.yaml").write_text("optim: {eps: 1e-6}\n")
+    out = run(tmp_path / "r", "expat", "optim.lr=3e-4", "--config", str(tmp_path / "my.yaml"), "train.max_steps=1")
+    cfg = final_state(out)["config"]
+    assert cfg["optim"]["lr"] == 3e-4 and cfg["optim"]["eps"] == 1e-6
+
+
+def test_resume_checks_a_changed_setting_and_the_file(tmp_path, capsys):
+    out = run(tmp_path / "r", "hc", "train.max_steps=1")
+    capsys.readouterr()
+    assert train.main(["--resume", "--out", str(out), "eval.metric=manhattan"]) == 2
+    assert "eval.metric must be one of" in capsys.readouterr().err
+    (tmp_path / "notes.pt").write_bytes(b"not a checkpoint")
+    assert train.main(["--resume", str(tmp_path / "notes.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "notes.pt" in err and "Traceback" not in err
+
+
+def test_a_new_run_into_a_run_directory_is_refused(tmp_path, capsys):
+    out = run(tmp_path / "r", "hc", "train.max_steps=1")
+    metrics = (out / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    assert train.main(["--method", "hc", "--out", str(out), *TINY, *SMALL["hc"], "train.max_steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and f"--resume --out {out}" in err
+    assert (out / "metrics.jsonl").read_text() == metrics
+
+
+def test_metric_lines_give_the_steps_own_epoch_and_rate(tmp_path):
+    """Step k trained at the rate before the scheduler moved on, in epoch (k - 1) // steps_per_epoch."""
+    out = run(tmp_path / "r", "hc", "train.max_steps=4", "train.epoch_steps=2", "schedule.warmup=4",
+              "schedule.warmup_from=0.5", "optim.lr=0.01")
+    steps = [line for line in metric_lines(out) if "loss" in line]
+    assert [line["epoch"] for line in steps] == [0, 0, 1, 1]
+    assert steps[0]["lr"] == pytest.approx(0.005) and steps[0]["lr"] < steps[1]["lr"] < steps[3]["lr"] < 0.01
+
+
+def test_a_finite_loss_with_a_non_finite_gradient_does_not_overwrite_last_pt(tmp_path, monkeypatch, capsys):
+    """Step 3's loss is finite but its gradient is NaN: the update breaks the weights and step 4's loss is
+    NaN. The checkpoint of step 2 stays; the broken weights are not saved over it."""
+    from vtreid.methods.expat import ExpAT
+    objective = ExpAT.objective
+    calls = []
+
+    class NaNGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * float("nan")
+
+    def poisoned(self, model, batch):
+        terms = objective(self, model, batch)
+        calls.append(1)
+        if len(calls) == 3:
+            terms["expat"] = NaNGrad.apply(terms["expat"])
+        return terms
+
+    monkeypatch.setattr(ExpAT, "objective", poisoned)
+    out = run(tmp_path / "nan", "expat", "--deterministic", "train.max_steps=10", "train.checkpoint_every=2",
+              expect=1)
+    printed = capsys.readouterr().out
+    assert "is nan at step 4" in printed and "the weights are not finite" in printed and "still holds step 2" in printed
+    kept = final_state(out)
+    assert kept["step"] == 2 and all(t.isfinite().all() for t in kept["model"].values() if t.is_floating_point())
+
+
+def test_fp16_skips_a_non_finite_first_step_and_keeps_the_schedule(tmp_path, monkeypatch):
+    """The scaler had no scale before its first scale() (update() asserted), and a skipped step left the
+    schedule one step behind the step count."""
+    from vtreid.methods.hetero_center import HeteroCenter
+    objective = HeteroCenter.objective
+    calls = []
+
+    def poisoned(self, model, batch):
+        terms = objective(self, model, batch)
+        calls.append(1)
+        if len(calls) == 1:
+            terms["hc"] = terms["hc"] * float("inf")
+        return terms
+
+    monkeypatch.setattr(HeteroCenter, "objective", poisoned)
+    out = run(tmp_path / "r", "hc", "--amp", "fp16", "train.max_steps=3")
+    state = final_state(out)
+    assert state["step"] == 3 and all(s["last_epoch"] == 3 for s in state["schedulers"])
+    assert [line["step"] for line in metric_lines(out) if "loss" in line] == [2, 3]
+
+
+def test_the_resume_command_under_torchrun_names_torchrun():
+    from types import SimpleNamespace
+    one = SimpleNamespace(ctx=SimpleNamespace(enabled=False), out=Path("runs/a"))
+    two = SimpleNamespace(ctx=SimpleNamespace(enabled=True, world_size=2), out=Path("runs/a"))
+    assert train.resume_command(one, Path("runs/a/checkpoints/last.pt")) == \
+        "python -m vtreid.train --resume runs/a/checkpoints/last.pt"
+    assert train.resume_command(two, Path("runs/a/checkpoints/last.pt")).startswith(
+        "torchrun --nproc_per_node=2 -m vtreid.train --resume runs/a/checkpoints/last.pt --out runs/a")

@@ -12,7 +12,9 @@ the preset and under the user's own settings, so an explicit ``KEY=VALUE`` alway
 from __future__ import annotations
 
 import copy
+import math
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -31,6 +33,38 @@ CHOICES = {
     "eval.mode": ("all", "indoor"),
     "eval.galleries": ("auto", "official", "seeded"),   # vtreid.eval.GALLERY_SOURCES
 }
+
+
+#: settings whose default does not tell their kind (often null), as (kind, whether null is allowed); a
+#: null for any other setting whose default is not null is an error
+KINDS = {
+    "dataset.root": ("path", True),
+    "model.pretrained": ("path", True),
+    "train.max_steps": ("count", True),
+    "train.epoch_steps": ("count", True),
+    "input.size": ("size", False),
+    "input.resize": ("size", True),
+    "input.test_size": ("size", True),
+    "optim.betas": ("betas", False),
+    "schedule.milestones": ("milestones", False),
+    "variant": ("names", False),
+}
+#: least values of whole-number settings (a log_every of 0 divided by zero after the first step)
+AT_LEAST = {"train.length": 1, "train.log_every": 1, "train.eval_every": 0, "train.checkpoint_every": 0,
+            "train.workers": 0, "eval.trials_during": 1, "eval.trials_final": 1, "eval.batch_size": 1}
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's floats: PyYAML (YAML 1.1) reads 3e-4 and 1e5, without a dot, as strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"), list("-+0123456789."))
+
+
+def read_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigError(ValueError):
@@ -73,7 +107,7 @@ def load_yaml(path: str | os.PathLike, _seen=()) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -90,7 +124,7 @@ def parse_override(text: str) -> dict:
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} must be KEY=VALUE with a dotted key, e.g. optim.lr=3e-4")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = read_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: cannot read the value ({exc})") from exc
     out: dict = {}
@@ -128,6 +162,8 @@ def check_against(schema: dict, update: dict, where: str, prefix: str = "") -> N
             check_against(default, value, where, f"{name}.")
         elif isinstance(value, dict):
             raise ConfigError(f"{where}: {name!r} takes a value, not a section")
+        elif value is None and default is not None and not KINDS.get(name, (None, False))[1]:
+            raise ConfigError(f"{where}: {name!r} cannot be null (it takes a {type(default).__name__} like {default!r})")
         elif not _type_ok(default, value):
             raise ConfigError(f"{where}: {name!r} must be a {type(default).__name__} like {default!r}, got {value!r}")
 
@@ -139,11 +175,67 @@ def get(cfg: dict, dotted: str):
     return node
 
 
+def _kind_error(kind: str, value) -> str | None:
+    """What is wrong with ``value`` as a setting of ``kind`` (KINDS), or None."""
+    def count(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+    if kind == "path":
+        return None if isinstance(value, str) and value else "a path"
+    if kind == "count":
+        return None if count(value) else "a whole number of at least 1"
+    if kind == "size":
+        return None if isinstance(value, list) and len(value) == 2 and all(map(count, value)) \
+            else "[height, width], two whole numbers of at least 1"
+    if kind == "betas":
+        return None if isinstance(value, list) and len(value) == 2 and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in value) \
+            else "two numbers in [0, 1)"
+    if kind == "milestones":
+        return None if isinstance(value, list) and all(count(m) for m in value) and value == sorted(value) \
+            else "an increasing list of whole numbers of at least 1"
+    return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "a list of names"
+
+
 def check_choices(cfg: dict) -> None:
+    """The values a kind check cannot see: choices, the settings of KINDS, least values, finite numbers."""
     for key, choices in CHOICES.items():
         value = get(cfg, key)
         if value not in choices:
             raise ConfigError(f"{key} must be one of {choices}, got {value!r}")
+    for key, (kind, nullable) in KINDS.items():
+        if not _has(cfg, key):   # a model setting of another method's network
+            continue
+        value = get(cfg, key)
+        if value is None and nullable:
+            continue
+        wrong = _kind_error(kind, value)
+        if wrong:
+            raise ConfigError(f"{key} must be {wrong}{' or null' if nullable else ''}, got {value!r}")
+    for key, least in AT_LEAST.items():
+        value = get(cfg, key)
+        if value < least:
+            raise ConfigError(f"{key} must be at least {least}, got {value!r}")
+    for key, value in leaves(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+
+
+def _has(cfg: dict, dotted: str) -> bool:
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def leaves(settings: dict, prefix: str = ""):
+    """(dotted key, value) of every setting in a nested dict."""
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def resolve(method: str | None = None, dataset: str | None = None, config_file: str | None = None,

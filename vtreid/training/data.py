@@ -87,7 +87,12 @@ class EpochBatches(torch.utils.data.Sampler):
     draw's augmentation with it (vtreid.data.loader).
     """
 
+    ROUNDS = 1000   # sampler epochs per training epoch: epoch e uses e * ROUNDS ... e * ROUNDS + ROUNDS - 1
+
     def __init__(self, sampler, length: int):
+        if length > self.ROUNDS * len(sampler):   # past it, epoch e + 1 would repeat epoch e's batches
+            raise ValueError(f"an epoch of {length} batches needs more than {self.ROUNDS} passes over the identities "
+                             f"({len(sampler)} batches each); at most {self.ROUNDS * len(sampler)}")
         self.sampler, self.length, self.epoch, self.start = sampler, length, 0, 0
 
     def set_position(self, epoch: int, start: int = 0) -> None:
@@ -99,7 +104,7 @@ class EpochBatches(torch.utils.data.Sampler):
     def __iter__(self):
         produced, round_ = 0, 0
         while produced < self.length:
-            self.sampler.set_epoch(self.epoch * 1000 + round_)
+            self.sampler.set_epoch(self.epoch * self.ROUNDS + round_)
             for batch in self.sampler:
                 if produced >= self.start:
                     yield [(index, self.epoch, produced, slot) for slot, index in enumerate(batch)]
