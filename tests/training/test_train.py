@@ -191,19 +191,25 @@ def test_a_signal_during_an_evaluation_outside_the_loop_stops_at_once_and_says_s
     assert signal.getsignal(signal.SIGTERM) == handler
 
 
-def test_a_non_finite_loss_stops_with_the_term_and_keeps_the_last_good_step(tmp_path, monkeypatch, capsys):
-    from vtreid.methods.expat import ExpAT
-    objective = ExpAT.objective
+def poison(monkeypatch, method_class, call: int, term: str, change) -> None:
+    """The method's ``call``-th objective (1-based) gives change(terms[term]) for that term."""
+    objective = method_class.objective
     calls = []
 
     def poisoned(self, model, batch):
         terms = objective(self, model, batch)
         calls.append(1)
-        if len(calls) == 3:
-            terms["expat"] = terms["expat"] * float("nan")
+        if len(calls) == call:
+            terms[term] = change(terms[term])
         return terms
 
-    monkeypatch.setattr(ExpAT, "objective", poisoned)
+    monkeypatch.setattr(method_class, "objective", poisoned)
+
+
+def test_a_non_finite_loss_stops_with_the_term_and_keeps_the_last_good_step(tmp_path, monkeypatch, capsys):
+    from vtreid.methods.expat import ExpAT
+    objective = ExpAT.objective
+    poison(monkeypatch, ExpAT, 3, "expat", lambda t: t * float("nan"))
     run(tmp_path / "nan", "expat", "--deterministic", "train.max_steps=10", expect=1)
     assert "the loss term 'expat' is nan at step 3" in capsys.readouterr().out
     # the failed step's forward ran (BatchNorm statistics, RNG): the checkpoint is the state before it
@@ -420,8 +426,6 @@ def test_a_finite_loss_with_a_non_finite_gradient_does_not_overwrite_last_pt(tmp
     """Step 3's loss is finite but its gradient is NaN: the update breaks the weights and step 4's loss is
     NaN. The checkpoint of step 2 stays; the broken weights are not saved over it."""
     from vtreid.methods.expat import ExpAT
-    objective = ExpAT.objective
-    calls = []
 
     class NaNGrad(torch.autograd.Function):
         @staticmethod
@@ -432,14 +436,7 @@ def test_a_finite_loss_with_a_non_finite_gradient_does_not_overwrite_last_pt(tmp
         def backward(ctx, g):
             return g * float("nan")
 
-    def poisoned(self, model, batch):
-        terms = objective(self, model, batch)
-        calls.append(1)
-        if len(calls) == 3:
-            terms["expat"] = NaNGrad.apply(terms["expat"])
-        return terms
-
-    monkeypatch.setattr(ExpAT, "objective", poisoned)
+    poison(monkeypatch, ExpAT, 3, "expat", NaNGrad.apply)
     out = run(tmp_path / "nan", "expat", "--deterministic", "train.max_steps=10", "train.checkpoint_every=2",
               expect=1)
     printed = capsys.readouterr().out
@@ -452,17 +449,7 @@ def test_fp16_skips_a_non_finite_first_step_and_keeps_the_schedule(tmp_path, mon
     """The scaler had no scale before its first scale() (update() asserted), and a skipped step left the
     schedule one step behind the step count."""
     from vtreid.methods.hetero_center import HeteroCenter
-    objective = HeteroCenter.objective
-    calls = []
-
-    def poisoned(self, model, batch):
-        terms = objective(self, model, batch)
-        calls.append(1)
-        if len(calls) == 1:
-            terms["hc"] = terms["hc"] * float("inf")
-        return terms
-
-    monkeypatch.setattr(HeteroCenter, "objective", poisoned)
+    poison(monkeypatch, HeteroCenter, 1, "hc", lambda t: t * float("inf"))
     out = run(tmp_path / "r", "hc", "--amp", "fp16", "train.max_steps=3")
     state = final_state(out)
     assert state["step"] == 3 and all(s["last_epoch"] == 3 for s in state["schedulers"])
