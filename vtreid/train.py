@@ -34,7 +34,7 @@ from vtreid.methods import METHODS, VARIANTS, Batch, get_method
 from vtreid.training import checkpoint as ckpt_io
 from vtreid.training import distributed
 from vtreid.training.config import (DATASETS, DEFAULT_METHOD, ConfigError, check_against, check_choices, dump, get,
-                                    leaves, load_yaml, merge, parse_override, resolve, run_identity)
+                                    leaves, load_yaml, merge, parse_override, preset_path, resolve, run_identity)
 from vtreid.training.data import EpochBatches, load_split, train_loader
 from vtreid.training.evaluation import evaluate_model, format_results, galleries_for
 from vtreid.training.progress import Progress, Writers
@@ -116,7 +116,9 @@ def resolve_config(args) -> tuple[dict, dict | None, Path]:
             state = ckpt_io.load(path)
         except ValueError as exc:   # not a vtreid checkpoint: one line, as a missing file is
             raise ConfigError(str(exc)) from None
-        cfg = state["config"]
+        # a setting added since the checkpoint was written takes its preset's value
+        cfg = merge(load_yaml(preset_path(state["config"]["method"], state["config"]["dataset"]["name"])),
+                    state["config"])
         for name, given in (("method", args.method), ("dataset", args.dataset)):
             have = cfg["method"] if name == "method" else cfg["dataset"]["name"]
             if given and given != have:

@@ -397,6 +397,12 @@ def test_resume_checks_a_changed_setting_and_the_file(tmp_path, capsys):
     capsys.readouterr()
     assert train.main(["--resume", "--out", str(out), "eval.metric=manhattan"]) == 2
     assert "eval.metric must be one of" in capsys.readouterr().err
+    # a checkpoint written before a setting existed resumes with the setting's preset value
+    state = final_state(out)
+    del state["config"]["eval"]["galleries"]
+    checkpoint.save_atomic(state, out / "checkpoints" / "last.pt")
+    assert train.main(["--resume", "--out", str(out), "train.max_steps=2"]) == 0
+    assert final_state(out)["config"]["eval"]["galleries"] == "auto"
     (tmp_path / "notes.pt").write_bytes(b"not a checkpoint")
     assert train.main(["--resume", str(tmp_path / "notes.pt")]) == 2
     err = capsys.readouterr().err
