@@ -34,6 +34,13 @@ def test_warmup_runs_every_op_forward_and_backward():
                                        "normalized_cross_entropy", "pairwise_distance"]
     with pytest.raises(ValueError, match="batch"):
         ops.warmup(batch=1, dim=16, device="cpu")
+    # every size is checked before any op runs (they failed deep in torch.randn)
+    with pytest.raises(ValueError, match="classes must be an int >= 1, got -2"):
+        ops.warmup(batch=8, dim=16, classes=-2, device="cpu")
+    with pytest.raises(ValueError, match=r"galleries\[1\] must be an int >= 1, got 2.5"):
+        ops.warmup(batch=8, dim=16, galleries=(4, 2.5), device="cpu")
+    with pytest.raises(TypeError, match="dtype must be float32"):
+        ops.warmup(batch=8, dim=16, dtype=torch.int64, device="cpu")
 
 
 def test_after_warmup_sizes_in_the_same_bucket_do_not_retune(monkeypatch):

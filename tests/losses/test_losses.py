@@ -184,6 +184,28 @@ def test_bad_inputs_name_the_argument():
         losses.angular_triplet_loss(t.a_v, t.p_i, t.n_i[:2])
     with pytest.raises(ValueError, match="parts must be a float"):
         losses.compactness(torch.randn(3, 4))
-    with pytest.raises(ValueError, match="margin must be >= 0"):
-        losses.reciprocal_ranking_loss(t.a_v, torch.zeros(5, dtype=torch.long), torch.zeros(5, dtype=torch.long),
-                                       margin=-1.0)
+    zeros = torch.zeros(5, dtype=torch.long)
+    with pytest.raises(ValueError, match="margin must be at least 0, got -1"):
+        losses.reciprocal_ranking_loss(t.a_v, zeros, zeros, margin=-1.0)
+    # scalars must be finite real numbers (inf gave an inf loss, True a margin of 1, "0.5" a TypeError deep)
+    for bad, error in ((float("inf"), ValueError), (True, TypeError), ("0.5", TypeError)):
+        with pytest.raises(error, match="margin must be a f"):
+            losses.reciprocal_ranking_loss(t.a_v, zeros, zeros, margin=bad)
+    with pytest.raises(ValueError, match="xi must be a finite number"):
+        losses.angular_triplet_loss(t.a_v, t.p_i, t.n_i, xi=float("nan"))
+    with pytest.raises(ValueError, match="alpha must be a finite number"):
+        losses.expat_loss(t, alpha=float("inf"))
+    with pytest.raises(ValueError, match="anchor must hold rows"):
+        losses.angular_triplet_loss(t.a_v[0], t.p_i[0], t.n_i[0])
+    logits = torch.randn(4, 3)
+    with pytest.raises(TypeError, match="labels must be int32 or int64"):
+        losses.identity_loss(logits, torch.zeros(4))
+    with pytest.raises(ValueError, match=r"labels must hold class indices in \[0, 3\)"):
+        losses.identity_loss(logits, torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match="labels is on meta"):
+        losses.identity_loss(logits, torch.zeros(4, dtype=torch.long, device="meta"))
+    int32 = losses.identity_loss(logits, torch.tensor([0, 1, 2, 0], dtype=torch.int32))
+    assert int32 == losses.identity_loss(logits, torch.tensor([0, 1, 2, 0]))
+    # NumPy scalars are numbers like Python's
+    np = pytest.importorskip("numpy")
+    assert losses.identity_loss(logits, torch.tensor([0, 1, 2, 0]), label_smoothing=np.float32(0.1)).isfinite()

@@ -443,5 +443,10 @@ def test_bad_inputs_name_the_argument():
     for bad in (float("nan"), float("-inf")):
         with pytest.raises(ValueError, match="margin must be a finite number"):
             ops.hetero_center_loss(x, labels, modality, margin=bad)
+    import numpy as np
+    assert torch.equal(ops.hetero_center_loss(x, labels, modality, margin=np.float32(0.25)),
+                       ops.hetero_center_loss(x, labels, modality, margin=0.25))   # np.float32 was refused
+    with pytest.raises(TypeError, match="strong must be True or False, got 'no'"):   # bool("no") is True
+        ops.hetero_center_loss(x, labels, modality, strong="no")
     with pytest.raises(ValueError, match="labels must be a 1-D"):
         ops.modality_centers(torch.randn(2, 6, 4), labels[:, None], modality)

@@ -6,6 +6,7 @@ import importlib
 import pytest
 import torch
 
+import vtreid.ops as ops
 from support import require_backend
 
 # the modules, not the functions of the same names that vtreid.ops exports
@@ -186,3 +187,39 @@ def test_triton_ops_take_the_eager_path_outside_compile_and_the_registered_op_in
         assert f"vtreid.{family}_triton_fwd" in traced, family
     assert "vtreid.class_slots_triton" in traced  # the hetero-center slots: the registered op too
     assert "tritonBackward" not in traced
+
+
+@pytest.mark.parametrize("backend", ["reference", "native"])
+def test_autocast_reads_the_inputs_however_they_are_passed(backend):
+    """The device came from the first positional argument: a call by keyword ran without the autocast
+    handling (mixed dtypes then failed the dtype check). Float64 is left alone by lower=True ops, as
+    autocast leaves it; an integer input reaches the op's own check, which names it."""
+    require_backend(backend, "cpu", torch.float32)
+    x, w, t = torch.randn(6, 8), torch.randn(5, 8), torch.tensor([0, 1, 2, 3, 4, 0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        positional = ops.normalized_logits(x, w, backend=backend)
+        keyword = ops.normalized_logits(x=x, weight=w, backend=backend)
+        assert positional.dtype == keyword.dtype == torch.bfloat16
+        assert torch.equal(positional, keyword)
+        ce = ops.normalized_cross_entropy(x=x.bfloat16(), weight=w, target=t, scale=5.0, backend=backend)
+        assert ce.isfinite()
+        d = ops.pairwise_distance(x=x.bfloat16(), y=w, backend=backend)   # widest: float32, as cdist promotes
+        assert d.dtype == torch.float32
+        mined = ops.hard_mining(anchors=x.bfloat16(), anchor_labels=t, candidates=w, candidate_labels=t[:5],
+                                backend=backend)
+        assert mined.pos_dist.dtype == torch.float32
+        assert ops.normalized_logits(x.double(), w.double(), backend="reference").dtype == torch.float64
+        with pytest.raises(TypeError, match="x must be float32, float16, bfloat16 or float64, got torch.int64"):
+            ops.pairwise_distance(x.long(), backend=backend)
+
+
+def test_a_fallback_warning_points_at_the_callers_line():
+    """The warning's stacklevel did not count the autocast wrapper: it named vtreid/ops/_autocast.py."""
+    import warnings
+    from vtreid.ops import _backend
+    _backend._warned.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ops.pairwise_distance(torch.randn(3, 4).double(), backend="triton")   # float64: not on Triton
+    (warning,) = [w for w in caught if "unavailable" in str(w.message)]
+    assert warning.filename == __file__, warning.filename

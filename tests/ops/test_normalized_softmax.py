@@ -124,6 +124,21 @@ def test_normalized_logits(device, backend):
         assert_matches(wl.grad, wr.grad, torch.float32, "grad weight", sw * scale)
 
 
+@pytest.mark.parametrize("backend", FUSED_BACKENDS)
+def test_half_logits_round_once(backend):
+    """The fused logits were 1 - d with d a float16 distance, rounded near 1 to 2^-11 first: a cosine of
+    1e-4 came out as 0. They must keep the reference's relative precision."""
+    require_backend(backend, "cpu", torch.float16)
+    cos = torch.tensor([1e-4, 0.02, -3e-3, 0.5, -0.999])
+    x = torch.tensor([[1.0, 0.0]])
+    w = torch.stack([cos, (1 - cos.square()).sqrt()], dim=1)
+    for scale in (1.0, 14.0):
+        ref = ops.normalized_logits(x.half(), w.half(), scale=scale, backend="reference")
+        got = ops.normalized_logits(x.half(), w.half(), scale=scale, backend=backend)
+        assert got.dtype == torch.float16
+        torch.testing.assert_close(got.float(), ref.float(), rtol=2 ** -10, atol=1e-7)
+
+
 @pytest.mark.parametrize("backend", ("reference", "native"))
 @pytest.mark.parametrize("smoothing,reduction", SETTINGS[::2])
 def test_gradcheck_float64(backend, smoothing, reduction):
@@ -276,6 +291,9 @@ def test_bad_inputs_name_the_argument():
     assert ops.normalized_logits(x.half(), w.half(), scale=3e4).isfinite().all()
     with pytest.raises(ValueError, match="label_smoothing"):
         ops.normalized_cross_entropy(x, w, target, scale=14.0, label_smoothing=1.5)
+    import numpy as np   # NumPy's floats are numbers: np.float32 was refused, np.float64 taken
+    assert torch.equal(ops.normalized_cross_entropy(x, w, target, scale=14.0, label_smoothing=np.float32(0.25)),
+                       ops.normalized_cross_entropy(x, w, target, scale=14.0, label_smoothing=0.25))
     with pytest.raises(ValueError, match="reduction"):
         ops.normalized_cross_entropy(x, w, target, scale=14.0, reduction="avg")
     with pytest.raises(ValueError, match="x has feature dimension 5 but weight has 6"):

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from vtreid.ops._checks import check_choice
+from vtreid.ops._checks import check_choice, check_real
 
 from ._common import accumulate, check_rows
 
@@ -54,7 +54,10 @@ def angular_triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative:
     xi = 1 in both papers. An empty batch gives 0.
     """
     check_choice(form, "form", FORMS)
+    xi = check_real(xi, "xi")
     check_rows({"anchor": anchor, "positive": positive, "negative": negative})
+    if anchor.dim() < 2:
+        raise ValueError(f"anchor must hold rows ([N, D]), got shape {tuple(anchor.shape)}")
     if anchor.shape[0] == 0:
         return accumulate(anchor).sum() * 0
     cos_p, cos_n = _cos(anchor, positive), _cos(anchor, negative)
@@ -77,6 +80,7 @@ def expat_loss(t: Tuples, *, alpha: float = 1.0, beta: float = 1.0, xi: float = 
     anchor, positive and negative terms in a triplet are all from the same modality"): the same two terms
     on (a_v, p_v, n_v) and (a_i, p_i, n_i), each tuple's same-modality positive and negative.
     """
+    alpha, beta = check_real(alpha, "alpha"), check_real(beta, "beta")
     if bidirectional:
         first, second = (t.a_v, t.p_i, t.n_i), (t.a_i, t.p_v, t.n_v)
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vtreid.ops._checks import check_choice, check_tensor
+from vtreid.ops._checks import check_choice, check_real, check_tensor, values_checked
 
 from ._common import accumulate
 
@@ -19,11 +19,19 @@ def identity_loss(logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing
         raise ValueError(f"logits must be [B, C] or [S, B, C], got shape {tuple(logits.shape)}")
     if labels.dim() != 1 or labels.shape[0] != logits.shape[-2]:
         raise ValueError(f"labels must be a 1-D tensor of length {logits.shape[-2]}, got shape {tuple(labels.shape)}")
-    if not 0.0 <= label_smoothing <= 1.0:
+    if labels.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"labels must be int32 or int64 class indices, got {labels.dtype}")
+    if labels.device != logits.device:
+        raise ValueError(f"labels is on {labels.device} but logits is on {logits.device}")
+    classes = logits.shape[-1]
+    if values_checked(labels) and labels.numel() and ((labels < 0) | (labels >= classes)).any():
+        raise ValueError(f"labels must hold class indices in [0, {classes}) (logits have {classes} classes)")
+    label_smoothing = check_real(label_smoothing, "label_smoothing", at_least=0.0)
+    if label_smoothing > 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     stripes = logits if logits.dim() == 3 else logits[None]
     s, b, c = stripes.shape
-    per_sample = F.cross_entropy(stripes.reshape(s * b, c), labels.repeat(s), label_smoothing=label_smoothing,
+    per_sample = F.cross_entropy(stripes.reshape(s * b, c), labels.long().repeat(s), label_smoothing=label_smoothing,
                                  reduction="none")
     return per_sample.view(s, b).mean(1).sum()
 

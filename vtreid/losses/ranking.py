@@ -6,7 +6,7 @@ from typing import NamedTuple
 import torch
 
 from vtreid import ops
-from vtreid.ops._checks import check_choice
+from vtreid.ops._checks import check_choice, check_real
 from vtreid.ops.reference import REDUCTIONS
 
 
@@ -31,8 +31,7 @@ def reciprocal_ranking_loss(features: torch.Tensor, labels: torch.Tensor, modali
     default here is the mean over the anchors that have a positive and a negative ("sum" as in the
     paper). One batch holds both modalities (modality 0 = visible, 1 = thermal).
     """
-    if not margin >= 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
+    margin = check_real(margin, "margin", at_least=0.0)
     check_choice(reduction, "reduction", REDUCTIONS)
     kw = dict(metric=metric, anchor_modality=modality, positive="cross",
               backend=backend)

@@ -5,8 +5,12 @@ mixed dtypes (a bfloat16 embedding and a float32 class weight) and, inside the n
 the ATen calls they make. So, when autocast is on for the inputs' device, an op casts its floating
 tensor arguments to one dtype and runs with autocast off:
 
-    lower=True   autocast's dtype (normalized_logits / normalized_cross_entropy: matmul-like, as F.linear)
+    lower=True   autocast's dtype (normalized_logits / normalized_cross_entropy: matmul-like, as F.linear;
+                 as autocast does, float64 tensors are left alone)
     lower=False  the widest dtype among the inputs (distances, mining, centres: as torch.cdist promotes)
+
+The device is the first tensor argument's, positional or keyword. Without a float tensor the op runs as
+called, so that its own checks name the argument.
 
 The backward runs with autocast off too (``without_autocast``; the native ops' in csrc/autograd.cpp).
 """
@@ -21,19 +25,33 @@ def autocast_inputs(lower: bool):
     def decorate(op):
         @functools.wraps(op)
         def wrapper(*args, **kwargs):
-            first = args[0] if args else None
-            if not isinstance(first, torch.Tensor) or not torch.is_autocast_enabled(first.device.type):
+            first = _first_tensor(args, kwargs)
+            if first is None or not torch.is_autocast_enabled(first.device.type):
                 return op(*args, **kwargs)
+            device = first.device.type
             floats = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.is_floating_point()]
+            if not floats:
+                return op(*args, **kwargs)
             if lower:
-                dtype = torch.get_autocast_dtype(first.device.type)
+                dtype = torch.get_autocast_dtype(device)
             else:
                 dtype = functools.reduce(torch.promote_types, (t.dtype for t in floats))
-            cast = lambda a: a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a  # noqa: E731
-            with torch.autocast(first.device.type, enabled=False):
+
+            def cast(a):
+                if not isinstance(a, torch.Tensor) or not a.is_floating_point() or (lower and a.dtype == torch.float64):
+                    return a
+                return a.to(dtype)
+            with torch.autocast(device, enabled=False):
                 return op(*(cast(a) for a in args), **{k: cast(v) for k, v in kwargs.items()})
         return wrapper
     return decorate
+
+
+def _first_tensor(args, kwargs) -> torch.Tensor | None:
+    for a in args:   # the first positional argument, as a rule: no list built on the common path
+        if isinstance(a, torch.Tensor):
+            return a
+    return next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
 
 
 def without_autocast(backward):

@@ -17,6 +17,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import sys
 import warnings
 
 import torch
@@ -156,5 +157,15 @@ def resolve(backend: str | None, device: torch.device, dtype: torch.dtype | None
     if key not in _warned:
         _warned.add(key)
         warnings.warn(f"vtreid.ops.{op}: backend {name!r} is unavailable ({why}); using 'reference'",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=_caller_stacklevel())
     return "reference"
+
+
+def _caller_stacklevel() -> int:
+    """The stacklevel of the first frame outside vtreid/ops, for a warning raised in the caller of this:
+    the op's caller, however many wrappers (autocast, one op calling another) lie between."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
+        frame, level = frame.f_back, level + 1
+    return level

@@ -7,8 +7,10 @@ are checked only where that is free: CPU tensors, or any device with VTREID_CHEC
 from __future__ import annotations
 
 import math
+import numbers
 import os
 
+import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -64,14 +66,25 @@ def check_feature_dims(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: st
         raise ValueError(f"{a_name} has feature dimension {a.shape[-1]} but {b_name} has {b.shape[-1]}")
 
 
-def check_real(value, name: str, *, positive: bool = False) -> float:
-    """A finite real number (not a bool), positive when asked: a NaN or inf margin or scale would turn every
-    loss into NaN or inf, and a bool reached the reference as a tensor operand."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+def check_real(value, name: str, *, positive: bool = False, at_least: float | None = None) -> float:
+    """A finite real number (Python's or NumPy's, not a bool), positive or at least ``at_least`` when asked:
+    a NaN or inf margin or scale would turn every loss into NaN or inf, and a bool reached the reference as
+    a tensor operand."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    value = float(value)
     if not math.isfinite(value) or (positive and not value > 0):
         raise ValueError(f"{name} must be a finite{' positive' if positive else ''} number, got {value}")
-    return float(value)
+    if at_least is not None and value < at_least:
+        raise ValueError(f"{name} must be at least {at_least:g}, got {value:g}")
+    return value
+
+
+def check_flag(value, name: str) -> bool:
+    """A bool (Python's or NumPy's): bool("no") is True, so a string must not pass as a flag."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_scale(value, dtype: torch.dtype, what: str) -> float:

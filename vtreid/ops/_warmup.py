@@ -26,9 +26,14 @@ def warmup(*, batch: int, dim: int, classes: int | None = None, galleries: tuple
            backend: str | None = None) -> list[tuple[str, tuple]]:
     """Call each op forward + backward at ``batch`` x ``dim`` (a P x K batch of two modalities), the
     classifier at ``classes``, and pairwise distances against each gallery size in ``galleries``."""
-    for name, value in (("batch", batch), ("dim", dim)):
-        if not isinstance(value, int) or value < 2:
-            raise ValueError(f"{name} must be an int >= 2, got {value!r}")
+    for name, value in (("batch", batch), ("dim", dim), ("classes", classes),
+                        *((f"galleries[{i}]", g) for i, g in enumerate(galleries))):
+        if value is None and name == "classes":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name in ("batch", "dim") else 1):
+            raise ValueError(f"{name} must be an int >= {2 if name in ('batch', 'dim') else 1}, got {value!r}")
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        raise TypeError(f"dtype must be float32, float16, bfloat16 or float64, got {dtype}")
     device = torch.device(device)
     g = torch.Generator().manual_seed(0)
 

@@ -21,7 +21,8 @@ from typing import NamedTuple
 import torch
 
 from . import _backend, reference
-from ._checks import check_choice, check_features, check_modality_values, check_real, check_tensor, modality_ids
+from ._checks import (check_choice, check_features, check_flag, check_modality_values, check_real, check_tensor,
+                      modality_ids)
 from ._autocast import autocast_inputs
 from ._registry import native_op, register_fused_op
 
@@ -154,11 +155,12 @@ def hetero_center_loss(x: torch.Tensor, labels: torch.Tensor, modality: torch.Te
     check_choice(metric, "metric", reference.CENTER_METRICS)
     check_choice(reduction, "reduction", reference.REDUCTIONS)
     margin = check_real(margin, "margin")
+    strong = check_flag(strong, "strong")
     name = _backend.resolve(backend, x.device, x.dtype, "hetero_center_loss")
     if name == "reference":
-        return reference.hetero_center_loss(x, labels, modality, margin=margin, metric=metric, strong=bool(strong),
+        return reference.hetero_center_loss(x, labels, modality, margin=margin, metric=metric, strong=strong,
                                             reduction=reduction)
-    _, (hinge, _, _, counts, _) = _fused(name, x, labels, modality, metric, bool(strong), float(margin))
+    _, (hinge, _, _, counts, _) = _fused(name, x, labels, modality, metric, strong, margin)
     loss = hinge.sum(-1)
     if reduction == "mean":
         loss = loss / (counts > 0).all(-1).sum().clamp_min(1)

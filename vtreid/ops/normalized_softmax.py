@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from . import _backend, reference
-from ._checks import (check_choice, check_feature_dims, check_features, check_scale, check_same_device,
+from ._checks import (check_choice, check_feature_dims, check_features, check_real, check_scale, check_same_device,
                       check_same_dtype, check_tensor, values_checked)
 from ._registry import register_fused_op
 from ._autocast import autocast_inputs
@@ -46,6 +46,12 @@ def normalized_logits(x: torch.Tensor, weight: torch.Tensor, *, scale: float = 1
     name = _backend.resolve(backend, device, x.dtype, "normalized_logits")
     if name == "reference":
         return reference.normalized_logits(x, weight, scale)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        # A half distance 1 - cos is rounded to the spacing near 1 (2^-11 in float16, 2^-8 in bfloat16)
+        # before 1 - d: a small logit lost its digits. The product runs in float32 and the logits round
+        # once, as the reference's; the classifier's N x C x D is small beside the network.
+        cos = 1.0 - pairwise_distance(x.float(), weight.float(), metric="cosine", backend=name)
+        return (cos * scale).to(x.dtype)
     return (1.0 - pairwise_distance(x, weight, metric="cosine", backend=name)) * scale
 
 
@@ -78,8 +84,8 @@ def normalized_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: torc
         if ((target < 0) | (target >= weight.shape[0])).any():
             raise ValueError(f"target must hold class indices in [0, {weight.shape[0]}) (weight has "
                              f"{weight.shape[0]} classes)")
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
-            or not 0.0 <= label_smoothing <= 1.0:
+    label_smoothing = check_real(label_smoothing, "label_smoothing", at_least=0.0)
+    if label_smoothing > 1.0:
         raise ValueError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
     check_choice(reduction, "reduction", reference.CE_REDUCTIONS)
 
