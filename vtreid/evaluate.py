@@ -127,6 +127,7 @@ def load_features(path: str | Path) -> dict:
                          f"was the model diverged or the extraction broken?")
     # without paths an identity's images are in row order; the names are not numbers, so that an official
     # rand_perm_cam.mat picks by position in that order, not by a row number read as an image number
+    out["paths_given"] = "paths" in data
     out["paths"] = [str(p) for p in data["paths"]] if "paths" in data else [f"row{i:09d}" for i in range(n)]
     if len(out["paths"]) != n:
         raise ValueError(f"{path}: paths has {len(out['paths'])} entries for {n} feature rows")

@@ -71,14 +71,17 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         model = method.build_model()
         if state["stage"] > 1:
             method.begin_stage(state["stage"], model)
-        mismatch = ckpt_io.state_mismatch(model, state["model"])
-        if mismatch:
-            raise ValueError(f"{path}: its weights do not fit the network its configuration builds (written by "
-                             f"vtreid {state.get('versions', {}).get('vtreid', '?')}): keys {mismatch}")
-        model.load_state_dict(state["model"])
         _, transform = method.transforms()
-    except (ConfigError, KeyError, RuntimeError, TypeError) as exc:
+    except (ValueError, KeyError, RuntimeError, TypeError) as exc:   # ConfigError is a ValueError
         raise ValueError(f"{path}: cannot rebuild its network ({type(exc).__name__}: {exc})") from exc
+    mismatch = ckpt_io.state_mismatch(model, state["model"])
+    if mismatch:
+        raise ValueError(f"{path}: its weights do not fit the network its configuration builds (written by "
+                         f"vtreid {state.get('versions', {}).get('vtreid', '?')}): keys {mismatch}")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: cannot load its weights ({exc})") from exc
     device = torch.device(device)
     model = model.to(device).eval()
     return Loaded(model, cfg, transform, path, state.get("step"), device)

@@ -53,7 +53,10 @@ def read_results_file(path: str | Path) -> tuple[dict, dict[str, dict]]:
     data = _read_json(path)
     entries = data["results"] if isinstance(data.get("results"), dict) else {data.get("protocol", path.stem): data}
     for name, summary in entries.items():
-        if not isinstance(summary, dict) or any(not isinstance(summary.get(f"rank{k}"), dict) for k in RANKS):
+        if not isinstance(summary, dict) or any(
+                not isinstance(summary.get(f"rank{k}"), dict)
+                or not all(isinstance(summary[f"rank{k}"].get(v), (int, float)) for v in ("mean", "std"))
+                for k in RANKS):
             raise ValueError(f"{path} is not a vtreid results file ({name!r} lacks rank1/5/10/20 mean and std)")
     return data, entries
 
@@ -115,8 +118,13 @@ def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
         if not isinstance(record, dict) or "step" not in record:
             raise ValueError(f"{path}:{number} has no 'step'; is it a metrics.jsonl of vtreid.train?")
         if "eval" in record:
+            if not isinstance(record["eval"], dict):
+                raise ValueError(f"{path}:{number}: 'eval' must hold the metrics (rank1, mAP, ...), got "
+                                 f"{record['eval']!r}")
             evals.append(record)
         elif "loss" in record:
+            if not all(isinstance(record.get(k), (int, float)) for k in ("loss", "lr")):
+                raise ValueError(f"{path}:{number}: a training line needs numbers 'loss' and 'lr'")
             train.append(record)
     if not train and not evals:
         raise ValueError(f"{path} holds no training or evaluation line")

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from vtreid import _cli as cli
 from vtreid.eval import rank_metrics, sysu_gallery
+from vtreid.evaluate import check_protocol
 from vtreid.evaluate import load_features as _load_features
 from vtreid.ops import pairwise_distance
 
@@ -273,7 +274,7 @@ def main(argv=None) -> int:
     try:
         if args.command == "ranks":
             data = load_features(args.features)
-            if all(p == f"{i:09d}" for i, p in enumerate(data["paths"])):
+            if not data["paths_given"]:
                 raise ValueError(f"{args.features} has no image paths; rank lists need them (python -m vtreid.extract "
                                  f"writes them)")
             written = write_rank_lists(data, args.out, queries=args.queries, worst=args.worst,
@@ -286,7 +287,12 @@ def main(argv=None) -> int:
             labels = args.labels or []
             curves = plots.results_curves(args.results, labels[:len(args.results)])
             for n, path in enumerate(args.features):
-                mean, std = cmc_from_features(load_features(path), protocol=args.protocol, mode=args.mode,
+                data = load_features(path)
+                try:   # a file without queries or gallery rows drew a flat 0 % curve
+                    check_protocol(data, args.protocol)
+                except ValueError as exc:
+                    raise ValueError(f"{path}: {exc}") from None
+                mean, std = cmc_from_features(data, protocol=args.protocol, mode=args.mode,
                                               shots=args.shots, trials=args.trials, direction=args.direction,
                                               metric=args.metric, max_rank=args.max_rank)
                 label = labels[len(args.results) + n] if len(labels) > len(args.results) + n else Path(path).stem

@@ -137,6 +137,8 @@ def test_method_networks_train_and_eval(method):
     with torch.no_grad():
         first, second = model(visible, infrared), model(visible, infrared)
         only_visible = model(visible, torch.zeros(0, 3, h, w))
+        with pytest.raises(ValueError, match="visible and infrared are both empty"):   # crashed deep in two-stream nets
+            model(torch.zeros(0, 3, h, w), torch.zeros(0, 3, h, w))
     assert torch.equal(first, second)
     assert first.shape[0] == 4 and torch.allclose(only_visible, first[:2], atol=1e-5)
     if method in ("sphere", "hsme", "dhsme"):

@@ -134,7 +134,9 @@ def test_plots_without_matplotlib_say_how_to_install_it(tmp_path, monkeypatch, c
 
 @pytest.mark.parametrize("command, content", [
     ("ranks", None), ("ranks", "garbage"), ("cmc", None), ("cmc", "{not json"), ("cmc", '{"results": {"x": {}}}'),
-    ("curves", None), ("curves", "not json\n"), ("curves", '{"no_step": 1}\n')])
+    ("curves", None), ("curves", "not json\n"), ("curves", '{"no_step": 1}\n'),
+    ("curves", '{"step": 1, "loss": 2.0}\n'), ("curves", '{"step": 1, "eval": 0.5}\n'),
+    ("cmc", '{"results": {"x": {"rank1": {}, "rank5": {}, "rank10": {}, "rank20": {}}}}')])
 def test_bad_input_files_are_one_line_naming_the_file(command, content, tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="matplotlib (the plot extra) is not installed")
     path = tmp_path / "input.file"
@@ -184,3 +186,27 @@ def test_a_training_checkpoint_or_a_binary_file_is_named_for_what_it_is(trained_
     from vtreid import plots
     with pytest.raises(ValueError, match=f"{ckpt} is not a text file"):   # was: 'utf-8' codec can't decode
         plots.read_metrics(ckpt)
+
+
+@pytest.mark.parametrize("command", ["ranks", "cmc"])
+def test_a_features_file_without_paths_or_a_modality_is_named(hand_made, tmp_path, command, capsys):
+    """ranks needs image paths (the check compared with the old row names and never fired); cmc needs
+    queries and gallery rows (it drew a flat 0 % curve without queries)."""
+    pytest.importorskip("matplotlib", reason="matplotlib (the plot extra) is not installed")
+    data = torch.load(hand_made[0])
+    if command == "ranks":
+        del data["paths"]
+        argv = ["ranks", "--features"]
+        message = "has no image paths"
+    else:
+        keep = data["modalities"] == 0
+        data = {k: (v[keep] if isinstance(v, torch.Tensor) else [p for p, m in zip(v, keep) if m])
+                for k, v in data.items()}
+        argv = ["cmc", "--features"]
+        message = "no infrared rows"
+    path = tmp_path / "damaged.pt"
+    torch.save(data, path)
+    out = tmp_path / ("out.png" if command == "cmc" else "out")
+    assert vis.main([*argv, str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(path) in err and message in err

@@ -278,6 +278,11 @@ def test_a_checkpoint_whose_weights_do_not_fit_is_a_short_error(tmp_path, capsys
     with pytest.raises(ValueError, match=r"weights do not fit .* missing \(") as info:
         load_checkpoint(path)
     assert len(str(info.value)) < 800
+    # a configuration its network cannot be built from: the error names the checkpoint (it did not)
+    state["config"]["model"]["last_stride"] = 3
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=f"{path}: cannot rebuild its network .*last_stride"):
+        load_checkpoint(path)
 
 
 def test_unknown_method_lists_the_choices(capsys):

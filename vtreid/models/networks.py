@@ -1,7 +1,7 @@
 """The five methods' networks (METHODS.md) and ``build_model``.
 
-Every network's forward takes a visible and an infrared batch, [Bv, 3, H, W] and [Bi, 3, H, W] (either
-may be empty; infrared images are three identical channels), and treats their concatenation, visible
+Every network's forward takes a visible and an infrared batch, [Bv, 3, H, W] and [Bi, 3, H, W] (either,
+not both, may be empty; infrared images are three identical channels), and treats their concatenation, visible
 rows first, as one batch of Bv + Bi samples. In train mode it returns a dict with what the method's
 losses need; in eval mode it returns the test embedding [Bv + Bi, E].
 """
@@ -29,6 +29,8 @@ def _resnet(arch: str, last_stride: int, pretrained: str | os.PathLike | None) -
 
 
 def _split(visible: torch.Tensor, infrared: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if not len(visible) and not len(infrared):   # the two-stream networks failed deep on it
+        raise ValueError("visible and infrared are both empty: one of them must hold images")
     if visible.dim() != 4 or infrared.dim() != 4 or visible.shape[1:] != infrared.shape[1:]:
         if visible.numel() and infrared.numel():
             raise ValueError(f"visible and infrared must be [B, 3, H, W] of one image size, got "
