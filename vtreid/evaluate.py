@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from vtreid import _cli as cli
-from vtreid.eval import GALLERY_SOURCES, combine_summaries, evaluate_regdb, evaluate_sysu, format_table, sysu_galleries
+from vtreid.eval import (GALLERY_SOURCES, combine_summaries, evaluate_regdb, evaluate_sysu, format_table,
+                         sysu_galleries, sysu_setting)
 
 KEYS = ("features", "ids", "cams", "modalities")
 FORMAT = ("a dict saved with torch.save (.pt) or numpy.savez (.npz) holding features [N, D], ids [N], cams [N] "
@@ -160,8 +161,7 @@ def evaluate_features(data: dict, args) -> dict:
                                    args.rand_perm or args.dataset_rand_perm)
         summary = evaluate_sysu(_part(data, 1), _part(data, 0), mode=args.mode, shots=args.shots, trials=args.trials,
                                 rand_perm=galleries.rand_perm, metric=args.metric)
-        return {f"SYSU-MM01 {args.mode} {'single' if args.shots == 1 else 'multi'}-shot, "
-                f"{galleries.source} galleries": summary}
+        return {sysu_setting(args.dataset_name, args.mode, args.shots, galleries.source): summary}
     results = {}
     for direction in (DIRECTIONS if args.direction == "both" else (args.direction,)):
         query, gallery = (0, 1) if direction == "visible_to_thermal" else (1, 0)
@@ -184,6 +184,7 @@ def checkpoint_features(args) -> tuple[dict, dict]:
     args.metric = args.metric or e["metric"]
     args.direction = args.direction or "both"
     args.galleries = args.galleries or e.get("galleries", "auto")   # checkpoints before eval.galleries: auto
+    args.dataset_name = cfg["dataset"]["name"]
     if args.protocol == "sysu":
         from vtreid.data import sysu
         from vtreid.training.data import dataset_root
@@ -273,7 +274,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", type=cli.device, default="cuda" if torch.cuda.is_available() else "cpu",
                         help="default: cuda when a GPU is present, else cpu")
     parser.add_argument("--out", type=cli.output_file, default=None, help="write the results as JSON here")
-    parser.set_defaults(dataset_rand_perm=None)   # --checkpoint: the dataset's exp/rand_perm_cam.mat
+    # --checkpoint sets them: the dataset's exp/rand_perm_cam.mat, and its name in the results
+    parser.set_defaults(dataset_rand_perm=None, dataset_name="sysu")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
 

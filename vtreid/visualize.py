@@ -28,7 +28,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from vtreid import _cli as cli
-from vtreid.eval import rank_metrics, sysu_gallery
+from vtreid.eval import rank_metrics, sysu_galleries, sysu_gallery
 from vtreid.evaluate import check_protocol
 from vtreid.evaluate import load_features as _load_features
 from vtreid.ops import pairwise_distance
@@ -117,15 +117,16 @@ def rank_list_image(query: dict, gallery: list[dict], tile=TILE) -> Image.Image:
 
 # -- rankings ------------------------------------------------------------------------------------
 def rankings(data: dict, *, protocol: str = "sysu", mode: str = "all", shots: int = 1, trial: int = 1,
-             direction: str = "visible_to_thermal", metric: str = "euclidean", k: int = 10) -> dict:
+             direction: str = "visible_to_thermal", metric: str = "euclidean", k: int = 10, rand_perm=None) -> dict:
     """The evaluation's ranking of every query: query rows (indices into ``data``), the top-k gallery rows
-    [Q, k'] and whether each is a correct match, AP and the CMC's first-match rank per query."""
+    [Q, k'] and whether each is a correct match, AP and the CMC's first-match rank per query. SYSU:
+    ``rand_perm`` (vtreid.eval.load_rand_perm's) for the official galleries, else the seeded draw."""
     modalities = data["modalities"].numpy()
     if protocol == "sysu":
         query_rows, candidates = np.where(modalities == 1)[0], np.where(modalities == 0)[0]
         paths = [data["paths"][i] for i in candidates]
         chosen = sysu_gallery(data["ids"].numpy()[candidates], data["cams"].numpy()[candidates], paths, mode=mode,
-                              shots=shots, trial=trial)
+                              shots=shots, trial=trial, rand_perm=rand_perm)
         gallery_rows = candidates[chosen]
     else:
         q = 0 if direction == "visible_to_thermal" else 1
@@ -196,8 +197,9 @@ def write_rank_lists(data: dict, out: str | Path, *, queries=None, worst=None, i
 
 # -- CMC from features ---------------------------------------------------------------------------
 def cmc_from_features(data: dict, *, protocol="sysu", mode="all", shots=1, trials=10, direction="visible_to_thermal",
-                      metric="euclidean", max_rank=20) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, std) over trials of the CMC at ranks 1..max_rank, as the evaluation counts it."""
+                      metric="euclidean", max_rank=20, rand_perm=None) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) over trials of the CMC at ranks 1..max_rank, as the evaluation counts it (SYSU galleries
+    as in ``rankings``)."""
     modalities = data["modalities"].numpy()
     feats, ids, cams = data["features"], data["ids"], data["cams"]
     curves = []
@@ -205,7 +207,8 @@ def cmc_from_features(data: dict, *, protocol="sysu", mode="all", shots=1, trial
         qr, candidates = np.where(modalities == 1)[0], np.where(modalities == 0)[0]
         for trial in range(1, trials + 1):
             chosen = sysu_gallery(ids.numpy()[candidates], cams.numpy()[candidates],
-                                  [data["paths"][i] for i in candidates], mode=mode, shots=shots, trial=trial)
+                                  [data["paths"][i] for i in candidates], mode=mode, shots=shots, trial=trial,
+                                  rand_perm=rand_perm)
             gr = torch.as_tensor(candidates[chosen])
             curves.append(rank_metrics(feats[qr], feats[gr], ids[qr], ids[gr], cams[qr], cams[gr], metric=metric,
                                        ranks=(max_rank,), sysu_rules=True)["cmc"].cpu().numpy())
@@ -237,6 +240,17 @@ def _protocol_options(p: argparse.ArgumentParser, trials: bool) -> None:
     p.add_argument("--direction", choices=("visible_to_thermal", "thermal_to_visible"), default="visible_to_thermal",
                    help="RegDB query modality")
     p.add_argument("--metric", choices=("euclidean", "cosine"), default="euclidean")
+    p.add_argument("--rand-perm", help="SYSU exp/rand_perm_cam.mat: the official galleries (default: the seeded "
+                   "draw, as vtreid.evaluate --features)")
+
+
+def official_galleries(args):
+    """--rand-perm's permutations (read once), or None for the seeded draw."""
+    if not args.rand_perm or args.protocol != "sysu":
+        return None
+    if not hasattr(args, "_rand_perm"):
+        args._rand_perm = sysu_galleries("official", args.rand_perm).rand_perm
+    return args._rand_perm
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -280,7 +294,7 @@ def main(argv=None) -> int:
             written = write_rank_lists(data, args.out, queries=args.queries, worst=args.worst,
                                        image_root=args.image_root, protocol=args.protocol, mode=args.mode,
                                        shots=args.shots, trial=args.trial, direction=args.direction,
-                                       metric=args.metric, k=args.top)
+                                       metric=args.metric, k=args.top, rand_perm=official_galleries(args))
             print(f"wrote {len(written)} rank list(s) to {args.out}")
         elif args.command == "cmc":
             from vtreid import plots
@@ -294,7 +308,8 @@ def main(argv=None) -> int:
                     raise ValueError(f"{path}: {exc}") from None
                 mean, std = cmc_from_features(data, protocol=args.protocol, mode=args.mode,
                                               shots=args.shots, trials=args.trials, direction=args.direction,
-                                              metric=args.metric, max_rank=args.max_rank)
+                                              metric=args.metric, max_rank=args.max_rank,
+                                              rand_perm=official_galleries(args))
                 label = labels[len(args.results) + n] if len(labels) > len(args.results) + n else Path(path).stem
                 curves.append((label, np.arange(1, args.max_rank + 1), mean, std if args.protocol == "sysu" else None))
             print(f"wrote {plots.cmc_plot(curves, args.out, args.title)}")

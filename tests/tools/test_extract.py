@@ -55,6 +55,10 @@ def test_evaluate_checkpoint_takes_the_checkpoints_settings_and_matches_the_trai
     assert_same_summary(summary, want)   # eval.trials_final=2, mode all, single-shot, from the checkpoint
     assert got["method"] == "hc" and got["dataset"] == "synthetic" and got["step"] == 3
     assert "rank1" in capsys.readouterr().out
+    # the trainer's and evaluate's names of the setting agree, so that --combine pools them (synthetic
+    # data was "SYSU-MM01" in one and "synthetic (SYSU)" in the other)
+    assert list(got["results"]) == ["synthetic (SYSU) all single-shot, seeded galleries"]
+    assert evaluate.main(["--combine", str(trained_run / "results.json"), str(out)]) == 0
 
 
 @pytest.mark.parametrize("options", [["--mode", "indoor", "--trials", "2"], ["--shots", "10", "--trials", "3"],
@@ -137,3 +141,12 @@ def test_evaluate_checkpoint_takes_the_datasets_official_galleries(trained_run, 
     assert_same_summary(got, json.loads(b.read_text()))
     assert evaluate.main(["--checkpoint", ckpt, *on_root, "--galleries", "seeded", "--out", str(c)]) == 0
     assert list(json.loads(c.read_text())["results"]) == ["SYSU-MM01 all single-shot, seeded galleries"]
+    # visualize's CMC and rank lists take the same galleries with --rand-perm
+    from vtreid import visualize
+    from vtreid.eval import load_rand_perm
+    mean, _ = visualize.cmc_from_features(load_features(feats), trials=2, rand_perm=load_rand_perm(mat))
+    assert [mean[k - 1] for k in (1, 5, 10, 20)] == pytest.approx([got[f"rank{k}"]["mean"] for k in (1, 5, 10, 20)])
+    ranked = visualize.rankings(load_features(feats), trial=1, rand_perm=load_rand_perm(mat))
+    assert float(ranked["ap"][ranked["valid"]].mean()) == pytest.approx(got["trials"][0]["mAP"], abs=1e-6)
+    assert visualize.main(["ranks", "--features", str(feats), "--rand-perm", str(mat), "--out",
+                           str(tmp_path / "ranks"), "--queries", "0"]) == 0

@@ -8,7 +8,7 @@
 """
 from .metrics import rank_metrics, topk
 from .protocols import (GALLERY_SOURCES, Galleries, combine_summaries, evaluate_regdb, evaluate_sysu, format_table,
-                        load_rand_perm, sysu_galleries, sysu_gallery)
+                        load_rand_perm, sysu_galleries, sysu_gallery, sysu_setting)
 
 __all__ = ["GALLERY_SOURCES", "Galleries", "combine_summaries", "evaluate_regdb", "evaluate_sysu", "format_table",
-           "load_rand_perm", "rank_metrics", "sysu_galleries", "sysu_gallery", "topk"]
+           "load_rand_perm", "rank_metrics", "sysu_galleries", "sysu_gallery", "sysu_setting", "topk"]

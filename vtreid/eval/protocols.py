@@ -61,6 +61,13 @@ class Galleries(NamedTuple):
     source: str
 
 
+def sysu_setting(dataset: str, mode: str, shots: int, source: str) -> str:
+    """A SYSU setting's name in tables and results files, the same from the trainer and from evaluate
+    (evaluate --combine pools runs by it): dataset "sysu" or "synthetic"."""
+    name = "SYSU-MM01" if dataset == "sysu" else "synthetic (SYSU)"
+    return f"{name} {mode} {'single' if shots == 1 else 'multi'}-shot, {source} galleries"
+
+
 def sysu_galleries(choice: str, path: str | Path | None) -> Galleries:
     """The galleries ``choice`` asks for, with ``path`` the dataset's exp/rand_perm_cam.mat (None: none).
 

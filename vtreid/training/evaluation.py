@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from vtreid.data import Record, build_loader, sysu
-from vtreid.eval import Galleries, evaluate_regdb, evaluate_sysu, format_table, sysu_galleries
+from vtreid.eval import Galleries, evaluate_regdb, evaluate_sysu, format_table, sysu_galleries, sysu_setting
 
 from . import distributed
 
@@ -97,8 +97,7 @@ def evaluate_model(model, split, transform, cfg: dict, *, device, final: bool, a
     else:
         galleries = galleries or galleries_for(cfg)
         trials = e["trials_final"] if final else e["trials_during"]
-        name = f"{'SYSU-MM01' if cfg['dataset']['name'] == 'sysu' else 'synthetic (SYSU)'} {e['mode']} " \
-               f"{'single' if e['shots'] == 1 else 'multi'}-shot, {galleries.source} galleries, {trials} trial(s)"
+        name = f"{sysu_setting(cfg['dataset']['name'], e['mode'], e['shots'], galleries.source)}, {trials} trial(s)"
         results = {name: evaluate_sysu(query, gallery, mode=e["mode"], shots=e["shots"], trials=trials,
                                        rand_perm=galleries.rand_perm, metric=e["metric"])}
         protocol = f"sysu {e['mode']} shots={e['shots']} trials={trials} galleries={galleries.source}"
