@@ -12,7 +12,7 @@ none ("strided", as for a transposed view). Fails (exit 1) on a compile error, o
 architecture's per-block limit (sm_80 / sm_87: 163 KB, sm_86 / sm_89 / sm_120 / sm_121: 99 KB, sm_90 / sm_100 /
 sm_103: 227 KB, all with opt-in), or when the PTX uses an approximate square root (sqrt.approx: distances are
 compared exactly; the kernels use tl.sqrt_rn), or when a half variant of a GEMM kernel issues no tensor-core
-instruction (TENSOR_CORE_KERNELS). With ``--no-spills 80 90`` a register spill in a contiguous launch on those
+instruction (TENSOR_CORE_KERNELS). With ``--no-spills 80 86 90 100 120`` (CI's) a register spill in a contiguous launch on those
 architectures fails too: every config list is kept spill-free there (CI checks it with the pinned Triton and the
 GPU image's 3.6); spills of strided launches are listed, not failed. A config marked ``not_on(config, 80)`` in
 kernels/ (sm_80's ptxas spills it) is never tuned on sm_80, so it is not compiled for sm_80 either (likewise on
@@ -327,8 +327,7 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     parser.add_argument("--python", help="run with this interpreter instead (e.g. a venv with another Triton)")
     parser.add_argument("--no-spills", type=int, nargs="+", default=[], choices=sorted(SHARED_LIMIT), metavar="ARCH",
-                        help="also fail on any register spill for these architectures (CI: 80 90; 86 has one "
-                             "known 8-byte exception, see kernels/hard_mining.py)")
+                        help="also fail on any register spill for these architectures (CI: 80 86 90 100 120)")
     args = parser.parse_args(argv)
     if args.python:
         rest = [a for a in (argv if argv is not None else sys.argv[1:])]

@@ -6,7 +6,8 @@ than 0 / 1; grid limits and D = 0.
 Run under AddressSanitizer (an out-of-bounds read or write aborts the run, as compute-sanitizer would
 fail it): tests/cuda_emu/test_cuda_emu.py and .ci/run start
 
-    LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)" python -m pytest tests/cuda_emu/emu_cases.py
+    LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)" ASAN_OPTIONS=detect_leaks=0 \
+        python -m pytest tests/cuda_emu/emu_cases.py
 
 Not collected by a plain `pytest tests` (the file name has no test_ prefix): the library must be loaded
 into a process whose first library is the ASan runtime.
