@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import time
 import warnings
@@ -342,8 +343,10 @@ class Run:
                 # going on (scale() first: the scaler has no scale before its first call)
                 self.scaler.scale(losses[0].detach())
                 self.scaler.update(self.scaler.get_scale() / 2)
-                for s in self.schedulers:
-                    s.step()
+                with warnings.catch_warnings():   # "scheduler before optimizer": the skipped step's rate is spent
+                    warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+                    for s in self.schedulers:
+                        s.step()
                 return None
             bad = next(k for k, v in logged.items() if not math.isfinite(v))
             raise TrainingError(f"the loss term {bad!r} is {logged[bad]} at step {self.step + 1}")

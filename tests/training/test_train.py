@@ -456,6 +456,7 @@ def test_a_finite_loss_with_a_non_finite_gradient_does_not_overwrite_last_pt(tmp
     assert kept["step"] == 2 and all(t.isfinite().all() for t in kept["model"].values() if t.is_floating_point())
 
 
+@pytest.mark.filterwarnings("error:Detected call of `lr_scheduler.step\\(\\)`:UserWarning")
 def test_fp16_skips_a_non_finite_first_step_and_keeps_the_schedule(tmp_path, monkeypatch):
     """The scaler had no scale before its first scale() (update() asserted), and a skipped step left the
     schedule one step behind the step count."""
