@@ -214,7 +214,6 @@ class Run:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
         self.backends = backends_used(self.device, self.amp_dtype or torch.float32)
         self.step, self.best_score, self.stage = 0, float("-inf"), 1
-        self.saved_step = None   # the step last.pt holds
         self.method.begin_stage(1, self.model)
         self.optimizers, self.schedulers = self.make_optimizers()
         self.wrap()
@@ -271,15 +270,21 @@ class Run:
         if self.ctx.is_main:
             for path in paths:
                 ckpt_io.save_atomic(state, path)
-        if "last.pt" in (names or ("last.pt",)):
-            self.saved_step = self.step
         return paths[-1]
 
     def state_is_finite(self) -> bool:
-        """Whether every weight and buffer is finite on every rank (one host sync; only when a step failed)."""
+        """Whether every weight and buffer is finite on every rank (one host sync: at checkpoints, evaluations
+        and a failed step)."""
         tensors = [t for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()]
         bad = bool(tensors) and not bool(torch.stack([t.detach().isfinite().all() for t in tensors]).all())
         return not distributed.all_agree(bad, self.device)
+
+    def check_state(self) -> None:
+        """A step whose loss was finite but whose gradient was not leaves non-finite weights: stop before they
+        are evaluated or saved."""
+        if not self.state_is_finite():
+            raise TrainingError(f"the weights are not finite after step {self.step} (a step's gradient was not, "
+                                f"though its loss was)")
 
     def restore(self, state: dict) -> None:
         if state["num_classes"] != self.num_classes:
@@ -300,7 +305,6 @@ class Run:
             sch.load_state_dict(s)
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.best_score = state["step"], state["best_score"]
-        self.saved_step = self.step
         if len(state["rng"]) != self.ctx.world_size:
             raise ConfigError(f"cannot resume: the checkpoint was written by {len(state['rng'])} process(es), this run "
                               f"has {self.ctx.world_size}; resume with the same number")
@@ -341,6 +345,7 @@ class Run:
             if self.scaler.is_enabled():
                 # fp16 overflow: skip the step as the scaler skips one whose gradients overflow, the schedule
                 # going on (scale() first: the scaler has no scale before its first call)
+                self.undo_failed_step()   # its forward's BatchNorm statistics may hold the overflow
                 self.scaler.scale(losses[0].detach())
                 self.scaler.update(self.scaler.get_scale() / 2)
                 with warnings.catch_warnings():   # "scheduler before optimizer": the skipped step's rate is spent
@@ -438,6 +443,16 @@ def final_evaluation(run: Run, writers: Writers) -> dict | Stopped:
         return stop
 
 
+def last_checkpoint_note(run: Run) -> str:
+    """What the run directory's last.pt holds (read from the file: a resume may have started elsewhere)."""
+    path = run.out / "checkpoints" / "last.pt"
+    if not run.ctx.is_main:
+        return ""
+    if not path.is_file():
+        return f"no checkpoint was written to {path}"
+    return f"{path} holds step {ckpt_io.load(path)['step']}"
+
+
 def resume_command(run: Run, path: Path) -> str:
     if run.ctx.enabled:   # the same number of processes (launch options beyond that are the user's)
         return f"torchrun --nproc_per_node={run.ctx.world_size} -m vtreid.train --resume {path} --out {run.out}"
@@ -477,18 +492,22 @@ def train(run: Run, writers: Writers) -> int:
                             writers.metrics(record)
                         progress.update(run.step, record)
                     evaluating = t["eval_every"] and run.step % t["eval_every"] == 0 and run.step < run.total_steps
+                    saving = evaluating or (t["checkpoint_every"] and run.step % t["checkpoint_every"] == 0)
+                    if saving:
+                        run.check_state()   # one sync per checkpoint: broken weights are never evaluated or saved
                     improved = False
                     if evaluating:
                         result = evaluate(run, writers, progress, final=False)
                         if result["score"] > run.best_score:
                             run.best_score, improved = result["score"], True
-                    if evaluating or (t["checkpoint_every"] and run.step % t["checkpoint_every"] == 0):
+                    if saving:
                         run.save(*(("best.pt",) if improved else ()), "last.pt")
                     stopping = distributed.all_agree(stop.requested, run.device)  # every rank stops at one step
                     if stopping or run.step >= run.total_steps:
                         break
                     tick = time.perf_counter()
                 if stopping:
+                    run.check_state()
                     path = run.save()
                     progress.close()
                     by = f"signal {stop.signal}" if stop.signal is not None else "a signal to another process"
@@ -502,13 +521,15 @@ def train(run: Run, writers: Writers) -> int:
         if run.state_is_finite():
             path = run.save()
             writers.log(f"error: {exc}; the last good step's checkpoint is {path}")
-        else:   # an earlier step's gradient was not finite though its loss was: its update broke the weights
-            kept = (f"{run.out / 'checkpoints' / 'last.pt'} still holds step {run.saved_step}"
-                    if run.saved_step is not None else "no checkpoint had been written")
-            writers.log(f"error: {exc}; the weights are not finite (an earlier step's gradient was not, though its "
-                        f"loss was), so they are not saved: {kept}")
+        else:   # a step's gradient was not finite though its loss was: its update broke the weights
+            writers.log(f"error: {exc}; the weights are not finite, so they are not saved: {last_checkpoint_note(run)}")
         return 1
     progress.close()
+    try:
+        run.check_state()
+    except TrainingError as exc:
+        writers.log(f"error: {exc}; {last_checkpoint_note(run)}")
+        return 1
     path = run.save()  # the training is safe before the (long) final evaluation
     result = final_evaluation(run, writers)
     if isinstance(result, Stopped):
@@ -535,10 +556,12 @@ def main(argv=None) -> int:
         if ctx.enabled and not args.out and resume_state is None:
             # every rank must write to (and rank 0 alone writes) one directory: the time stamp could differ
             raise ConfigError("under torchrun give the run directory: --out DIR")
-        if resume_state is None and (out / "checkpoints" / "last.pt").exists():
-            # a new run there would append to its logs and metrics and overwrite its checkpoints
-            raise ConfigError(f"{out} already holds a run (checkpoints/last.pt): continue it with --resume --out {out}, "
-                              f"or give another --out")
+        # a new run in a run's directory would append to its logs and metrics and overwrite its checkpoints;
+        # rank 0's view decides for every rank (a node-local directory may exist on one node only)
+        held = [name for name in ("checkpoints/last.pt", "metrics.jsonl", "log.txt") if (out / name).exists()]
+        if resume_state is None and distributed.all_agree(bool(held) and ctx.is_main, pick_device(device)):
+            raise ConfigError(f"{out} already holds a run ({', '.join(held) or 'on rank 0'}): continue it with "
+                              f"--resume --out {out} (when it has checkpoints/last.pt), or give another --out")
         backend = cfg["train"]["backend"]
         with ops.use_backend(backend) if backend != "auto" else contextlib.nullcontext():
             run = Run(cfg, out, resume_state, ctx, device)

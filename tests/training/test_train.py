@@ -206,6 +206,21 @@ def poison(monkeypatch, method_class, call: int, term: str, change) -> None:
     monkeypatch.setattr(method_class, "objective", poisoned)
 
 
+class _NaNGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * float("nan")
+
+
+def _nan_gradient(term):
+    """The term itself, with a NaN gradient: a finite loss whose update breaks the weights."""
+    return _NaNGradient.apply(term)
+
+
 def test_a_non_finite_loss_stops_with_the_term_and_keeps_the_last_good_step(tmp_path, monkeypatch, capsys):
     from vtreid.methods.expat import ExpAT
     objective = ExpAT.objective
@@ -422,6 +437,12 @@ def test_a_new_run_into_a_run_directory_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "already holds a run" in err and f"--resume --out {out}" in err
     assert (out / "metrics.jsonl").read_text() == metrics
+    # a run that failed before its first checkpoint left its log: that directory is not reused either
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    (failed / "log.txt").write_text("vtreid.train: ...\n")
+    assert train.main(["--method", "hc", "--out", str(failed), *TINY, *SMALL["hc"], "train.max_steps=1"]) == 2
+    assert "already holds a run (log.txt)" in capsys.readouterr().err
 
 
 def test_metric_lines_give_the_steps_own_epoch_and_rate(tmp_path):
@@ -437,23 +458,25 @@ def test_a_finite_loss_with_a_non_finite_gradient_does_not_overwrite_last_pt(tmp
     """Step 3's loss is finite but its gradient is NaN: the update breaks the weights and step 4's loss is
     NaN. The checkpoint of step 2 stays; the broken weights are not saved over it."""
     from vtreid.methods.expat import ExpAT
-
-    class NaNGrad(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.clone()
-
-        @staticmethod
-        def backward(ctx, g):
-            return g * float("nan")
-
-    poison(monkeypatch, ExpAT, 3, "expat", NaNGrad.apply)
+    poison(monkeypatch, ExpAT, 3, "expat", _nan_gradient)
     out = run(tmp_path / "nan", "expat", "--deterministic", "train.max_steps=10", "train.checkpoint_every=2",
               expect=1)
     printed = capsys.readouterr().out
-    assert "is nan at step 4" in printed and "the weights are not finite" in printed and "still holds step 2" in printed
+    assert "is nan at step 4" in printed and "the weights are not finite" in printed and "last.pt holds step 2" in printed
     kept = final_state(out)
     assert kept["step"] == 2 and all(t.isfinite().all() for t in kept["model"].values() if t.is_floating_point())
+
+
+def test_weights_broken_on_a_checkpoint_step_are_neither_evaluated_nor_saved(tmp_path, monkeypatch, capsys):
+    """The NaN gradient at step 2, a checkpoint and evaluation step: the weights are checked there (one sync
+    per checkpoint), so the broken state is not written and the run says no checkpoint holds it."""
+    from vtreid.methods.expat import ExpAT
+    poison(monkeypatch, ExpAT, 2, "expat", _nan_gradient)
+    out = run(tmp_path / "nan", "expat", "train.max_steps=10", "train.checkpoint_every=2", "train.eval_every=2",
+              expect=1)
+    printed = capsys.readouterr().out
+    assert "the weights are not finite after step 2" in printed and "no checkpoint was written" in printed
+    assert not (out / "checkpoints" / "last.pt").exists() and "evaluation at step 2" not in printed
 
 
 @pytest.mark.filterwarnings("error:Detected call of `lr_scheduler.step\\(\\)`:UserWarning")
@@ -461,10 +484,22 @@ def test_fp16_skips_a_non_finite_first_step_and_keeps_the_schedule(tmp_path, mon
     """The scaler had no scale before its first scale() (update() asserted), and a skipped step left the
     schedule one step behind the step count."""
     from vtreid.methods.hetero_center import HeteroCenter
-    poison(monkeypatch, HeteroCenter, 1, "hc", lambda t: t * float("inf"))
+    objective = HeteroCenter.objective
+    calls = []
+
+    def overflowing(self, model, batch):   # step 1's forward overflows: its loss and its BatchNorm statistics
+        terms = objective(self, model, batch)
+        calls.append(1)
+        if len(calls) == 1:
+            terms["hc"] = terms["hc"] * float("inf")
+            next(b for n, b in model.named_buffers() if n.endswith("running_var")).fill_(float("inf"))
+        return terms
+
+    monkeypatch.setattr(HeteroCenter, "objective", overflowing)
     out = run(tmp_path / "r", "hc", "--amp", "fp16", "train.max_steps=3")
     state = final_state(out)
     assert state["step"] == 3 and all(s["last_epoch"] == 3 for s in state["schedulers"])
+    assert all(t.isfinite().all() for t in state["model"].values() if t.is_floating_point())   # undone
     assert [line["step"] for line in metric_lines(out) if "loss" in line] == [2, 3]
 
 
