@@ -262,21 +262,30 @@ def launch_every_op(n: int, m: int, d: int, c: int, dtype: torch.dtype) -> None:
     k_nce.cross_entropy_backward(torch.ones(n), x, w, target, *fwd[1:], 14.0, 0.0)
 
 
-def write_sysu_rand_perm(root: Path, first=lambda n, trial: n) -> Path:
-    """An exp/rand_perm_cam.mat in the official layout for the SYSU-MM01 folder ``root`` (a 6 x 1 cell of
-    1 x ids cells of [10, images] 1-based image numbers): trial t's permutation of an identity's n images
-    in a camera starts with image first(n, t)."""
+def write_rand_perm(path, present: dict, ids: int, first) -> Path:
+    """A rand_perm_cam.mat in the official layout (a 6 x 1 cell of 1 x ids cells of [10, images] 1-based image
+    numbers) for the (identity, camera) -> image count ``present``: trial t's permutation starts with image
+    first(pid, cam, n, t) (past n: a file that does not fit the images)."""
     scipy_io = pytest.importorskip("scipy.io")
     import numpy as np
-    ids = max(int(p.name) for p in root.glob("cam*/*") if p.name.isdigit())
     cells = np.empty((6, 1), dtype=object)
     for cam in range(1, 7):
         per_id = np.empty((1, ids), dtype=object)
         for pid in range(1, ids + 1):
-            n = len(list((root / f"cam{cam}" / f"{pid:04d}").glob("*.jpg")))
-            rows = [[first(n, t)] + [k for k in range(1, n + 1) if k != first(n, t)] for t in range(1, 11)] if n else []
-            per_id[0, pid - 1] = np.array(rows, dtype=np.uint16).reshape(10, n)
+            n = present.get((pid, cam), 0)
+            rows = []
+            for t in range(1, 11):
+                head = first(pid, cam, n, t) if n else None
+                rows.append([head] + [k for k in range(1, n + 1) if k != head] if n else [])
+            per_id[0, pid - 1] = np.array(rows, dtype=np.uint16).reshape(10, -1 if n else 0)
         cells[cam - 1, 0] = per_id
-    path = root / "exp" / "rand_perm_cam.mat"
     scipy_io.savemat(path, {"rand_perm_cam": cells})
-    return path
+    return Path(path)
+
+
+def write_sysu_rand_perm(root: Path, first=lambda n, trial: n) -> Path:
+    """write_rand_perm for the SYSU-MM01 folder ``root``, into its exp/: first(n, t) picks trial t's head."""
+    present = {(int(folder.name), int(folder.parent.name[3:])): len(list(folder.glob("*.jpg")))
+               for folder in root.glob("cam*/*") if folder.name.isdigit()}
+    ids = max(pid for pid, _ in present)
+    return write_rand_perm(root / "exp" / "rand_perm_cam.mat", present, ids, lambda pid, cam, n, t: first(n, t))

@@ -183,7 +183,8 @@ def checkpoint_features(args) -> tuple[dict, dict]:
     args.trials = args.trials or e["trials_final"]
     args.metric = args.metric or e["metric"]
     args.direction = args.direction or "both"
-    args.galleries = args.galleries or e.get("galleries", "auto")   # checkpoints before eval.galleries: auto
+    # a --rand-perm FILE is wanted (official); else the checkpoint's choice
+    args.galleries = args.galleries or ("official" if args.rand_perm else e["galleries"])
     args.dataset_name = cfg["dataset"]["name"]
     if args.protocol == "sysu":
         from vtreid.data import sysu

@@ -31,7 +31,7 @@ import torch
 from vtreid import _cli as cli
 from vtreid.data import Record
 from vtreid.training import checkpoint as ckpt_io
-from vtreid.training.config import DATASETS, ConfigError
+from vtreid.training.config import DATASETS, ConfigError, complete
 from vtreid.training.evaluation import extract_features
 
 
@@ -57,14 +57,17 @@ class Loaded:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loaded:
     """Rebuild a training checkpoint's network and test transform; raises ValueError / FileNotFoundError
     with a message naming the file when it is missing or not a vtreid checkpoint."""
-    from vtreid.methods import get_method   # the methods floor sits above data/eval; import on use
+    from vtreid.methods import VARIANTS, get_method   # the methods floor sits above data/eval; import on use
 
     path = Path(path)
     state = ckpt_io.load(path)
     for key in ("num_classes", "stage"):
         if key not in state:
             raise ValueError(f"{path} is not a vtreid training checkpoint (no {key!r})")
-    cfg = copy.deepcopy(state["config"])
+    try:
+        cfg = complete(state["config"], VARIANTS)   # settings added since it was written
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: its configuration cannot be read ({type(exc).__name__}: {exc})") from exc
     cfg.setdefault("model", {})["pretrained"] = None   # the weights come from the checkpoint
     try:
         method = get_method(cfg["method"])(cfg, state["num_classes"])

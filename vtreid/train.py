@@ -34,10 +34,10 @@ from vtreid.data.verify import PrintedProgress, WorkShare
 from vtreid.methods import METHODS, VARIANTS, Batch, get_method
 from vtreid.training import checkpoint as ckpt_io
 from vtreid.training import distributed
-from vtreid.training.config import (DATASETS, DEFAULT_METHOD, ConfigError, check_against, check_choices, dump, get,
-                                    leaves, load_yaml, merge, parse_override, preset_path, resolve, run_identity)
+from vtreid.training.config import (DATASETS, DEFAULT_METHOD, ConfigError, check_against, check_choices, complete,
+                                    dump, get, leaves, load_yaml, merge, parse_override, resolve, run_identity)
 from vtreid.training.data import EpochBatches, load_split, train_loader
-from vtreid.training.evaluation import evaluate_model, format_results, galleries_for
+from vtreid.training.evaluation import check_galleries, evaluate_model, format_results, galleries_for
 from vtreid.training.progress import Progress, Writers
 from vtreid.training.signals import StopRequest, Stopped
 
@@ -117,9 +117,7 @@ def resolve_config(args) -> tuple[dict, dict | None, Path]:
             state = ckpt_io.load(path)
         except ValueError as exc:   # not a vtreid checkpoint: one line, as a missing file is
             raise ConfigError(str(exc)) from None
-        # a setting added since the checkpoint was written takes its preset's value
-        cfg = merge(load_yaml(preset_path(state["config"]["method"], state["config"]["dataset"]["name"])),
-                    state["config"])
+        cfg = complete(state["config"], VARIANTS)   # settings added since it was written
         for name, given in (("method", args.method), ("dataset", args.dataset)):
             have = cfg["method"] if name == "method" else cfg["dataset"]["name"]
             if given and given != have:
@@ -189,6 +187,7 @@ class Run:
             if not ctx.is_main:
                 warnings.simplefilter("ignore")
             self.galleries = galleries_for(cfg)
+        check_galleries(self.galleries, self.split, cfg)
         self.num_classes = len({r.label for r in self.split.train})
         self.method = get_method(cfg["method"])(cfg, self.num_classes)
         self.train_transform, self.test_transform = self.method.transforms()

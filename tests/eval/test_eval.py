@@ -11,7 +11,7 @@ from vtreid.eval import evaluate_regdb, evaluate_sysu, load_rand_perm, rank_metr
 from vtreid.eval import numpy_protocol
 from vtreid.evaluate import main as evaluate_cli
 
-from support import DEVICES
+from support import DEVICES, write_rand_perm
 
 
 def line_up(distances, gallery_ids, gallery_cams=None, query_id=1, query_cam=6, **kw):
@@ -126,24 +126,6 @@ def test_sysu_all_search_single_shot_gallery_is_301_on_the_release_coverage():
     paths = [f"{p}/{c}/{k}" for p, c in kept for k in range(12)]
     assert len(sysu_gallery(gid, gcam, paths, mode="all", shots=1)) == 301
     assert len(sysu_gallery(gid, gcam, paths, mode="all", shots=10)) == 3010
-
-
-def write_rand_perm(path, present, ids, first):
-    """A rand_perm_cam.mat in the official layout (6 x 1 cell of 1 x ids cells of [10, images] 1-based
-    image numbers); trial t's permutation starts with first(pid, cam, n, t)."""
-    scipy_io = pytest.importorskip("scipy.io")
-    cells = np.empty((6, 1), dtype=object)
-    for cam in range(1, 7):
-        per_id = np.empty((1, ids), dtype=object)
-        for pid in range(1, ids + 1):
-            n = present.get((pid, cam), 0)
-            rows = []
-            for t in range(1, 11):
-                head = first(pid, cam, n, t) if n else None
-                rows.append([head] + [k for k in range(1, n + 1) if k != head] if n else [])
-            per_id[0, pid - 1] = np.array(rows, dtype=np.uint16).reshape(10, n)
-        cells[cam - 1, 0] = per_id
-    scipy_io.savemat(path, {"rand_perm_cam": cells})
 
 
 def test_rand_perm_mat_drives_the_gallery(tmp_path):

@@ -41,6 +41,8 @@ def test_warmup_runs_every_op_forward_and_backward():
         ops.warmup(batch=8, dim=16, galleries=(4, 2.5), device="cpu")
     with pytest.raises(TypeError, match="dtype must be float32"):
         ops.warmup(batch=8, dim=16, dtype=torch.int64, device="cpu")
+    np = pytest.importorskip("numpy")   # NumPy's integers are sizes like Python's
+    assert len(ops.warmup(batch=np.int64(8), dim=16, device="cpu", backend="reference")) == 3
 
 
 def test_after_warmup_sizes_in_the_same_bucket_do_not_retune(monkeypatch):

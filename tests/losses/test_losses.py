@@ -198,8 +198,15 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match="anchor must hold rows"):
         losses.angular_triplet_loss(t.a_v[0], t.p_i[0], t.n_i[0])
     logits = torch.randn(4, 3)
-    with pytest.raises(TypeError, match="labels must be int32 or int64"):
+    with pytest.raises(TypeError, match="labels must be integer class indices, got torch.float32"):
         losses.identity_loss(logits, torch.zeros(4))
+    assert losses.identity_loss(logits, torch.tensor([0, 1, 2, 0], dtype=torch.uint8)).isfinite()   # as F.cross_entropy
+    with pytest.raises(ValueError, match=r"label_smoothing must be a float in \[0, 1\], got -0.1"):
+        losses.identity_loss(logits, torch.tensor([0, 1, 2, 0]), label_smoothing=-0.1)
+    with pytest.raises(TypeError, match="clamp_positive must be True or False"):   # bool("no") is True
+        losses.angular_triplet_loss(t.a_v, t.p_i, t.n_i, clamp_positive="no")
+    with pytest.raises(TypeError, match="bidirectional must be True or False"):
+        losses.expat_loss(t, bidirectional="yes")
     with pytest.raises(ValueError, match=r"labels must hold class indices in \[0, 3\)"):
         losses.identity_loss(logits, torch.tensor([0, 1, 2, 3]))
     with pytest.raises(ValueError, match="labels is on meta"):

@@ -78,7 +78,8 @@ def test_float64_is_not_sent_to_triton():
 def test_an_interpreter_that_numpy_breaks_is_unavailable_with_the_fix(monkeypatch, triton_version, numpy_version,
                                                                        runs):
     """Triton <= 3.6 interprets with int() of one-element arrays, which NumPy >= 2.4 refuses: every
-    interpreted kernel would fail deep inside the interpreter, so Triton on CPU is unavailable, saying why."""
+    interpreted kernel would fail deep inside the interpreter, so the interpreted backend is unavailable,
+    saying why."""
     versions = {"triton": triton_version, "numpy": numpy_version}
     monkeypatch.setattr(_backend.importlib.metadata, "version", versions.__getitem__)
     monkeypatch.setattr(_backend, "triton_status", lambda: (True, ""))
@@ -86,10 +87,10 @@ def test_an_interpreter_that_numpy_breaks_is_unavailable_with_the_fix(monkeypatc
     _backend.interpreter_status.cache_clear()
     try:
         ok, why = _backend.availability("triton", torch.device("cpu"), torch.float32)
+        on_gpu = _backend.availability("triton", torch.device("cuda"), torch.float32)[0]
     finally:
         _backend.interpreter_status.cache_clear()
     assert ok == runs, why
     if not runs:
         assert f"Triton {triton_version}" in why and f"NumPy {numpy_version}" in why and "numpy<2.4" in why
-    # GPU tensors never go through the interpreter.
-    assert _backend.availability("triton", torch.device("cuda"), torch.float32)[0]
+    assert on_gpu == runs   # TRITON_INTERPRET=1 interprets CUDA tensors too

@@ -141,6 +141,9 @@ def test_evaluate_checkpoint_takes_the_datasets_official_galleries(trained_run, 
     assert_same_summary(got, json.loads(b.read_text()))
     assert evaluate.main(["--checkpoint", ckpt, *on_root, "--galleries", "seeded", "--out", str(c)]) == 0
     assert list(json.loads(c.read_text())["results"]) == ["SYSU-MM01 all single-shot, seeded galleries"]
+    # --rand-perm FILE with --checkpoint is that file, official (it was ignored for the checkpoint's choice)
+    assert evaluate.main(["--checkpoint", ckpt, *on_root, "--rand-perm", str(tmp_path / "absent.mat")]) == 2
+    assert evaluate.main(["--checkpoint", ckpt, "--rand-perm", str(mat), "--out", str(c)]) == 2   # synthetic
     # visualize's CMC and rank lists take the same galleries with --rand-perm
     from vtreid import visualize
     from vtreid.eval import load_rand_perm

@@ -383,7 +383,7 @@ def test_results_json_names_the_regdb_trial(dataset, trial):
     assert data.get("trial") == trial and _regdb_trial(data) == trial
 
 
-def test_a_sysu_folder_with_the_official_galleries_is_evaluated_on_them(tmp_path):
+def test_a_sysu_folder_with_the_official_galleries_is_evaluated_on_them(tmp_path, capsys):
     """PROTOCOLS.md: the galleries come from exp/rand_perm_cam.mat when the dataset has it; results.json
     and the tables name the source (eval.galleries=seeded keeps the seeded draw)."""
     from support import write_sysu_rand_perm
@@ -397,9 +397,16 @@ def test_a_sysu_folder_with_the_official_galleries_is_evaluated_on_them(tmp_path
         source = "official" if choice == "auto" else "seeded"
         assert results["protocol"].endswith(f"galleries={source}")
         assert list(results["results"]) == [f"SYSU-MM01 all single-shot, {source} galleries, 2 trial(s)"]
-    # a damaged file stops the run before its first step, naming the file
+    # a file of another copy of the dataset (it picks image 3 of 2) stops the run before its first step
+    write_sysu_rand_perm(root, first=lambda n, t: n + 1)
+    capsys.readouterr()
+    assert train.main(["--method", "hc", "--out", str(tmp_path / "other"), *TINY, *SMALL["hc"], *args]) == 2
+    assert "rand_perm_cam.mat does not fit its test images" in capsys.readouterr().err
+    assert not (tmp_path / "other" / "checkpoints").exists()
+    # so does a damaged file, naming it
     (root / "exp" / "rand_perm_cam.mat").write_bytes(b"")
     assert train.main(["--method", "hc", "--out", str(tmp_path / "damaged"), *TINY, *SMALL["hc"], *args]) == 2
+    assert "rand_perm_cam.mat: cannot be read" in capsys.readouterr().err
     assert not (tmp_path / "damaged" / "checkpoints").exists()
 
 
@@ -423,6 +430,11 @@ def test_resume_checks_a_changed_setting_and_the_file(tmp_path, capsys):
     checkpoint.save_atomic(state, out / "checkpoints" / "last.pt")
     assert train.main(["--resume", "--out", str(out), "train.max_steps=2"]) == 0
     assert final_state(out)["config"]["eval"]["galleries"] == "auto"
+    from vtreid import evaluate   # and the tools read it alike
+    state = final_state(out)
+    del state["config"]["eval"]["galleries"]
+    checkpoint.save_atomic(state, out / "checkpoints" / "last.pt")
+    assert evaluate.main(["--checkpoint", str(out / "checkpoints" / "last.pt"), "--trials", "1"]) == 0
     (tmp_path / "notes.pt").write_bytes(b"not a checkpoint")
     assert train.main(["--resume", str(tmp_path / "notes.pt")]) == 2
     err = capsys.readouterr().err

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from vtreid.ops._checks import check_choice, check_real
+from vtreid.ops._checks import check_choice, check_flag, check_real
 
 from ._common import accumulate, check_rows
 
@@ -55,6 +55,7 @@ def angular_triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative:
     """
     check_choice(form, "form", FORMS)
     xi = check_real(xi, "xi")
+    clamp_positive = check_flag(clamp_positive, "clamp_positive")
     check_rows({"anchor": anchor, "positive": positive, "negative": negative})
     if anchor.dim() < 2:
         raise ValueError(f"anchor must hold rows ([N, D]), got shape {tuple(anchor.shape)}")
@@ -81,6 +82,7 @@ def expat_loss(t: Tuples, *, alpha: float = 1.0, beta: float = 1.0, xi: float = 
     on (a_v, p_v, n_v) and (a_i, p_i, n_i), each tuple's same-modality positive and negative.
     """
     alpha, beta = check_real(alpha, "alpha"), check_real(beta, "beta")
+    bidirectional = check_flag(bidirectional, "bidirectional")
     if bidirectional:
         first, second = (t.a_v, t.p_i, t.n_i), (t.a_i, t.p_v, t.n_v)
     else:

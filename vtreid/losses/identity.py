@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vtreid.ops._checks import check_choice, check_real, check_tensor, values_checked
+from vtreid.ops._checks import check_choice, check_flag, check_fraction, check_tensor, values_checked
 
 from ._common import accumulate
 
@@ -19,16 +19,14 @@ def identity_loss(logits: torch.Tensor, labels: torch.Tensor, *, label_smoothing
         raise ValueError(f"logits must be [B, C] or [S, B, C], got shape {tuple(logits.shape)}")
     if labels.dim() != 1 or labels.shape[0] != logits.shape[-2]:
         raise ValueError(f"labels must be a 1-D tensor of length {logits.shape[-2]}, got shape {tuple(labels.shape)}")
-    if labels.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"labels must be int32 or int64 class indices, got {labels.dtype}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class indices, got {labels.dtype}")
     if labels.device != logits.device:
         raise ValueError(f"labels is on {labels.device} but logits is on {logits.device}")
     classes = logits.shape[-1]
     if values_checked(labels) and labels.numel() and ((labels < 0) | (labels >= classes)).any():
         raise ValueError(f"labels must hold class indices in [0, {classes}) (logits have {classes} classes)")
-    label_smoothing = check_real(label_smoothing, "label_smoothing", at_least=0.0)
-    if label_smoothing > 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    label_smoothing = check_fraction(label_smoothing, "label_smoothing")
     stripes = logits if logits.dim() == 3 else logits[None]
     s, b, c = stripes.shape
     per_sample = F.cross_entropy(stripes.reshape(s * b, c), labels.long().repeat(s), label_smoothing=label_smoothing,
@@ -53,7 +51,7 @@ def prediction_kl(target_logits: torch.Tensor, logits: torch.Tensor, *, detach_t
     if target_logits.shape != logits.shape or logits.dim() != 2:
         raise ValueError(f"target_logits and logits must both be [B, C]; got {tuple(target_logits.shape)} and "
                          f"{tuple(logits.shape)}")
-    target = target_logits.detach() if detach_target else target_logits
+    target = target_logits.detach() if check_flag(detach_target, "detach_target") else target_logits
     log_p_target = F.log_softmax(accumulate(target), dim=1)
     log_p = F.log_softmax(accumulate(logits), dim=1)
     check_choice(reduction, "reduction", ("mean", "sum"))

@@ -110,7 +110,7 @@ def availability(backend: str, device: torch.device, dtype: torch.dtype | None =
         return False, why
     if device.type == "cpu" and not triton_interpreted():
         return False, "Triton runs on CUDA tensors; on CPU tensors it needs TRITON_INTERPRET=1"
-    if device.type == "cpu" and not interpreter_status()[0]:
+    if triton_interpreted() and not interpreter_status()[0]:   # the interpreter takes CUDA tensors too
         return False, interpreter_status()[1]
     if device.type not in ("cpu", "cuda"):
         return False, f"the triton backend has no kernels for device type {device.type!r}"

@@ -80,6 +80,14 @@ def check_real(value, name: str, *, positive: bool = False, at_least: float | No
     return value
 
 
+def check_fraction(value, name: str) -> float:
+    """A number in [0, 1] (a label smoothing)."""
+    value = check_real(value, name)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a float in [0, 1], got {value!r}")
+    return value
+
+
 def check_flag(value, name: str) -> bool:
     """A bool (Python's or NumPy's): bool("no") is True, so a string must not pass as a flag."""
     if not isinstance(value, (bool, np.bool_)):

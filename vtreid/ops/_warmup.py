@@ -13,6 +13,8 @@ as (op, shapes) pairs, for logs and tests.
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from .hard_mining import hard_mining
@@ -30,8 +32,9 @@ def warmup(*, batch: int, dim: int, classes: int | None = None, galleries: tuple
                         *((f"galleries[{i}]", g) for i, g in enumerate(galleries))):
         if value is None and name == "classes":
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < (2 if name in ("batch", "dim") else 1):
-            raise ValueError(f"{name} must be an int >= {2 if name in ('batch', 'dim') else 1}, got {value!r}")
+        least = 2 if name in ("batch", "dim") else 1
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
     if dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         raise TypeError(f"dtype must be float32, float16, bfloat16 or float64, got {dtype}")
     device = torch.device(device)

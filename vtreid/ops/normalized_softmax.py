@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from . import _backend, reference
-from ._checks import (check_choice, check_feature_dims, check_features, check_real, check_scale, check_same_device,
+from ._checks import (check_choice, check_feature_dims, check_features, check_fraction, check_scale, check_same_device,
                       check_same_dtype, check_tensor, values_checked)
 from ._registry import register_fused_op
 from ._autocast import autocast_inputs
@@ -84,9 +84,7 @@ def normalized_cross_entropy(x: torch.Tensor, weight: torch.Tensor, target: torc
         if ((target < 0) | (target >= weight.shape[0])).any():
             raise ValueError(f"target must hold class indices in [0, {weight.shape[0]}) (weight has "
                              f"{weight.shape[0]} classes)")
-    label_smoothing = check_real(label_smoothing, "label_smoothing", at_least=0.0)
-    if label_smoothing > 1.0:
-        raise ValueError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
+    label_smoothing = check_fraction(label_smoothing, "label_smoothing")
     check_choice(reduction, "reduction", reference.CE_REDUCTIONS)
 
     name = _backend.resolve(backend, device, x.dtype, "normalized_cross_entropy")

@@ -31,6 +31,8 @@ CHOICES = {
     "train.backend": ("auto", "reference", "triton", "native"),
     "eval.metric": ("euclidean", "cosine"),
     "eval.mode": ("all", "indoor"),
+    "eval.shots": (1, 10),
+    "dataset.trial": tuple(range(1, 11)),   # RegDB's ten trial lists
     "eval.galleries": ("auto", "official", "seeded"),   # vtreid.eval.GALLERY_SOURCES
 }
 
@@ -268,6 +270,15 @@ def resolve(method: str | None = None, dataset: str | None = None, config_file: 
     cfg = merge(cfg, user)
     check_choices(cfg)
     return cfg
+
+
+def complete(cfg: dict, variants: dict[str, dict[str, dict]]) -> dict:
+    """A checkpoint's configuration with the settings added since it was written: each takes the value its
+    preset and the run's variants give it (``variants``: vtreid.methods.VARIANTS)."""
+    base = load_yaml(preset_path(cfg["method"], cfg["dataset"]["name"]))
+    for name in cfg.get("variant", []):
+        base = merge(base, variants.get(cfg["method"], {}).get(name, {}))
+    return merge(base, cfg)
 
 
 def run_identity(cfg: dict) -> dict:

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from vtreid.data import Record, build_loader, sysu
-from vtreid.eval import Galleries, evaluate_regdb, evaluate_sysu, format_table, sysu_galleries, sysu_setting
+from vtreid.eval import (Galleries, evaluate_regdb, evaluate_sysu, format_table, sysu_galleries, sysu_gallery,
+                         sysu_setting)
 
 from . import distributed
 
@@ -76,6 +77,22 @@ def galleries_for(cfg: dict) -> Galleries | None:
         return sysu_galleries(cfg["eval"]["galleries"], sysu.rand_perm_path(dataset_root(cfg)))
     except ValueError as exc:   # a damaged or (eval.galleries=official) missing file: before any work
         raise ConfigError(f"eval.galleries={cfg['eval']['galleries']}: {exc}") from None
+
+
+def check_galleries(galleries: Galleries | None, split, cfg: dict) -> None:
+    """Every trial's official gallery can be drawn from the test set: a rand_perm_cam.mat of another copy of
+    the dataset fails here, before the first step, on every rank, not at the first evaluation."""
+    if galleries is None or galleries.rand_perm is None:
+        return
+    from .config import ConfigError
+    e, gallery = cfg["eval"], describe(split.gallery)
+    for trial in range(1, max(e["trials_during"], e["trials_final"]) + 1):
+        try:
+            sysu_gallery(gallery["ids"], gallery["cams"], gallery["paths"], mode=e["mode"], shots=e["shots"],
+                         trial=trial, rand_perm=galleries.rand_perm)
+        except ValueError as exc:
+            raise ConfigError(f"eval.galleries={e['galleries']}: the dataset's rand_perm_cam.mat does not fit its test "
+                              f"images: {exc}") from None
 
 
 def evaluate_model(model, split, transform, cfg: dict, *, device, final: bool, autocast=contextlib.nullcontext,
