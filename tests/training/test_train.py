@@ -523,3 +523,29 @@ def test_the_resume_command_under_torchrun_names_torchrun():
         "python -m vtreid.train --resume runs/a/checkpoints/last.pt"
     assert train.resume_command(two, Path("runs/a/checkpoints/last.pt")).startswith(
         "torchrun --nproc_per_node=2 -m vtreid.train --resume runs/a/checkpoints/last.pt --out runs/a")
+
+
+def test_an_epoch_never_reuses_the_next_epochs_sampler_seeds():
+    """Epoch e draws the sampler's epochs e * 1000 + r: an epoch of more than 1000 passes would repeat
+    epoch e + 1's batches, so it is refused (whether train.epoch_steps or the method set its length)."""
+    from vtreid.training.data import EpochBatches
+
+    class TwoBatches:
+        def __init__(self):
+            self.epochs = []
+
+        def __len__(self):
+            return 2
+
+        def set_epoch(self, epoch):
+            self.epochs.append(epoch)
+
+        def __iter__(self):
+            return iter([[0], [1]])
+
+    sampler = TwoBatches()
+    batches = EpochBatches(sampler, 2000)   # exactly 1000 passes: allowed
+    batches.set_position(3)
+    assert len(list(batches)) == 2000 and sampler.epochs == list(range(3000, 4000))
+    with pytest.raises(ValueError, match="needs more than 1000 passes over the identities"):
+        EpochBatches(sampler, 2001)
