@@ -19,7 +19,13 @@ several runs of a target, the latest run that measured both sides of it is judge
     CPU  native not slower than eager (pairwise, hetero-center, normalized CE at the shapes above;
          evaluation against numpy), mining native at least 2x eager at N = 256, D = 2048, fp32
 
-Exit status 1 when a measured target fails, else 0 (MISSING is not a failure).
+Every (device, dtype, vtreid provider) a target expects is listed: on a GPU triton and native, on a CPU
+native (the evaluation: its own "vtreid"); the target's dtypes, or those measured. One absent is MISSING (a provider that failed or did not
+load writes no record). A verdict from a run older than the newest run of that target on that device is
+STALE: the newest run did not measure it (a failure there must not be hidden by an older PASS). The run's
+source tree (the harness's "tree" hash, else its commit) is shown.
+
+Exit status 1 when a measured target fails, else 0 (MISSING and STALE are not failures).
 """
 from __future__ import annotations
 
@@ -139,18 +145,27 @@ class Verdict:
     shape: str
     measured: str
     bound: str
-    status: str   # PASS, FAIL or MISSING
+    status: str   # PASS, FAIL, STALE or MISSING
     run: str = "-"   # the run's timestamp
+    tree: str = "-"  # the run's source tree (or commit)
 
 
 def _key(case: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in case.items())
 
 
+def expected_providers(target: Target) -> tuple[str, ...]:
+    """The vtreid providers a target judges: the evaluation's own ("vtreid"); the ops' fused backends."""
+    if target.op == "sysu_evaluation":
+        return ("vtreid",)
+    return ("triton", "native") if target.gpu else ("native",)
+
+
 def judge(records: list[dict], targets: list[Target] = TARGETS) -> list[Verdict]:
     """One verdict per (target, device, dtype, shape, vtreid provider), from the latest run that measured
-    what the target compares (the provider and its counterpart together, or the provider's peak); a
-    MISSING verdict for a target that no run measured."""
+    what the target compares (the provider and its counterpart together, or the provider's peak), STALE
+    when a newer run of the target on that device did not; MISSING for each expected (device, dtype,
+    provider) no run measured, or for a target no run measured at all."""
     verdicts = []
     for t in targets:
         mine = [r for r in records if is_measurement(r) and r["op"] == t.op and r["mode"] == t.mode and is_gpu(r) == t.gpu
@@ -172,10 +187,14 @@ def judge(records: list[dict], targets: list[Target] = TARGETS) -> list[Verdict]
                 elif other is None:
                     continue
                 best[(device, dtype, shape, provider)] = (ours, other)   # later runs replace earlier ones
+        newest = {}   # device -> the newest run of this target there
+        for r in mine:
+            newest[r["device"]] = max(newest.get(r["device"], ""), r["time"])
         for (device, dtype, shape, provider), (ours, other) in sorted(best.items()):
             def verdict(measured, bound, ok):
-                return Verdict(t.name, device, dtype, provider, shape, measured, bound, "PASS" if ok else "FAIL",
-                               ours["time"])
+                status = ("PASS" if ok else "FAIL") if ours["time"] == newest[device] else "STALE"
+                return Verdict(t.name, device, dtype, provider, shape, measured, bound, status, ours["time"],
+                               ours.get("tree") or ours.get("commit", "-"))
             if t.peak_under is not None:
                 verdicts.append(verdict(f"{ours['peak_bytes'] / GIB:.3f} GiB", f"< {t.peak_under / GIB:g} GiB",
                                         ours["peak_bytes"] < t.peak_under))
@@ -190,8 +209,16 @@ def judge(records: list[dict], targets: list[Target] = TARGETS) -> list[Verdict]
                 speedup = other["median_ms"] / ours["median_ms"]
                 verdicts.append(verdict(f"{speedup:.2f}x vs {t.against}", f">= {t.at_least:g}x",
                                         speedup >= t.at_least))
-        if not best:
+        if not mine:
             verdicts.append(Verdict(t.name, "GPU" if t.gpu else "CPU", "-", "-", "-", "-", "-", "MISSING"))
+            continue
+        judged = {(device, dtype, provider) for device, dtype, _, provider in best}
+        for device in sorted(newest):
+            dtypes = t.dtypes or sorted({r["dtype"] for r in mine if r["device"] == device})
+            for dtype in dtypes:
+                for provider in expected_providers(t):
+                    if (device, dtype, provider) not in judged:
+                        verdicts.append(Verdict(t.name, device, dtype, provider, "-", "-", "-", "MISSING"))
     return verdicts
 
 
@@ -208,12 +235,13 @@ def main(argv=None) -> int:
     targets = [t for t in TARGETS if t.gpu or not args.gpu_only]
     verdicts = judge(load(files), targets)
     print(f"{'target':<54}{'status':<9}{'measured':<22}{'bound':<12}{'provider':<9}{'dtype':<10}{'device':<28}"
-          f"{'run':<27}shape")
+          f"{'run':<27}{'tree':<14}shape")
     for v in verdicts:
         print(f"{v.target:<54}{v.status:<9}{v.measured:<22}{v.bound:<12}{v.provider:<9}{v.dtype:<10}{v.device[:27]:<28}"
-              f"{v.run:<27}{v.shape}")
-    counts = {s: sum(v.status == s for v in verdicts) for s in ("PASS", "FAIL", "MISSING")}
-    print(f"# {counts['PASS']} pass, {counts['FAIL']} fail, {counts['MISSING']} missing ({len(files)} file(s))")
+              f"{v.run:<27}{v.tree[:13]:<14}{v.shape}")
+    counts = {s: sum(v.status == s for v in verdicts) for s in ("PASS", "FAIL", "STALE", "MISSING")}
+    print(f"# {counts['PASS']} pass, {counts['FAIL']} fail, {counts['STALE']} stale, {counts['MISSING']} missing "
+          f"({len(files)} file(s))")
     return 1 if counts["FAIL"] else 0
 
 

@@ -6,7 +6,7 @@ measurement to ``bench/results/<device>.jsonl``:
 
     modes     forward (outputs), backward (gradients of a fixed upstream grad, forward excluded),
               full (forward + backward)
-    timing    GPU: triton.testing.do_bench (median and 20/80 quantiles, ms, L2 flushed);
+    timing    GPU: cuda_quantiles (median and 20/80 quantiles, ms, L2 flushed, the device idle at the start);
               CPU: torch.utils.benchmark blocked_autorange (median and 20/80 quantiles over blocks)
     memory    GPU: peak allocated bytes above the inputs (torch.cuda.max_memory_allocated); CPU: none
     metadata  device name, torch / triton / CUDA versions, git commit (and whether it was dirty)
@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -86,6 +87,20 @@ def device_slug(device: torch.device) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-").replace("--", "-")
 
 
+def _git_tree() -> str:
+    """The hash of the working tree as git would store it (tracked and untracked files that are not ignored):
+    two runs of the same sources have the same tree whatever commit the copy's metadata says."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        try:
+            subprocess.run(["git", "add", "-A"], cwd=root, env=env, capture_output=True, check=True)
+            return subprocess.run(["git", "write-tree"], cwd=root, env=env, capture_output=True, text=True,
+                                  check=True).stdout.strip()[:12]
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+
 def _git_commit() -> str:
     root = Path(__file__).resolve().parent.parent
     try:
@@ -110,8 +125,31 @@ def environment(device: torch.device) -> dict:
         "cuda": torch.version.cuda,
         "triton": triton_version,
         "commit": _git_commit(),
+        "tree": _git_tree(),
         "python": platform.python_version(),
+        # host-bound GPU timings depend on the host and the driver; TF32 changes float32 GEMM speed
+        "host_cpu": _host_cpu(),
+        "driver": _driver_version() if device.type == "cuda" else None,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if device.type == "cuda" else None,
     }
+
+
+def _host_cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f" x{os.cpu_count()}"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} x{os.cpu_count()}"
+
+
+def _driver_version() -> str | None:
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                              capture_output=True, text=True, check=True, timeout=10).stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
 
 
 def _outputs_tensors(out) -> list[torch.Tensor]:
@@ -145,10 +183,48 @@ def mode_callable(fn: Callable, inputs: dict, mode: str) -> Callable:
     return backward
 
 
+def cuda_quantiles(fn: Callable, device: torch.device, warmup_ms: float = 25.0, rep_ms: float = 100.0,
+                   sync=None, event=None) -> tuple[float, float, float]:
+    """(median, 20%, 80%) in ms of one call of ``fn``, each timed alone from an idle device.
+
+    triton.testing.do_bench's method (a 256 MB write flushes L2 before each call, CUDA events around it,
+    as many calls as fit ``rep_ms``) with one change: it waits for the flush before recording the start.
+    do_bench records the start right behind the flush, so the host queued the call's kernels while the
+    flush ran (~60-90 us on an H100): a host-bound call measured its host time less that head start, which
+    flattered the faster provider at the small training shapes. ``sync`` / ``event``: torch.cuda's
+    synchronize and Event, replaceable in tests.
+    """
+    sync = sync or (lambda: torch.cuda.synchronize(device))
+    event = event or (lambda: torch.cuda.Event(enable_timing=True))
+    cache = torch.empty(256 * 2**20 // 4, dtype=torch.int32, device=device)
+    fn()   # autotuning, lazy initialisation
+    sync()
+    start, end = event(), event()
+    start.record()
+    for _ in range(5):
+        cache.zero_()
+        fn()
+    end.record()
+    sync()
+    estimate = max(start.elapsed_time(end) / 5, 1e-3)
+    for _ in range(max(1, int(warmup_ms / estimate))):
+        fn()
+    times = []
+    for _ in range(max(5, int(rep_ms / estimate))):
+        cache.zero_()
+        sync()   # the device is idle: the call's time includes the host's launching of it
+        start.record()
+        fn()
+        end.record()
+        sync()
+        times.append(start.elapsed_time(end))
+    median, p20, p80 = np.quantile(np.asarray(times), [0.5, 0.2, 0.8])
+    return float(median), float(p20), float(p80)
+
+
 def time_callable(fn: Callable, device: torch.device, min_run_time: float = 0.5) -> dict:
     if device.type == "cuda":
-        import triton.testing
-        med, p20, p80 = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8])
+        med, p20, p80 = cuda_quantiles(fn, device)
         return {"median_ms": med, "p20_ms": p20, "p80_ms": p80}
     from torch.utils import benchmark
     fn()  # warm-up
@@ -193,7 +269,8 @@ def run(op: str, providers: list[Provider], make_inputs: Callable, cases: list[d
     The "x ref" column is the ``baseline`` provider's time over each provider's. A provider that raises
     is reported as failed and writes no record; after the last case, failures end the run with
     SystemExit(1) naming them (the records of the measurements that succeeded are kept). ``keep(case, dtype
-    name, mode)``, when given, picks which combinations of the product are measured; ``cuda_graph``:
+    name, mode[, provider name])``, when given, picks which combinations of the product, and which providers
+    there, are measured; ``cuda_graph``:
     each call captured and replayed (module docstring)."""
     out = out or RESULTS_DIR / f"{device_slug(device)}.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +288,8 @@ def run(op: str, providers: list[Provider], make_inputs: Callable, cases: list[d
                     continue
                 ref_ms = None
                 for provider in providers:
+                    if keep is not None and not keep(case, str(dtype).replace("torch.", ""), mode, provider.name):
+                        continue
                     ok, why = provider.available(device, dtype)
                     if ok and cuda_graph and mode == "backward":
                         # autograd runs a backward op on its forward's stream: that forward ran outside
@@ -237,6 +316,8 @@ def run(op: str, providers: list[Provider], make_inputs: Callable, cases: list[d
                         memory = None if cuda_graph else peak_memory(fn, device)  # a replay allocates nothing
                     except torch.OutOfMemoryError:
                         print(f"{row}  out of memory")
+                        if provider.name in OURS:   # the memory targets must be able to fail
+                            failures.append(f"{provider.name} {mode} {str(dtype)[6:]} {shape}: out of memory")
                         inputs = fn = None
                         torch.cuda.empty_cache()
                         continue
@@ -410,8 +491,12 @@ def goal_selection(parser, op: str, device: torch.device, cases: list[dict], dty
     from bench import goals
     targets = [t for t in goals.TARGETS if t.op == op and t.gpu == (device.type == "cuda")]
 
-    def keep(case, dtype, mode):
-        return any(t.case(case) and t.mode == mode and (t.dtypes is None or dtype in t.dtypes) for t in targets)
+    def keep(case, dtype, mode, provider=None):
+        """The combination is judged (and, given a provider, that provider is ours or a target's
+        counterpart there: the others, e.g. torch.compile where no target compares with it, cost minutes
+        of a GPU lease for nothing)."""
+        return any(t.case(case) and t.mode == mode and (t.dtypes is None or dtype in t.dtypes)
+                   and (provider is None or provider in OURS or provider == t.against) for t in targets)
     names = {d: str(d).replace("torch.", "") for d in dtypes}
     wanted = [(c, d, m) for c in cases for d in dtypes for m in modes if keep(c, names[d], m)]
     if not wanted:

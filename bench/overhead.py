@@ -17,7 +17,7 @@ torch.compile the public ops skip the custom op's dispatch (vtreid/ops/_registry
 ``--stub-kernels`` replaces every Triton kernel by a launch that runs nothing (its grid function still
 runs: launchers read it), so on a CPU, under TRITON_INTERPRET=1, the Triton columns are the host cost of
 our layers and launchers without the interpreter's (or Triton's own JIT launch) cost; the outputs are
-uninitialised, the times are what matters. Times are the minimum over blocks
+uninitialised, the times are what matters. Times are the median over blocks
 (torch.utils.benchmark), in microseconds, appended to bench/results/<device>-overhead.jsonl with the
 harness's environment record. Compare numbers from one run on one machine only.
 """

@@ -1,8 +1,9 @@
 """Draw benchmark results as PNG bar charts: python -m bench.plot [results.jsonl ...] [--op NAME]
 
 One chart per (op, dtype, mode): for every shape, a bar per provider showing its speed-up over the
-reference (reference time / provider time; higher is faster), from the newest run of each
-(device, commit). Drawn with Pillow so plotting adds no dependency.
+baseline (reference, or numpy for the evaluation: baseline time / provider time; higher is faster), from
+the newest run that measured that shape. Eager runs only (no --cuda-graph run, no bench.overhead or
+bench.profile line). Drawn with Pillow so plotting adds no dependency.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from bench.goals import is_measurement
 from bench.harness import RESULTS_DIR
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
@@ -20,32 +22,43 @@ COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 
 
 def load(paths):
+    """The measurement records of the files (other lines, e.g. bench.overhead's, are left out)."""
     records = []
     for path in paths:
         for line in Path(path).read_text().splitlines():
             if line.strip():
                 records.append(json.loads(line))
-    return records
+    return [r for r in records if is_measurement(r)]
+
+
+def _shape(r) -> str:
+    return ",".join(f"{k}={v}" for k, v in r["case"].items())
 
 
 def latest_run(records):
-    """Keep, per (device, op), only the records of the newest timestamp."""
+    """Keep, per (device, op, dtype, mode, shape), only the records of the newest run that measured it (a
+    later run of other shapes, e.g. --large, does not hide it)."""
+    def key(r):
+        return r["device"], r["op"], r["dtype"], r["mode"], _shape(r)
     newest = {}
     for r in records:
-        key = (r["device"], r["op"])
-        newest[key] = max(newest.get(key, ""), r["time"])
-    return [r for r in records if r["time"] == newest[(r["device"], r["op"])]]
+        newest[key(r)] = max(newest.get(key(r), ""), r["time"])
+    return [r for r in records if r["time"] == newest[key(r)]]
+
+
+def baseline_of(op: str) -> str:
+    return "numpy" if op == "sysu_evaluation" else "reference"
 
 
 def speedups(records):
-    """{(device, op, dtype, mode): {shape: {provider: reference_ms / provider_ms}}}"""
+    """{(device, op, dtype, mode): {shape: {provider: baseline_ms / provider_ms}}}"""
     table = defaultdict(lambda: defaultdict(dict))
     for r in records:
-        shape = ",".join(f"{k}={v}" for k, v in r["case"].items())
-        table[(r["device"], r["op"], r["dtype"], r["mode"])][shape][r["provider"]] = r["median_ms"]
+        table[(r["device"], r["op"], r["dtype"], r["mode"])][_shape(r)][r["provider"]] = r["median_ms"]
     out = {}
     for key, shapes in table.items():
-        out[key] = {s: {p: t["reference"] / ms for p, ms in t.items()} for s, t in shapes.items() if "reference" in t}
+        base = baseline_of(key[1])
+        out[key] = {s: {p: t[base] / ms for p, ms in t.items()} for s, t in shapes.items() if base in t}
     return out
 
 
@@ -94,7 +107,7 @@ def main(argv=None):
     for (device, op, dtype, mode), shapes in sorted(speedups(records).items()):
         slug = "".join(c if c.isalnum() else "-" for c in device.lower())[:40]
         path = args.out_dir / f"{op}-{slug}-{dtype}-{mode}.png"
-        draw(f"{op} {mode} {dtype} on {device}: speed-up over reference", shapes, path)
+        draw(f"{op} {mode} {dtype} on {device}: speed-up over {baseline_of(op)}", shapes, path)
         print(path)
 
 

@@ -16,8 +16,8 @@ def rec(op, case, provider, ms, *, mode="full", dtype="float32", time="t1", devi
 MINE = {"N": 256, "D": 2048}
 
 
-def verdicts_for(records, name):
-    return [v for v in goals.judge(records) if v.target == name]
+def verdicts_for(records, name, provider=None):
+    return [v for v in goals.judge(records) if v.target == name and provider in (None, v.provider)]
 
 
 def test_speedup_passes_and_fails_per_provider():
@@ -29,11 +29,11 @@ def test_speedup_passes_and_fails_per_provider():
 
 def test_ratios_only_within_one_run_and_the_latest_run_is_judged():
     old_ref = rec("hard_mining", MINE, "reference", 100.0, time="t0")
-    assert verdicts_for([old_ref, rec("hard_mining", MINE, "triton", 1.0)],
-                        "mining full N=256 >= 10x eager")[0].status == "MISSING"
+    assert {v.status for v in verdicts_for([old_ref, rec("hard_mining", MINE, "triton", 1.0)],
+                                           "mining full N=256 >= 10x eager")} == {"MISSING"}
     runs = [rec("hard_mining", MINE, "reference", 100.0, time="t0"), rec("hard_mining", MINE, "triton", 1.0, time="t0"),
             rec("hard_mining", MINE, "reference", 10.0, time="t2"), rec("hard_mining", MINE, "triton", 5.0, time="t2")]
-    (v,) = verdicts_for(runs, "mining full N=256 >= 10x eager")
+    (v,) = verdicts_for(runs, "mining full N=256 >= 10x eager", "triton")
     assert v.status == "FAIL" and v.measured.startswith("2.00x")
 
 
@@ -42,7 +42,7 @@ def test_cuda_graph_runs_are_not_judged():
     eager = [rec("hard_mining", MINE, "reference", 10.0), rec("hard_mining", MINE, "triton", 5.0)]
     graphed = [{**r, "time": "t9", "cuda_graph": True} for r in
                (rec("hard_mining", MINE, "reference", 10.0), rec("hard_mining", MINE, "triton", 0.1))]
-    (v,) = verdicts_for(eager + graphed, "mining full N=256 >= 10x eager")
+    (v,) = verdicts_for(eager + graphed, "mining full N=256 >= 10x eager", "triton")
     assert v.status == "FAIL" and v.measured.startswith("2.00x")
 
 
@@ -61,7 +61,8 @@ def test_slowdown_bound_and_peak_memory_targets():
                rec("pairwise_distance", case, "native", 5.2, mode="forward", dtype="float16"),
                rec("pairwise_distance", case, "triton", 1.0, mode="forward", dtype="float32")]  # not a target dtype
     got = {(v.provider, v.dtype): v.status for v in verdicts_for(records, "pairwise forward 8192^2 x 2048 <= 1.25x mm")}
-    assert got == {("triton", "float16"): "PASS", ("native", "float16"): "FAIL"}
+    assert got == {("triton", "float16"): "PASS", ("native", "float16"): "FAIL",     # bfloat16: a target dtype
+                   ("triton", "bfloat16"): "MISSING", ("native", "bfloat16"): "MISSING"}
     large = {"N": 65536, "D": 2048}
     records = [rec("hard_mining", large, "triton", 9.0, mode="forward", dtype="float16", peak=goals.GIB // 2),
                rec("hard_mining", large, "native", 9.0, mode="forward", dtype="float16", peak=2 * goals.GIB)]
@@ -71,9 +72,9 @@ def test_slowdown_bound_and_peak_memory_targets():
     records = [rec("normalized_cross_entropy", nce, "reference", 9.0, dtype="bfloat16", peak=900),
                rec("normalized_cross_entropy", nce, "triton", 3.0, dtype="bfloat16", peak=300),
                rec("normalized_cross_entropy", nce, "liger", 2.9, dtype="bfloat16", peak=100)]
-    assert verdicts_for(records, "normalized CE full C=1e5 bf16 peak <= eager / 3")[0].status == "PASS"
-    assert verdicts_for(records, "normalized CE full C=1e5 bf16 >= 1.5x eager")[0].status == "PASS"
-    assert verdicts_for(records, "normalized CE full C=1e5 bf16 not slower than Liger")[0].status == "FAIL"
+    assert verdicts_for(records, "normalized CE full C=1e5 bf16 peak <= eager / 3", "triton")[0].status == "PASS"
+    assert verdicts_for(records, "normalized CE full C=1e5 bf16 >= 1.5x eager", "triton")[0].status == "PASS"
+    assert verdicts_for(records, "normalized CE full C=1e5 bf16 not slower than Liger", "triton")[0].status == "FAIL"
 
 
 def test_command_line_exit_status_and_errors(tmp_path, capsys):
@@ -95,15 +96,35 @@ def test_command_line_exit_status_and_errors(tmp_path, capsys):
 def test_a_later_partial_run_does_not_hide_an_earlier_pairing():
     records = [rec("hard_mining", MINE, "reference", 10.0, time="t1"), rec("hard_mining", MINE, "triton", 0.5, time="t1"),
                rec("hard_mining", MINE, "triton", 0.4, time="t2")]                # --providers triton alone, later
-    (v,) = verdicts_for(records, "mining full N=256 >= 10x eager")
-    assert v.status == "PASS" and v.run == "t1"
+    (v,) = verdicts_for(records, "mining full N=256 >= 10x eager", "triton")
+    assert v.status == "STALE" and v.run == "t1" and v.measured.startswith("20.00x")   # shown, not counted
 
 
 def test_a_target_without_the_measure_it_needs_is_missing_not_dropped():
     large = {"N": 65536, "D": 2048}
     records = [rec("hard_mining", large, "triton", 9.0, mode="forward", dtype="float16", peak=None),
                {"op": "pairwise_distance", "provider": "native", "fwd_us": 13.2}]       # a bench.overhead line
-    assert [v.status for v in goals.judge(records) if v.target == "mining --large peak < 1 GiB"] == ["MISSING"]
+    assert [v.status for v in goals.judge(records) if v.target == "mining --large peak < 1 GiB"] == ["MISSING"] * 2
+
+
+def test_every_expected_provider_and_dtype_is_listed_missing_when_absent():
+    """Only triton bfloat16 measured: fp32 and native were dropped silently, and the run read "0 fail"."""
+    case = {"N": 256, "M": 256, "D": 2048}
+    records = [rec("pairwise_distance", case, "reference", 3.0, dtype="bfloat16"),
+               rec("pairwise_distance", case, "triton", 0.5, dtype="bfloat16")]
+    got = {(v.provider, v.dtype): v.status for v in verdicts_for(records, "pairwise full 256^2 x 2048 >= 3x eager")}
+    assert got == {("triton", "bfloat16"): "PASS", ("native", "bfloat16"): "MISSING",
+                   ("triton", "float32"): "MISSING", ("native", "float32"): "MISSING"}
+
+
+def test_a_pass_of_an_older_run_is_stale_when_the_newest_run_lacks_it():
+    """The newest run's triton failed (no record): the older run's PASS must not stand for it."""
+    old = [rec("hard_mining", MINE, "reference", 10.0, time="t1"), rec("hard_mining", MINE, "triton", 0.5, time="t1"),
+           rec("hard_mining", MINE, "native", 5.0, time="t1")]
+    new = [{**rec("hard_mining", MINE, "reference", 10.0, time="t2"), "tree": "abc123"},
+           {**rec("hard_mining", MINE, "native", 0.9, time="t2"), "tree": "abc123"}]
+    got = {v.provider: (v.status, v.run, v.tree) for v in verdicts_for(old + new, "mining full N=256 >= 10x eager")}
+    assert got == {"triton": ("STALE", "t1", "-"), "native": ("PASS", "t2", "abc123")}
 
 
 @pytest.mark.parametrize("target", [t for t in goals.TARGETS if t.gpu], ids=lambda t: t.name)
@@ -137,6 +158,11 @@ def test_goals_flag_selects_only_what_the_targets_judge(tmp_path, capsys):
     chosen = {(c["N"], d, m) for c in cases for d in ("float32", "bfloat16", "float16") for m in modes if keep(c, d, m)}
     assert chosen == {(8192, "float16", "forward"), (8192, "bfloat16", "forward"),
                       (256, "float32", "full"), (256, "bfloat16", "full")}
+    # and of the providers, ours and the targets' counterparts there: torch.compile and cdist cost GPU time
+    # for no verdict
+    big = next(c for c in cases if c["N"] == 8192)
+    assert {p for p in ("reference", "compiled", "matmul", "cdist", "triton", "native")
+            if keep(big, "float16", "forward", p)} == {"matmul", "triton", "native"}
     out = tmp_path / "cpu.jsonl"
     pairwise_distance.main(["--device", "cpu", "--goals", "--providers", "reference,native", "--min-run-time", "0.001",
                             "--out", str(out)])
