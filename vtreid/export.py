@@ -125,8 +125,9 @@ def check_onnx(loaded: Loaded, path: str | Path, *, batch: tuple[int, int] = (3,
     got = session.run(None, {name: x.numpy() for name, x in zip(INPUTS, inputs)})[0]
     if tuple(got.shape) != tuple(expected.shape):
         raise RuntimeError(f"{path}: onnxruntime gave shape {tuple(got.shape)}, PyTorch {tuple(expected.shape)}")
-    scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
-    return float((torch.from_numpy(got) - expected).abs().max()) / scale if expected.numel() else 0.0
+    if not expected.numel():
+        return 0.0
+    return float((torch.from_numpy(got) - expected).abs().max()) / max(1.0, float(expected.abs().max()))
 
 
 def main(argv=None) -> int:
@@ -136,7 +137,8 @@ def main(argv=None) -> int:
     parser.add_argument("--opset", type=cli.positive_int, default=OPSET)
     parser.add_argument("--device", type=cli.device, default="cpu", help="where the network is traced (default cpu)")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
-    parser.add_argument("--tolerance", type=float, default=1e-4, help="largest difference accepted by the check (relative to the largest |feature| where above 1)")
+    parser.add_argument("--tolerance", type=float, default=1e-4,
+                        help="largest difference accepted by the check (relative to the largest |feature| where above 1)")
     args = parser.parse_args(argv)
     try:
         loaded = load_checkpoint(args.checkpoint, args.device)
@@ -152,8 +154,8 @@ def main(argv=None) -> int:
                     raise
                 print(f"not checked: {exc}")
             else:
-                print(f"onnxruntime vs PyTorch on a random batch (3 visible + 2 infrared): largest difference {diff:.3g} "
-                      f"(relative to the largest |feature| where above 1)")
+                print(f"onnxruntime vs PyTorch on a random batch (3 visible + 2 infrared): largest difference "
+                      f"{diff:.3g} (relative to the largest |feature| where above 1)")
                 if not diff <= args.tolerance:
                     print(f"error: {path}: difference {diff:.3g} exceeds --tolerance {args.tolerance:g}",
                           file=sys.stderr)

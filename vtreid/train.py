@@ -34,7 +34,7 @@ from vtreid.data.verify import PrintedProgress, WorkShare
 from vtreid.methods import METHODS, VARIANTS, Batch, get_method
 from vtreid.training import checkpoint as ckpt_io
 from vtreid.training import distributed
-from vtreid.training.config import (DATASETS, DEFAULT_METHOD, ConfigError, check_against, check_choices, complete,
+from vtreid.training.config import (DATASETS, DEFAULT_METHOD, ConfigError, check_against, check_values, complete,
                                     dump, get, leaves, load_yaml, merge, parse_override, resolve, run_identity)
 from vtreid.training.data import EpochBatches, load_split, train_loader
 from vtreid.training.evaluation import check_galleries, evaluate_model, format_results, galleries_for
@@ -132,7 +132,7 @@ def resolve_config(args) -> tuple[dict, dict | None, Path]:
                 raise ConfigError(f"cannot change {key!r} when resuming (only {', '.join(RESUMABLE_CHANGES)} may "
                                   f"change); start a new run instead")
         cfg = merge(cfg, changes)
-        check_choices(cfg)   # a changed setting's value, as a new run's
+        check_values(cfg)   # a changed setting's value, as a new run's
         out = Path(args.out) if args.out else path.resolve().parent.parent
         return cfg, state, out
     cfg = resolve(args.method, args.dataset, args.config, args.overrides, VARIANTS, extra=flags)

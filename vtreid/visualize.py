@@ -244,15 +244,6 @@ def _protocol_options(p: argparse.ArgumentParser, trials: bool) -> None:
                    "draw, as vtreid.evaluate --features)")
 
 
-def official_galleries(args):
-    """--rand-perm's permutations (read once), or None for the seeded draw."""
-    if not args.rand_perm or args.protocol != "sysu":
-        return None
-    if not hasattr(args, "_rand_perm"):
-        args._rand_perm = sysu_galleries("official", args.rand_perm).rand_perm
-    return args._rand_perm
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m vtreid.visualize", description=__doc__.splitlines()[0],
                                      epilog=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -286,6 +277,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        # --rand-perm's official permutations for the features' SYSU galleries, or None for the seeded draw
+        wanted = getattr(args, "rand_perm", None) and getattr(args, "protocol", None) == "sysu" \
+            and (args.command == "ranks" or args.features)
+        rand_perm = sysu_galleries("official", args.rand_perm).rand_perm if wanted else None
         if args.command == "ranks":
             data = load_features(args.features)
             if not data["paths_given"]:
@@ -294,7 +289,7 @@ def main(argv=None) -> int:
             written = write_rank_lists(data, args.out, queries=args.queries, worst=args.worst,
                                        image_root=args.image_root, protocol=args.protocol, mode=args.mode,
                                        shots=args.shots, trial=args.trial, direction=args.direction,
-                                       metric=args.metric, k=args.top, rand_perm=official_galleries(args))
+                                       metric=args.metric, k=args.top, rand_perm=rand_perm)
             print(f"wrote {len(written)} rank list(s) to {args.out}")
         elif args.command == "cmc":
             from vtreid import plots
@@ -309,7 +304,7 @@ def main(argv=None) -> int:
                 mean, std = cmc_from_features(data, protocol=args.protocol, mode=args.mode,
                                               shots=args.shots, trials=args.trials, direction=args.direction,
                                               metric=args.metric, max_rank=args.max_rank,
-                                              rand_perm=official_galleries(args))
+                                              rand_perm=rand_perm)
                 label = labels[len(args.results) + n] if len(labels) > len(args.results) + n else Path(path).stem
                 curves.append((label, np.arange(1, args.max_rank + 1), mean, std if args.protocol == "sysu" else None))
             print(f"wrote {plots.cmc_plot(curves, args.out, args.title)}")

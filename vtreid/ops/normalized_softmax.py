@@ -46,13 +46,12 @@ def normalized_logits(x: torch.Tensor, weight: torch.Tensor, *, scale: float = 1
     name = _backend.resolve(backend, device, x.dtype, "normalized_logits")
     if name == "reference":
         return reference.normalized_logits(x, weight, scale)
-    if x.dtype in (torch.float16, torch.bfloat16):
-        # A half distance 1 - cos is rounded to the spacing near 1 (2^-11 in float16, 2^-8 in bfloat16)
-        # before 1 - d: a small logit lost its digits. The product runs in float32 and the logits round
-        # once, as the reference's; the classifier's N x C x D is small beside the network.
-        cos = 1.0 - pairwise_distance(x.float(), weight.float(), metric="cosine", backend=name)
-        return (cos * scale).to(x.dtype)
-    return (1.0 - pairwise_distance(x, weight, metric="cosine", backend=name)) * scale
+    # A half distance 1 - cos is rounded to the spacing near 1 (2^-11 in float16, 2^-8 in bfloat16) before
+    # 1 - d: a small logit lost its digits. Half inputs take the product in float32 and the logits round
+    # once, as the reference's; the classifier's N x C x D is small beside the network.
+    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    d = pairwise_distance(x.to(acc), weight.to(acc), metric="cosine", backend=name)
+    return ((1.0 - d) * scale).to(x.dtype)
 
 
 @autocast_inputs(lower=True)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from vtreid.eval.protocols import GALLERY_SOURCES
+
 DATASETS = ("synthetic", "sysu", "regdb")
 DEFAULT_METHOD = "hc"   # what `python -m vtreid.train` with no argument trains
 CHOICES = {
@@ -33,7 +35,7 @@ CHOICES = {
     "eval.mode": ("all", "indoor"),
     "eval.shots": (1, 10),
     "dataset.trial": tuple(range(1, 11)),   # RegDB's ten trial lists
-    "eval.galleries": ("auto", "official", "seeded"),   # vtreid.eval.GALLERY_SOURCES
+    "eval.galleries": GALLERY_SOURCES,
 }
 
 
@@ -198,16 +200,17 @@ def _kind_error(kind: str, value) -> str | None:
     return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "a list of names"
 
 
-def check_choices(cfg: dict) -> None:
+def check_values(cfg: dict) -> None:
     """The values a kind check cannot see: choices, the settings of KINDS, least values, finite numbers."""
     for key, choices in CHOICES.items():
         value = get(cfg, key)
         if value not in choices:
             raise ConfigError(f"{key} must be one of {choices}, got {value!r}")
     for key, (kind, nullable) in KINDS.items():
-        if not _has(cfg, key):   # a model setting of another method's network
+        try:
+            value = get(cfg, key)
+        except KeyError:   # a model setting of another method's network
             continue
-        value = get(cfg, key)
         if value is None and nullable:
             continue
         wrong = _kind_error(kind, value)
@@ -220,15 +223,6 @@ def check_choices(cfg: dict) -> None:
     for key, value in leaves(cfg):
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key} must be a finite number, got {value!r}")
-
-
-def _has(cfg: dict, dotted: str) -> bool:
-    node = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
 
 
 def leaves(settings: dict, prefix: str = ""):
@@ -268,7 +262,7 @@ def resolve(method: str | None = None, dataset: str | None = None, config_file: 
         check_against(preset, known[name], f"variant {name!r}")
         cfg = merge(cfg, known[name])
     cfg = merge(cfg, user)
-    check_choices(cfg)
+    check_values(cfg)
     return cfg
 
 
