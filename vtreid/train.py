@@ -549,6 +549,9 @@ def main(argv=None) -> int:
     ctx = distributed.Context()
     clean = False
     run = None
+    # --deterministic switches process-wide settings; a caller of main() (a test, a notebook) gets its own back
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
     try:
         cfg, resume_state, out = resolve_config(args)
         ctx, device = distributed.setup(cfg["train"]["device"])
@@ -591,6 +594,8 @@ def main(argv=None) -> int:
         run = None
         gc.collect()
         distributed.teardown(ctx, clean)
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        torch.backends.cudnn.benchmark = deterministic[2]
 
 
 if __name__ == "__main__":

@@ -108,6 +108,9 @@ def test_resume_continues_exactly(method, tmp_path):
     # the training lines (the first part also ends with its own final evaluation at step N)
     steps = lambda out: [line for line in metric_lines(out) if "loss" in line]  # noqa: E731
     assert steps(whole) == steps(part) and len(steps(whole)) == 2 * n
+    # --deterministic does not outlive the run: it made every later torch.empty fill its memory (a profiled
+    # op test downstream counted those fills)
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_dhsme_stage_two_decorrelates_freezes_and_continues_stage_one(tmp_path):
