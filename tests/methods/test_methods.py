@@ -247,6 +247,17 @@ def test_variants_set_what_they_name():
     assert (paper["flip"], paper["padding"], paper["erasing"]) == (False, 0, 0.5)
 
 
+def test_hc_authors_optim_reaches_its_last_milestone():
+    """The authors' loop runs epochs 0..60: lr 1e-2, then 1e-3 from epoch 30, 1e-4 in epoch 60."""
+    m = get_method("hc")(config("hc", "variant=[authors_optim]"), num_classes=5)
+    per_epoch = 7
+    steps = m.stage_steps(per_epoch)
+    assert steps == 61 * per_epoch
+    factors = [m.lr_factor(epoch * per_epoch, per_epoch) for epoch in (0, 29, 30, 59, 60)]
+    assert factors == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    assert m.lr_factor(steps - 1, per_epoch) == pytest.approx(0.01)
+
+
 def test_hsme_sum_variant_sums_every_batch_term_as_the_paper():
     """Eq. 6 (KL), 10 and 12 (ranking) sum over the batch: the variant scales each by its row count."""
     mean_terms = terms_and_grads("hsme", "reference")[0]

@@ -32,9 +32,12 @@ class HeteroCenter(Method):
         "cosine": {"loss": {"metric": "cosine"}},
         "strong": {"loss": {"strong": True}},
         "authors_head": {"model": {"authors_head": True}},
-        # the authors' code: 0.01 head / 0.001 backbone, x0.1 at 30 and 60 epochs, Nesterov
+        # the authors' train.py: 0.01 head / 0.001 backbone, x0.1 at epochs 30 and 60, Nesterov; its loop
+        # runs epochs 0..60, so 61 epochs, the last at 1e-4. (It decays only its first three parameter
+        # groups, the backbone and stripes 1-2; stripes 3-6 and the classifiers stay at 0.01. Not copied.)
         "authors_optim": {"optim": {"backbone_lr_mult": 0.1, "nesterov": True},
-                          "schedule": {"milestones": [30, 60], "gamma": 0.1}},
+                          "schedule": {"unit": "epoch", "milestones": [30, 60], "gamma": 0.1},
+                          "train": {"length": 61}},
     }
 
     def __init__(self, cfg, num_classes):
