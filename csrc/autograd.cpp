@@ -144,9 +144,12 @@ struct HeteroCenter : torch::autograd::Function<HeteroCenter> {
     const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
     static const auto bwd = op<CenterBwd>("vtreid::hetero_center_bwd");
     const auto s = ctx->get_saved_variables();
+    // An unused hinge is passed as an inactive one (zeros): the kernels read it only to gate its gradient, and
+    // a NaN hinge would give 0 * NaN to samples that reach the loss through the centres alone.
     const Tensor grad_hinge = grads[0].defined() ? grads[0] : at::zeros_like(s[3]);
+    const Tensor& hinge = grads[0].defined() ? s[3] : grad_hinge;
     const std::optional<Tensor> grad_centers = grads[1].defined() ? std::optional<Tensor>(grads[1]) : std::nullopt;
-    Tensor grad_x = bwd.call(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], grad_hinge, grad_centers,
+    Tensor grad_x = bwd.call(s[0], s[1], s[2], hinge, s[4], s[5], s[6], s[7], grad_hinge, grad_centers,
                              ctx->saved_data["metric"].toStringRef(), ctx->saved_data["strong"].toBool());
     return {grad_x, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }

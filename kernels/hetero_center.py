@@ -181,7 +181,9 @@ def _centers_bwd_kernel(
     # The hinge passes gradient where it is active or NaN, as relu, and only for a class seen in both
     # modalities (the sample's own has n_m >= 1; a one-modality class's hinge is 0 or NaN, times 0).
     h = tl.load(HINGE + s.to(tl.int64) * N + k)
-    passes = (h != 0.0) & (tl.load(COUNTS + 2 * k + 1 - m) > 0)
+    # An inactive hinge (or an unused one, passed as 0) adds no term at all: not 0 * a NaN centre.
+    live = h != 0.0
+    passes = live & (tl.load(COUNTS + 2 * k + 1 - m) > 0)
     # G_HINGE with its strides: the sum's gradient arrives expanded (stride 0 along the classes).
     g = tl.where(passes, tl.load(G_HINGE + s.to(tl.int64) * stride_hs + k * stride_hn).to(tl.float32), 0.0)
     base = (s.to(tl.int64) * N + k) * 2 * D
@@ -200,13 +202,13 @@ def _centers_bwd_kernel(
         d_center = own * c_m - c_o * inv_m * inv_o
     else:
         d_center = 2.0 * (c_m - c_o)
-    grad = g * d_center
+    grad = tl.where(live, g * d_center, 0.0)
     if STRONG:
         v_m = tl.load(VARS + base + m * D + rd, mask=mask_d, other=0.0)
         v_o = tl.load(VARS + base + (1 - m) * D + rd, mask=mask_d, other=0.0)
         x = tl.load(X + s.to(tl.int64) * stride_xs + j.to(tl.int64) * stride_xn + rd.to(tl.int64) * stride_xd, mask=mask_d,
                     other=0.0).to(tl.float32)
-        grad += g * 4.0 * (v_m - v_o) * (x - c_m)
+        grad += tl.where(live, g * 4.0 * (v_m - v_o) * (x - c_m), 0.0)
     if HAS_G_CENTERS:
         grad += tl.load(G_CENTERS + s.to(tl.int64) * stride_gs + k * stride_gk + m * stride_gm + rd, mask=mask_d,
                         other=0.0).to(tl.float32)

@@ -130,7 +130,9 @@ at::Tensor hetero_center_bwd(const at::Tensor& x, const at::Tensor& slot, const 
         const acc_t inv_n = acc_t(1) / std::max<int64_t>(cntp[2 * k + m], 1);
         // The hinge passes gradient where it is active or NaN, as relu, and only for a class seen in both
         // modalities (the sample's own has a count >= 1; a one-modality class's hinge is 0 or NaN, times 0).
-        const bool passes = hp[sk] != acc_t(0) && cntp[2 * k + 1 - m] > 0;
+        // An inactive hinge (or an unused one, passed as 0) adds no term at all: not 0 * a NaN centre.
+        const bool live = hp[sk] != acc_t(0);
+        const bool passes = live && cntp[2 * k + 1 - m] > 0;
         const acc_t g = passes ? ghp[sk] : acc_t(0);
         const acc_t* cm = cp + (sk * 2 + m) * dim;
         const acc_t* co = cp + (sk * 2 + 1 - m) * dim;
@@ -151,8 +153,8 @@ at::Tensor hetero_center_bwd(const at::Tensor& x, const at::Tensor& slot, const 
         const acc_t* gcm = has_gc ? gcp + (sk * 2 + m) * dim : nullptr;
         acc_t* o = out + sj * dim;
         for (int64_t d = 0; d < dim; ++d) {
-          acc_t grad = g * (own * cm[d] - other * co[d]);
-          if (strong) grad += g * acc_t(4) * (vm[d] - vo[d]) * (xj[d] - cm[d]);
+          acc_t grad = live ? g * (own * cm[d] - other * co[d]) : acc_t(0);
+          if (strong && live) grad += g * acc_t(4) * (vm[d] - vo[d]) * (xj[d] - cm[d]);
           if (has_gc) grad += gcm[d];
           o[d] = grad * inv_n;
         }

@@ -164,7 +164,9 @@ centers_bwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ s
   const acc_t inv_n = acc_t(1) / (count > 0 ? count : 1);
   // The hinge passes gradient where it is active or NaN, as relu, and only for a class seen in both
   // modalities (the sample's own has count >= 1; a one-modality class's hinge is 0 or NaN, times 0).
-  const bool passes = hinge[sk] != acc_t(0) && counts[2 * k + 1 - m] > 0;
+  // An inactive hinge (or an unused one, passed as 0) adds no term at all: not 0 * a NaN centre.
+  const bool live = hinge[sk] != acc_t(0);
+  const bool passes = live && counts[2 * k + 1 - m] > 0;
   const acc_t g = passes ? grad_hinge[s * gh_stride_s + k * gh_stride_n] : acc_t(0);
   const acc_t cm = centers[(sk * 2 + m) * dim + d], co = centers[(sk * 2 + 1 - m) * dim + d];
   acc_t own = 2, other = 2;  // d dist / d c_m = own * c_m - other * c_o
@@ -176,8 +178,8 @@ centers_bwd_kernel(const scalar_t* __restrict__ x, const int64_t* __restrict__ s
     own = norm_m > acc_t(kCosineEps) ? st[1] * inv_m * inv_o * inv_m * inv_m : acc_t(0);
     other = inv_m * inv_o;
   }
-  acc_t grad = g * (own * cm - other * co);
-  if (strong) {
+  acc_t grad = live ? g * (own * cm - other * co) : acc_t(0);
+  if (strong && live) {
     const acc_t vm = vars[(sk * 2 + m) * dim + d], vo = vars[(sk * 2 + 1 - m) * dim + d];
     grad += g * acc_t(4) * (vm - vo) * (to_acc(x[(s * n + j) * dim + d]) - cm);
   }

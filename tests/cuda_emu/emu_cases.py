@@ -883,6 +883,31 @@ def test_hetero_center_one_modality_class_with_a_non_finite_feature(metric, stro
     torch.testing.assert_close(grad_x[0], xr.grad, equal_nan=True, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("strong", [False, True])
+def test_hetero_center_centre_gradient_of_an_unused_nan_hinge(strong):
+    """The centres' gradient alone, the hinge unused (the autograd passes it, and its gradient, as zeros):
+    every sample gets the mean's 1/n, as the reference's, and none 0 * its class's NaN centre."""
+    x = torch.randn(1, 8, 3, generator=torch.Generator().manual_seed(4))
+    x[0, 0, 0] = float("nan")
+    labels = torch.tensor([0, 0, 1, 1, 0, 1, 2, 2])
+    modality = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1], dtype=torch.int32)
+    slots = class_slots(labels)
+    hinge, stats, counts = torch.empty(1, 8), torch.empty(1, 8, 5), torch.empty(8, 2, dtype=torch.int64)
+    centers, variances = torch.empty(1, 8, 2, 3), torch.empty(1, 8, 2, 3)
+    _hetero_center_fwd(x, slots, modality, (hinge, centers, variances, counts, stats), METRIC_CODES["sqeuclidean"],
+                       strong, 0.0)
+    assert hinge[0, 0].isnan()
+    xr = x[0].clone().requires_grad_()
+    reference.modality_centers(xr, labels, modality)[1].sum().backward()
+    zeros, ones, grad_x = torch.zeros(1, 8), torch.ones(1, 8, 2, 3), torch.empty_like(x)
+    _check(LIB.emu_hetero_center_bwd(DTYPE_CODES[torch.float32], _p(x), _p(slots.slot), _p(modality), _p(zeros),
+                                     _p(centers), _p(variances), _p(counts), _p(stats), _p(zeros), I64(8), I64(1),
+                                     _p(ones), _p(grad_x), I64(1), I64(8), I64(3), METRIC_CODES["sqeuclidean"],
+                                     int(strong)), "hetero_center_bwd")
+    assert grad_x.isfinite().all(), grad_x
+    torch.testing.assert_close(grad_x[0], xr.grad)
+
+
 # --- normalized cross-entropy epilogues -----------------------------------------------------------------
 
 LIB.emu_normalized_ce_grad_row_blocks.restype = I64

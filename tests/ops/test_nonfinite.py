@@ -176,3 +176,21 @@ def test_a_non_finite_feature_stays_in_its_own_modality_centre(backend, bad, d):
     visible, infrared = got.centers[:, 1, 0], got.centers[:, 1, 1]  # class 3 is the second (1, 3, 7)
     assert visible.isfinite().all() and not infrared[:, d - 1].isfinite().any(), got.centers[:, 1]
     torch.testing.assert_close(got.centers, want.centers, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_centre_only_gradient_ignores_the_unused_nan_hinge(backend):
+    """Through the centres alone (the hinge unused), the gradient is the mean's 1/n for every sample, as the
+    reference's: the NaN hinge of the class with a NaN feature once gave 0 * NaN to the samples of both its
+    modalities (its ungated hinge gradient, materialised as zeros, times the NaN centres)."""
+    require_backend(backend, "cpu", torch.float32)
+    x = torch.randn(8, 3)
+    x[0, 0] = float("nan")
+    labels, modality = torch.tensor([0, 0, 1, 1, 0, 1, 2, 2]), torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    grads = []
+    for be in (backend, "reference"):
+        xs = x.clone().requires_grad_(True)
+        ops.modality_centers(xs, labels, modality, backend=be).centers.sum().backward()
+        grads.append(xs.grad)
+    torch.testing.assert_close(grads[0], grads[1], equal_nan=True)
+    assert grads[0].isfinite().all(), grads[0]

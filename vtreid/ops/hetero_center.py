@@ -195,7 +195,9 @@ def _make_backward(backward_op):
     def backward(ctx, grad_hinge, grad_centers, _gv, _gc, _gs):
         x, slot, modality, hinge, centers, variances, counts, stats = ctx.saved_tensors
         if grad_hinge is None:
-            grad_hinge = torch.zeros_like(hinge)
+            # an unused hinge: as an inactive one, so a NaN hinge gives no 0 * NaN to the samples that
+            # only reach the loss through the centres (the kernels read the hinge only to gate its gradient)
+            grad_hinge = hinge = torch.zeros_like(hinge)
         grad_x = backward_op(x, slot, modality, hinge, centers, variances, counts, stats, grad_hinge, grad_centers,
                              ctx.metric, ctx.strong)
         return grad_x, None, None, None, None, None, None, None
