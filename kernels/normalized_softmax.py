@@ -485,7 +485,7 @@ def cross_entropy_backward(grad_row, x, weight, target, lse, ez, tz, xsq, wsq, d
     Launches per row chunk: the grad kernel and the two GEMMs, plus one epilogue per gradient for
     float32 and bfloat16 (float16: fused into _gq_mm_kernel). No other elementwise work: r_i is folded
     into Gq and the projection coefficients are computed where they are used (_projection_coef). Only
-    several chunks (N x C above MAX_CHUNK_ELEMENTS) add a zero fill and a float32 accumulation of grad_w."""
+    several chunks (N x C above MAX_CHUNK_ELEMENTS) add a float32 accumulation of grad_w."""
     n, d = x.shape
     c = weight.shape[0]
     splits = GRAD_SPLITS if splits is None else splits
@@ -501,8 +501,10 @@ def cross_entropy_backward(grad_row, x, weight, target, lse, ez, tz, xsq, wsq, d
     one = len(chunks) == 1
     most = [most_splits(grad_grid, _nce_grad_kernel, _GRAD_CONFIGS, r1 - r0, c, sms=sms, splits=splits)
             for r0, r1 in chunks]
-    # one buffer of partial column sums for every chunk: zero-filled when several chunks leave rows unused
-    col_part = (torch.empty if one else torch.zeros)((sum(most), c), device=x.device, dtype=torch.float32)
+    # One buffer of partial column sums for every chunk, each chunk's rows right after the rows the previous
+    # chunks' launches wrote: rows [0, used) are all written by a real launch. (Autotuning benchmarks configs
+    # with more splits on the same buffer; their rows past the winner's are never read.)
+    col_part = torch.empty((sum(most), c), device=x.device, dtype=torch.float32)
     grad_x = None if one and not half else torch.empty((n, d), device=x.device, dtype=x.dtype)
     acc_w = None
     first = 0
@@ -510,7 +512,7 @@ def cross_entropy_backward(grad_row, x, weight, target, lse, ez, tz, xsq, wsq, d
         last = index == len(chunks) - 1
         rows_of = (lambda t: t) if one else (lambda t: t[r0:r1])  # one chunk: no slicing views to make
         gq = torch.empty((r1 - r0, c), device=x.device, dtype=gdt)
-        part = col_part if one else col_part[first:first + most[index]]
+        part = col_part if one else col_part[first:first + most[index]]  # room for any config's splits
         launched = {}
 
         def grid(meta):
@@ -523,8 +525,8 @@ def cross_entropy_backward(grad_row, x, weight, target, lse, ez, tz, xsq, wsq, d
                                r1 - r0, c, d, xs.stride(0), xs.stride(1), weight.stride(0), weight.stride(1),
                                gq.stride(0), float(scale), float(smoothing), bucket(r1 - r0), bucket(c), bucket(d),
                                SAVE_DOTS=save_dots, IEEE=x.dtype == torch.float32)
-        used = launched.get("grid", (1, most[index]))[1] if one else sum(most)
-        first += most[index]
+        first += launched.get("grid", (1, most[index]))[1]
+        used = first
         x_rows = row_coefficients(rows_of(xsq), rows_of(grad_row), rows_of(ez), rows_of(tz))
         if half:
             _gq_mm(gq, weight, rows_of(grad_x), scale, e=xs, coefficients=x_rows)

@@ -81,3 +81,29 @@ def test_autotuning_on_live_buffers_gives_a_plain_launch_result(name, monkeypatc
         plain = run()
     for a, b in zip(tuned, plain):
         assert torch.equal(a, b), f"{name}: autotuning changed the result (max diff {(a - b).abs().max()})"
+
+
+def test_autotuning_the_chunked_weight_gradient_reads_only_the_launched_splits(monkeypatch):
+    """Several row chunks share one buffer of partial column sums: the benchmarked configs with more row
+    splits than the winner write rows its launch leaves alone, and summing them once put those stale partial
+    sums into grad_w (the first call of each size on a GPU)."""
+    kernel = k_nce._nce_grad_kernel
+    monkeypatch.setattr(k_nce, "MAX_CHUNK_ELEMENTS", 32 * 40)  # 64 rows, 40 classes: two chunks
+    x, w, target, grad_row = torch.randn(64, 24), torch.randn(40, 24), torch.arange(64) % 40, torch.rand(64)
+
+    def run():
+        return k_nce.cross_entropy_backward(
+            grad_row, x, w, target, *k_nce.cross_entropy_forward(x, w, target, 14.0, 0.1, False)[1:], 14.0, 0.1)
+
+    splits = [k_nce.grad_grid(32, 40, c.kwargs, k_nce.num_sms(x.device))[1] for c in kernel.gpu_configs]
+    winner = splits.index(min(splits))
+    assert max(splits) > splits[winner], splits  # a loser writes more rows than the winner
+    with monkeypatch.context() as m:
+        _tune_all(kernel, m, winner)
+        tuned = run()
+        chosen = kernel.best_config
+    with monkeypatch.context() as m:
+        _plain(kernel, m, chosen)
+        plain = run()
+    for name, a, b in zip(("grad_x", "grad_w"), tuned, plain):
+        assert torch.equal(a, b), f"{name}: autotuning changed the result (max diff {(a - b).abs().max()})"
