@@ -30,8 +30,20 @@ def _counting_tuner(kernel, monkeypatch):
 
 def test_warmup_runs_every_op_forward_and_backward():
     calls = ops.warmup(batch=8, dim=16, classes=5, galleries=(12,), device="cpu", backend="triton")
-    assert [op for op, _ in calls] == ["pairwise_distance", "hard_mining", "hetero_center_loss",
+    assert [op for op, _ in calls] == ["pairwise_distance", "hard_mining", "hard_mining", "hetero_center_loss",
                                        "normalized_cross_entropy", "pairwise_distance"]
+    calls = ops.warmup(batch=8, dim=16, galleries=(12,), metrics=("euclidean", "cosine"), mining=(("any", "any"),),
+                       device="cpu", backend="triton")
+    assert [op for op, _ in calls] == ["pairwise_distance", "hard_mining", "pairwise_distance", "hard_mining",
+                                       "hetero_center_loss", "pairwise_distance", "pairwise_distance"]
+    with pytest.raises(ValueError, match=r"metrics\[1\] must be one of"):
+        ops.warmup(batch=8, dim=16, metrics=("euclidean", "l1"), device="cpu")
+    with pytest.raises(TypeError, match="metrics must be a tuple"):
+        ops.warmup(batch=8, dim=16, metrics="cosine", device="cpu")
+    with pytest.raises(ValueError, match=r"mining\[0\] negative must be one of"):
+        ops.warmup(batch=8, dim=16, mining=(("cross", "other"),), device="cpu")
+    with pytest.raises(ValueError, match=r"mining\[0\] must be a \(positive, negative\) pair"):
+        ops.warmup(batch=8, dim=16, mining=("cross",), device="cpu")
     with pytest.raises(ValueError, match="batch"):
         ops.warmup(batch=1, dim=16, device="cpu")
     # every size is checked before any op runs (they failed deep in torch.randn)
@@ -42,7 +54,7 @@ def test_warmup_runs_every_op_forward_and_backward():
     with pytest.raises(TypeError, match="dtype must be float32"):
         ops.warmup(batch=8, dim=16, dtype=torch.int64, device="cpu")
     np = pytest.importorskip("numpy")   # NumPy's integers are sizes like Python's
-    assert len(ops.warmup(batch=np.int64(8), dim=16, device="cpu", backend="reference")) == 3
+    assert len(ops.warmup(batch=np.int64(8), dim=16, device="cpu", backend="reference")) == 4
 
 
 def test_after_warmup_sizes_in_the_same_bucket_do_not_retune(monkeypatch):
@@ -55,3 +67,17 @@ def test_after_warmup_sizes_in_the_same_bucket_do_not_retune(monkeypatch):
     assert len(benched) == tuned, "a size in a tuned bucket benchmarked again"
     ops.pairwise_distance(torch.randn(40, 16), backend="triton")  # bucket 64: a new key
     assert len(benched) > tuned
+
+
+def test_after_warmup_the_library_own_mining_does_not_retune(monkeypatch):
+    """The mining tuning is kept per rule pair: the default warm-up mines as HSME's ranking loss does (it
+    mined with other rules, and the first training step tuned again)."""
+    from vtreid.kernels import hard_mining as k_mining
+    from vtreid.losses import reciprocal_ranking_loss
+    benched = _counting_tuner(k_mining._mining_fwd_kernel, monkeypatch)
+    ops.warmup(batch=16, dim=8, device="cpu", backend="triton")
+    tuned = len(benched)
+    assert tuned > 0, "warmup tuned the mining forward"
+    x, labels, modality = torch.randn(16, 8), torch.arange(16) // 4, torch.arange(16) % 2
+    reciprocal_ranking_loss(x, labels, modality, backend="triton")
+    assert len(benched) == tuned, "the ranking loss benchmarked the mining again"

@@ -8,6 +8,11 @@ shapes, or of any size in the same buckets, launches straight away: the steady-s
 
     ops.warmup(batch=256, dim=2048, classes=395, device="cuda", dtype=torch.bfloat16)
 
+A tuning is kept per bucket and per distance metric, and for hard mining per (positive, negative) rule
+pair too: ``metrics`` and ``mining`` list those the job uses. The defaults are what vtreid's own losses
+call: the Euclidean metric, and HSME's reciprocal ranking loss's two minings (cross-modality positives,
+same- and cross-modality negatives); an evaluation by cosine distance adds "cosine".
+
 It warms whatever backend the ops would pick (``backend`` as in the ops). It returns the calls it made,
 as (op, shapes) pairs, for logs and tests.
 """
@@ -17,17 +22,23 @@ import numbers
 
 import torch
 
-from .hard_mining import hard_mining
+from ._checks import check_choice
+from .hard_mining import RULES, hard_mining
 from .hetero_center import hetero_center_loss
 from .normalized_softmax import normalized_cross_entropy
-from .pairwise_distance import pairwise_distance
+from .pairwise_distance import METRICS, pairwise_distance
+
+#: the (positive, negative) rules of vtreid's own mining calls (losses/ranking.py)
+LIBRARY_MINING = (("cross", "same"), ("cross", "cross"))
 
 
 def warmup(*, batch: int, dim: int, classes: int | None = None, galleries: tuple[int, ...] = (),
+           metrics: tuple[str, ...] = ("euclidean",), mining: tuple[tuple[str, str], ...] = LIBRARY_MINING,
            device: str | torch.device = "cuda", dtype: torch.dtype = torch.float32,
            backend: str | None = None) -> list[tuple[str, tuple]]:
     """Call each op forward + backward at ``batch`` x ``dim`` (a P x K batch of two modalities), the
-    classifier at ``classes``, and pairwise distances against each gallery size in ``galleries``."""
+    classifier at ``classes``, and pairwise distances against each gallery size in ``galleries``; the
+    distances and the minings once per metric in ``metrics``, the minings once per rule pair in ``mining``."""
     for name, value in (("batch", batch), ("dim", dim), ("classes", classes),
                         *((f"galleries[{i}]", g) for i, g in enumerate(galleries))):
         if value is None and name == "classes":
@@ -35,6 +46,16 @@ def warmup(*, batch: int, dim: int, classes: int | None = None, galleries: tuple
         least = 2 if name in ("batch", "dim") else 1
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
             raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+    for name, value in (("metrics", metrics), ("mining", mining)):
+        if isinstance(value, str) or not isinstance(value, (tuple, list)):
+            raise TypeError(f"{name} must be a tuple, got {value!r}")
+    for i, metric in enumerate(metrics):
+        check_choice(metric, f"metrics[{i}]", METRICS)
+    for i, rules in enumerate(mining):
+        if not (isinstance(rules, (tuple, list)) and len(rules) == 2):
+            raise ValueError(f"mining[{i}] must be a (positive, negative) pair of rules, got {rules!r}")
+        check_choice(rules[0], f"mining[{i}] positive", RULES)
+        check_choice(rules[1], f"mining[{i}] negative", RULES)
     if dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         raise TypeError(f"dtype must be float32, float16, bfloat16 or float64, got {dtype}")
     device = torch.device(device)
@@ -53,11 +74,13 @@ def warmup(*, batch: int, dim: int, classes: int | None = None, galleries: tuple
         calls.append((op, shapes))
 
     x = features(batch)
-    run("pairwise_distance", (batch, batch, dim),
-        lambda: pairwise_distance(x, backend=backend))
-    run("hard_mining", (batch, batch, dim),
-        lambda: hard_mining(x, labels, anchor_modality=modality, negative="cross", backend=backend)
-        .pos_dist.float().sum())
+    for metric in metrics:
+        run("pairwise_distance", (batch, batch, dim),
+            lambda: pairwise_distance(x, metric=metric, backend=backend))
+        for positive, negative in mining:
+            run("hard_mining", (batch, batch, dim),
+                lambda: hard_mining(x, labels, anchor_modality=modality, metric=metric, positive=positive,
+                                    negative=negative, backend=backend).pos_dist.float().sum())
     run("hetero_center_loss", (batch, dim),
         lambda: hetero_center_loss(x, labels, modality, backend=backend))
     if classes:
@@ -67,7 +90,8 @@ def warmup(*, batch: int, dim: int, classes: int | None = None, galleries: tuple
             lambda: normalized_cross_entropy(x, w, target, scale=14.0, backend=backend))
     for m in galleries:
         y = features(m)
-        with torch.no_grad():
-            pairwise_distance(x.detach(), y.detach(), backend=backend)
-        calls.append(("pairwise_distance", (batch, m, dim)))
+        for metric in metrics:
+            with torch.no_grad():
+                pairwise_distance(x.detach(), y.detach(), metric=metric, backend=backend)
+            calls.append(("pairwise_distance", (batch, m, dim)))
     return calls
