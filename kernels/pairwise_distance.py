@@ -261,14 +261,17 @@ def dot_tile(X, Y, rn, rm, mask_n, mask_m, D, stride_xn, stride_xd, stride_yn, s
     rd = tl.arange(0, BLOCK_D)
     x_ptrs = X + tl.where(mask_n, rn, 0).to(tl.int64)[:, None] * stride_xn + rd.to(tl.int64)[None, :] * stride_xd
     y_ptrs = Y + tl.where(mask_m, rm, 0).to(tl.int64)[None, :] * stride_yn + rd.to(tl.int64)[:, None] * stride_yd
+    # the slice steps too: BLOCK_D x a 32-bit stride wraps past 2^31 (a transposed gallery of 16.7M rows)
+    x_step = tl.cast(stride_xd, tl.int64) * BLOCK_D
+    y_step = tl.cast(stride_yd, tl.int64) * BLOCK_D
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         mask_d = rd < D - d0
         xt = tl.load(x_ptrs, mask=mask_d[None, :], other=0.0)
         yt = tl.load(y_ptrs, mask=mask_d[:, None], other=0.0)
         acc = acc + _dot_f32(xt, yt, IEEE)
-        x_ptrs += BLOCK_D * stride_xd
-        y_ptrs += BLOCK_D * stride_yd
+        x_ptrs += x_step
+        y_ptrs += y_step
     return acc
 
 
@@ -360,9 +363,11 @@ def _pairwise_coef_kernel(
     METRIC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """COEF [N, M] = B (float32); ROW_PART [tiles_m, N] and COL_PART [tiles_n, M]: this tile's share of the
-    row sums a (before the cosine 1 / n_i^2) and of the column sums b. Reads grad and dist once."""
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
+    row sums a (before the cosine 1 / n_i^2) and of the column sums b. Reads grad and dist once.
+    One grid axis, row tiles outer: axis 1 stops at 65535 programs, M / 64 past 4.2M candidates."""
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    pid_n = tl.program_id(0) // tiles_m
+    pid_m = tl.program_id(0) % tiles_m
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_n = rn < N
@@ -511,7 +516,7 @@ def backward(grad: torch.Tensor, dist: torch.Tensor, x: torch.Tensor, y: torch.T
     coef = torch.empty((n, m), device=x.device, dtype=torch.float32)
     row_part = torch.empty((tiles_m, n), device=x.device, dtype=torch.float32)
     col_part = torch.empty((tiles_n, m), device=x.device, dtype=torch.float32)
-    _pairwise_coef_kernel[(tiles_n, tiles_m)](
+    _pairwise_coef_kernel[(tiles_n * tiles_m,)](
         grad, dist, xsq, ysq, coef, row_part, col_part, n, m,
         grad.stride(0), grad.stride(1), dist.stride(0), dist.stride(1),
         METRIC=METRIC_CODES[metric], BLOCK_N=blocks[0], BLOCK_M=blocks[1],

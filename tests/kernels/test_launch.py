@@ -47,6 +47,32 @@ def test_pairwise_backward_offsets_are_64_bit():
         f"rc {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
 
 
+def test_pairwise_feature_slice_steps_are_64_bit():
+    """The forward's dot product steps its pointers by BLOCK_D x the feature stride: a transposed gallery's
+    feature stride is its row count, and 32 x (2^26 + 8) passes 2^31. Reserved storage and a subprocess, as
+    above (a wrapped step reads before the buffer)."""
+    code = textwrap.dedent("""
+        import torch
+        from vtreid.kernels import pairwise_distance as k
+        block = k._pairwise_fwd_kernel.configs[0].kwargs["BLOCK_D"]    # the interpreter's one config
+        n, d = 3, block + 1                                            # two feature slices
+        stride = 2**31 // block + 8                                    # fits int32; block * stride does not
+        base = torch.empty(stride * (d - 1) + n, dtype=torch.float16)  # ~4 GiB reserved, never filled
+        x = base.as_strided((n, d), (1, stride))
+        torch.manual_seed(0)
+        x.copy_(torch.randn(n, d))
+        y = torch.randn(2, d, dtype=torch.float16)
+        got = k.forward(x, y, "euclidean", 0.0)[0]
+        want = k.forward(x.contiguous(), y, "euclidean", 0.0)[0]
+        assert torch.equal(got, want), (got, want)
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert result.returncode == 0 and "ok" in result.stdout, \
+        f"rc {result.returncode}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+
+
 class _GridRecorder:
     """Stands in for a kernel: records the grids it is launched with, for every config it may run with."""
 
@@ -89,6 +115,9 @@ def test_triton_grids_respect_hardware_limits(monkeypatch):
                       "sqeuclidean", True)
     w = torch.randn(5, d)
     k_nce.cross_entropy_forward(x, w, labels % 5, 1.0, 0.0, True)
+    many = torch.zeros(2, 65536 * 64 + 1)  # more candidate tiles of the coefficient pass than axis 1 holds
+    k_pair.backward(many, many, x[:2], torch.randn(many.shape[1], d), torch.ones(2), torch.ones(many.shape[1]),
+                    "euclidean")
     assert {g[0] for g in grids} >= {"_pairwise_fwd_kernel", "_pairwise_bwd_kernel", "_mining_fwd_kernel",
                                      "_mining_pair_grad_kernel", "_candidate_grad_kernel", "_centers_fwd_kernel",
                                      "_centers_bwd_kernel", "_nce_fwd_kernel", "_slot_rank_kernel",
