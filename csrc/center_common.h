@@ -22,8 +22,8 @@ inline CenterLayout prepare_center_layout(const at::Tensor& x, const at::Tensor&
   TORCH_CHECK_VALUE(metric != kEuclidean, "hetero_center metric must be 'sqeuclidean' or 'cosine'");
   check_features(x, "x", 3);
   const int64_t n = x.size(1);
-  check_aux(order, "order", x, "x", {n});
-  check_aux(seg, "seg", x, "x", {n + 1});
+  check_index(order, "order", x, "x", {n});
+  check_index(seg, "seg", x, "x", {n + 1});
   check_aux(modality, "modality", x, "x", {n});
   return {metric, order.to(at::kLong).contiguous(), seg.to(at::kLong).contiguous(), modality_ids(modality)};
 }
@@ -43,7 +43,7 @@ inline at::Tensor check_center_bwd_inputs(const at::Tensor& x, const at::Tensor&
                                           const std::optional<at::Tensor>& grad_centers) {
   check_features(x, "x", 3);
   const int64_t s = x.size(0), n = x.size(1), d = x.size(2);
-  check_aux(slot, "slot", x, "x", {n});
+  check_index(slot, "slot", x, "x", {n});
   check_aux(modality, "modality", x, "x", {n});
   check_aux(hinge, "hinge", x, "x", {s, n});
   check_aux(centers, "centers", x, "x", {s, n, 2, d});

@@ -46,8 +46,8 @@ inline MiningIds prepare_mining_ids(const at::Tensor& anchors, const at::Tensor&
                     "anchor_modality and candidate_modality are required when a rule is not 'any'");
   check_device(candidates, "candidates", anchors, "anchors");
   TORCH_CHECK_VALUE(anchors.size(1) == candidates.size(1), "anchors and candidates must have the same feature dimension");
-  check_aux(anchor_labels, "anchor_labels", anchors, "anchors", {anchors.size(0)});
-  check_aux(candidate_labels, "candidate_labels", anchors, "anchors", {candidates.size(0)});
+  check_index(anchor_labels, "anchor_labels", anchors, "anchors", {anchors.size(0)});
+  check_index(candidate_labels, "candidate_labels", anchors, "anchors", {candidates.size(0)});
   ids.anchor_labels = anchor_labels.to(at::kLong).contiguous();
   ids.candidate_labels = candidate_labels.to(at::kLong).contiguous();
   if (ids.use_modality) {

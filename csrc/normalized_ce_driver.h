@@ -85,7 +85,7 @@ NormalizedCeForward normalized_ce_forward(
   check_device(weight, "weight", x, "x");
   TORCH_CHECK_VALUE(x.size(1) == weight.size(1), "x and weight must have the same feature dimension");
   TORCH_CHECK_VALUE(weight.size(0) > 0, "weight must have at least one class row");
-  check_aux(target, "target", x, "x", {x.size(0)});
+  check_index(target, "target", x, "x", {x.size(0)});
   const auto acc = accumulation_type(x.scalar_type());
   const at::Tensor x_gemm = gemm_operand(x, acc).contiguous();
   const at::Tensor tg = target.to(at::kLong).contiguous();
@@ -133,7 +133,7 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
   {
     const int64_t rows = x.size(0);
     check_aux(grad, "grad", x, "x", {rows});
-    check_aux(target, "target", x, "x", {rows});
+    check_index(target, "target", x, "x", {rows});
     check_aux(lse, "lse", x, "x", {rows});
     check_aux(ez, "ez", x, "x", {rows});
     check_aux(tz, "tz", x, "x", {rows});

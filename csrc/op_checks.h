@@ -1,5 +1,7 @@
 // Argument checks for direct calls of torch.ops.vtreid.* (the Python layer checks first, with the
-// user's argument names; these guard the kernels when the ops are called on their own).
+// user's argument names). These check what costs no pass over the data: ranks, shapes, dtypes, devices.
+// Index values (labels, targets, class slots) are the Python layer's to check (on CPU tensors, and on
+// CUDA with VTREID_CHECK_VALUES=1): a direct caller must pass them in range.
 #pragma once
 #include <torch/types.h>
 
@@ -37,6 +39,15 @@ inline void check_aux(const at::Tensor& t, const char* name, const at::Tensor& f
                       at::IntArrayRef shape) {
   check_device(t, name, features, features_name);
   TORCH_CHECK_VALUE(t.sizes() == shape, name, " must have shape ", shape, ", got ", t.sizes());
+}
+
+// An index tensor (labels, targets, class slots): integers, which the kernels read as int64 (a float
+// tensor would be truncated, 0.2 and 0.7 both becoming 0).
+inline void check_index(const at::Tensor& t, const char* name, const at::Tensor& features, const char* features_name,
+                        at::IntArrayRef shape) {
+  check_aux(t, name, features, features_name, shape);
+  TORCH_CHECK_TYPE(at::isIntegralType(t.scalar_type(), /*includeBool=*/false), name,
+                   " must be an integer tensor, got ", t.scalar_type());
 }
 
 inline at::ScalarType accumulation_type(at::ScalarType t) {

@@ -100,6 +100,33 @@ def test_native_ops_check_devices_shapes_and_feature_dimension():
             _direct(op, *args)
 
 
+def test_native_ops_take_index_tensors_of_integers_only():
+    """Float labels were truncated (0.2 and 0.7 both identity 0); every index argument must be integer."""
+    require_backend("native", "cpu")
+    x, y = torch.randn(5, 3), torch.randn(4, 3)
+    labels = torch.arange(5) % 2
+    slots = hc.class_slots(labels)
+    x3, f = x[None], lambda t: t.float()  # noqa: E731
+    fwd = torch.ops.vtreid.normalized_ce_fwd(x, y, labels, 1.0, 0.0)
+    hinge, centers, variances, counts, stats = torch.ops.vtreid.hetero_center_fwd(
+        x3, slots.order, slots.seg, slots.slot, labels, "sqeuclidean", False, 0.0)
+    cases = [
+        ("anchor_labels", "hard_mining_fwd", (x, f(labels), y, labels[:4], None, None, "euclidean", "any", "any",
+                                              False)),
+        ("candidate_labels", "hard_mining_fwd", (x, labels, y, f(labels[:4]), None, None, "euclidean", "any", "any",
+                                                 False)),
+        ("order", "hetero_center_fwd", (x3, f(slots.order), slots.seg, slots.slot, labels, "sqeuclidean", False, 0.0)),
+        ("seg", "hetero_center_fwd", (x3, slots.order, f(slots.seg), slots.slot, labels, "sqeuclidean", False, 0.0)),
+        ("slot", "hetero_center_bwd", (x3, f(slots.slot), labels, hinge, centers, variances, counts, stats,
+                                       torch.ones_like(hinge), None, "sqeuclidean", False)),
+        ("target", "normalized_ce_fwd", (x, y, f(labels), 1.0, 0.0)),
+        ("target", "normalized_ce_bwd", (torch.ones(5), x, y, f(labels), *fwd[1:7], 1.0, 0.0)),
+    ]
+    for name, op, args in cases:
+        with pytest.raises(TypeError, match=f"{name} must be an integer tensor, got Float"):
+            _direct(op, *args)
+
+
 def test_native_mining_backward_ignores_indices_out_of_range():
     """A mined index outside [0, M) (a direct call of the op) is no pair: nothing is read through it."""
     require_backend("native", "cpu")
