@@ -149,10 +149,14 @@ def pick_device(name: str) -> torch.device:
         raise ConfigError(f"train.device is {name!r} but {exc}") from None
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+def seed_rngs(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    seed_rngs(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -213,9 +217,12 @@ class Run:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
         self.backends = backends_used(self.device, self.amp_dtype or torch.float32)
         self.step, self.best_score, self.stage = 0, float("-inf"), 1
+        self.ranks_together = True   # False once the ranks may have left at different points (see main)
         self.method.begin_stage(1, self.model)
         self.optimizers, self.schedulers = self.make_optimizers()
         self.wrap()
+        if ctx.rank:   # the weights are rank 0's now; each other rank draws its own dropout masks and augmentations
+            seed_rngs(cfg["seed"] + 1_000_003 * ctx.rank)
         if resume_state is not None:
             self.restore(resume_state)
 
@@ -432,14 +439,29 @@ def results_json(run: Run, result: dict) -> str:
                        "results": result["results"]}, indent=2)
 
 
-def final_evaluation(run: Run, writers: Writers) -> dict | Stopped:
-    """The final protocol's evaluation outside the training loop (at start, at the end): a SIGINT /
-    SIGTERM stops it where it is, there being nothing in it worth finishing, and is returned."""
+def evaluation_outside_loop(run: Run, writers: Writers, final: bool = True) -> dict | Stopped:
+    """An evaluation outside the training loop (at start and at the end with the final protocol; on resume,
+    one a stop left undone): a SIGINT / SIGTERM stops it where it is, there being nothing in it worth
+    finishing, and is returned. The ranks then leave from wherever each was (run.ranks_together)."""
     try:
         with StopRequest(immediate=True):
-            return evaluate(run, writers, None, final=True)
+            return evaluate(run, writers, None, final=final)
     except Stopped as stop:
+        run.ranks_together = False
         return stop
+
+
+def evaluation_due(run: Run) -> bool:
+    """Whether the loop evaluates after the step it has just reached."""
+    every = run.cfg["train"]["eval_every"]
+    return bool(every) and run.step % every == 0 and run.step < run.total_steps
+
+
+def record_evaluation(run: Run, result: dict) -> None:
+    """A better score: best.pt, and last.pt with the new best (a resume keeps best.pt)."""
+    if result["score"] > run.best_score:
+        run.best_score = result["score"]
+        run.save("best.pt", "last.pt")
 
 
 def last_checkpoint_note(run: Run) -> str:
@@ -463,10 +485,19 @@ def train(run: Run, writers: Writers) -> int:
     stop on SIGINT / SIGTERM. Returns the exit code."""
     t = run.cfg["train"]
     if t["eval_at_start"] and run.step == 0:   # the untrained baseline, as many trials as the final result
-        stop = final_evaluation(run, writers)
+        stop = evaluation_outside_loop(run, writers)
         if isinstance(stop, Stopped):
             writers.log(f"{stop} during the evaluation at start, before any training; nothing to resume")
             return stop.exit_code
+    # A stop at a step due an evaluation checkpoints without it (or a kill came during it): it runs first.
+    pending = run.ctx.is_main and not (run.out / "evaluations" / f"step{run.step:07d}.json").exists()
+    if run.step > 0 and evaluation_due(run) and distributed.all_agree(pending, run.device):
+        result = evaluation_outside_loop(run, writers, final=False)
+        if isinstance(result, Stopped):
+            writers.log(f"{result} during the evaluation of step {run.step} (a resumed run's first); "
+                        f"{last_checkpoint_note(run)}")
+            return result.exit_code
+        record_evaluation(run, result)
     progress = Progress(run.total_steps, run.step, t["log_every"], enabled=run.ctx.is_main)
     stopping = False
     try:
@@ -490,18 +521,17 @@ def train(run: Run, writers: Writers) -> int:
                         if run.step % t["log_every"] == 0 or run.step == run.total_steps:
                             writers.metrics(record)
                         progress.update(run.step, record)
-                    evaluating = t["eval_every"] and run.step % t["eval_every"] == 0 and run.step < run.total_steps
-                    saving = evaluating or (t["checkpoint_every"] and run.step % t["checkpoint_every"] == 0)
-                    if saving:
-                        run.check_state()   # one sync per checkpoint: broken weights are never evaluated or saved
-                    improved = False
-                    if evaluating:
-                        result = evaluate(run, writers, progress, final=False)
-                        if result["score"] > run.best_score:
-                            run.best_score, improved = result["score"], True
-                    if saving:
-                        run.save(*(("best.pt",) if improved else ()), "last.pt")
                     stopping = distributed.all_agree(stop.requested, run.device)  # every rank stops at one step
+                    evaluating = evaluation_due(run)
+                    if not stopping and (evaluating or (t["checkpoint_every"]
+                                                        and run.step % t["checkpoint_every"] == 0)):
+                        run.check_state()   # one sync per checkpoint: broken weights are never evaluated or saved
+                        # before the evaluation, which may outlast the grace a launcher gives after SIGTERM
+                        # (torchrun: 30 s): a kill during it loses no step, and the resume evaluates first
+                        run.save()
+                        if evaluating:
+                            record_evaluation(run, evaluate(run, writers, progress, final=False))
+                            stopping = distributed.all_agree(stop.requested, run.device)
                     if stopping or run.step >= run.total_steps:
                         break
                     tick = time.perf_counter()
@@ -530,14 +560,12 @@ def train(run: Run, writers: Writers) -> int:
         writers.log(f"error: {exc}; {last_checkpoint_note(run)}")
         return 1
     path = run.save()  # the training is safe before the (long) final evaluation
-    result = final_evaluation(run, writers)
+    result = evaluation_outside_loop(run, writers)
     if isinstance(result, Stopped):
         writers.log(f"{result} during the final evaluation; the trained model is in {path}\n"
                     f"resume with: {resume_command(run, path)}   (runs the final evaluation again)")
         return result.exit_code
-    if result["score"] > run.best_score:
-        run.best_score = result["score"]
-        run.save("best.pt", "last.pt")  # last.pt with the new best score: a resume keeps best.pt
+    record_evaluation(run, result)
     if run.ctx.is_main:
         ckpt_io.write_text_atomic(run.out / "results.json", results_json(run, result))
     writers.log(f"done: {run.step} steps; results in {run.out / 'results.json'}")
@@ -581,7 +609,9 @@ def main(argv=None) -> int:
                         f"run directory {out}")
             try:
                 code = train(run, writers)
-                clean = code != 1  # 1: a failed step, which another rank may not have seen at the same step
+                # 1: a failed step, which another rank may not have seen at the same step; a stop inside an
+                # evaluation outside the loop leaves each rank where it was, maybe inside a collective
+                clean = code != 1 and run.ranks_together
                 return code
             finally:
                 writers.close()

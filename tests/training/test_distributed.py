@@ -315,6 +315,8 @@ def test_two_rank_run_writes_once_checkpoints_and_resumes(tmp_path, monkeypatch)
     assert log.count("vtreid.train: expat on synthetic") == 1 and "(2 process(es))" in log
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
     assert state["step"] == 2 and len(state["rng"]) == 2                          # both ranks' RNG states
+    # each rank its own stream (its dropout masks): one seed on every rank gave row i the same mask on each
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
     # Both ranks extracted test features with rank 0's BatchNorm statistics, those of the checkpoint: one
     # process evaluating it finds the same numbers (each rank's own statistics gave others).
     from vtreid.evaluate import main as evaluate_cli
@@ -332,3 +334,19 @@ def test_two_rank_run_writes_once_checkpoints_and_resumes(tmp_path, monkeypatch)
     assert [line["step"] for line in lines if "loss" in line] == [1, 2, 3, 4]
     results = json.loads((out / "results.json").read_text())
     assert results["world_size"] == 2 and results["results"]
+
+
+def test_sharded_extraction_with_fewer_records_than_ranks(monkeypatch):
+    """Rank r extracts records r, r + world, ...: with 3 records and 4 ranks rank 3 has none, and its
+    empty [0, 0] part could not be put back into the [0, D] rows it owns."""
+    from vtreid.training import evaluation
+    records = [Record(f"img{i}.png", pid=i, cam=1, modality=0, label=i) for i in range(3)]
+    rows = torch.arange(3.0)[:, None].repeat(1, 5)
+    monkeypatch.setattr(evaluation.distributed, "world_size", lambda: 4)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 0)
+    monkeypatch.setattr(evaluation, "extract_features", lambda model, recs, transform, **kw: {
+        "features": rows[[int(r.pid) for r in recs]] if recs else torch.empty(0, 0)})
+    parts = [rows[r::4] if r < 3 else torch.empty(0, 0) for r in range(4)]   # what each rank sends
+    monkeypatch.setattr(evaluation.distributed, "gather_objects", lambda mine: parts)
+    out = evaluation.extract_sharded(None, records, None)
+    assert torch.equal(out["features"], rows) and list(out["ids"]) == [0, 1, 2]

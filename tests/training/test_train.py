@@ -194,6 +194,71 @@ def test_a_signal_during_an_evaluation_outside_the_loop_stops_at_once_and_says_s
     assert signal.getsignal(signal.SIGTERM) == handler
 
 
+class Killed(BaseException):
+    """A kill in the middle of something (SIGKILL after a launcher's grace): nothing in the run catches it."""
+
+
+@pytest.mark.parametrize("when", ["signal at the step", "kill during the evaluation"])
+def test_a_run_stopped_at_an_evaluation_step_keeps_the_step_and_the_resume_evaluates_first(tmp_path, monkeypatch,
+                                                                                            when):
+    """A stop requested in a step due an evaluation checkpoints without evaluating (the evaluation can outlast
+    the 30 s torchrun gives after SIGTERM); a kill during the evaluation finds last.pt already written (it
+    was written after the evaluation, and a kill during it lost every step since the last checkpoint). Either
+    way the resume runs that evaluation before its first step."""
+    evaluate, step, seen, killed = train.evaluate, train.Run.train_step, [], []
+    out = tmp_path / "run"
+
+    def evaluating(run, writers, progress, final):
+        seen.append((run.step, final))
+        if when == "kill during the evaluation" and not killed:
+            killed.append(run.step)
+            assert final_state(out)["step"] == 2   # the step is safe before the evaluation starts
+            raise Killed
+        return evaluate(run, writers, progress, final)
+
+    def signalled_step(self, raw):
+        terms = step(self, raw)
+        if when == "signal at the step" and self.step == 1:   # the step that makes 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return terms
+
+    monkeypatch.setattr(train, "evaluate", evaluating)
+    monkeypatch.setattr(train.Run, "train_step", signalled_step)
+    if when == "kill during the evaluation":
+        with pytest.raises(Killed):
+            run(out, "expat", "train.max_steps=4", "train.eval_every=2")
+    else:
+        run(out, "expat", "train.max_steps=4", "train.eval_every=2", expect=128 + signal.SIGTERM)
+        assert seen == []
+    assert final_state(out)["step"] == 2 and not (out / "evaluations" / "step0000002.json").exists()
+    seen.clear()
+    assert train.main(["--resume", "--out", str(out)]) == 0
+    assert seen == [(2, False), (4, True)]
+    assert sorted(p.name for p in (out / "evaluations").iterdir()) == ["step0000002.json", "step0000004.json"]
+    assert [line["step"] for line in metric_lines(out) if "loss" in line] == [1, 2, 3, 4]
+
+
+def test_a_stop_inside_an_evaluation_outside_the_loop_skips_the_teardown_barrier(tmp_path, monkeypatch):
+    """Each rank leaves such an evaluation where the signal found it, maybe inside a gather: a barrier at
+    teardown then met that gather, and the ranks hung until torchrun killed them. A stop in the loop, which
+    the ranks agree on, still meets at the barrier."""
+    evaluate, cleans = train.evaluate, []
+    monkeypatch.setattr(train.distributed, "teardown", lambda ctx, clean=True: cleans.append(clean))
+
+    def interrupted(run, writers, progress, final):
+        if final:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):
+                time.sleep(0.01)
+        return evaluate(run, writers, progress, final)
+
+    monkeypatch.setattr(train, "evaluate", interrupted)
+    run(tmp_path / "a", "expat", "train.max_steps=1", expect=128 + signal.SIGTERM)
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    run(tmp_path / "b", "expat", "train.max_steps=1")
+    assert cleans == [False, True]
+
+
 def poison(monkeypatch, method_class, call: int, term: str, change) -> None:
     """The method's ``call``-th objective (1-based) gives change(terms[term]) for that term."""
     objective = method_class.objective

@@ -60,9 +60,10 @@ def extract_sharded(model, records, transform, **kw) -> dict | None:
     if rank:
         return None
     out = describe(records)
-    out["features"] = torch.empty(len(records), parts[0].shape[1])
+    out["features"] = torch.empty(len(records), max(part.shape[1] for part in parts))
     for r, part in enumerate(parts):
-        out["features"][r::world] = part
+        if len(part):   # a rank with no records (fewer than ranks) has an empty [0, 0] part
+            out["features"][r::world] = part
     return out
 
 
