@@ -194,6 +194,25 @@ def test_a_signal_during_an_evaluation_outside_the_loop_stops_at_once_and_says_s
     assert signal.getsignal(signal.SIGTERM) == handler
 
 
+def test_a_worker_forked_inside_a_stop_request_leaves_the_stop_to_the_main_process():
+    """A DataLoader worker forked during an evaluation inherits its handler; a terminal's Ctrl-C reaches
+    the worker too, and a Stopped raised there came back to the main process as a failed batch (whose
+    re-raise could not even rebuild the exception)."""
+    from vtreid.training.signals import StopRequest, Stopped
+    with StopRequest(immediate=True):
+        pid = os.fork()
+        if pid == 0:   # the worker: the signal must not raise here
+            code = 0
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+            except (Stopped, KeyboardInterrupt):
+                code = 3
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 class Killed(BaseException):
     """A kill in the middle of something (SIGKILL after a launcher's grace): nothing in the run catches it."""
 

@@ -2,6 +2,7 @@
 evaluation outside the loop (at start, final), which keeps nothing worth finishing: stop at once, say so."""
 from __future__ import annotations
 
+import os
 import signal
 
 
@@ -24,11 +25,16 @@ class StopRequest:
         self._previous = {}
 
     def __enter__(self):
+        self._pid = os.getpid()
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
+        if os.getpid() != self._pid:
+            # a DataLoader worker forked inside the context (a terminal's Ctrl-C reaches it too): the main
+            # process stops and shuts it down; a Stopped raised here would come back as a failed batch
+            return
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal = signum
