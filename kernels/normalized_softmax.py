@@ -172,8 +172,9 @@ def _nce_fwd_kernel(
     pid_s = tl.program_id(1)
     splits = tl.num_programs(1)
     tiles = tl.cdiv(C, BLOCK_C)
-    t0 = (pid_s * tiles) // splits
-    t1 = ((pid_s + 1) * tiles) // splits
+    # int64 products: split count x tiles passes 2^31 with many forced splits of a large C
+    t0 = ((pid_s.to(tl.int64) * tiles) // splits).to(tl.int32)
+    t1 = (((pid_s + 1).to(tl.int64) * tiles) // splits).to(tl.int32)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = rn < N
     y = tl.load(TARGET + rn, mask=mask_n, other=0)
@@ -260,8 +261,8 @@ def _nce_grad_kernel(
     pid_s = tl.program_id(1)
     splits = tl.num_programs(1)
     row_tiles = tl.cdiv(N, BLOCK_N)
-    t0 = (pid_s * row_tiles) // splits
-    t1 = ((pid_s + 1) * row_tiles) // splits
+    t0 = ((pid_s.to(tl.int64) * row_tiles) // splits).to(tl.int32)  # int64 products, as above
+    t1 = (((pid_s + 1).to(tl.int64) * row_tiles) // splits).to(tl.int32)
     rc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = rc < C
     inv_w = inverse_norm(tl.load(WSQ + rc, mask=mask_c, other=1.0))
