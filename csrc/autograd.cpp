@@ -98,12 +98,17 @@ struct HardMining : torch::autograd::Function<HardMining> {
     const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
     static const auto bwd = op<MiningBwd>("vtreid::hard_mining_bwd");
     const auto s = ctx->get_saved_variables();
-    // A loss of one side only: the other side's gradient is a zero of stride 0 (the kernels take any stride).
+    // A loss of one side only: the other side's gradient is a zero of stride 0 (the kernels take any stride),
+    // and its pairs are passed as none (index -1): 0 times a non-finite anchor's pair would be NaN.
     const auto or_zero = [&](const Tensor& g) {
       return g.defined() ? g : at::zeros({}, s[0].options()).expand({s[0].size(0)});
     };
-    auto [grad_a, grad_c] = bwd.call(or_zero(grads[0]), or_zero(grads[2]), s[0], s[1], s[2], s[3], s[4], s[5], s[6],
-                                     s[7], ctx->saved_data["metric"].toStringRef());
+    const auto or_none = [&](const Tensor& g, const Tensor& index) {
+      return g.defined() ? index : at::full_like(index, -1);
+    };
+    auto [grad_a, grad_c] = bwd.call(or_zero(grads[0]), or_zero(grads[2]), s[0], s[1], or_none(grads[0], s[2]),
+                                     or_none(grads[2], s[3]), s[4], s[5], s[6], s[7],
+                                     ctx->saved_data["metric"].toStringRef());
     return {grad_a, Tensor(), grad_c, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };

@@ -158,9 +158,12 @@ def _setup_context(ctx, inputs, output):
 def _make_backward(backward_op):
     def backward(ctx, grad_pos, _gpi, grad_neg, _gni, _gv, _gasq, _gcsq, _gpa, _gna):
         anchors, candidates, pos_i, neg_i, pos_d, neg_d, asq, csq = ctx.saved_tensors
-        if grad_pos is None or grad_neg is None:  # a loss of one side only: the other's gradient is zero
-            zero = anchors.new_zeros(()).expand(len(anchors))
-            grad_pos, grad_neg = (zero if grad_pos is None else grad_pos), (zero if grad_neg is None else grad_neg)
+        # A loss of one side only: the other's gradient is zero, and its pairs are passed as none (index -1):
+        # 0 times a non-finite anchor's pair would be NaN, where the reference's unused side adds nothing.
+        if grad_pos is None:
+            grad_pos, pos_i = anchors.new_zeros(()).expand(len(anchors)), torch.full_like(pos_i, -1)
+        if grad_neg is None:
+            grad_neg, neg_i = anchors.new_zeros(()).expand(len(anchors)), torch.full_like(neg_i, -1)
         grad_a, grad_c = backward_op(grad_pos, grad_neg, anchors, candidates, pos_i, neg_i, pos_d, neg_d, asq, csq,
                                      ctx.metric)
         return grad_a, None, grad_c, None, None, None, None, None, None, None
