@@ -218,11 +218,13 @@ class Run:
         self.backends = backends_used(self.device, self.amp_dtype or torch.float32)
         self.step, self.best_score, self.stage = 0, float("-inf"), 1
         self.ranks_together = True   # False once the ranks may have left at different points (see main)
+        self.saved_step = None       # the step last.pt was last written at, by this run
         self.method.begin_stage(1, self.model)
         self.optimizers, self.schedulers = self.make_optimizers()
         self.wrap()
-        if ctx.rank:   # the weights are rank 0's now; each other rank draws its own dropout masks and augmentations
-            seed_rngs(cfg["seed"] + 1_000_003 * ctx.rank)
+        if ctx.rank:   # the weights are rank 0's now; each other rank draws its own dropout masks (augmentations
+            # are drawn per sample from the seed already: vtreid.data.loader)
+            seed_rngs((cfg["seed"] + 1_000_003 * ctx.rank) % 2**32)   # NumPy takes seeds below 2^32
         if resume_state is not None:
             self.restore(resume_state)
 
@@ -276,6 +278,7 @@ class Run:
         if self.ctx.is_main:
             for path in paths:
                 ckpt_io.save_atomic(state, path)
+        self.saved_step = self.step
         return paths[-1]
 
     def state_is_finite(self) -> bool:
@@ -424,13 +427,13 @@ def evaluate(run: Run, writers: Writers, progress: Progress | None, final: bool)
            + format_results(result)
     (progress.write if progress else print)(text)
     writers.log(text, echo=False)
-    first = next(iter(result["results"].values()))
-    writers.metrics({"step": run.step, "stage": run.stage,
-                     "eval": {k: first[k]["mean"] for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")}})
-    # each evaluation in full (every trial), for CMC curves of any step: python -m vtreid.visualize cmc
-    (run.out / "evaluations").mkdir(exist_ok=True)
-    ckpt_io.write_text_atomic(run.out / "evaluations" / f"step{run.step:07d}.json", results_json(run, result))
     return result
+
+
+def evaluation_path(run: Run) -> Path:
+    """The file that keeps the evaluation of run.step in full (every trial: python -m vtreid.visualize cmc).
+    Written last, once best.pt holds the step: it marks the evaluation done (a resume without it redoes it)."""
+    return run.out / "evaluations" / f"step{run.step:07d}.json"
 
 
 def results_json(run: Run, result: dict) -> str:
@@ -457,11 +460,20 @@ def evaluation_due(run: Run) -> bool:
     return bool(every) and run.step % every == 0 and run.step < run.total_steps
 
 
-def record_evaluation(run: Run, result: dict) -> None:
-    """A better score: best.pt, and last.pt with the new best (a resume keeps best.pt)."""
-    if result["score"] > run.best_score:
+def record_evaluation(run: Run, writers: Writers, result: dict, *, best: bool = True) -> None:
+    """A better score (``best``: not the untrained baseline's): best.pt, and last.pt with the new best (a resume
+    keeps best.pt); then the metrics line and evaluation_path, in that order, so that an evaluation a kill
+    cut short is redone on resume."""
+    if best and result["score"] > run.best_score:
         run.best_score = result["score"]
         run.save("best.pt", "last.pt")
+    if not run.ctx.is_main:
+        return
+    first = next(iter(result["results"].values()))
+    writers.metrics({"step": run.step, "stage": run.stage,
+                     "eval": {k: first[k]["mean"] for k in ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")}})
+    evaluation_path(run).parent.mkdir(exist_ok=True)
+    ckpt_io.write_text_atomic(evaluation_path(run), results_json(run, result))
 
 
 def last_checkpoint_note(run: Run) -> str:
@@ -485,19 +497,20 @@ def train(run: Run, writers: Writers) -> int:
     stop on SIGINT / SIGTERM. Returns the exit code."""
     t = run.cfg["train"]
     if t["eval_at_start"] and run.step == 0:   # the untrained baseline, as many trials as the final result
-        stop = evaluation_outside_loop(run, writers)
-        if isinstance(stop, Stopped):
-            writers.log(f"{stop} during the evaluation at start, before any training; nothing to resume")
-            return stop.exit_code
+        result = evaluation_outside_loop(run, writers)
+        if isinstance(result, Stopped):
+            writers.log(f"{result} during the evaluation at start, before any training; nothing to resume")
+            return result.exit_code
+        record_evaluation(run, writers, result, best=False)
     # A stop at a step due an evaluation checkpoints without it (or a kill came during it): it runs first.
-    pending = run.ctx.is_main and not (run.out / "evaluations" / f"step{run.step:07d}.json").exists()
+    pending = run.ctx.is_main and not evaluation_path(run).exists()
     if run.step > 0 and evaluation_due(run) and distributed.all_agree(pending, run.device):
         result = evaluation_outside_loop(run, writers, final=False)
         if isinstance(result, Stopped):
-            writers.log(f"{result} during the evaluation of step {run.step} (a resumed run's first); "
-                        f"{last_checkpoint_note(run)}")
+            writers.log(f"{result} during the evaluation of step {run.step}, a resumed run's first; resume with: "
+                        f"{resume_command(run, run.out / 'checkpoints' / 'last.pt')}   (runs it again)")
             return result.exit_code
-        record_evaluation(run, result)
+        record_evaluation(run, writers, result)
     progress = Progress(run.total_steps, run.step, t["log_every"], enabled=run.ctx.is_main)
     stopping = False
     try:
@@ -530,14 +543,17 @@ def train(run: Run, writers: Writers) -> int:
                         # (torchrun: 30 s): a kill during it loses no step, and the resume evaluates first
                         run.save()
                         if evaluating:
-                            record_evaluation(run, evaluate(run, writers, progress, final=False))
+                            record_evaluation(run, writers, evaluate(run, writers, progress, final=False))
                             stopping = distributed.all_agree(stop.requested, run.device)
                     if stopping or run.step >= run.total_steps:
                         break
                     tick = time.perf_counter()
                 if stopping:
-                    run.check_state()
-                    path = run.save()
+                    if run.saved_step == run.step:   # a signal during this step's evaluation: already saved
+                        path = run.out / "checkpoints" / "last.pt"
+                    else:
+                        run.check_state()
+                        path = run.save()
                     progress.close()
                     by = f"signal {stop.signal}" if stop.signal is not None else "a signal to another process"
                     message = (f"stopped by {by} after step {run.step}/{run.total_steps}; checkpoint {path}\n"
@@ -565,7 +581,7 @@ def train(run: Run, writers: Writers) -> int:
         writers.log(f"{result} during the final evaluation; the trained model is in {path}\n"
                     f"resume with: {resume_command(run, path)}   (runs the final evaluation again)")
         return result.exit_code
-    record_evaluation(run, result)
+    record_evaluation(run, writers, result)
     if run.ctx.is_main:
         ckpt_io.write_text_atomic(run.out / "results.json", results_json(run, result))
     writers.log(f"done: {run.step} steps; results in {run.out / 'results.json'}")

@@ -201,14 +201,16 @@ def test_a_worker_forked_inside_a_stop_request_leaves_the_stop_to_the_main_proce
     from vtreid.training.signals import StopRequest, Stopped
     with StopRequest(immediate=True):
         pid = os.fork()
-        if pid == 0:   # the worker: the signal must not raise here
-            code = 0
+        if pid == 0:   # the worker: the signal must not raise here (and no exception may leave this fork)
+            code = 4
             try:
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(0.05)
+                code = 0
             except (Stopped, KeyboardInterrupt):
                 code = 3
-            os._exit(code)
+            finally:
+                os._exit(code)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
 
@@ -217,13 +219,14 @@ class Killed(BaseException):
     """A kill in the middle of something (SIGKILL after a launcher's grace): nothing in the run catches it."""
 
 
-@pytest.mark.parametrize("when", ["signal at the step", "kill during the evaluation"])
+@pytest.mark.parametrize("when", ["signal at the step", "kill during the evaluation", "kill saving best.pt"])
 def test_a_run_stopped_at_an_evaluation_step_keeps_the_step_and_the_resume_evaluates_first(tmp_path, monkeypatch,
                                                                                             when):
     """A stop requested in a step due an evaluation checkpoints without evaluating (the evaluation can outlast
     the 30 s torchrun gives after SIGTERM); a kill during the evaluation finds last.pt already written (it
-    was written after the evaluation, and a kill during it lost every step since the last checkpoint). Either
-    way the resume runs that evaluation before its first step."""
+    was written after the evaluation, and a kill during it lost every step since the last checkpoint). An
+    evaluation counts as done once best.pt holds its step (evaluations/step<N>.json is written last). In each
+    case the resume runs that evaluation before its first step."""
     evaluate, step, seen, killed = train.evaluate, train.Run.train_step, [], []
     out = tmp_path / "run"
 
@@ -241,9 +244,18 @@ def test_a_run_stopped_at_an_evaluation_step_keeps_the_step_and_the_resume_evalu
             os.kill(os.getpid(), signal.SIGTERM)
         return terms
 
+    save = train.Run.save
+
+    def killed_saving_best(self, *names):
+        if when == "kill saving best.pt" and "best.pt" in names and not killed:
+            killed.append(self.step)   # the evaluation is done, best.pt not written: it must be redone
+            raise Killed
+        return save(self, *names)
+
     monkeypatch.setattr(train, "evaluate", evaluating)
     monkeypatch.setattr(train.Run, "train_step", signalled_step)
-    if when == "kill during the evaluation":
+    monkeypatch.setattr(train.Run, "save", killed_saving_best)
+    if when != "signal at the step":
         with pytest.raises(Killed):
             run(out, "expat", "train.max_steps=4", "train.eval_every=2")
     else:
