@@ -503,7 +503,7 @@ def cross_entropy_backward(grad_row, x, weight, target, lse, ez, tz, xsq, wsq, d
     most = [most_splits(grad_grid, _nce_grad_kernel, _GRAD_CONFIGS, r1 - r0, c, sms=sms, splits=splits)
             for r0, r1 in chunks]
     # One buffer of partial column sums for every chunk, each chunk's rows right after the rows the previous
-    # chunks' launches wrote: rows [0, used) are all written by a real launch. (Autotuning benchmarks configs
+    # chunks' launches wrote: rows [0, first) are all written by a real launch. (Autotuning benchmarks configs
     # with more splits on the same buffer; their rows past the winner's are never read.)
     col_part = torch.empty((sum(most), c), device=x.device, dtype=torch.float32)
     grad_x = None if one and not half else torch.empty((n, d), device=x.device, dtype=x.dtype)
@@ -526,15 +526,14 @@ def cross_entropy_backward(grad_row, x, weight, target, lse, ez, tz, xsq, wsq, d
                                r1 - r0, c, d, xs.stride(0), xs.stride(1), weight.stride(0), weight.stride(1),
                                gq.stride(0), float(scale), float(smoothing), bucket(r1 - r0), bucket(c), bucket(d),
                                SAVE_DOTS=save_dots, IEEE=x.dtype == torch.float32)
-        first += launched.get("grid", (1, most[index]))[1]
-        used = first
+        first += launched["grid"][1]   # the split count of the launch that counts (the last, after any tuning)
         x_rows = row_coefficients(rows_of(xsq), rows_of(grad_row), rows_of(ez), rows_of(tz))
         if half:
             _gq_mm(gq, weight, rows_of(grad_x), scale, e=xs, coefficients=x_rows)
             if acc_w is None:
                 acc_w = torch.empty((c, d), device=x.device, dtype=weight.dtype if one else torch.float32)
             _gq_mm(gq.t(), xs, acc_w, scale, e=weight if last else None, accumulate=index > 0,
-                   coefficients=column_coefficients(wsq, col_part, used))
+                   coefficients=column_coefficients(wsq, col_part, first))
             continue
         product = torch.mm(gq, weight)
         if grad_x is None:  # one chunk: the product becomes the gradient in place
@@ -550,5 +549,5 @@ def cross_entropy_backward(grad_row, x, weight, target, lse, ez, tz, xsq, wsq, d
         return grad_x, acc_w if one else acc_w.to(weight.dtype)
     # mixed dtypes: W is read in its dtype, never copied to the product's
     grad_w = _epilogue(acc_w, weight, acc_w if one else torch.empty((c, d), device=x.device, dtype=weight.dtype),
-                       scale, column_coefficients(wsq, col_part, used))
+                       scale, column_coefficients(wsq, col_part, first))
     return grad_x, grad_w

@@ -32,18 +32,20 @@ def test_warmup_runs_every_op_forward_and_backward():
     calls = ops.warmup(batch=8, dim=16, classes=5, galleries=(12,), device="cpu", backend="triton")
     assert [op for op, _ in calls] == ["pairwise_distance", "hard_mining", "hard_mining", "hetero_center_loss",
                                        "normalized_cross_entropy", "pairwise_distance"]
-    calls = ops.warmup(batch=8, dim=16, galleries=(12,), metrics=("euclidean", "cosine"), mining=(("any", "any"),),
-                       device="cpu", backend="triton")
-    assert [op for op, _ in calls] == ["pairwise_distance", "hard_mining", "pairwise_distance", "hard_mining",
-                                       "hetero_center_loss", "pairwise_distance", "pairwise_distance"]
+    calls = ops.warmup(batch=8, dim=16, galleries=(12,), metrics=("euclidean", "cosine"),
+                       mining=(("cosine", "any", "any"),), device="cpu", backend="triton")
+    assert [op for op, _ in calls] == ["pairwise_distance", "pairwise_distance", "hard_mining", "hetero_center_loss",
+                                       "pairwise_distance", "pairwise_distance"]
     with pytest.raises(ValueError, match=r"metrics\[1\] must be one of"):
         ops.warmup(batch=8, dim=16, metrics=("euclidean", "l1"), device="cpu")
     with pytest.raises(TypeError, match="metrics must be a tuple"):
         ops.warmup(batch=8, dim=16, metrics="cosine", device="cpu")
     with pytest.raises(ValueError, match=r"mining\[0\] negative must be one of"):
-        ops.warmup(batch=8, dim=16, mining=(("cross", "other"),), device="cpu")
-    with pytest.raises(ValueError, match=r"mining\[0\] must be a \(positive, negative\) pair"):
-        ops.warmup(batch=8, dim=16, mining=("cross",), device="cpu")
+        ops.warmup(batch=8, dim=16, mining=(("euclidean", "cross", "other"),), device="cpu")
+    with pytest.raises(ValueError, match=r"mining\[0\] metric must be one of"):
+        ops.warmup(batch=8, dim=16, mining=(("cross", "cross", "same"),), device="cpu")
+    with pytest.raises(ValueError, match=r"mining\[0\] must be a \(metric, positive, negative\) triple"):
+        ops.warmup(batch=8, dim=16, mining=(("cross", "same"),), device="cpu")
     with pytest.raises(ValueError, match="batch"):
         ops.warmup(batch=1, dim=16, device="cpu")
     # every size is checked before any op runs (they failed deep in torch.randn)

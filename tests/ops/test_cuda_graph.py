@@ -40,7 +40,8 @@ def test_warmed_up_ops_replay_from_a_cuda_graph(op, backend):
     the new values (loss and both gradients)."""
     require_backend(backend, "cuda", torch.float32)
     device = torch.device("cuda")
-    ops.warmup(batch=N, dim=D, classes=C, mining=(("any", "any"),), device=device, backend=backend)  # as loss_of mines
+    # the mining as loss_of calls it
+    ops.warmup(batch=N, dim=D, classes=C, mining=(("euclidean", "any", "any"),), device=device, backend=backend)
     x = torch.randn(N, D, device=device, requires_grad=True)
     w = torch.randn(C, D, device=device, requires_grad=True)
     labels = torch.arange(N, device=device) // 2

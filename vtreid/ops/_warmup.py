@@ -9,9 +9,10 @@ shapes, or of any size in the same buckets, launches straight away: the steady-s
     ops.warmup(batch=256, dim=2048, classes=395, device="cuda", dtype=torch.bfloat16)
 
 A tuning is kept per bucket and per distance metric, and for hard mining per (positive, negative) rule
-pair too: ``metrics`` and ``mining`` list those the job uses. The defaults are what vtreid's own losses
-call: the Euclidean metric, and HSME's reciprocal ranking loss's two minings (cross-modality positives,
-same- and cross-modality negatives); an evaluation by cosine distance adds "cosine".
+pair too: ``metrics`` lists the pairwise distances' metrics and ``mining`` the (metric, positive, negative)
+minings the job calls. The defaults are what vtreid's own losses call: Euclidean distances, and HSME's
+reciprocal ranking loss's two minings (Euclidean, cross-modality positives, same- and cross-modality
+negatives); an evaluation by cosine distance adds "cosine" to ``metrics``.
 
 It warms whatever backend the ops would pick (``backend`` as in the ops). It returns the calls it made,
 as (op, shapes) pairs, for logs and tests.
@@ -28,17 +29,17 @@ from .hetero_center import hetero_center_loss
 from .normalized_softmax import normalized_cross_entropy
 from .pairwise_distance import METRICS, pairwise_distance
 
-#: the (positive, negative) rules of vtreid's own mining calls (losses/ranking.py)
-LIBRARY_MINING = (("cross", "same"), ("cross", "cross"))
+#: the (metric, positive, negative) of vtreid's own mining calls (losses/ranking.py)
+LIBRARY_MINING = (("euclidean", "cross", "same"), ("euclidean", "cross", "cross"))
 
 
 def warmup(*, batch: int, dim: int, classes: int | None = None, galleries: tuple[int, ...] = (),
-           metrics: tuple[str, ...] = ("euclidean",), mining: tuple[tuple[str, str], ...] = LIBRARY_MINING,
+           metrics: tuple[str, ...] = ("euclidean",), mining: tuple[tuple[str, str, str], ...] = LIBRARY_MINING,
            device: str | torch.device = "cuda", dtype: torch.dtype = torch.float32,
            backend: str | None = None) -> list[tuple[str, tuple]]:
     """Call each op forward + backward at ``batch`` x ``dim`` (a P x K batch of two modalities), the
     classifier at ``classes``, and pairwise distances against each gallery size in ``galleries``; the
-    distances and the minings once per metric in ``metrics``, the minings once per rule pair in ``mining``."""
+    distances once per metric in ``metrics``, the mining once per (metric, positive, negative) in ``mining``."""
     for name, value in (("batch", batch), ("dim", dim), ("classes", classes),
                         *((f"galleries[{i}]", g) for i, g in enumerate(galleries))):
         if value is None and name == "classes":
@@ -52,10 +53,11 @@ def warmup(*, batch: int, dim: int, classes: int | None = None, galleries: tuple
     for i, metric in enumerate(metrics):
         check_choice(metric, f"metrics[{i}]", METRICS)
     for i, rules in enumerate(mining):
-        if not (isinstance(rules, (tuple, list)) and len(rules) == 2):
-            raise ValueError(f"mining[{i}] must be a (positive, negative) pair of rules, got {rules!r}")
-        check_choice(rules[0], f"mining[{i}] positive", RULES)
-        check_choice(rules[1], f"mining[{i}] negative", RULES)
+        if not (isinstance(rules, (tuple, list)) and len(rules) == 3):
+            raise ValueError(f"mining[{i}] must be a (metric, positive, negative) triple, got {rules!r}")
+        check_choice(rules[0], f"mining[{i}] metric", METRICS)
+        check_choice(rules[1], f"mining[{i}] positive", RULES)
+        check_choice(rules[2], f"mining[{i}] negative", RULES)
     if dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         raise TypeError(f"dtype must be float32, float16, bfloat16 or float64, got {dtype}")
     device = torch.device(device)
@@ -77,10 +79,10 @@ def warmup(*, batch: int, dim: int, classes: int | None = None, galleries: tuple
     for metric in metrics:
         run("pairwise_distance", (batch, batch, dim),
             lambda: pairwise_distance(x, metric=metric, backend=backend))
-        for positive, negative in mining:
-            run("hard_mining", (batch, batch, dim),
-                lambda: hard_mining(x, labels, anchor_modality=modality, metric=metric, positive=positive,
-                                    negative=negative, backend=backend).pos_dist.float().sum())
+    for metric, positive, negative in mining:
+        run("hard_mining", (batch, batch, dim),
+            lambda: hard_mining(x, labels, anchor_modality=modality, metric=metric, positive=positive,
+                                negative=negative, backend=backend).pos_dist.float().sum())
     run("hetero_center_loss", (batch, dim),
         lambda: hetero_center_loss(x, labels, modality, backend=backend))
     if classes:
