@@ -464,8 +464,7 @@ def cross_entropy_forward(x, weight, target, scale: float, smoothing: float, sav
     _nce_fwd_kernel[grid](x, weight, target, part, xsq, wsq, dots, n, c, d, x.stride(0), x.stride(1),
                           weight.stride(0), weight.stride(1), part.stride(0), float(scale), bucket(n), bucket(c),
                           bucket(d), SAVE_DOTS=save_dots, IEEE=x.dtype == torch.float32)
-    used = launched.get("grid", (1, most))[1]
-    _nce_combine_kernel[(cdiv(n, COMBINE_BLOCK),)](part, out[0], out[1], out[2], out[3], n, c, used,
+    _nce_combine_kernel[(cdiv(n, COMBINE_BLOCK),)](part, out[0], out[1], out[2], out[3], n, c, launched["grid"][1],
                                                           part.stride(0), float(smoothing), BLOCK_R=COMBINE_BLOCK)
     return (*out, xsq, wsq, dots)
 

@@ -270,11 +270,14 @@ class Run:
                 "rng": distributed.gather_objects(ckpt_io.rng_state()), "config": self.cfg, "num_classes": self.num_classes,
                 "backends": self.backends, "versions": ckpt_io.versions()}
 
+    def checkpoint_path(self, name: str = "last.pt") -> Path:
+        return self.out / "checkpoints" / name
+
     def save(self, *names: str) -> Path:
         """Every rank calls it (their RNG states are gathered); rank 0 writes the one state to each file named
         (default last.pt). Returns the last path."""
         state = self.state()
-        paths = [self.out / "checkpoints" / name for name in names or ("last.pt",)]
+        paths = [self.checkpoint_path(name) for name in names or ("last.pt",)]
         if self.ctx.is_main:
             for path in paths:
                 ckpt_io.save_atomic(state, path)
@@ -478,7 +481,7 @@ def record_evaluation(run: Run, writers: Writers, result: dict, *, best: bool = 
 
 def last_checkpoint_note(run: Run) -> str:
     """What the run directory's last.pt holds (read from the file: a resume may have started elsewhere)."""
-    path = run.out / "checkpoints" / "last.pt"
+    path = run.checkpoint_path()
     if not run.ctx.is_main:
         return ""
     if not path.is_file():
@@ -508,7 +511,7 @@ def train(run: Run, writers: Writers) -> int:
         result = evaluation_outside_loop(run, writers, final=False)
         if isinstance(result, Stopped):
             writers.log(f"{result} during the evaluation of step {run.step}, a resumed run's first; resume with: "
-                        f"{resume_command(run, run.out / 'checkpoints' / 'last.pt')}   (runs it again)")
+                        f"{resume_command(run, run.checkpoint_path())}   (runs it again)")
             return result.exit_code
         record_evaluation(run, writers, result)
     progress = Progress(run.total_steps, run.step, t["log_every"], enabled=run.ctx.is_main)
@@ -550,7 +553,7 @@ def train(run: Run, writers: Writers) -> int:
                     tick = time.perf_counter()
                 if stopping:
                     if run.saved_step == run.step:   # a signal during this step's evaluation: already saved
-                        path = run.out / "checkpoints" / "last.pt"
+                        path = run.checkpoint_path()
                     else:
                         run.check_state()
                         path = run.save()
