@@ -17,8 +17,9 @@ struct CenterLayout {
 };
 
 inline CenterLayout prepare_center_layout(const at::Tensor& x, const at::Tensor& order, const at::Tensor& seg,
-                                          const at::Tensor& modality, std::string_view metric_name) {
+                                          const at::Tensor& modality, std::string_view metric_name, double margin) {
   const Metric metric = parse_metric(metric_name);
+  check_real(margin, "margin");
   TORCH_CHECK_VALUE(metric != kEuclidean, "hetero_center metric must be 'sqeuclidean' or 'cosine'");
   check_features(x, "x", 3);
   const int64_t n = x.size(1);

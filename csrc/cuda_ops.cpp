@@ -50,7 +50,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pairwise_distance_fwd_cuda(const 
                                                                      std::string_view metric_name) {
   const Metric metric = parse_metric(metric_name);
   check_pair_inputs(x, y);
-  TORCH_CHECK_TYPE(x.scalar_type() == y.scalar_type(), "x and y must have the same dtype");
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous(), yc = y.contiguous();
   const int64_t n = xc.size(0), m = yc.size(0), d = xc.size(1);
@@ -78,7 +77,6 @@ std::tuple<at::Tensor, at::Tensor> pairwise_distance_bwd_cuda(const at::Tensor& 
                                                          std::string_view metric_name) {
   const Metric metric = parse_metric(metric_name);
   check_pairwise_bwd_inputs(grad, dist, x, y, xsq, ysq);
-  TORCH_CHECK_TYPE(x.scalar_type() == y.scalar_type(), "x and y must have the same dtype");
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous(), yc = y.contiguous();
   // grad and dist go to the kernel in the accumulation type: a float32 grad (or dist) is not rounded to
@@ -112,7 +110,6 @@ MiningFwdOut hard_mining_fwd_cuda(
   const Metric metric = parse_metric(metric_name);
   const MiningIds ids = prepare_mining_ids(anchors, candidates, anchor_labels, candidate_labels, anchor_modality,
                                            candidate_modality, positive, negative);
-  TORCH_CHECK_TYPE(anchors.scalar_type() == candidates.scalar_type(), "anchors and candidates must share a dtype");
   const bool use_modality = ids.use_modality;
   const c10::cuda::CUDAGuard guard(anchors.device());
   const at::Tensor a = anchors.contiguous(), c = candidates.contiguous();
@@ -158,7 +155,6 @@ std::tuple<at::Tensor, at::Tensor> hard_mining_bwd_cuda(
     const at::Tensor& asq, const at::Tensor& csq, std::string_view metric_name) {
   const Metric metric = parse_metric(metric_name);
   check_mining_bwd_inputs(grad_pos, grad_neg, anchors, candidates, pos_index, neg_index, pos_dist, neg_dist, asq, csq);
-  TORCH_CHECK_TYPE(anchors.scalar_type() == candidates.scalar_type(), "anchors and candidates must share a dtype");
   const c10::cuda::CUDAGuard guard(anchors.device());
   const auto acc = accumulation_type(anchors.scalar_type());
   const at::Tensor a = anchors.contiguous(), c = candidates.contiguous();
@@ -205,7 +201,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> class_slo
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hetero_center_fwd_cuda(
     const at::Tensor& x, const at::Tensor& order, const at::Tensor& seg, const at::Tensor& slot,
     const at::Tensor& modality, std::string_view metric_name, bool strong, double margin) {
-  const CenterLayout layout = prepare_center_layout(x, order, seg, modality, metric_name);
+  const CenterLayout layout = prepare_center_layout(x, order, seg, modality, metric_name, margin);
   const Metric metric = layout.metric;
   const at::Tensor &ord = layout.order, &sg = layout.seg, &mod = layout.modality;
   const c10::cuda::CUDAGuard guard(x.device());

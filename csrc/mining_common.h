@@ -45,6 +45,7 @@ inline MiningIds prepare_mining_ids(const at::Tensor& anchors, const at::Tensor&
   TORCH_CHECK_VALUE(!ids.use_modality || (anchor_modality.has_value() && candidate_modality.has_value()),
                     "anchor_modality and candidate_modality are required when a rule is not 'any'");
   check_device(candidates, "candidates", anchors, "anchors");
+  check_same_dtype(candidates, "candidates", anchors, "anchors");
   TORCH_CHECK_VALUE(anchors.size(1) == candidates.size(1), "anchors and candidates must have the same feature dimension");
   check_index(anchor_labels, "anchor_labels", anchors, "anchors", {anchors.size(0)});
   check_index(candidate_labels, "candidate_labels", anchors, "anchors", {candidates.size(0)});
@@ -67,6 +68,7 @@ inline void check_mining_bwd_inputs(const at::Tensor& grad_pos, const at::Tensor
   check_features(anchors, "anchors");
   check_features(candidates, "candidates");
   check_device(candidates, "candidates", anchors, "anchors");
+  check_same_dtype(candidates, "candidates", anchors, "anchors");
   TORCH_CHECK_VALUE(anchors.size(1) == candidates.size(1), "anchors and candidates must have the same feature dimension");
   const int64_t n = anchors.size(0), m = candidates.size(0);
   check_aux(grad_pos, "grad_pos", anchors, "anchors", {n});

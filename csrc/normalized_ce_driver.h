@@ -83,7 +83,10 @@ NormalizedCeForward normalized_ce_forward(
   check_features(x, "x");
   check_features(weight, "weight");
   check_device(weight, "weight", x, "x");
+  check_same_dtype(weight, "weight", x, "x");
   TORCH_CHECK_VALUE(x.size(1) == weight.size(1), "x and weight must have the same feature dimension");
+  check_real(scale, "scale", std::nullopt, std::nullopt, /*positive=*/true);
+  check_real(smoothing, "label_smoothing", 0.0, 1.0);
   TORCH_CHECK_VALUE(weight.size(0) > 0, "weight must have at least one class row");
   check_index(target, "target", x, "x", {x.size(0)});
   const auto acc = accumulation_type(x.scalar_type());
@@ -129,7 +132,10 @@ std::tuple<at::Tensor, at::Tensor> normalized_ce_backward(
   check_features(x, "x");
   check_features(weight, "weight");
   check_device(weight, "weight", x, "x");
+  check_same_dtype(weight, "weight", x, "x");
   TORCH_CHECK_VALUE(x.size(1) == weight.size(1), "x and weight must have the same feature dimension");
+  check_real(scale, "scale", std::nullopt, std::nullopt, /*positive=*/true);
+  check_real(smoothing, "label_smoothing", 0.0, 1.0);
   {
     const int64_t rows = x.size(0);
     check_aux(grad, "grad", x, "x", {rows});

@@ -1,10 +1,13 @@
 // Argument checks for direct calls of torch.ops.vtreid.* (the Python layer checks first, with the
-// user's argument names). These check what costs no pass over the data: ranks, shapes, dtypes, devices.
+// user's argument names). These check what costs no pass over the data: ranks, shapes, dtypes, devices,
+// scalar arguments. CPU and CUDA registrations call the same checks, so a direct call is refused alike.
 // Index values (labels, targets, class slots) are the Python layer's to check (on CPU tensors, and on
 // CUDA with VTREID_CHECK_VALUES=1): a direct caller must pass them in range.
 #pragma once
 #include <torch/types.h>
 
+#include <cmath>
+#include <optional>
 #include <string_view>
 
 #include "metric.h"
@@ -32,6 +35,23 @@ inline void check_device(const at::Tensor& t, const char* name, const at::Tensor
                          const char* features_name) {
   TORCH_CHECK_VALUE(t.device() == features.device(), name, " is on ", t.device(), " but ", features_name, " is on ",
                     features.device());
+}
+
+// A second feature tensor of an op has the first one's dtype, as the Python layer requires: the CUDA
+// kernels read both as one type, and the CPU ones would return the first one's.
+inline void check_same_dtype(const at::Tensor& t, const char* name, const at::Tensor& first, const char* first_name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == first.scalar_type(), name, " has dtype ", t.scalar_type(), " but ", first_name,
+                   " has dtype ", first.scalar_type());
+}
+
+// A scalar argument (scale, margin, label smoothing): finite, and in [low, high] where given. A NaN or
+// inf turns every loss into NaN or inf (the Python layer refuses them with the same words).
+inline void check_real(double value, const char* name, std::optional<double> low = std::nullopt,
+                       std::optional<double> high = std::nullopt, bool positive = false) {
+  TORCH_CHECK_VALUE(std::isfinite(value) && (!positive || value > 0), name, " must be a finite",
+                    positive ? " positive" : "", " number, got ", value);
+  TORCH_CHECK_VALUE((!low || value >= *low) && (!high || value <= *high), name, " must be in [", low.value_or(-INFINITY),
+                    ", ", high.value_or(INFINITY), "], got ", value);
 }
 
 // Device and exact shape of an auxiliary tensor.
@@ -69,6 +89,7 @@ inline void check_pair_inputs(const at::Tensor& x, const at::Tensor& y) {
   check_features(x, "x");
   check_features(y, "y");
   check_device(y, "y", x, "x");
+  check_same_dtype(y, "y", x, "x");
   TORCH_CHECK_VALUE(x.size(1) == y.size(1), "x and y must have the same feature dimension, got ", x.size(1), " and ",
                     y.size(1));
 }

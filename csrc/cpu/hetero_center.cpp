@@ -21,7 +21,7 @@ namespace vtreid::cpu {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> hetero_center_fwd(
     const at::Tensor& x, const at::Tensor& order, const at::Tensor& seg, const at::Tensor& slot,
     const at::Tensor& modality, std::string_view metric_name, bool strong, double margin) {
-  const CenterLayout layout = prepare_center_layout(x, order, seg, modality, metric_name);
+  const CenterLayout layout = prepare_center_layout(x, order, seg, modality, metric_name, margin);
   const Metric metric = layout.metric;
   const at::Tensor &ord = layout.order, &sg = layout.seg, &mod = layout.modality;
   const auto acc = accumulation_type(x.scalar_type());

@@ -127,6 +127,46 @@ def test_native_ops_take_index_tensors_of_integers_only():
             _direct(op, *args)
 
 
+def test_native_ops_refuse_mixed_dtypes_and_non_finite_scalars():
+    """A direct call with features of two dtypes was taken on CPU (the result in the first one's dtype) and
+    refused on CUDA; a NaN scale, smoothing or margin made every loss NaN. Both are refused alike now."""
+    require_backend("native", "cpu")
+    x, y = torch.randn(5, 3), torch.randn(4, 3)
+    labels = torch.arange(5) % 2
+    slots = hc.class_slots(labels)
+    fwd = torch.ops.vtreid.pairwise_distance_fwd(x, y, "euclidean")
+    mined = torch.ops.vtreid.hard_mining_fwd(x, labels, y, labels[:4], None, None, "euclidean", "any", "any", False)
+    ce = torch.ops.vtreid.normalized_ce_fwd(x, y, labels, 1.0, 0.0)
+    h = y.half()
+    mixed = [
+        ("y", "pairwise_distance_fwd", (x, h, "euclidean")),
+        ("y", "pairwise_distance_bwd", (torch.ones(5, 4), fwd[0], x, h, fwd[1], fwd[2], "euclidean")),
+        ("candidates", "hard_mining_fwd", (x, labels, h, labels[:4], None, None, "euclidean", "any", "any", False)),
+        ("candidates", "hard_mining_bwd", (torch.ones(5), torch.ones(5), x, h, mined[1], mined[3], mined[7],
+                                           mined[8], mined[5], mined[6], "euclidean")),
+        ("weight", "normalized_ce_fwd", (x, h, labels, 1.0, 0.0)),
+        ("weight", "normalized_ce_bwd", (torch.ones(5), x, h, labels, *ce[1:7], 1.0, 0.0)),
+    ]
+    for name, op, args in mixed:
+        with pytest.raises(TypeError, match=f"{name} has dtype Half but .* has dtype Float"):
+            _direct(op, *args)
+    scalars = [
+        ("scale", "normalized_ce_fwd", (x, y, labels, float("nan"), 0.0)),
+        ("scale", "normalized_ce_fwd", (x, y, labels, 0.0, 0.0)),
+        ("scale", "normalized_ce_bwd", (torch.ones(5), x, y, labels, *ce[1:7], float("inf"), 0.0)),
+        ("label_smoothing", "normalized_ce_fwd", (x, y, labels, 1.0, 1.5)),
+        ("label_smoothing", "normalized_ce_bwd", (torch.ones(5), x, y, labels, *ce[1:7], 1.0, float("nan"))),
+        ("margin", "hetero_center_fwd", (x[None], slots.order, slots.seg, slots.slot, labels, "sqeuclidean", False,
+                                         float("nan"))),
+    ]
+    for name, op, args in scalars:
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            _direct(op, *args)
+    # the bounds themselves are taken
+    torch.ops.vtreid.normalized_ce_fwd(x, y, labels, 1.0, 1.0)
+    torch.ops.vtreid.hetero_center_fwd(x[None], slots.order, slots.seg, slots.slot, labels, "sqeuclidean", False, -1.0)
+
+
 def test_native_mining_backward_ignores_indices_out_of_range():
     """A mined index outside [0, M) (a direct call of the op) is no pair: nothing is read through it."""
     require_backend("native", "cpu")
