@@ -117,6 +117,11 @@ def resolve_config(args) -> tuple[dict, dict | None, Path]:
             state = ckpt_io.load(path)
         except ValueError as exc:   # not a vtreid checkpoint: one line, as a missing file is
             raise ConfigError(str(exc)) from None
+        except FileNotFoundError as exc:
+            if not distributed.launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+                raise
+            raise ConfigError(f"{exc} (rank {os.environ['RANK']}): under torchrun every node reads the checkpoint, "
+                              f"so --out must be a directory that every node sees (shared storage)") from None
         cfg = complete(state["config"], VARIANTS)   # settings added since it was written
         for name, given in (("method", args.method), ("dataset", args.dataset)):
             have = cfg["method"] if name == "method" else cfg["dataset"]["name"]
@@ -611,6 +616,14 @@ def main(argv=None) -> int:
         if resume_state is None and distributed.all_agree(bool(held) and ctx.is_main, pick_device(device)):
             raise ConfigError(f"{out} already holds a run ({', '.join(held) or 'on rank 0'}): continue it with "
                               f"--resume --out {out} (when it has checkpoints/last.pt), or give another --out")
+        if resume_state is not None and ctx.enabled:
+            # each rank read the checkpoint from its own node's view of --out: on node-local storage another
+            # node has none (that rank stopped above) or another run's, and the ranks would train apart
+            views = distributed.gather_objects((resume_state["step"], dump(resume_state["config"])))
+            if any(view != views[0] for view in views):
+                steps = ", ".join(f"rank {r}: step {view[0]}" for r, view in enumerate(views))
+                raise ConfigError(f"the ranks read different checkpoints from {out} ({steps}): under torchrun --out "
+                                  f"must be one directory that every node sees (shared storage)")
         backend = cfg["train"]["backend"]
         with ops.use_backend(backend) if backend != "auto" else contextlib.nullcontext():
             run = Run(cfg, out, resume_state, ctx, device)

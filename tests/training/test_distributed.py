@@ -2,6 +2,8 @@
 import faulthandler
 import json
 import os
+import pathlib
+import shutil
 import socket
 import sys
 import time
@@ -36,7 +38,8 @@ def rank_main(fn, *args):
     fn(*args)
 
 
-def spawn(fn, *args, world=2):
+def spawn(fn, *args, world=2, codes=None):
+    """Run fn(rank, world, port, *args) on ``world`` processes; their exit codes must be ``codes`` (all 0)."""
     port = free_port()
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=rank_main, args=(fn, rank, world, port, *args)) for rank in range(world)]
@@ -49,7 +52,7 @@ def spawn(fn, *args, world=2):
         for p in procs:
             p.kill()
         pytest.fail(f"rank process still running after {TIMEOUT}s")
-    assert [p.exitcode for p in procs] == [0] * world, [p.exitcode for p in procs]
+    assert [p.exitcode for p in procs] == (codes or [0] * world), [p.exitcode for p in procs]
 
 
 # -- one DDP step with global mining == one process with the global batch --------------------------
@@ -267,6 +270,14 @@ def run_rank(rank, world, port, out, cache, extra, base=TINY):
         raise SystemExit(code)
 
 
+def run_rank_in_own_out(rank, world, port, outs, cache, extra):
+    """run_rank with rank r's --out outs[r], as on nodes that each see their own directory at one path;
+    what the rank prints to stderr goes to <outs[r]>.stderr."""
+    import contextlib
+    with open(f"{outs[rank]}.stderr", "w") as err, contextlib.redirect_stderr(err):
+        run_rank(rank, world, port, outs[rank], cache, extra)
+
+
 def run_rank_keeping_weights(rank, world, port, out, cache, extra, base):
     """run_rank, writing this rank's parameters after every step to <out>.rank<r>.pt."""
     from vtreid import train
@@ -327,9 +338,18 @@ def test_two_rank_run_writes_once_checkpoints_and_resumes(tmp_path, monkeypatch)
     (two,) = json.loads((out / "results.json").read_text())["results"].values()
     for key in ("rank1", "rank5", "rank10", "mAP", "mINP"):
         assert one[key]["mean"] == pytest.approx(two[key]["mean"], abs=1e-6), key
+    stale = tmp_path / "stale"   # another node's copy of the directory, left at step 2
+    shutil.copytree(out, stale)
     spawn(run_rank, str(out), cache, ["--resume", "train.max_steps=4"])
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=False)
     assert state["step"] == 4
+    # --out on node-local storage: the ranks read different checkpoints and would train apart
+    spawn(run_rank_in_own_out, [str(out), str(stale)], cache, ["--resume", "train.max_steps=6"], codes=[2, 2])
+    for path in (out, stale):
+        message = pathlib.Path(f"{path}.stderr").read_text()
+        assert "the ranks read different checkpoints" in message and "rank 0: step 4, rank 1: step 2" in message
+        assert "every node sees" in message, message
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=False)["step"] == 4
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines if "loss" in line] == [1, 2, 3, 4]
     results = json.loads((out / "results.json").read_text())
@@ -350,3 +370,13 @@ def test_sharded_extraction_with_fewer_records_than_ranks(monkeypatch):
     monkeypatch.setattr(evaluation.distributed, "gather_objects", lambda mine: parts)
     out = evaluation.extract_sharded(None, records, None)
     assert torch.equal(out["features"], rows) and list(out["ids"]) == [0, 1, 2]
+
+
+def test_resume_on_a_node_without_the_checkpoint_names_shared_storage(tmp_path, monkeypatch, capsys):
+    """A rank whose node does not see --out's checkpoint (node-local storage) says why, before any collective."""
+    from vtreid import train
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    assert train.main(["--resume", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint not found" in err and "(rank 1)" in err and "every node sees" in err, err
