@@ -1,6 +1,7 @@
 """python -m vtreid.extract and python -m vtreid.evaluate --checkpoint on a tiny trained checkpoint."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,7 +124,7 @@ def test_a_missing_or_foreign_checkpoint_is_one_line_naming_it(tool, tmp_path, c
         assert len(err.strip().splitlines()) == 1
 
 
-def test_evaluate_checkpoint_takes_the_datasets_official_galleries(trained_run, tmp_path):
+def test_evaluate_checkpoint_takes_the_datasets_official_galleries(trained_run, tmp_path, monkeypatch):
     """--checkpoint on a SYSU folder with exp/rand_perm_cam.mat: its galleries, the same as --features
     with --rand-perm; --galleries seeded keeps the draw."""
     from support import write_sysu_rand_perm
@@ -153,3 +154,13 @@ def test_evaluate_checkpoint_takes_the_datasets_official_galleries(trained_run, 
     assert float(ranked["ap"][ranked["valid"]].mean()) == pytest.approx(got["trials"][0]["mAP"], abs=1e-6)
     assert visualize.main(["ranks", "--features", str(feats), "--rand-perm", str(mat), "--out",
                            str(tmp_path / "ranks"), "--queries", "0"]) == 0
+    # cmc --rand-perm through the command line draws that curve (the chart itself is tested elsewhere)
+    from vtreid import plots
+    drawn = []
+    monkeypatch.setattr(plots, "cmc_plot", lambda curves, out, title: drawn.extend(curves) or out)
+    assert visualize.main(["cmc", "--features", str(feats), "--rand-perm", str(mat), "--trials", "2", "--out",
+                           str(tmp_path / "cmc.png")]) == 0
+    (_, ranks, curve, _), = drawn
+    assert list(ranks[:2]) == [1, 2] and np.array_equal(curve, mean)
+    seeded, _ = visualize.cmc_from_features(load_features(feats), trials=2)
+    assert not np.array_equal(seeded, mean)   # so the line above tells the two galleries apart
