@@ -49,6 +49,13 @@ def dtypes_for(device: str, backend: str = "reference"):
     return out
 
 
+def without_onednn():
+    """Context: torch's own CPU convolutions and matmuls instead of oneDNN's. For CPU bfloat16 networks in
+    tests: on CPUs with AMX, oneDNN's bfloat16 kernels gave NaN and wrong values depending on what ran
+    before in the process (vtreid.train.cpu_has_amx), so such a test passed or failed by its order."""
+    return torch.backends.mkldnn.flags(enabled=False)
+
+
 def require_backend(backend: str, device: str, dtype: torch.dtype | None = None) -> None:
     """Skip (with the reason) when ``backend`` cannot run here; CI asserts availability separately
     (tests/ops/test_backend.py::test_required_backends_are_available), so a skip cannot hide a
