@@ -43,6 +43,19 @@ from vtreid.training.signals import StopRequest, Stopped
 
 OP_FAMILIES = ("pairwise_distance", "hard_mining", "hetero_center_loss", "normalized_cross_entropy")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles for bfloat16 (Linux's /proc/cpuinfo; False where it cannot be read).
+    There oneDNN runs bfloat16 convolutions and matmuls on AMX kernels, which gave NaN and wrong values:
+    a tiny ResNet under CPU bf16 autocast returned NaN in 11 forwards of 40 and values off by up to 3.5
+    where the float32 result is near 1 (0.18 with oneDNN off), with torch 2.11 and 2.13, depending on
+    what ran before in the process (oneDNN's AMX tail handling: uxlfoundation/oneDNN#5717 is one such bug)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
+    except OSError:
+        return False
 #: settings a resumed run may change: where it runs and reads the data, how it logs, evaluates and checkpoints,
 #: and where it stops within the schedule. Anything else (the schedule's length, the epoch's size, the precision,
 #: the loss's scope) would make the continued run differ from the one the checkpoint began.
@@ -186,6 +199,10 @@ class Run:
         self.device = pick_device(device)
         if t["sync_bn"] and self.device.type != "cuda":
             raise ConfigError("train.sync_bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU)")
+        if t["amp"] == "bf16" and self.device.type == "cpu" and cpu_has_amx():
+            raise ConfigError("train.amp=bf16 on this CPU: its AMX units run oneDNN's bfloat16 convolutions, which "
+                              "return NaN and wrong values on such CPUs (see vtreid.train.cpu_has_amx); train with "
+                              "--amp off on a CPU (oneDNN's float32 path), or with bf16 on a GPU")
         seed_everything(cfg["seed"], t["deterministic"])
         # the first start on a dataset decodes its images (a minute or two for SYSU-MM01): say so; the
         # ranks of a torchrun job decode a part each

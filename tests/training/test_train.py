@@ -648,3 +648,34 @@ def test_an_epoch_never_reuses_the_next_epochs_sampler_seeds():
     assert len(list(batches)) == 2000 and sampler.epochs == list(range(3000, 4000))
     with pytest.raises(ValueError, match="needs more than 1000 passes over the identities"):
         EpochBatches(sampler, 2001)
+
+
+def test_bf16_on_a_cpu_with_amx_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """oneDNN's AMX bfloat16 convolutions gave NaN and wrong values (vtreid.train.cpu_has_amx): a CPU run
+    with --amp bf16 on such a CPU stops with the reason and what to do instead."""
+    monkeypatch.setattr(train, "cpu_has_amx", lambda: True)
+    run(tmp_path / "r", "hc", "--amp", "bf16", "--device", "cpu", expect=2)
+    err = capsys.readouterr().err
+    assert err.startswith("error: train.amp=bf16 on this CPU") and "--amp off" in err, err
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_cpu_has_amx_reads_the_flags_line(tmp_path, monkeypatch):
+    import builtins
+    real_open = builtins.open
+
+    def cpuinfo(text):
+        def fake_open(path, *args, **kwargs):
+            if str(path) == "/proc/cpuinfo":
+                if text is None:
+                    raise FileNotFoundError(path)
+                (tmp_path / "cpuinfo").write_text(text)
+                return real_open(tmp_path / "cpuinfo", *args, **kwargs)
+            return real_open(path, *args, **kwargs)
+        monkeypatch.setattr(builtins, "open", fake_open)
+    cpuinfo("model name\t: x\nflags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    assert train.cpu_has_amx() is True
+    cpuinfo("flags\t\t: fpu avx512f avx512_bf16\nbugs\t\t: amx_bf16_like\n")
+    assert train.cpu_has_amx() is False
+    cpuinfo(None)
+    assert train.cpu_has_amx() is False
