@@ -130,11 +130,6 @@ def resolve_config(args) -> tuple[dict, dict | None, Path]:
             state = ckpt_io.load(path)
         except ValueError as exc:   # not a vtreid checkpoint: one line, as a missing file is
             raise ConfigError(str(exc)) from None
-        except FileNotFoundError as exc:
-            if not distributed.launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
-                raise
-            raise ConfigError(f"{exc} (rank {os.environ['RANK']}): under torchrun every node reads the checkpoint, "
-                              f"so --out must be a directory that every node sees (shared storage)") from None
         cfg = complete(state["config"], VARIANTS)   # settings added since it was written
         for name, given in (("method", args.method), ("dataset", args.dataset)):
             have = cfg["method"] if name == "method" else cfg["dataset"]["name"]
@@ -622,8 +617,16 @@ def main(argv=None) -> int:
     deterministic = (torch.are_deterministic_algorithms_enabled(),
                      torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
     try:
-        cfg, resume_state, out = resolve_config(args)
-        ctx, device = distributed.setup(cfg["train"]["device"])
+        missing = None
+        try:
+            cfg, resume_state, out = resolve_config(args)
+        except FileNotFoundError as exc:
+            # a rank of a resume under torchrun whose node lacks the checkpoint (node-local --out) joins the
+            # others below, so that they stop with it instead of waiting in a collective until the timeout
+            if not (args.resume and distributed.launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1):
+                raise
+            cfg, resume_state, out, missing = None, {}, Path(args.out or "."), str(exc)
+        ctx, device = distributed.setup(cfg["train"]["device"] if cfg else args.device or "auto")
         if ctx.enabled and not args.out and resume_state is None:
             # every rank must write to (and rank 0 alone writes) one directory: the time stamp could differ
             raise ConfigError("under torchrun give the run directory: --out DIR")
@@ -635,12 +638,17 @@ def main(argv=None) -> int:
                               f"--resume --out {out} (when it has checkpoints/last.pt), or give another --out")
         if resume_state is not None and ctx.enabled:
             # each rank read the checkpoint from its own node's view of --out: on node-local storage another
-            # node has none (that rank stopped above) or another run's, and the ranks would train apart
-            views = distributed.gather_objects((resume_state["step"], dump(resume_state["config"])))
-            if any(view != views[0] for view in views):
-                steps = ", ".join(f"rank {r}: step {view[0]}" for r, view in enumerate(views))
-                raise ConfigError(f"the ranks read different checkpoints from {out} ({steps}): under torchrun --out "
-                                  f"must be one directory that every node sees (shared storage)")
+            # node has none or another run's, and the ranks would train apart
+            view = ("missing", missing) if missing else (resume_state["step"], dump(resume_state["config"]))
+            views = distributed.gather_objects(view)
+            if all(v[0] == "missing" for v in views):   # no rank has it: a mistyped --out, most likely
+                raise ConfigError(missing)
+            if missing or any(v != views[0] for v in views):
+                seen = ", ".join(f"rank {r}: {'no checkpoint' if v[0] == 'missing' else f'step {v[0]}'}"
+                                 for r, v in enumerate(views))
+                raise ConfigError(f"the ranks read different checkpoints from {out} ({seen}): under torchrun --out "
+                                  f"must be one directory that every node sees (shared storage)"
+                                  + (f"; here: {missing}" if missing else ""))
         backend = cfg["train"]["backend"]
         with ops.use_backend(backend) if backend != "auto" else contextlib.nullcontext():
             run = Run(cfg, out, resume_state, ctx, device)

@@ -272,9 +272,9 @@ def run_rank(rank, world, port, out, cache, extra, base=TINY):
 
 def run_rank_in_own_out(rank, world, port, outs, cache, extra):
     """run_rank with rank r's --out outs[r], as on nodes that each see their own directory at one path;
-    what the rank prints to stderr goes to <outs[r]>.stderr."""
+    what the rank prints to stderr goes to <outs[r]>.rank<r>.stderr."""
     import contextlib
-    with open(f"{outs[rank]}.stderr", "w") as err, contextlib.redirect_stderr(err):
+    with open(f"{outs[rank]}.rank{rank}.stderr", "w") as err, contextlib.redirect_stderr(err):
         run_rank(rank, world, port, outs[rank], cache, extra)
 
 
@@ -345,11 +345,24 @@ def test_two_rank_run_writes_once_checkpoints_and_resumes(tmp_path, monkeypatch)
     assert state["step"] == 4
     # --out on node-local storage: the ranks read different checkpoints and would train apart
     spawn(run_rank_in_own_out, [str(out), str(stale)], cache, ["--resume", "train.max_steps=6"], codes=[2, 2])
-    for path in (out, stale):
-        message = pathlib.Path(f"{path}.stderr").read_text()
+    for rank, path in enumerate((out, stale)):
+        message = pathlib.Path(f"{path}.rank{rank}.stderr").read_text()
         assert "the ranks read different checkpoints" in message and "rank 0: step 4, rank 1: step 2" in message
         assert "every node sees" in message, message
     assert torch.load(out / "checkpoints" / "last.pt", weights_only=False)["step"] == 4
+    # a node that does not see the checkpoint at all: every rank stops (the others did wait in a collective
+    # until the timeout), each saying which rank lacked it
+    empty = tmp_path / "empty"
+    spawn(run_rank_in_own_out, [str(out), str(empty)], cache, ["--resume", "train.max_steps=6"], codes=[2, 2])
+    for rank, path in enumerate((out, empty)):
+        message = pathlib.Path(f"{path}.rank{rank}.stderr").read_text()
+        assert "rank 0: step 4, rank 1: no checkpoint" in message and "every node sees" in message, message
+    assert "checkpoint not found" in pathlib.Path(f"{empty}.rank1.stderr").read_text()
+    # no rank has one (a mistyped --out): the plain error
+    spawn(run_rank_in_own_out, [str(empty), str(empty)], cache, ["--resume"], codes=[2, 2])
+    for rank in (0, 1):
+        message = pathlib.Path(f"{empty}.rank{rank}.stderr").read_text()
+        assert message.startswith("error: checkpoint not found") and "every node" not in message, message
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines if "loss" in line] == [1, 2, 3, 4]
     results = json.loads((out / "results.json").read_text())
@@ -371,12 +384,3 @@ def test_sharded_extraction_with_fewer_records_than_ranks(monkeypatch):
     out = evaluation.extract_sharded(None, records, None)
     assert torch.equal(out["features"], rows) and list(out["ids"]) == [0, 1, 2]
 
-
-def test_resume_on_a_node_without_the_checkpoint_names_shared_storage(tmp_path, monkeypatch, capsys):
-    """A rank whose node does not see --out's checkpoint (node-local storage) says why, before any collective."""
-    from vtreid import train
-    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
-        monkeypatch.setenv(name, value)
-    assert train.main(["--resume", "--out", str(tmp_path / "run")]) == 2
-    err = capsys.readouterr().err
-    assert "checkpoint not found" in err and "(rank 1)" in err and "every node sees" in err, err
