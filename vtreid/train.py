@@ -195,9 +195,11 @@ class Run:
         if t["sync_bn"] and self.device.type != "cuda":
             raise ConfigError("train.sync_bn needs CUDA devices (torch's SyncBatchNorm does not run on CPU)")
         if t["amp"] == "bf16" and self.device.type == "cpu" and cpu_has_amx():
-            raise ConfigError("train.amp=bf16 on this CPU: its AMX units run oneDNN's bfloat16 convolutions, which "
-                              "return NaN and wrong values on such CPUs (see vtreid.train.cpu_has_amx); train with "
-                              "--amp off on a CPU (oneDNN's float32 path), or with bf16 on a GPU")
+            # a resume keeps its precision (RESUMABLE_CHANGES): only the device can change
+            remedy = ("this run trains in bf16: resume it on a GPU (--device cuda)" if resume_state is not None else
+                      "train with --amp off on a CPU (oneDNN's float32 path), or with bf16 on a GPU")
+            raise ConfigError(f"train.amp=bf16 on this CPU: its AMX units run oneDNN's bfloat16 convolutions, which "
+                              f"return NaN and wrong values on such CPUs (see vtreid.train.cpu_has_amx); {remedy}")
         seed_everything(cfg["seed"], t["deterministic"])
         # the first start on a dataset decodes its images (a minute or two for SYSU-MM01): say so; the
         # ranks of a torchrun job decode a part each

@@ -14,6 +14,8 @@ from vtreid import train
 from vtreid.methods import METHODS
 from vtreid.training import checkpoint
 
+from support import without_onednn
+
 TINY = ["dataset.synthetic.ids=16", "dataset.synthetic.images=2", "dataset.synthetic.height=64",
         "dataset.synthetic.width=32", "input.size=[64, 32]", "input.resize=null", "input.test_size=null",
         "model.arch=resnet_tiny", "train.workers=0", "train.eval_at_start=false", "train.log_every=1",
@@ -658,6 +660,14 @@ def test_bf16_on_a_cpu_with_amx_is_refused_before_any_work(tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert err.startswith("error: train.amp=bf16 on this CPU") and "--amp off" in err, err
     assert not (tmp_path / "r" / "checkpoints").exists()
+    # a bf16 run (trained on a GPU, say) cannot change its precision on a resume: the message says so
+    monkeypatch.setattr(train, "cpu_has_amx", lambda: False)
+    with without_onednn():   # this CPU has AMX: its bf16 oneDNN kernels are the problem
+        out = run(tmp_path / "g", "hc", "--amp", "bf16", "--device", "cpu", "train.max_steps=1")
+    monkeypatch.setattr(train, "cpu_has_amx", lambda: True)
+    assert train.main(["--resume", "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "train.amp=bf16 on this CPU" in err and "resume it on a GPU" in err and "--amp off" not in err, err
 
 
 def test_cpu_has_amx_reads_the_flags_line(tmp_path, monkeypatch):
