@@ -48,14 +48,16 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def cpu_has_amx() -> bool:
     """Whether this CPU has AMX tiles for bfloat16 (Linux's /proc/cpuinfo; False where it cannot be read).
     There oneDNN runs bfloat16 convolutions and matmuls on AMX kernels, which gave NaN and wrong values:
-    a tiny ResNet under CPU bf16 autocast returned NaN in 11 forwards of 40 and values off by up to 3.5
-    where the float32 result is near 1 (0.18 with oneDNN off), with torch 2.11 and 2.13, depending on
-    what ran before in the process (oneDNN's AMX tail handling: uxlfoundation/oneDNN#5717 is one such bug)."""
+    a tiny ResNet under CPU bf16 autocast returned NaN in 11 forwards of 40 and elsewhere values up to 3.5
+    from the float32 result (0.18 with oneDNN off), with torch 2.11 and 2.13, depending on what ran
+    before in the process (oneDNN's AMX tail handling: uxlfoundation/oneDNN#5717 is one such bug)."""
     try:
         with open("/proc/cpuinfo") as f:
             return any(line.startswith("flags") and "amx_bf16" in line.split() for line in f)
     except OSError:
         return False
+
+
 #: settings a resumed run may change: where it runs and reads the data, how it logs, evaluates and checkpoints,
 #: and where it stops within the schedule. Anything else (the schedule's length, the epoch's size, the precision,
 #: the loss's scope) would make the continued run differ from the one the checkpoint began.
