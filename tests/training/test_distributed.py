@@ -1,4 +1,5 @@
 """Training on 2 processes (gloo, CPU), started by the tests as torchrun would: RANK, WORLD_SIZE, ..."""
+import contextlib
 import faulthandler
 import json
 import os
@@ -273,7 +274,6 @@ def run_rank(rank, world, port, out, cache, extra, base=TINY):
 def run_rank_in_own_out(rank, world, port, outs, cache, extra):
     """run_rank with rank r's --out outs[r], as on nodes that each see their own directory at one path;
     what the rank prints to stderr goes to <outs[r]>.rank<r>.stderr."""
-    import contextlib
     with open(f"{outs[rank]}.rank{rank}.stderr", "w") as err, contextlib.redirect_stderr(err):
         run_rank(rank, world, port, outs[rank], cache, extra)
 
